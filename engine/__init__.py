@@ -1,0 +1,1 @@
+"""FaceChain engine: faces, selfies, training, generation and storage. No Discord in here."""

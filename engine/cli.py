@@ -1,0 +1,217 @@
+"""The `facechain` command: everything the engine does, without Discord.
+
+Other tools call the `--json` forms; keep their flags and keys stable. Errors meant for people
+print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.config import Settings, load_settings
+from engine.errors import FaceChainError, NoUsableFace
+from engine.preprocess import UploadedPhoto
+from engine.preprocess.trigger import SUBJECTS
+
+console = Console()
+USAGE_ERROR = 2
+
+
+def read_photo(path: str) -> UploadedPhoto:
+    file = Path(path)
+    if not file.is_file():
+        raise FaceChainError(f"File not found: {path}")
+    return UploadedPhoto(name=path, data=file.read_bytes())
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.doctor import checks_to_json, run_checks
+
+    checks = run_checks(settings)
+    if args.json:
+        print_json(checks_to_json(checks))
+    else:
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        table = Table(title="facechain doctor")
+        for column in ("check", "status", "detail", "fix"):
+            table.add_column(column)
+        for check in checks:
+            table.add_row(check.name, f"[{colours[check.status]}]{check.status}[/]", check.detail, check.fix)
+        console.print(table)
+    return 1 if any(check.status == "fail" for check in checks) else 0
+
+
+# --- faces ---------------------------------------------------------------------------------------
+
+def cmd_faces_analyze(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.faces import get_analyzer
+    from engine.preprocess.decode import decode_photo
+    from engine.preprocess.reasons import PhotoRejected
+
+    analyzer = get_analyzer(settings)
+    results = []
+    for path in args.paths:
+        entry: dict = {"path": path, "faces": [], "error": None}
+        try:
+            image = decode_photo(read_photo(path).data, settings.max_photo_megapixels)
+            entry["faces"] = [face.to_json() for face in analyzer.detect(image)]
+        except PhotoRejected as rejection:
+            entry["error"] = f"{rejection.reason.value}: {rejection.detail}"
+        except FaceChainError as error:
+            entry["error"] = str(error)
+        results.append(entry)
+    if args.json:
+        print_json(results)
+    else:
+        for entry in results:
+            found = entry["error"] or f"{len(entry['faces'])} face(s) " + " ".join(
+                f"[box {face['box']} score {face['score']}]" for face in entry["faces"]
+            )
+            console.print(f"{entry['path']}: {found}")
+    return 0
+
+
+def embed_largest_face(path: str, settings: Settings):
+    from engine.faces import get_analyzer
+    from engine.preprocess.align import find_face
+    from engine.preprocess.decode import decode_photo
+    from engine.preprocess.reasons import PhotoRejected
+
+    analyzer = get_analyzer(settings)
+    try:
+        image = decode_photo(read_photo(path).data, settings.max_photo_megapixels)
+        found = find_face(analyzer, image)
+    except PhotoRejected as rejection:
+        raise NoUsableFace(f"{path}: {rejection.detail} ({rejection.reason.value})") from None
+    return analyzer.embed(found.image, found.face)
+
+
+def cmd_faces_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.faces import get_analyzer, same_person
+
+    analyzer = get_analyzer(settings)
+    first, second = embed_largest_face(args.a, settings), embed_largest_face(args.b, settings)
+    distance = analyzer.distance(first, second)
+    result = {"distance": round(distance, 4), "same_person": same_person(analyzer, first, second),
+              "threshold": analyzer.threshold}
+    if args.json:
+        print_json(result)
+    else:
+        verdict = "same person" if result["same_person"] else "different people"
+        console.print(f"{verdict}: distance {distance:.3f} (threshold {analyzer.threshold:g})")
+    return 0
+
+
+# --- enroll and users -----------------------------------------------------------------------------
+
+def open_store(settings: Settings):
+    from engine.store import Store
+
+    return Store(settings.data_dir)
+
+
+def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.enroll import enroll_user
+    from engine.faces import get_analyzer
+
+    photos = [read_photo(path) for path in args.paths]
+    store = open_store(settings)
+    report = enroll_user(store, get_analyzer(settings), settings, args.user, photos, args.subject)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        console.print(f"[bold]{args.user}[/] ({report.trigger}): {len(report.result.accepted)} accepted, "
+                      f"{len(report.result.rejected)} rejected, {report.enrolled_total} enrolled in all")
+        for photo in report.result.accepted:
+            console.print(f"  [green]accepted[/] {photo.name} (quality {photo.quality.score:.2f})")
+        for photo in report.result.rejected:
+            console.print(f"  [red]rejected[/] {photo.name}: {photo.advice} ({photo.reason.value}: {photo.detail})")
+    return 0 if report.result.accepted else USAGE_ERROR
+
+
+def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    users = open_store(settings).list_users()
+    if args.json:
+        print_json(users)
+        return 0
+    table = Table(title=f"{len(users)} user(s)")
+    for column in ("id", "trigger", "selfies", "face models", "portraits", "since"):
+        table.add_column(column)
+    for user in users:
+        table.add_row(user["id"], user["trigger"], str(user["selfies"]), str(user["face_models"]),
+                      str(user["portraits"]), user["created_at"])
+    console.print(table)
+    return 0
+
+
+def cmd_users_forget(args: argparse.Namespace, settings: Settings) -> int:
+    report = open_store(settings).delete_user(args.user)
+    if args.json:
+        print_json({"user": report.user_id, "rows_deleted": report.rows_deleted, "files_deleted": report.files_deleted})
+    elif report.anything_deleted:
+        rows = sum(report.rows_deleted.values())
+        console.print(f"Forgot {args.user}: {rows} database row(s) and {report.files_deleted} file(s) deleted.")
+    else:
+        console.print(f"Nothing stored for {args.user}.")
+    return 0
+
+
+# --- wiring ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facechain", description="FaceChain portrait engine (no Discord needed).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group, name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command(commands, "doctor", cmd_doctor, "check that this machine is ready, with a fix for each problem")
+
+    faces = commands.add_parser("faces", help="detect and compare faces").add_subparsers(
+        dest="faces_command", required=True, metavar="ACTION")
+    command(faces, "analyze", cmd_faces_analyze, "list the faces in photos").add_argument("paths", nargs="+", metavar="PATH")
+    compare = command(faces, "compare", cmd_faces_compare, "are two photos the same person?")
+    compare.add_argument("a", metavar="A")
+    compare.add_argument("b", metavar="B")
+
+    enroll = command(commands, "enroll", cmd_enroll, "preprocess and store a user's selfies")
+    enroll.add_argument("--user", required=True, help="user id (a Discord id, or any name of letters and digits)")
+    enroll.add_argument("--subject", choices=sorted(SUBJECTS), help="who is in the photos (sets the trigger phrase)")
+    enroll.add_argument("paths", nargs="+", metavar="PATH")
+
+    users = commands.add_parser("users", help="list or forget users").add_subparsers(
+        dest="users_command", required=True, metavar="ACTION")
+    command(users, "list", cmd_users_list, "list users and what is stored for them")
+    command(users, "forget", cmd_users_forget, "delete every file and row of a user").add_argument("user")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        return args.handler(args, settings)
+    except FaceChainError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

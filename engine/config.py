@@ -1,0 +1,86 @@
+"""Settings from the environment and `.env`, all prefixed `FACECHAIN_`.
+
+Every field here is listed, with a comment, in `.env.example`; a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.errors import SettingsError
+
+ENV_PREFIX = "FACECHAIN_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Where the database, selfies, face models and portraits live.
+    data_dir: Path = Path("./data")
+    # Discord bot token (Developer Portal -> your app -> Bot -> Reset Token).
+    discord_token: SecretStr | None = None
+    # Guild (server) id to sync slash commands to instantly while developing; empty = global sync.
+    dev_guild_id: int | None = None
+
+    # Stable Diffusion 1.5-family base: a local folder, a Hugging Face id, or `modelscope:<id>`.
+    base_model: str = "SG161222/Realistic_Vision_V5.1_noVAE"
+    # Where torch runs: auto picks cuda, then mps, then cpu.
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+
+    # Face analysis backend: dlib ships with the install; insightface needs its model pack.
+    face_backend: Literal["dlib", "insightface"] = "dlib"
+    # Folder holding an insightface model pack (e.g. ~/.insightface/models/buffalo_l).
+    insightface_model_dir: Path | None = None
+    # Two faces closer than this are the same person; empty = the backend's own default
+    # (dlib 0.6 on its 128-d embedding, insightface 1.1 on its normalised 512-d one).
+    face_match_threshold: float | None = Field(default=None, gt=0)
+
+    # Selfie limits: photos larger than this many megapixels are refused before decoding.
+    max_photo_megapixels: float = Field(default=40.0, gt=0)
+    # Largest accepted upload, in megabytes.
+    max_upload_mb: float = Field(default=25.0, gt=0)
+    # Most photos taken in one enrollment.
+    max_photos_per_enroll: int = Field(default=10, ge=1, le=50)
+    # Selfie quality floors; a photo below one is rejected with the measured value.
+    min_face_px: int = Field(default=80, ge=16)
+    min_sharpness: float = Field(default=20.0, ge=0)
+    min_brightness: float = Field(default=40.0, ge=0, le=255)
+    max_brightness: float = Field(default=225.0, ge=0, le=255)
+    max_yaw: float = Field(default=0.45, gt=0, le=1)
+
+    # Logging level for the CLI, worker and bot.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "facechain.db"
+
+
+def _one_line(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "settings"
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        problems.append(f"{ENV_PREFIX}{field.upper()}: {item['msg']}{shown}")
+    return "; ".join(problems)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning validation errors into one line that names each bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(f"Invalid setting: {_one_line(error)}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,75 @@
+"""Enroll selfies for a user: preprocess them against what is already stored, keep the good ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.config import Settings
+from engine.errors import FaceChainError
+from engine.faces import FaceAnalyzer
+from engine.preprocess import PreprocessResult, UploadedPhoto, preprocess_photos
+from engine.preprocess.trigger import trigger_for_subject, trigger_from_attributes
+from engine.store import Store
+
+
+@dataclass
+class EnrollReport:
+    user_id: str
+    trigger: str
+    result: PreprocessResult
+    enrolled_total: int  # accepted selfies stored for the user after this enrollment
+
+    def to_json(self) -> dict:
+        return {
+            "user": self.user_id,
+            "trigger": self.trigger,
+            "accepted": [photo.name for photo in self.result.accepted],
+            "rejected": [photo.to_json() for photo in self.result.rejected],
+            "enrolled_total": self.enrolled_total,
+        }
+
+
+def enroll_user(
+    store: Store,
+    analyzer: FaceAnalyzer,
+    settings: Settings,
+    user_id: str,
+    photos: list[UploadedPhoto],
+    subject: str | None = None,
+) -> EnrollReport:
+    if not photos:
+        raise FaceChainError("No photos given: attach at least one selfie.")
+    if len(photos) > settings.max_photos_per_enroll:
+        raise FaceChainError(
+            f"{len(photos)} photos given; at most {settings.max_photos_per_enroll} per enrollment "
+            "(FACECHAIN_MAX_PHOTOS_PER_ENROLL)."
+        )
+    if subject is not None:
+        trigger_for_subject(subject)  # reject a wrong subject before any work
+    store.user_dir(user_id)  # validates the id
+
+    previous = [s for s in store.accepted_selfies(user_id) if s.embedding_backend == analyzer.name]
+    result = preprocess_photos(
+        photos, analyzer, settings,
+        known_hashes=store.selfie_hashes(user_id),
+        known_embeddings=[selfie.embedding for selfie in previous],
+    )
+
+    existing = store.get_user(user_id)
+    if subject is not None:
+        chosen_subject, trigger = subject, trigger_for_subject(subject)
+    elif existing is not None:
+        chosen_subject, trigger = existing.subject, existing.trigger
+    else:
+        chosen_subject = "person"
+        trigger = trigger_from_attributes([p.gender for p in result.accepted], [p.age for p in result.accepted])
+    store.ensure_user(user_id, chosen_subject, trigger)
+
+    for photo in result.accepted:
+        store.add_selfie(
+            user_id, photo.sha256, photo.name, photo.crop_jpeg(), photo.quality.score,
+            photo.embedding, analyzer.name,
+        )
+    for photo in result.rejected:
+        store.add_rejected_selfie(user_id, photo.sha256, photo.name, photo.reason.value, photo.detail)
+    return EnrollReport(user_id, trigger, result, enrolled_total=len(store.accepted_selfies(user_id)))

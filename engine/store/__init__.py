@@ -1,0 +1,12 @@
+"""The SQLite store and the files that belong to its rows."""
+
+from engine.store.store import (
+    SCHEMA_VERSION,
+    ForgetReport,
+    SelfieRecord,
+    Store,
+    UserRecord,
+    check_user_id,
+)
+
+__all__ = ["SCHEMA_VERSION", "ForgetReport", "SelfieRecord", "Store", "UserRecord", "check_user_id"]

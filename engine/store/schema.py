@@ -1,0 +1,129 @@
+"""The database schema, as an ordered list of migrations.
+
+`PRAGMA user_version` holds how many migrations a database has had; opening a store applies the
+rest in order, each in its own transaction. Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _initial(db: sqlite_utils.Database) -> None:
+    db["users"].create(
+        {
+            "id": str,  # Discord user id (or a CLI name)
+            "subject": str,  # man / woman / boy / girl / person
+            "trigger": str,  # trigger phrase used in captions and prompts
+            "consent_at": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["selfies"].create(
+        {
+            "id": int,
+            "user_id": str,
+            "sha256": str,  # hash of the uploaded bytes, for de-duplication
+            "original_name": str,
+            "path": str,  # aligned 512x512 crop, relative to the data dir; empty when rejected
+            "status": str,  # accepted / rejected
+            "reason": str,
+            "detail": str,
+            "quality": float,
+            "embedding": bytes,  # float32 identity vector of the face
+            "embedding_backend": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+    )
+    db["selfies"].create_index(["user_id", "sha256"], unique=True)
+    db["face_models"].create(
+        {
+            "id": int,
+            "user_id": str,
+            "version": int,
+            "status": str,  # training / ready / failed / superseded
+            "path": str,
+            "base_model": str,
+            "meta": str,  # json
+            "created_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+    )
+    db["face_models"].create_index(["user_id", "version"], unique=True)
+    db["jobs"].create(
+        {
+            "id": int,
+            "kind": str,  # train / generate / preprocess
+            "user_id": str,
+            "guild_id": str,
+            "channel_id": str,
+            "params": str,  # json
+            "state": str,  # queued / running / done / failed / cancelled
+            "attempts": int,
+            "progress": float,
+            "progress_text": str,
+            "lease_owner": str,
+            "lease_expires_at": str,
+            "error": str,
+            "result": str,  # json
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+    )
+    db["jobs"].create_index(["state", "created_at"])
+    db["portraits"].create(
+        {
+            "id": int,
+            "user_id": str,
+            "job_id": int,
+            "style": str,
+            "seed": int,
+            "similarity": float,
+            "path": str,
+            "guild_id": str,
+            "channel_id": str,
+            "message_id": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+    )
+    db["guild_settings"].create(
+        {
+            "guild_id": str,
+            "gallery_channel_id": str,
+            "daily_quota": int,
+            "allowed_styles": str,  # json list, empty = all
+            "nsfw_policy": str,
+            "updated_at": str,
+        },
+        pk="guild_id",
+    )
+    db["gallery_entries"].create(
+        {
+            "id": int,
+            "guild_id": str,
+            "portrait_id": int,
+            "user_id": str,
+            "channel_id": str,
+            "message_id": str,
+            "likes": int,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("portrait_id", "portraits", "id"), ("user_id", "users", "id")],
+    )
+    db["gallery_entries"].create_index(["guild_id", "portrait_id"], unique=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial]

@@ -1,0 +1,257 @@
+"""One SQLite file (WAL) plus a folder per user under the data dir.
+
+Files are laid out as `<data_dir>/users/<user_id>/{selfies,models,portraits}/...`; rows keep
+paths relative to the data dir so the folder can be moved. Folders are owner-only (0700) and
+files 0600: selfies are biometric data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from engine.errors import FaceChainError
+from engine.store.schema import MIGRATIONS
+
+SCHEMA_VERSION = len(MIGRATIONS)
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Tables holding rows of a user, children before parents so foreign keys never dangle.
+USER_TABLES = ("gallery_entries", "portraits", "jobs", "face_models", "selfies")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_user_id(user_id: str) -> str:
+    """User ids name folders, so only plain ids are allowed (Discord ids are digits)."""
+    if not USER_ID_PATTERN.match(user_id):
+        raise FaceChainError(
+            f"Invalid user id {user_id!r}: use 1-64 letters, digits, '_' or '-' (a Discord id is all digits)."
+        )
+    return user_id
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    subject: str
+    trigger: str
+    consent_at: str | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class SelfieRecord:
+    id: int
+    user_id: str
+    sha256: str
+    original_name: str
+    path: Path  # absolute path of the aligned crop
+    quality: float
+    embedding: np.ndarray
+    embedding_backend: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    user_id: str
+    rows_deleted: dict[str, int]
+    files_deleted: int
+
+    @property
+    def anything_deleted(self) -> bool:
+        return self.files_deleted > 0 or any(self.rows_deleted.values())
+
+
+class Store:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "facechain.db"
+        try:
+            connection = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise FaceChainError(f"Cannot open the database {self.db_path}: {error}") from None
+        connection.execute("PRAGMA foreign_keys = ON")
+        self.db = sqlite_utils.Database(connection)
+        self.db.enable_wal()
+        self.migrate()
+
+    # --- schema -------------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise FaceChainError(
+                f"The database {self.db_path} has schema version {current}, newer than this "
+                f"program's {SCHEMA_VERSION}: upgrade facechain-discord."
+            )
+        for version in range(current, SCHEMA_VERSION):
+            with self.db.conn:
+                MIGRATIONS[version](self.db)
+                self.db.execute(f"PRAGMA user_version = {version + 1}")
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # --- files --------------------------------------------------------------------------------
+
+    def user_dir(self, user_id: str) -> Path:
+        return self.data_dir / "users" / check_user_id(user_id)
+
+    def private_dir(self, user_id: str, kind: str) -> Path:
+        """A folder of the user's, created owner-only."""
+        folder = self.user_dir(user_id) / kind
+        for part in (self.data_dir / "users", self.user_dir(user_id), folder):
+            part.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
+    def write_private_file(self, path: Path, data: bytes) -> None:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.data_dir).as_posix()
+
+    def absolute(self, relative_path: str) -> Path:
+        return self.data_dir / relative_path
+
+    # --- users --------------------------------------------------------------------------------
+
+    def ensure_user(self, user_id: str, subject: str, trigger: str) -> UserRecord:
+        """Create the user, or update their subject and trigger phrase."""
+        check_user_id(user_id)
+        existing = self.get_user(user_id)
+        with self.db.conn:
+            if existing is None:
+                self.db["users"].insert(
+                    {"id": user_id, "subject": subject, "trigger": trigger, "consent_at": None,
+                     "created_at": utc_now()}
+                )
+            else:
+                self.db["users"].update(user_id, {"subject": subject, "trigger": trigger})
+        return self.get_user(user_id)  # type: ignore[return-value]
+
+    def record_consent(self, user_id: str) -> None:
+        with self.db.conn:
+            self.db["users"].update(user_id, {"consent_at": utc_now()})
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        rows = list(self.db["users"].rows_where("id = ?", [user_id]))
+        return UserRecord(**rows[0]) if rows else None
+
+    def list_users(self) -> list[dict]:
+        """Each user with counts of what is stored for them."""
+        return list(
+            self.db.query(
+                """
+                select u.id, u.subject, u.trigger, u.consent_at, u.created_at,
+                  (select count(*) from selfies s where s.user_id = u.id and s.status = 'accepted') as selfies,
+                  (select count(*) from face_models m where m.user_id = u.id and m.status = 'ready') as face_models,
+                  (select count(*) from portraits p where p.user_id = u.id) as portraits
+                from users u order by u.created_at, u.id
+                """
+            )
+        )
+
+    # --- selfies ------------------------------------------------------------------------------
+
+    def selfie_hashes(self, user_id: str) -> set[str]:
+        rows = self.db.query(
+            "select sha256 from selfies where user_id = ? and status = 'accepted'", [user_id]
+        )
+        return {row["sha256"] for row in rows}
+
+    def add_selfie(
+        self,
+        user_id: str,
+        sha256: str,
+        original_name: str,
+        crop_jpeg: bytes,
+        quality: float,
+        embedding: np.ndarray,
+        embedding_backend: str,
+    ) -> SelfieRecord:
+        """Store an accepted selfie crop. The user must exist; a known hash is not stored twice."""
+        if sha256 in self.selfie_hashes(user_id):
+            raise FaceChainError(f"This photo is already enrolled for user {user_id}.")
+        path = self.private_dir(user_id, "selfies") / f"{sha256[:32]}.jpg"
+        self.write_private_file(path, crop_jpeg)
+        row = {
+            "user_id": user_id, "sha256": sha256, "original_name": original_name[:200],
+            "path": self.relative(path), "status": "accepted", "reason": "", "detail": "",
+            "quality": float(quality), "embedding": np.asarray(embedding, np.float32).tobytes(),
+            "embedding_backend": embedding_backend, "created_at": utc_now(),
+        }
+        try:
+            with self.db.conn:
+                # A photo rejected before and accepted now replaces its rejected row.
+                self.db.execute("delete from selfies where user_id = ? and sha256 = ?", [user_id, sha256])
+                row_id = self.db["selfies"].insert(row).last_pk
+        except sqlite3.Error:
+            path.unlink(missing_ok=True)
+            raise
+        return self._selfie(self.db["selfies"].get(row_id))
+
+    def add_rejected_selfie(self, user_id: str, sha256: str, original_name: str, reason: str, detail: str) -> None:
+        """Remember a rejection (no file is kept) so the user's history explains itself."""
+        row = {
+            "user_id": user_id, "sha256": sha256, "original_name": original_name[:200], "path": "",
+            "status": "rejected", "reason": reason, "detail": detail[:500], "quality": None,
+            "embedding": None, "embedding_backend": "", "created_at": utc_now(),
+        }
+        if sha256 in self.selfie_hashes(user_id):
+            return  # an accepted copy of the same photo wins
+        with self.db.conn:
+            self.db.execute(
+                "delete from selfies where user_id = ? and sha256 = ? and status = 'rejected'",
+                [user_id, sha256],
+            )
+            self.db["selfies"].insert(row)
+
+    def accepted_selfies(self, user_id: str) -> list[SelfieRecord]:
+        rows = self.db["selfies"].rows_where(
+            "user_id = ? and status = 'accepted'", [user_id], order_by="quality desc, id"
+        )
+        return [self._selfie(row) for row in rows]
+
+    def rejected_selfies(self, user_id: str) -> list[dict]:
+        return list(self.db["selfies"].rows_where("user_id = ? and status = 'rejected'", [user_id], order_by="id"))
+
+    def _selfie(self, row: dict) -> SelfieRecord:
+        return SelfieRecord(
+            id=row["id"], user_id=row["user_id"], sha256=row["sha256"],
+            original_name=row["original_name"], path=self.absolute(row["path"]),
+            quality=row["quality"], embedding=np.frombuffer(row["embedding"], np.float32),
+            embedding_backend=row["embedding_backend"], created_at=row["created_at"],
+        )
+
+    # --- forgetting ---------------------------------------------------------------------------
+
+    def delete_user(self, user_id: str) -> ForgetReport:
+        """Remove every row and file of a user. Safe to call twice."""
+        check_user_id(user_id)
+        counts: dict[str, int] = {}
+        with self.db.conn:
+            for table in USER_TABLES:
+                counts[table] = self.db.execute(f"delete from {table} where user_id = ?", [user_id]).rowcount
+            counts["users"] = self.db.execute("delete from users where id = ?", [user_id]).rowcount
+        folder = self.user_dir(user_id)
+        files = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+        shutil.rmtree(folder, ignore_errors=True)
+        return ForgetReport(user_id=user_id, rows_deleted=counts, files_deleted=files)
