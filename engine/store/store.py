@@ -101,7 +101,7 @@ class Store:
                 f"program's {SCHEMA_VERSION}: upgrade facechain-discord."
             )
         for version in range(current, SCHEMA_VERSION):
-            with self.db.conn:
+            with self.db.atomic():
                 MIGRATIONS[version](self.db)
                 self.db.execute(f"PRAGMA user_version = {version + 1}")
 
@@ -137,7 +137,7 @@ class Store:
         """Create the user, or update their subject and trigger phrase."""
         check_user_id(user_id)
         existing = self.get_user(user_id)
-        with self.db.conn:
+        with self.db.atomic():
             if existing is None:
                 self.db["users"].insert(
                     {"id": user_id, "subject": subject, "trigger": trigger, "consent_at": None,
@@ -148,7 +148,7 @@ class Store:
         return self.get_user(user_id)  # type: ignore[return-value]
 
     def record_consent(self, user_id: str) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["users"].update(user_id, {"consent_at": utc_now()})
 
     def get_user(self, user_id: str) -> UserRecord | None:
@@ -199,7 +199,7 @@ class Store:
             "embedding_backend": embedding_backend, "created_at": utc_now(),
         }
         try:
-            with self.db.conn:
+            with self.db.atomic():
                 # A photo rejected before and accepted now replaces its rejected row.
                 self.db.execute("delete from selfies where user_id = ? and sha256 = ?", [user_id, sha256])
                 row_id = self.db["selfies"].insert(row).last_pk
@@ -217,7 +217,7 @@ class Store:
         }
         if sha256 in self.selfie_hashes(user_id):
             return  # an accepted copy of the same photo wins
-        with self.db.conn:
+        with self.db.atomic():
             self.db.execute(
                 "delete from selfies where user_id = ? and sha256 = ? and status = 'rejected'",
                 [user_id, sha256],
@@ -247,7 +247,7 @@ class Store:
         """Remove every row and file of a user. Safe to call twice."""
         check_user_id(user_id)
         counts: dict[str, int] = {}
-        with self.db.conn:
+        with self.db.atomic():
             for table in USER_TABLES:
                 counts[table] = self.db.execute(f"delete from {table} where user_id = ?", [user_id]).rowcount
             counts["users"] = self.db.execute("delete from users where id = ?", [user_id]).rowcount

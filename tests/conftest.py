@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.config import Settings, load_settings
+from engine.faces import FaceAnalyzer, get_analyzer
+from engine.preprocess import UploadedPhoto
+from engine.store import Store
+
+DATA = Path(__file__).parent / "data"
+# Photos of one person each (edge/rgba_32bit.png is obama2 with an alpha channel).
+IDENTITIES = {
+    "obama": ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg", "obama/obama4_small.jpg", "edge/rgba_32bit.png"],
+    "biden": ["biden/biden1.jpg", "biden/biden2.jpg"],
+    "rose": ["rose_leslie/rose1.jpg", "rose_leslie/rose2.jpg"],
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch, tmp_path):
+    """No developer's FACECHAIN_* variables or .env may leak into a test."""
+    for name in list(os.environ):
+        if name.startswith("FACECHAIN_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return load_settings(_env_file=None, data_dir=tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def analyzer() -> FaceAnalyzer:
+    return get_analyzer(load_settings(_env_file=None))
+
+
+@pytest.fixture
+def store(settings) -> Store:
+    opened = Store(settings.data_dir)
+    yield opened
+    opened.close()
+
+
+def photo(relative: str) -> UploadedPhoto:
+    return UploadedPhoto(name=relative, data=(DATA / relative).read_bytes())
+
+
+def image_array(relative: str) -> np.ndarray:
+    return np.asarray(Image.open(DATA / relative).convert("RGB"))
+
+
+def encode(image: np.ndarray | Image.Image, format_name: str = "JPEG", **options) -> bytes:
+    import io
+
+    picture = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    buffer = io.BytesIO()
+    picture.save(buffer, format=format_name, **options)
+    return buffer.getvalue()
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
