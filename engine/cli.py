@@ -169,6 +169,38 @@ def cmd_users_forget(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- styles -----------------------------------------------------------------------------------------
+
+def cmd_styles_list(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.styles import load_styles
+
+    catalogue = load_styles(settings.styles_dir)
+    if args.json:
+        print_json([style.model_dump(mode="json") for style in catalogue.styles.values()])
+        return 0
+    table = Table(title=f"{len(catalogue.styles)} styles")
+    for column in ("id", "name", "description"):
+        table.add_column(column)
+    for style in catalogue.styles.values():
+        table.add_row(style.id, style.name, style.description)
+    console.print(table)
+    return 0
+
+
+def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.styles import load_styles
+
+    catalogue = load_styles(settings.styles_dir)
+    if args.json:
+        print_json({"styles": len(catalogue.styles),
+                    "problems": [{"path": str(p.path), "field": p.field, "message": p.message} for p in catalogue.problems]})
+    else:
+        for problem in catalogue.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        console.print(f"{len(catalogue.styles)} styles ok, {len(catalogue.problems)} problem(s)")
+    return 1 if catalogue.problems else 0
+
+
 # --- wiring ----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="users_command", required=True, metavar="ACTION")
     command(users, "list", cmd_users_list, "list users and what is stored for them")
     command(users, "forget", cmd_users_forget, "delete every file and row of a user").add_argument("user")
+    styles = commands.add_parser("styles", help="the portrait styles").add_subparsers(
+        dest="styles_command", required=True, metavar="ACTION")
+    command(styles, "list", cmd_styles_list, "list the styles")
+    command(styles, "check", cmd_styles_check, "validate every style file; exit 1 on a problem")
     return parser
 
 

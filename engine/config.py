@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_brightness: float = Field(default=225.0, ge=0, le=255)
     max_yaw: float = Field(default=0.45, gt=0, le=1)
 
+    # Folder of style files (*.toml); empty = the styles shipped with the bot.
+    styles_dir: Path | None = None
+
     # Logging level for the CLI, worker and bot.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -1,4 +1,8 @@
-"""Where a model reference points: a local folder, a Hugging Face id, or `modelscope:<id>`."""
+"""Model references (a local folder, a Hugging Face id, or `modelscope:<id>`) and where they live.
+
+`resolve_model_folder` is the one path every model takes onto the disk: the tiny test model, a
+folder a server owner copied over, and hub downloads alike.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from engine.errors import ModelMissing
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -46,3 +52,38 @@ def local_copy(reference: ModelReference) -> Path | None:
         if any(folder.rglob("model_index.json")) if folder.is_dir() else False:
             return folder
     return None
+
+
+def resolve_model_folder(reference: ModelReference, setting: str = "FACECHAIN_BASE_MODEL") -> Path:
+    """A local folder holding the model, downloading it from its hub when needed."""
+    if reference.kind == "local":
+        folder = local_copy(reference)
+        if folder is None:
+            raise ModelMissing(
+                f"{setting}={reference.value} is not a diffusers model folder (no model_index.json there): "
+                "point it at one, or use a Hugging Face id or modelscope:<id>."
+            )
+        return folder
+    if reference.kind == "huggingface":
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(reference.value))
+        except Exception as error:  # offline, unknown id, gated repo, disk full: all say the same thing
+            raise ModelMissing(
+                f"Could not get {reference.value} from Hugging Face ({type(error).__name__}): check the network, "
+                f"or download it elsewhere and set {setting} to the folder."
+            ) from None
+    try:
+        from modelscope import snapshot_download as modelscope_download
+    except ImportError:
+        raise ModelMissing(
+            f"{setting}={reference} needs the modelscope package: pip install 'facechain-discord[modelscope]'."
+        ) from None
+    try:
+        return Path(modelscope_download(reference.value))
+    except Exception as error:
+        raise ModelMissing(
+            f"Could not get {reference.value} from ModelScope ({type(error).__name__}): check the network, "
+            f"or set {setting} to a local folder."
+        ) from None

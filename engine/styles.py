@@ -1,0 +1,106 @@
+"""Portrait styles, one TOML file each in `styles/`. Adding a style needs no code.
+
+A file that fails validation is reported with its path and field; the other styles still load.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
+STYLE_ID = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+
+class StyleLora(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reference: str = Field(min_length=1)  # local .safetensors / folder, Hugging Face id, or modelscope:<id>
+    weight_name: str | None = None  # file inside a hub repo or folder
+    weight: float = Field(default=0.35, ge=0, le=1.5)  # FaceChain uses 0.25-0.45
+
+
+class Sampler(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(default=40, ge=1, le=150)
+    guidance: float = Field(default=7.0, ge=0, le=30)
+
+
+class Style(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=STYLE_ID)
+    name: str = Field(min_length=1, max_length=60)
+    description: str = Field(min_length=1, max_length=200)
+    prompt: str = Field(min_length=1, max_length=600)
+    negative_prompt: str = Field(default="", max_length=600)  # added to the shared negative prompt
+    face_weight: float = Field(default=0.9, ge=0, le=1.5)  # FaceChain uses 0.85-0.95
+    lora: StyleLora | None = None
+    sampler: Sampler = Sampler()
+    preview: Path | None = None  # image shown in /facechain styles, relative to the styles folder
+    tags: list[str] = []
+
+
+@dataclass(frozen=True)
+class StyleProblem:
+    path: Path
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.field}: {self.message}"
+
+
+@dataclass
+class StyleCatalogue:
+    styles: dict[str, Style]
+    problems: list[StyleProblem]
+
+    def get(self, style_id: str) -> Style | None:
+        return self.styles.get(style_id)
+
+    def search(self, typed: str, limit: int = 25) -> list[Style]:
+        """Styles whose id, name or tags contain what was typed, names starting with it first."""
+        text = typed.strip().lower()
+        found = [s for s in self.styles.values() if not text or text in s.id or text in s.name.lower()
+                 or any(text in tag for tag in s.tags)]
+        found.sort(key=lambda s: (not s.name.lower().startswith(text), s.name.lower()))
+        return found[:limit]
+
+
+def load_style(path: Path) -> Style:
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("id", path.stem)
+    style = Style.model_validate(data)
+    if style.preview is not None and not (path.parent / style.preview).is_file():
+        raise ValueError(f"preview: file {style.preview} not found next to the style")
+    return style
+
+
+def load_styles(folder: Path | None = None) -> StyleCatalogue:
+    folder = folder or STYLES_DIR
+    styles: dict[str, Style] = {}
+    problems: list[StyleProblem] = []
+    for path in sorted(Path(folder).glob("*.toml")):
+        try:
+            style = load_style(path)
+        except tomllib.TOMLDecodeError as error:
+            problems.append(StyleProblem(path, "file", f"not valid TOML ({error})"))
+            continue
+        except ValidationError as error:
+            for item in error.errors():
+                problems.append(StyleProblem(path, ".".join(map(str, item["loc"])) or "file", item["msg"]))
+            continue
+        except (ValueError, OSError) as error:
+            field, _, message = str(error).partition(": ")
+            problems.append(StyleProblem(path, field if message else "file", message or str(error)))
+            continue
+        if style.id in styles:
+            problems.append(StyleProblem(path, "id", f"{style.id!r} is already used by another style"))
+            continue
+        styles[style.id] = style
+    return StyleCatalogue(styles, problems)
