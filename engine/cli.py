@@ -201,6 +201,19 @@ def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if catalogue.problems else 0
 
 
+# --- models -------------------------------------------------------------------------------------------
+
+def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.tiny_model import make_tiny_model
+
+    folder = make_tiny_model(Path(args.folder))
+    if args.json:
+        print_json({"path": str(folder)})
+    else:
+        console.print(f"Tiny random model written to {folder} (set FACECHAIN_BASE_MODEL={folder} to use it).")
+    return 0
+
+
 # --- wiring ----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="users_command", required=True, metavar="ACTION")
     command(users, "list", cmd_users_list, "list users and what is stored for them")
     command(users, "forget", cmd_users_forget, "delete every file and row of a user").add_argument("user")
+    tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
+                   "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")
+    tiny.add_argument("folder", metavar="DIR")
+
     styles = commands.add_parser("styles", help="the portrait styles").add_subparsers(
         dest="styles_command", required=True, metavar="ACTION")
     command(styles, "list", cmd_styles_list, "list the styles")

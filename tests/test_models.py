@@ -1,0 +1,88 @@
+"""Model references and the base-pipeline loader, on a tiny model the project writes itself."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.base_model import load_base_pipeline, plan_memory
+from engine.cli import main
+from engine.errors import ModelMissing
+from engine.models import parse_model_reference, resolve_model_folder
+
+GIB = 2**30
+
+
+def test_make_tiny_model_cli_writes_a_diffusers_folder(tmp_path, capsys):
+    assert main(["make-tiny-model", str(tmp_path / "tiny"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == str(tmp_path / "tiny")
+    index = json.loads((tmp_path / "tiny" / "model_index.json").read_text())
+    assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+    size = sum(p.stat().st_size for p in (tmp_path / "tiny").rglob("*") if p.is_file())
+    assert size < 20 * 2**20
+
+
+def test_the_tiny_model_loads_through_the_production_loader_and_draws(tiny_model, settings):
+    base = load_base_pipeline(settings.model_copy(update={"base_model": str(tiny_model), "device": "cpu"}))
+    assert base.device == "cpu" and base.plan.dtype_name == "float32"
+    images = base.pipeline(["<fcsks>, a man"] * 2, num_inference_steps=2, height=64, width=64,
+                           generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 64, 64, 3)
+    assert np.isfinite(images).all() and images.std() > 0
+
+
+def test_a_hugging_face_id_resolves_from_the_hub_cache(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny--sd" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_model, snapshot)
+    (cache / "models--tiny--sd" / "refs").mkdir()
+    (cache / "models--tiny--sd" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert resolve_model_folder(parse_model_reference("tiny/sd")) == snapshot
+
+
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        ("./no/such/folder", "FACECHAIN_BASE_MODEL=no/such/folder is not a diffusers model folder"),
+        ("nobody/not-downloaded", "Could not get nobody/not-downloaded from Hugging Face"),
+        ("modelscope:someone/model", "needs the modelscope package"),
+    ],
+)
+def test_a_missing_model_says_what_to_set(reference, message, monkeypatch, tmp_path):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # never touch the network in tests
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelMissing, match=message.replace(".", r"\.")):
+        resolve_model_folder(parse_model_reference(reference))
+
+
+def test_a_corrupted_model_file_is_a_clear_error(tiny_model, tmp_path, settings):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    next((broken / "unet").glob("*.safetensors")).write_bytes(b"not a tensor file")
+    with pytest.raises(ModelMissing, match="could not be loaded"):
+        load_base_pipeline(settings.model_copy(update={"base_model": str(broken), "device": "cpu"}))
+
+
+@pytest.mark.parametrize(
+    "device, free_gib, expected",
+    [
+        ("cpu", None, ("float32", False, False, False)),
+        ("mps", None, ("float16", True, False, False)),
+        ("cuda", 40, ("float16", False, False, False)),
+        ("cuda", 7, ("float16", True, True, False)),
+        ("cuda", 3.5, ("float16", True, True, True)),
+    ],
+)
+def test_memory_plans_fit_an_8gb_card(device, free_gib, expected):
+    plan = plan_memory(device, None if free_gib is None else int(free_gib * GIB))
+    assert (plan.dtype_name, plan.attention_slicing, plan.vae_tiling, plan.cpu_offload) == expected
+    assert plan_memory("cuda", 40 * GIB, bf16=True).dtype_name == "bfloat16"
