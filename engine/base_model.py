@@ -60,9 +60,22 @@ def current_plan(device: str) -> MemoryPlan:
     return plan_memory(device, free, bf16=torch.cuda.is_bf16_supported())
 
 
+def quiet_loaders() -> None:
+    """Loading progress bars and notices belong to our own progress reporting, not stderr."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def load_base_pipeline(settings: Settings, reference: str | None = None) -> BasePipeline:
     import torch
     from diffusers import StableDiffusionPipeline
+
+    quiet_loaders()
 
     reference = reference or settings.base_model
     folder = resolve_model_folder(parse_model_reference(reference))

@@ -201,6 +201,35 @@ def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if catalogue.problems else 0
 
 
+# --- training -----------------------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engine.base_model import load_base_pipeline
+    from engine.train import train_user
+
+    store = open_store(settings)
+    base = load_base_pipeline(settings)
+    with Progress(TextColumn("training {task.fields[user]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                  console=Console(stderr=True), disable=args.json) as bar:
+        task = bar.add_task("train", total=None, user=args.user, loss=0.0)
+        model = train_user(
+            store, base, settings, args.user, steps=args.steps,
+            on_progress=lambda p: bar.update(task, completed=p.step, total=p.total, loss=p.loss),
+        )
+    summary = {"user": args.user, "version": model.version, "path": str(model.path), "status": model.status,
+               "steps": model.meta["steps"], "final_loss": model.meta["final_loss"],
+               "resumed_from_step": model.meta["resumed_from_step"]}
+    if args.json:
+        print_json(summary)
+    else:
+        console.print(f"Face model v{model.version} for {args.user} ready at {model.path} "
+                      f"({summary['steps']} steps, final loss {summary['final_loss']:.4f}).")
+    return 0
+
+
 # --- models -------------------------------------------------------------------------------------------
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
@@ -244,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="users_command", required=True, metavar="ACTION")
     command(users, "list", cmd_users_list, "list users and what is stored for them")
     command(users, "forget", cmd_users_forget, "delete every file and row of a user").add_argument("user")
+    train = command(commands, "train", cmd_train, "train a user's face LoRA from their enrolled selfies")
+    train.add_argument("--user", required=True)
+    train.add_argument("--steps", type=int, help="training steps (default: scaled with the number of photos)")
+
     tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
                    "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")
     tiny.add_argument("folder", metavar="DIR")

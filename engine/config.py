@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     max_brightness: float = Field(default=225.0, ge=0, le=255)
     max_yaw: float = Field(default=0.45, gt=0, le=1)
 
+    # Face LoRA training (defaults from FaceChain). Steps = photos x steps_per_photo, capped.
+    lora_rank: int = Field(default=4, ge=1, le=128)
+    lora_alpha: float = Field(default=4.0, gt=0)
+    learning_rate: float = Field(default=1.5e-4, gt=0, lt=1)
+    train_steps_per_photo: int = Field(default=200, ge=1)
+    train_max_steps: int = Field(default=2000, ge=1)
+    # Side of the square training images, in pixels (a multiple of 8).
+    train_resolution: int = Field(default=512, ge=64, le=1024, multiple_of=8)
+
     # Folder of style files (*.toml); empty = the styles shipped with the bot.
     styles_dir: Path | None = None
 

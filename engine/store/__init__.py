@@ -2,6 +2,7 @@
 
 from engine.store.store import (
     SCHEMA_VERSION,
+    FaceModelRecord,
     ForgetReport,
     SelfieRecord,
     Store,
@@ -9,4 +10,4 @@ from engine.store.store import (
     check_user_id,
 )
 
-__all__ = ["SCHEMA_VERSION", "ForgetReport", "SelfieRecord", "Store", "UserRecord", "check_user_id"]
+__all__ = ["SCHEMA_VERSION", "FaceModelRecord", "ForgetReport", "SelfieRecord", "Store", "UserRecord", "check_user_id"]

@@ -7,6 +7,7 @@ files 0600: selfies are biometric data.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -60,6 +61,19 @@ class SelfieRecord:
     embedding: np.ndarray
     embedding_backend: str
     created_at: str
+
+
+@dataclass(frozen=True)
+class FaceModelRecord:
+    id: int
+    user_id: str
+    version: int
+    status: str  # training / ready / failed / superseded
+    path: Path  # folder of the adapter weights and meta.json
+    base_model: str
+    meta: dict
+    created_at: str
+    finished_at: str | None
 
 
 @dataclass(frozen=True)
@@ -239,6 +253,57 @@ class Store:
             original_name=row["original_name"], path=self.absolute(row["path"]),
             quality=row["quality"], embedding=np.frombuffer(row["embedding"], np.float32),
             embedding_backend=row["embedding_backend"], created_at=row["created_at"],
+        )
+
+    # --- face models ----------------------------------------------------------------------------
+
+    def start_face_model(self, user_id: str, base_model: str) -> FaceModelRecord:
+        """The user's unfinished training to resume, or a new version in state 'training'."""
+        unfinished = self.face_models(user_id, status="training")
+        if unfinished:
+            return unfinished[0]
+        folder = self.private_dir(user_id, "models")
+        with self.db.atomic():
+            version = 1 + (self.db.execute(
+                "select coalesce(max(version), 0) from face_models where user_id = ?", [user_id]).fetchone()[0])
+            row_id = self.db["face_models"].insert({
+                "user_id": user_id, "version": version, "status": "training",
+                "path": self.relative(folder / f"v{version}"), "base_model": base_model, "meta": "{}",
+                "created_at": utc_now(), "finished_at": None,
+            }).last_pk
+        return self._face_model(self.db["face_models"].get(row_id))
+
+    def finish_face_model(self, model_id: int, meta: dict) -> FaceModelRecord:
+        """Mark a trained version ready; the versions before it become 'superseded'."""
+        model = self._face_model(self.db["face_models"].get(model_id))
+        with self.db.atomic():
+            self.db.execute(
+                "update face_models set status = 'superseded' where user_id = ? and status = 'ready'", [model.user_id])
+            self.db["face_models"].update(
+                model_id, {"status": "ready", "meta": json.dumps(meta), "finished_at": utc_now()})
+        return self._face_model(self.db["face_models"].get(model_id))
+
+    def fail_face_model(self, model_id: int, error: str) -> None:
+        with self.db.atomic():
+            self.db["face_models"].update(
+                model_id, {"status": "failed", "meta": json.dumps({"error": error[:500]}), "finished_at": utc_now()})
+
+    def face_models(self, user_id: str, status: str | None = None) -> list[FaceModelRecord]:
+        """Newest first."""
+        where, params = "user_id = ?", [user_id]
+        if status:
+            where, params = where + " and status = ?", params + [status]
+        return [self._face_model(row) for row in self.db["face_models"].rows_where(where, params, order_by="version desc")]
+
+    def ready_face_model(self, user_id: str) -> FaceModelRecord | None:
+        ready = self.face_models(user_id, status="ready")
+        return ready[0] if ready else None
+
+    def _face_model(self, row: dict) -> FaceModelRecord:
+        return FaceModelRecord(
+            id=row["id"], user_id=row["user_id"], version=row["version"], status=row["status"],
+            path=self.absolute(row["path"]), base_model=row["base_model"], meta=json.loads(row["meta"] or "{}"),
+            created_at=row["created_at"], finished_at=row["finished_at"],
         )
 
     # --- forgetting ---------------------------------------------------------------------------

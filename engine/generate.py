@@ -1,0 +1,152 @@
+"""Styled portrait generation: one base pipeline per worker, face and style LoRAs as named adapters.
+
+Adapters are loaded once and kept in a small LRU cache, so switching between users and styles
+costs a `set_adapters` call instead of a base-model reload.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from engine.base_model import BasePipeline
+from engine.errors import ModelMissing
+from engine.lora_training import WEIGHTS_FILE
+from engine.models import parse_model_reference, resolve_model_folder
+from engine.preprocess.trigger import TRIGGER_TOKEN
+from engine.styles import Style, StyleLora
+
+log = logging.getLogger(__name__)
+# FaceChain's portrait prompt, minus A1111 weight syntax that diffusers would read as plain text.
+PORTRAIT_PROMPT = ("upper_body, raw photo, masterpiece, solo, medium shot, high detail face, photorealistic, "
+                   "best quality")
+# The NSFW terms always lead, so truncation to the text encoder's 77 tokens never drops them.
+NEGATIVE_PROMPT = ("nsfw, nude, naked, paintings, sketches, worst quality, low quality, normal quality, lowres, "
+                   "monochrome, grayscale, logo, text, watermark, signature, username, bad anatomy, bad hands, "
+                   "extra fingers, missing fingers, extra limbs, deformed, disfigured, blurry, multiple people")
+MAX_SEED = 2**31 - 1
+# Adapter names are unique in the process: generators may share one base pipeline.
+_adapter_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class PortraitRequest:
+    style: Style
+    trigger: str
+    face_model: Path | None  # folder of a trained face LoRA; None draws the base model alone
+    count: int = 4
+    seed: int | None = None  # candidates use seed, seed+1, ...; None picks one at random
+    steps: int | None = None  # None: the style's sampler hint
+    guidance: float | None = None
+    size: int = 512
+
+
+@dataclass
+class Candidate:
+    image: Image.Image
+    seed: int
+
+
+def build_prompt(trigger: str, style: Style) -> str:
+    return f"{TRIGGER_TOKEN}, {trigger}, {style.prompt}, {PORTRAIT_PROMPT}"
+
+
+def build_negative_prompt(style: Style) -> str:
+    return f"{NEGATIVE_PROMPT}, {style.negative_prompt}" if style.negative_prompt else NEGATIVE_PROMPT
+
+
+class PortraitGenerator:
+    def __init__(self, base: BasePipeline, max_adapters: int = 8) -> None:
+        self.base = base
+        self.max_adapters = max_adapters
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # source key -> adapter name
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def _adapter(self, key: str, load: Callable[[str], None]) -> str:
+        if key in self._adapters:
+            self._adapters.move_to_end(key)
+            return self._adapters[key]
+        while len(self._adapters) >= self.max_adapters:
+            _, evicted = self._adapters.popitem(last=False)
+            self.base.pipeline.delete_adapters(evicted)
+        name = f"adapter_{next(_adapter_ids)}"
+        load(name)
+        self._adapters[key] = name
+        return name
+
+    def forget_adapter(self, key: str) -> None:
+        """Unload a face model that was retrained or deleted."""
+        name = self._adapters.pop(str(key), None)
+        if name is not None:
+            self.base.pipeline.delete_adapters(name)
+
+    def _face_adapter(self, folder: Path) -> str:
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise ModelMissing(f"The face model at {folder} has no {WEIGHTS_FILE}: train it again.")
+        return self._adapter(str(folder), lambda name: self.base.pipeline.load_lora_weights(
+            folder, weight_name=WEIGHTS_FILE, adapter_name=name))
+
+    def _style_adapter(self, lora: StyleLora) -> str:
+        def load(name: str) -> None:
+            source = Path(lora.reference).expanduser()
+            if not source.is_file():
+                reference = parse_model_reference(lora.reference)
+                source = Path(reference.value) if reference.kind == "local" else _hub_folder(reference)
+            if source.is_file():
+                self.base.pipeline.load_lora_weights(source.parent, weight_name=source.name, adapter_name=name)
+            else:
+                self.base.pipeline.load_lora_weights(source, weight_name=lora.weight_name, adapter_name=name)
+        return self._adapter(f"style:{lora.reference}:{lora.weight_name}", load)
+
+    def _activate(self, request: PortraitRequest) -> None:
+        names, weights = [], []
+        if request.face_model is not None:
+            names.append(self._face_adapter(request.face_model))
+            weights.append(request.style.face_weight)
+        if request.style.lora is not None:
+            names.append(self._style_adapter(request.style.lora))
+            weights.append(request.style.lora.weight)
+        pipeline = self.base.pipeline
+        if names:
+            pipeline.enable_lora()
+            pipeline.set_adapters(names, adapter_weights=weights)
+        elif self._adapters:
+            pipeline.disable_lora()
+
+    def generate(self, request: PortraitRequest, on_step: Callable[[int, int], None] | None = None) -> list[Candidate]:
+        import torch
+
+        self._activate(request)
+        first_seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED - request.count)
+        seeds = [first_seed + index for index in range(request.count)]
+        steps = request.steps or request.style.sampler.steps
+        callback = None
+        if on_step is not None:
+            def callback(pipe, step, timestep, kwargs):
+                on_step(step + 1, steps)
+                return kwargs
+        images = self.base.pipeline(
+            prompt=[build_prompt(request.trigger, request.style)] * request.count,
+            negative_prompt=[build_negative_prompt(request.style)] * request.count,
+            num_inference_steps=steps,
+            guidance_scale=request.guidance if request.guidance is not None else request.style.sampler.guidance,
+            height=request.size, width=request.size,
+            # One CPU generator per image: a seed gives the same picture alone or in a batch (to float rounding).
+            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+            callback_on_step_end=callback,
+        ).images
+        return [Candidate(image, seed) for image, seed in zip(images, seeds)]
+
+
+def _hub_folder(reference) -> Path:
+    return resolve_model_folder(reference, setting="the style's lora.reference")

@@ -1,0 +1,176 @@
+"""Training and generation on the tiny model: real diffusers + peft, real assertions."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from engine import lora_training
+from engine.base_model import load_base_pipeline
+from engine.cli import main
+from engine.config import load_settings
+from engine.enroll import enroll_user
+from engine.errors import FaceChainError, ModelMissing
+from engine.generate import NEGATIVE_PROMPT, PortraitGenerator, PortraitRequest, build_negative_prompt, build_prompt
+from engine.lora_training import WEIGHTS_FILE, TrainingCancelled
+from engine.store import Store
+from engine.styles import Style, StyleLora, load_styles
+from engine.train import train_user
+from tests.conftest import photo
+
+OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+
+
+@pytest.fixture(scope="module")
+def engine_settings(tiny_model, tmp_path_factory):
+    # A high learning rate so 20 steps visibly move the tiny model's outputs.
+    return load_settings(_env_file=None, data_dir=tmp_path_factory.mktemp("engine") / "data", device="cpu",
+                         base_model=str(tiny_model), train_resolution=64, learning_rate=5e-2)
+
+
+@pytest.fixture(scope="module")
+def engine_store(engine_settings, analyzer):
+    store = Store(engine_settings.data_dir)
+    for user in ("alice", "bob", "carol"):
+        enroll_user(store, analyzer, engine_settings, user, [photo(p) for p in OBAMA], subject="man")
+    return store
+
+
+@pytest.fixture(scope="module")
+def base(engine_settings):
+    return load_base_pipeline(engine_settings)
+
+
+@pytest.fixture(scope="module")
+def alice_model(engine_store, base, engine_settings):
+    return train_user(engine_store, base, engine_settings, "alice", steps=20)
+
+
+def style(**changes) -> Style:
+    return load_styles().get("cyberpunk").model_copy(update={"sampler": load_styles().get("cyberpunk").sampler.model_copy(update={"steps": 3}), **changes})
+
+
+def draw(generator, face_model, seed=5, count=1, **changes):
+    request = PortraitRequest(style=style(**changes), trigger="a handsome man", face_model=face_model,
+                              count=count, seed=seed, size=64)
+    return [np.asarray(c.image, dtype=np.int16) for c in generator.generate(request)]
+
+
+def test_training_writes_a_ready_versioned_face_model(alice_model, engine_store):
+    assert alice_model.status == "ready" and alice_model.version == 1
+    assert (alice_model.path / WEIGHTS_FILE).is_file()
+    meta = json.loads((alice_model.path / "meta.json").read_text())
+    assert meta["steps"] == 20 and len(meta["loss_curve"]) == 20 and meta["caption"] == "<fcsks>, a handsome man"
+    assert len(meta["photos"]) == 3 and meta["rank"] == 4
+    assert engine_store.ready_face_model("alice").id == alice_model.id
+    weights = load_file(str(alice_model.path / WEIGHTS_FILE))
+    assert any("lora" in key and "to_q" in key for key in weights)
+    assert not alice_model.path.with_name("v1.partial").exists()
+
+
+def test_a_face_adapter_changes_outputs_and_removing_it_restores_the_base(base, alice_model):
+    generator = PortraitGenerator(base)
+    plain = draw(generator, None)[0]
+    with_face = draw(generator, alice_model.path)[0]
+    assert np.abs(with_face - plain).mean() > 1.0
+    assert generator.loaded_adapters == [str(alice_model.path)]
+    assert np.array_equal(draw(generator, None)[0], plain)  # disabled, not just reweighted
+    generator.forget_adapter(alice_model.path)
+    assert generator.loaded_adapters == []
+    assert np.array_equal(draw(generator, None)[0], plain)
+
+
+def test_seeds_reproduce_alone_or_in_a_batch(base, alice_model):
+    generator = PortraitGenerator(base)
+    batch = draw(generator, alice_model.path, seed=7, count=2)
+    assert all(np.array_equal(a, b) for a, b in zip(batch, draw(generator, alice_model.path, seed=7, count=2)))
+    alone = draw(generator, alice_model.path, seed=8)[0]
+    assert np.abs(batch[1] - alone).max() <= 2  # equal up to float rounding of a different batch shape
+    assert np.abs(batch[0] - batch[1]).mean() > 1.0
+
+
+def test_style_lora_is_a_second_weighted_adapter_and_the_cache_is_lru(base, alice_model, engine_store, engine_settings):
+    bob = train_user(engine_store, base, engine_settings, "bob", steps=5)
+    generator = PortraitGenerator(base, max_adapters=2)
+    face_only = draw(generator, alice_model.path)[0]
+    lora = StyleLora(reference=str(bob.path / WEIGHTS_FILE), weight=0.8)
+    styled = draw(generator, alice_model.path, lora=lora)[0]
+    assert np.abs(styled - face_only).mean() > 0.5
+    assert len(generator.loaded_adapters) == 2
+    draw(generator, bob.path)  # a third adapter evicts the least recently used (alice's face)
+    assert str(alice_model.path) not in generator.loaded_adapters and str(bob.path) in generator.loaded_adapters
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(base, engine_store, engine_settings, alice_model):
+    # bob trained 5 steps above; carol is interrupted at step 13 of 20, then resumed.
+    calls = {"n": 0}
+
+    def cancel_at_13():
+        calls["n"] += 1
+        return calls["n"] > 13
+
+    with pytest.raises(TrainingCancelled, match="step 13 of 20"):
+        train_user(engine_store, base, engine_settings, "carol", steps=20, should_cancel=cancel_at_13)
+    unfinished = engine_store.face_models("carol")[0]
+    assert unfinished.status == "training"
+    assert (unfinished.path.with_name("v1.partial") / "checkpoint.pt").is_file()
+
+    resumed = train_user(engine_store, base, engine_settings, "carol", steps=20)
+    assert resumed.id == unfinished.id and resumed.meta["resumed_from_step"] == 13
+    carol_weights = load_file(str(resumed.path / WEIGHTS_FILE))
+    alice_weights = load_file(str(alice_model.path / WEIGHTS_FILE))  # same photos, caption and settings
+    for key, value in alice_weights.items():
+        np.testing.assert_allclose(carol_weights[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_retraining_makes_a_new_version_and_supersedes_the_old(base, engine_store, engine_settings):
+    first = engine_store.ready_face_model("bob") or train_user(engine_store, base, engine_settings, "bob", steps=5)
+    second = train_user(engine_store, base, engine_settings, "bob", steps=5)
+    assert second.version == first.version + 1
+    statuses = {m.version: m.status for m in engine_store.face_models("bob")}
+    assert statuses[second.version] == "ready" and statuses[first.version] == "superseded"
+
+
+def test_a_failed_training_keeps_the_previous_model(base, engine_store, engine_settings, monkeypatch):
+    before = engine_store.ready_face_model("bob")
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(lora_training, "_loop", explode)
+    with pytest.raises(RuntimeError):
+        train_user(engine_store, base, engine_settings, "bob", steps=5)
+    failed = engine_store.face_models("bob")[0]
+    assert failed.status == "failed" and "CUDA out of memory" in failed.meta["error"]
+    assert engine_store.ready_face_model("bob").id == before.id
+    assert lora_training.ADAPTER not in base.pipeline.unet.peft_config  # the training adapter was removed
+
+
+def test_training_without_selfies_says_to_enroll(base, engine_store, engine_settings):
+    with pytest.raises(FaceChainError, match="no enrolled selfies: run `facechain enroll --user nobody`"):
+        train_user(engine_store, base, engine_settings, "nobody")
+
+
+def test_a_face_model_without_weights_is_a_clear_error(base, tmp_path):
+    with pytest.raises(ModelMissing, match="train it again"):
+        draw(PortraitGenerator(base), tmp_path)
+
+
+def test_prompts_follow_facechain_and_always_exclude_nsfw():
+    anime = load_styles().get("anime")
+    assert build_prompt("a beautiful woman", anime).startswith("<fcsks>, a beautiful woman, anime style portrait")
+    assert build_negative_prompt(anime).startswith("nsfw, nude")
+    assert build_negative_prompt(anime).endswith(anime.negative_prompt)
+    assert NEGATIVE_PROMPT.startswith("nsfw")
+
+
+def test_train_cli(capsys, engine_settings, engine_store, monkeypatch):
+    for name in ("data_dir", "base_model", "train_resolution", "device"):
+        monkeypatch.setenv(f"FACECHAIN_{name.upper()}", str(getattr(engine_settings, name)))
+    assert main(["train", "--user", "carol", "--steps", "3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["user"] == "carol" and summary["status"] == "ready" and summary["steps"] == 3
+    assert summary["version"] == 2
+    assert main(["train", "--user", "nobody", "--json"]) == 2
+    assert "no enrolled selfies" in capsys.readouterr().err
