@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,29 +63,31 @@ def current_plan(device: str) -> MemoryPlan:
 
 def quiet_loaders() -> None:
     """Loading progress bars and notices belong to our own progress reporting, not stderr."""
+    import transformers  # before diffusers, whose pipeline imports already log through transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     import diffusers
-    import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
 
 def load_base_pipeline(settings: Settings, reference: str | None = None) -> BasePipeline:
+    quiet_loaders()
     import torch
     from diffusers import StableDiffusionPipeline
-
-    quiet_loaders()
 
     reference = reference or settings.base_model
     folder = resolve_model_folder(parse_model_reference(reference))
     device = resolve_device(settings.device)
     plan = current_plan(device)
     try:
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            folder, torch_dtype=getattr(torch, plan.dtype_name), safety_checker=None, requires_safety_checker=False
-        )
+        with warnings.catch_warnings():  # torch_dtype= still works across our diffusers range
+            warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+            pipeline = StableDiffusionPipeline.from_pretrained(
+                folder, torch_dtype=getattr(torch, plan.dtype_name), safety_checker=None, requires_safety_checker=False
+            )
     except (OSError, ValueError, KeyError) as error:
         raise ModelMissing(
             f"The base model at {folder} could not be loaded ({type(error).__name__}: {str(error)[:200]}): "

@@ -230,6 +230,51 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- portraits ----------------------------------------------------------------------------------------
+
+def cmd_fuse(args: argparse.Namespace, settings: Settings) -> int:
+    from PIL import Image
+
+    from engine.faces import get_analyzer
+    from engine.postprocess.fuse_photos import fuse_photos
+
+    result = fuse_photos(get_analyzer(settings), settings, [read_photo(p) for p in args.face], read_photo(args.template))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.image).save(out)
+    summary = {"path": str(out), "distance_before": result.distance_before, "distance_after": result.distance_after}
+    if args.json:
+        print_json(summary)
+    else:
+        console.print(f"Wrote {out}: identity distance to the selfies {result.distance_before:.3f} -> "
+                      f"{result.distance_after:.3f} (lower is more alike)")
+    return 0
+
+
+def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.base_model import load_base_pipeline
+    from engine.faces import get_analyzer
+    from engine.generate import PortraitGenerator
+    from engine.portrait import check_request, make_portraits
+    from engine.styles import load_styles
+
+    store = open_store(settings)
+    catalogue = load_styles(settings.styles_dir)
+    check_request(store, settings, catalogue, args.user, args.style, args.count)  # before the slow model load
+    generator = PortraitGenerator(load_base_pipeline(settings))
+    result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user, args.style,
+                            count=args.count, seed=args.seed, out_dir=Path(args.out))
+    if result.notice:
+        print(f"notice: {result.notice}", file=sys.stderr)
+    if args.json:
+        print_json([portrait.to_json() for portrait in result.portraits])
+    else:
+        for portrait in result.portraits:
+            score = "unranked" if portrait.similarity is None else f"similarity {portrait.similarity:.3f}"
+            console.print(f"{portrait.path} ({score}, seed {portrait.seed})")
+    return 0
+
+
 # --- models -------------------------------------------------------------------------------------------
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
@@ -276,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = command(commands, "train", cmd_train, "train a user's face LoRA from their enrolled selfies")
     train.add_argument("--user", required=True)
     train.add_argument("--steps", type=int, help="training steps (default: scaled with the number of photos)")
+
+    fuse = command(commands, "fuse", cmd_fuse, "put the face from selfies onto a template photo")
+    fuse.add_argument("--face", nargs="+", required=True, metavar="SELFIE")
+    fuse.add_argument("--template", required=True, metavar="T")
+    fuse.add_argument("--out", required=True, metavar="O")
+
+    portrait = command(commands, "portrait", cmd_portrait, "draw a user's portraits in a style, ranked by likeness")
+    portrait.add_argument("--user", required=True)
+    portrait.add_argument("--style", required=True)
+    portrait.add_argument("--count", type=int, default=4)
+    portrait.add_argument("--seed", type=int)
+    portrait.add_argument("--out", required=True, metavar="DIR")
 
     tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
                    "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")

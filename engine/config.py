@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # Side of the square training images, in pixels (a multiple of 8).
     train_resolution: int = Field(default=512, ge=64, le=1024, multiple_of=8)
 
+    # Portraits: candidates drawn per request (the best are returned) and their size in pixels.
+    portrait_candidates: int = Field(default=8, ge=1, le=16)
+    portrait_size: int = Field(default=512, ge=64, le=1024, multiple_of=8)
+
     # Folder of style files (*.toml); empty = the styles shipped with the bot.
     styles_dir: Path | None = None
 

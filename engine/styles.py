@@ -63,6 +63,14 @@ class StyleCatalogue:
     def get(self, style_id: str) -> Style | None:
         return self.styles.get(style_id)
 
+    def suggest(self, typed: str, limit: int = 3) -> list[str]:
+        """Style ids close to a mistyped one."""
+        import difflib
+
+        by_name = {s.name.lower(): s.id for s in self.styles.values()}
+        close = difflib.get_close_matches(typed.lower(), [*self.styles, *by_name], n=limit, cutoff=0.6)
+        return list(dict.fromkeys(by_name.get(match, match) for match in close))
+
     def search(self, typed: str, limit: int = 25) -> list[Style]:
         """Styles whose id, name or tags contain what was typed, names starting with it first."""
         text = typed.strip().lower()

@@ -3,6 +3,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Tests never reach a model hub: set before anything imports huggingface_hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import numpy as np
 import pytest
 from PIL import Image

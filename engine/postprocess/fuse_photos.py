@@ -1,0 +1,48 @@
+"""`facechain fuse`: fuse the best of some selfies onto a template photo, and measure the change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import Settings
+from engine.errors import NoUsableFace
+from engine.faces import FaceAnalyzer
+from engine.postprocess.fusion import fuse_face
+from engine.preprocess import UploadedPhoto
+from engine.preprocess.align import FoundFace, align_face, find_face
+from engine.preprocess.decode import decode_photo
+from engine.preprocess.quality import measure_quality
+from engine.preprocess.reasons import PhotoRejected
+
+
+@dataclass
+class FuseResult:
+    image: np.ndarray
+    distance_before: float  # template face to the selfies, mean identity distance
+    distance_after: float  # fused face to the selfies
+
+
+def _found(analyzer: FaceAnalyzer, settings: Settings, photo: UploadedPhoto) -> FoundFace:
+    try:
+        return find_face(analyzer, decode_photo(photo.data, settings.max_photo_megapixels))
+    except PhotoRejected as rejection:
+        raise NoUsableFace(f"{photo.name}: {rejection.detail} ({rejection.reason.value})") from None
+
+
+def fuse_photos(analyzer: FaceAnalyzer, settings: Settings, selfies: list[UploadedPhoto],
+                template: UploadedPhoto) -> FuseResult:
+    found = [_found(analyzer, settings, selfie) for selfie in selfies]
+    embeddings = [analyzer.embed(f.image, f.face) for f in found]
+    best = max(found, key=lambda f: measure_quality(align_face(f.image, f.face), f.face.box[2]).score)
+    target = _found(analyzer, settings, template)
+
+    def distance(image: np.ndarray, face) -> float:
+        vector = analyzer.embed(image, face)
+        return float(np.mean([analyzer.distance(vector, e) for e in embeddings]))
+
+    fused = fuse_face(best.image, best.face, target.image, target.face)
+    fused_faces = analyzer.detect(fused)
+    after = distance(fused, fused_faces[0]) if fused_faces else float("nan")
+    return FuseResult(fused, round(distance(target.image, target.face), 4), round(after, 4))

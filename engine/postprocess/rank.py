@@ -1,0 +1,67 @@
+"""Keep candidates with one clear face, fuse the user's best selfie onto them, rank by likeness."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from engine.faces import Face, FaceAnalyzer
+from engine.generate import Candidate
+from engine.postprocess.fusion import fuse_face
+
+log = logging.getLogger(__name__)
+# A candidate's face must be at least this share of the image width (FaceChain: "reasonable size").
+MIN_FACE_SHARE = 0.08
+
+
+@dataclass
+class EnrolledFace:
+    """The user's best selfie (by quality) as fusion source, plus every enrolled embedding."""
+
+    image: np.ndarray
+    face: Face
+    embeddings: list[np.ndarray]
+
+
+@dataclass
+class RankedPortrait:
+    image: Image.Image
+    seed: int
+    similarity: float | None  # 1 - mean identity distance to the enrolled faces; None when unranked
+
+
+def single_clear_face(analyzer: FaceAnalyzer, image: np.ndarray) -> Face | None:
+    faces = analyzer.detect(image)
+    if len(faces) != 1 or faces[0].box[2] < MIN_FACE_SHARE * image.shape[1]:
+        return None
+    return faces[0]
+
+
+def similarity(analyzer: FaceAnalyzer, embedding: np.ndarray, enrolled: list[np.ndarray]) -> float:
+    distance = float(np.mean([analyzer.distance(embedding, reference) for reference in enrolled]))
+    return round(max(0.0, 1.0 - distance), 4)
+
+
+def rank_candidates(
+    analyzer: FaceAnalyzer, candidates: list[Candidate], enrolled: EnrolledFace, fuse: bool = True
+) -> list[RankedPortrait]:
+    """The candidates that show one clear face, fused and sorted by similarity, best first."""
+    ranked = []
+    for candidate in candidates:
+        image = np.asarray(candidate.image.convert("RGB"))
+        face = single_clear_face(analyzer, image)
+        if face is None:
+            continue
+        if fuse:
+            try:
+                image = fuse_face(enrolled.image, enrolled.face, image, face)
+                face = single_clear_face(analyzer, image) or face
+            except ValueError:
+                log.warning("fusion failed for seed %s; keeping the candidate as drawn", candidate.seed)
+        score = similarity(analyzer, analyzer.embed(image, face), enrolled.embeddings)
+        ranked.append(RankedPortrait(Image.fromarray(image), candidate.seed, score))
+    ranked.sort(key=lambda portrait: portrait.similarity, reverse=True)
+    return ranked

@@ -1,0 +1,176 @@
+"""Face fusion and likeness ranking on real photos; the portrait path on the tiny model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.generate import Candidate
+from engine.portrait import UNRANKED_NOTICE, make_portraits
+from engine.postprocess import EnrolledFace, fuse_face, rank_candidates
+from engine.postprocess.fusion import face_mask
+from engine.styles import load_styles
+from tests.conftest import DATA, image_array
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+SELFIES = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+TEMPLATES = ["biden/biden2.jpg", "biden/biden1.jpg", "rose_leslie/rose2.jpg", "rose_leslie/rose1.jpg"]
+
+
+@pytest.fixture(scope="module")
+def enrolled(analyzer) -> EnrolledFace:
+    images = [image_array(p) for p in SELFIES]
+    faces = [analyzer.detect(image)[0] for image in images]
+    return EnrolledFace(images[0], faces[0], [analyzer.embed(i, f) for i, f in zip(images, faces)])
+
+
+def mean_distance(analyzer, image, enrolled) -> float:
+    face = analyzer.detect(image)[0]
+    vector = analyzer.embed(image, face)
+    return float(np.mean([analyzer.distance(vector, e) for e in enrolled.embeddings]))
+
+
+def test_fusion_makes_every_template_read_as_the_selfie_person(analyzer, enrolled):
+    rows = []
+    for template in TEMPLATES:
+        image = image_array(template)
+        face = analyzer.detect(image)[0]
+        fused = fuse_face(enrolled.image, enrolled.face, image, face)
+        before, after = mean_distance(analyzer, image, enrolled), mean_distance(analyzer, fused, enrolled)
+        assert before > analyzer.threshold > after, (template, before, after)
+        # Outside the face nothing moves: hair, background and clothes stay the template's.
+        outside = face_mask(image.shape, face) == 0
+        assert np.array_equal(fused[outside], image[outside])
+        rows.append((image, fused, face))
+    write_sheet(rows)
+
+
+def write_sheet(rows) -> None:
+    """template | fused, cropped around the face, for people to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    tile = 320
+    sheet = Image.new("RGB", (2 * tile, tile * len(rows)), "white")
+    for index, (template, fused, face) in enumerate(rows):
+        x, y, w, h = face.box
+        pad = w // 2
+        box = (max(0, x - pad), max(0, y - pad), x + w + pad, y + h + pad)
+        for column, image in enumerate((template, fused)):
+            sheet.paste(Image.fromarray(image).crop(box).resize((tile, tile)), (column * tile, index * tile))
+    sheet.save(ARTIFACTS / "fusion_sheet.png")
+
+
+def test_fusion_keeps_skin_tone_continuous_with_the_neck(analyzer, enrolled):
+    image = image_array("rose_leslie/rose2.jpg")
+    face = analyzer.detect(image)[0]
+    fused = fuse_face(enrolled.image, enrolled.face, image, face)
+    mask = face_mask(image.shape, face)
+    inner, edge = mask > 0.9, (mask > 0.05) & (mask < 0.5)
+    # The fused face takes the template's skin tone, and nothing jumps where the blend fades out.
+    assert np.abs(fused[inner].mean(axis=0) - image[inner].mean(axis=0)).max() < 12
+    assert np.abs(fused[edge].astype(int) - image[edge].astype(int)).mean() < 12
+
+
+def test_ranking_filters_unclear_candidates_and_sorts_by_likeness(analyzer, enrolled):
+    blank = Image.new("RGB", (256, 256), (128, 128, 128))
+    candidates = [Candidate(Image.open(DATA / p).convert("RGB"), seed) for seed, p in enumerate(
+        ["group/two_people.jpg", "biden/biden2.jpg", "rose_leslie/rose1.jpg"])] + [Candidate(blank, 9)]
+    ranked = rank_candidates(analyzer, candidates, enrolled)
+    assert sorted(p.seed for p in ranked) == [1, 2]  # the group photo and the blank are dropped
+    assert ranked[0].similarity >= ranked[1].similarity > 1 - analyzer.threshold
+    unfused = rank_candidates(analyzer, candidates, enrolled, fuse=False)
+    assert all(p.similarity < 1 - analyzer.threshold for p in unfused)  # strangers before fusion
+
+
+def test_fuse_cli(capsys, tmp_path):
+    out = tmp_path / "fused.png"
+    assert main(["fuse", "--face", str(DATA / SELFIES[0]), str(DATA / SELFIES[2]), "--template",
+                 str(DATA / "biden/biden2.jpg"), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["path"] == str(out) and out.is_file()
+    assert summary["distance_before"] > 0.6 > summary["distance_after"]
+    assert main(["fuse", "--face", str(DATA / SELFIES[0]), "--template", str(DATA / "group/two_people.jpg"),
+                 "--out", str(out)]) == 2
+    assert "faces of similar size" in capsys.readouterr().err
+
+
+class PhotoGenerator:
+    """Stands in for the diffusion model with real photos, batch by batch, to drive the ranking path."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+        self.requests = []
+
+    def generate(self, request, on_step=None):
+        self.requests.append(request)
+        seed = request.seed or 0
+        return [Candidate(Image.open(DATA / p).convert("RGB") if p else Image.new("RGB", (64, 64)), seed + i)
+                for i, p in enumerate(self.batches.pop(0))]
+
+
+@pytest.fixture
+def obama_user(store, analyzer, settings):
+    from engine.enroll import enroll_user
+    from tests.conftest import photo
+
+    enroll_user(store, analyzer, settings, "obama", [photo(p) for p in SELFIES], subject="man")
+    model = store.start_face_model("obama", "tiny")
+    store.finish_face_model(model.id, {})
+    return "obama"
+
+
+def test_portraits_are_fused_ranked_saved_and_recorded(store, analyzer, settings, obama_user):
+    generator = PhotoGenerator([["biden/biden2.jpg", "group/two_people.jpg", "rose_leslie/rose2.jpg"]])
+    result = make_portraits(store, generator, analyzer, settings, load_styles(), obama_user, "anime", count=2, seed=40)
+    assert result.notice is None
+    assert [p.seed for p in result.portraits] in ([40, 42], [42, 40])
+    assert result.portraits[0].similarity >= result.portraits[1].similarity > 0.4
+    assert generator.requests[0].count == settings.portrait_candidates and generator.requests[0].seed == 40
+    for portrait in result.portraits:
+        assert portrait.path.is_file() and portrait.path.is_relative_to(store.user_dir("obama"))
+    rows = list(store.db["portraits"].rows_where("user_id = 'obama'"))
+    assert {(r["style"], r["seed"]) for r in rows} == {("anime", 40), ("anime", 42)}
+
+
+def test_a_faceless_batch_is_redrawn_once_then_delivered_unranked(store, analyzer, settings, obama_user):
+    generator = PhotoGenerator([[None, None], ["biden/biden1.jpg", None]])
+    result = make_portraits(store, generator, analyzer, settings, load_styles(), obama_user, "anime", count=1, seed=0)
+    assert len(generator.requests) == 2 and generator.requests[1].seed == 2  # new seeds for the retry
+    assert result.notice is None and result.portraits[0].seed == 2
+
+    generator = PhotoGenerator([[None, None], [None, None]])
+    result = make_portraits(store, generator, analyzer, settings, load_styles(), obama_user, "anime", count=2, seed=0)
+    assert result.notice == UNRANKED_NOTICE
+    assert [p.similarity for p in result.portraits] == [None, None]
+
+
+def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_path):
+    for name, value in {"DATA_DIR": tmp_path / "data", "BASE_MODEL": tiny_model, "TRAIN_RESOLUTION": 64,
+                        "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 2, "DEVICE": "cpu"}.items():
+        monkeypatch.setenv(f"FACECHAIN_{name}", str(value))
+    assert main(["enroll", "--user", "u", *(str(DATA / p) for p in SELFIES)]) == 0
+    assert main(["train", "--user", "u", "--steps", "2"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["portrait", "--user", "u", "--style", "cyberpunk", "--count", "2", "--seed", "5",
+                 "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    portraits = json.loads(captured.out)
+    assert [set(p) for p in portraits] == [{"path", "similarity", "seed", "style"}] * 2
+    assert all(Path(p["path"]).is_file() and p["style"] == "cyberpunk" for p in portraits)
+    assert "not ranked by likeness" in captured.err  # the tiny model draws noise, never a face
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--style", "cyberpnk"], "Unknown style 'cyberpnk': did you mean cyberpunk?"),
+    (["--style", "anime", "--count", "50"], "Ask for 1 to 8 portraits"),
+    (["--user", "ghost", "--style", "anime"], "User ghost has no trained face model yet"),
+])
+def test_portrait_user_errors(capsys, store, obama_user, monkeypatch, argv, message):
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(store.data_dir))
+    full = ["portrait", "--user", "obama", "--out", "x", *argv]
+    assert main(full) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
