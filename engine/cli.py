@@ -278,7 +278,7 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
 # --- models -------------------------------------------------------------------------------------------
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.tiny_model import make_tiny_model
+    from engine.random_models import make_tiny_model
 
     folder = make_tiny_model(Path(args.folder))
     if args.json:

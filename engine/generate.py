@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,7 +81,9 @@ class PortraitGenerator:
             _, evicted = self._adapters.popitem(last=False)
             self.base.pipeline.delete_adapters(evicted)
         name = f"adapter_{next(_adapter_ids)}"
-        load(name)
+        with warnings.catch_warnings():  # several adapters on one UNet is the point of this cache
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            load(name)
         self._adapters[key] = name
         return name
 

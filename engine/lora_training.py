@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,8 +138,10 @@ def train_face_lora(
         module.requires_grad_(False)
     if ADAPTER in getattr(unet, "peft_config", {}):
         unet.delete_adapters(ADAPTER)
-    with torch.random.fork_rng(devices=[]):  # the initial LoRA weights follow the run's seed too
-        torch.manual_seed(options.seed)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(options.seed)  # the initial LoRA weights follow the run's seed too
+        # Face and style adapters of the generator live on the same UNet by design.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         unet.add_adapter(LoraConfig(r=options.rank, lora_alpha=options.alpha, init_lora_weights="gaussian",
                                     target_modules=TARGET_MODULES), adapter_name=ADAPTER)
     unet.set_adapters([ADAPTER])

@@ -74,6 +74,6 @@ def files_under(folder: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random SD pipeline written once per test session."""
-    from engine.tiny_model import make_tiny_model
+    from engine.random_models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")

@@ -1,0 +1,109 @@
+"""Random-weight Stable Diffusion 1.5-shaped pipelines the project writes itself (no hub needed).
+
+- `make_tiny_model`: a few MB, same component types and layout as SD1.5 (tokenizer, CLIP text
+  encoder, UNet, VAE with an 8x downscale, DPM-Solver scheduler). Tests and CI use it.
+- `make_sd15_shaped_model`: the real SD1.5 architecture at full size, so GPU benchmarks see
+  the real FLOPs and memory.
+
+Both are saved with `save_pretrained` and loaded back through the production loader. Their
+pictures are noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A character-level vocabulary: every prompt tokenizes, with no merges to ship.
+SYMBOLS = list("abcdefghijklmnopqrstuvwxyz0123456789") + list("<>,()[]:_-.'!?/&+")
+
+
+def write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in SYMBOLS:
+        vocab.setdefault(symbol, len(vocab))
+        vocab.setdefault(symbol + "</w>", len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder / "vocab.json", folder / "merges.txt"
+
+
+def _tokenizer():
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab_file, merges_file = write_tokenizer_files(Path(scratch))
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+
+
+def _save(folder: Path, tokenizer, text_encoder, unet, vae, dtype=None) -> Path:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    if dtype is not None:
+        pipeline.to(dtype=dtype)
+    folder = Path(folder)
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_model(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.base_model import quiet_loaders
+
+    quiet_loaders()
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64,
+        layers_per_block=1,
+    )
+    return _save(folder, tokenizer, text_encoder, unet, vae)
+
+
+def make_sd15_shaped_model(folder: Path, seed: int = 0, half: bool = True) -> Path:
+    """Stable Diffusion 1.5's architecture and sizes (860M-parameter UNet) with random weights."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.base_model import quiet_loaders
+
+    quiet_loaders()
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                                block_out_channels=(320, 640, 1280, 1280))
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
+    )
+    return _save(folder, tokenizer, text_encoder, unet, vae, dtype=torch.float16 if half else None)
