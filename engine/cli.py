@@ -35,6 +35,14 @@ def print_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+def report(args: argparse.Namespace, data: object, sentence: str) -> None:
+    """The result as JSON with --json, else as a sentence for people."""
+    if args.json:
+        print_json(data)
+    else:
+        console.print(sentence)
+
+
 # --- doctor ------------------------------------------------------------------------------------
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
@@ -107,11 +115,8 @@ def cmd_faces_compare(args: argparse.Namespace, settings: Settings) -> int:
     distance = analyzer.distance(first, second)
     result = {"distance": round(distance, 4), "same_person": same_person(analyzer, first, second),
               "threshold": analyzer.threshold}
-    if args.json:
-        print_json(result)
-    else:
-        verdict = "same person" if result["same_person"] else "different people"
-        console.print(f"{verdict}: distance {distance:.3f} (threshold {analyzer.threshold:g})")
+    verdict = "same person" if result["same_person"] else "different people"
+    report(args, result, f"{verdict}: distance {distance:.3f} (threshold {analyzer.threshold:g})")
     return 0
 
 
@@ -222,11 +227,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     summary = {"user": args.user, "version": model.version, "path": str(model.path), "status": model.status,
                "steps": model.meta["steps"], "final_loss": model.meta["final_loss"],
                "resumed_from_step": model.meta["resumed_from_step"]}
-    if args.json:
-        print_json(summary)
-    else:
-        console.print(f"Face model v{model.version} for {args.user} ready at {model.path} "
-                      f"({summary['steps']} steps, final loss {summary['final_loss']:.4f}).")
+    report(args, summary, f"Face model v{model.version} for {args.user} ready at {model.path} "
+                          f"({summary['steps']} steps, final loss {summary['final_loss']:.4f}).")
     return 0
 
 
@@ -243,11 +245,8 @@ def cmd_fuse(args: argparse.Namespace, settings: Settings) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.image).save(out)
     summary = {"path": str(out), "distance_before": result.distance_before, "distance_after": result.distance_after}
-    if args.json:
-        print_json(summary)
-    else:
-        console.print(f"Wrote {out}: identity distance to the selfies {result.distance_before:.3f} -> "
-                      f"{result.distance_after:.3f} (lower is more alike)")
+    report(args, summary, f"Wrote {out}: identity distance to the selfies {result.distance_before:.3f} -> "
+                          f"{result.distance_after:.3f} (lower is more alike)")
     return 0
 
 
@@ -281,10 +280,8 @@ def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
     from engine.random_models import make_tiny_model
 
     folder = make_tiny_model(Path(args.folder))
-    if args.json:
-        print_json({"path": str(folder)})
-    else:
-        console.print(f"Tiny random model written to {folder} (set FACECHAIN_BASE_MODEL={folder} to use it).")
+    report(args, {"path": str(folder)},
+           f"Tiny random model written to {folder} (set FACECHAIN_BASE_MODEL={folder} to use it).")
     return 0
 
 

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # (dlib 0.6 on its 128-d embedding, insightface 1.1 on its normalised 512-d one).
     face_match_threshold: float | None = Field(default=None, gt=0)
 
+    # Optional learned face swapper (an inswapper_128.onnx); empty = classical fusion, no model needed.
+    # Needs the insightface backend, whose ArcFace identities it takes.
+    face_swapper_model: Path | None = None
+
     # Selfie limits: photos larger than this many megapixels are refused before decoding.
     max_photo_megapixels: float = Field(default=40.0, gt=0)
     # Largest accepted upload, in megabytes.

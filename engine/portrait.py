@@ -13,7 +13,7 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.generate import PortraitGenerator, PortraitRequest
-from engine.postprocess import EnrolledFace, RankedPortrait, rank_candidates
+from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
 from engine.store.store import utc_now
 from engine.styles import StyleCatalogue
@@ -91,15 +91,16 @@ def make_portraits(
 ) -> PortraitResult:
     checked = check_request(store, settings, catalogue, user_id, style_id, count)
     enrolled = enrolled_face(store, analyzer, user_id)
+    fuser = make_fuser(settings, analyzer)
     request = PortraitRequest(style=checked.style, trigger=checked.trigger, face_model=checked.face_model,
                               count=settings.portrait_candidates, seed=seed, size=settings.portrait_size)
     candidates = generator.generate(request, on_step=on_step)
-    ranked = rank_candidates(analyzer, candidates, enrolled)
+    ranked = rank_candidates(analyzer, candidates, enrolled, fuser)
     notice = None
     if not ranked:  # FaceChain answers with nothing here; we try once more, then deliver unranked
         retry = replace(request, seed=candidates[-1].seed + 1)
         candidates = generator.generate(retry, on_step=on_step)
-        ranked = rank_candidates(analyzer, candidates, enrolled)
+        ranked = rank_candidates(analyzer, candidates, enrolled, fuser)
         if not ranked:
             ranked = [RankedPortrait(c.image, c.seed, None) for c in candidates]
             notice = UNRANKED_NOTICE

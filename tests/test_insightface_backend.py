@@ -95,3 +95,80 @@ def test_a_pack_without_a_recognition_model_says_what_to_set(tmp_path):
     settings = load_settings(_env_file=None, face_backend="insightface", insightface_model_dir=tmp_path)
     with pytest.raises(ModelMissing, match="No insightface recognition model .* FACECHAIN_INSIGHTFACE_MODEL_DIR"):
         get_analyzer(settings)
+
+
+# --- the learned swapper ------------------------------------------------------------------------------
+
+class IdentitySwapper(torch.nn.Module):
+    """Gives back the aligned face unchanged: pasting it back must leave the photo as it was."""
+
+    def forward(self, target, source):
+        return target + 0 * source.sum()
+
+
+class LatentShade(torch.nn.Module):
+    """Paints the face in a grey level set by the identity latent's first value."""
+
+    def forward(self, target, source):
+        return target * 0 + ((source[:, 0] + 1) / 2).reshape(-1, 1, 1, 1)
+
+
+def export_swapper(module, path):
+    import onnx
+    from onnx import numpy_helper
+
+    torch.onnx.export(module, (torch.rand(1, 3, 128, 128), torch.rand(1, 512)), str(path),
+                      input_names=["target", "source"], output_names=["output"], dynamo=False)
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.eye(512, dtype=np.float32), "emap"))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_swapper_pastes_the_face_back_exactly_where_it_was(insight, tmp_path):
+    from engine.postprocess.fusion import face_mask
+    from engine.postprocess.swapper import LearnedSwapper
+
+    swapper = LearnedSwapper(export_swapper(IdentitySwapper(), tmp_path / "identity.onnx"))
+    image = image_array("obama/obama4_small.jpg")  # a ~110 px face: the 128 px round trip loses little
+    face = insight.detect(image)[0]
+    swapped = swapper.swap(image, face, np.ones(512, np.float32))
+    mask = face_mask(image.shape, face)
+    assert np.array_equal(swapped[mask == 0], image[mask == 0])
+    assert np.abs(swapped[mask > 0.5].astype(int) - image[mask > 0.5]).mean() < 6
+
+
+def test_the_identity_drives_the_swapped_face(insight, tmp_path):
+    from engine.postprocess.swapper import LearnedSwapper
+
+    swapper = LearnedSwapper(export_swapper(LatentShade(), tmp_path / "shade.onnx"))
+    image = image_array("obama/obama1.jpg")
+    face = insight.detect(image)[0]
+    nose = tuple(int(v) for v in face.landmarks[30])
+    toward = np.zeros(512, np.float32)
+    toward[0] = 1
+    assert swapper.swap(image, face, toward)[nose[1], nose[0]].min() > 240  # latent 1 -> white
+    assert swapper.swap(image, face, -toward)[nose[1], nose[0]].max() < 15  # latent -1 -> black
+
+
+def test_the_swapper_setting_is_checked(pack, tmp_path, capsys, monkeypatch):
+    from engine.cli import main
+    from engine.errors import SettingsError
+    from engine.postprocess import make_fuser
+    from tests.conftest import DATA
+
+    model = export_swapper(LatentShade(), tmp_path / "shade.onnx")
+    dlib_settings = load_settings(_env_file=None, face_swapper_model=model)
+    with pytest.raises(SettingsError, match="needs FACECHAIN_FACE_BACKEND=insightface"):
+        make_fuser(dlib_settings, get_analyzer(dlib_settings))
+    missing = load_settings(_env_file=None, face_backend="insightface", insightface_model_dir=pack,
+                            face_swapper_model=tmp_path / "nope.onnx")
+    with pytest.raises(ModelMissing, match="does not exist"):
+        make_fuser(missing, get_analyzer(missing))
+
+    for name, value in {"FACE_BACKEND": "insightface", "INSIGHTFACE_MODEL_DIR": pack, "FACE_SWAPPER_MODEL": model}.items():
+        monkeypatch.setenv(f"FACECHAIN_{name}", str(value))
+    out = tmp_path / "swapped.png"
+    assert main(["fuse", "--face", str(DATA / "obama/obama1.jpg"), "--template", str(DATA / "biden/biden2.jpg"),
+                 "--out", str(out)]) == 0
+    assert out.is_file()

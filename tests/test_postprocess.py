@@ -80,7 +80,7 @@ def test_ranking_filters_unclear_candidates_and_sorts_by_likeness(analyzer, enro
     ranked = rank_candidates(analyzer, candidates, enrolled)
     assert sorted(p.seed for p in ranked) == [1, 2]  # the group photo and the blank are dropped
     assert ranked[0].similarity >= ranked[1].similarity > 1 - analyzer.threshold
-    unfused = rank_candidates(analyzer, candidates, enrolled, fuse=False)
+    unfused = rank_candidates(analyzer, candidates, enrolled, fuser=None)
     assert all(p.similarity < 1 - analyzer.threshold for p in unfused)  # strangers before fusion
 
 

@@ -1,6 +1,7 @@
 """After generation: face fusion and likeness ranking."""
 
+from engine.postprocess.fusers import EnrolledFace, Fuser, classical_fuser, make_fuser
 from engine.postprocess.fusion import fuse_face
-from engine.postprocess.rank import EnrolledFace, RankedPortrait, rank_candidates
+from engine.postprocess.rank import RankedPortrait, rank_candidates
 
-__all__ = ["EnrolledFace", "RankedPortrait", "fuse_face", "rank_candidates"]
+__all__ = ["EnrolledFace", "Fuser", "RankedPortrait", "classical_fuser", "fuse_face", "make_fuser", "rank_candidates"]

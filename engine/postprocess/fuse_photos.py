@@ -9,7 +9,7 @@ import numpy as np
 from engine.config import Settings
 from engine.errors import NoUsableFace
 from engine.faces import FaceAnalyzer
-from engine.postprocess.fusion import fuse_face
+from engine.postprocess.fusers import EnrolledFace, make_fuser
 from engine.preprocess import UploadedPhoto
 from engine.preprocess.align import FoundFace, align_face, find_face
 from engine.preprocess.decode import decode_photo
@@ -42,7 +42,8 @@ def fuse_photos(analyzer: FaceAnalyzer, settings: Settings, selfies: list[Upload
         vector = analyzer.embed(image, face)
         return float(np.mean([analyzer.distance(vector, e) for e in embeddings]))
 
-    fused = fuse_face(best.image, best.face, target.image, target.face)
+    fuser = make_fuser(settings, analyzer)
+    fused = fuser(EnrolledFace(best.image, best.face, embeddings), target.image, target.face)
     fused_faces = analyzer.detect(fused)
     after = distance(fused, fused_faces[0]) if fused_faces else float("nan")
     return FuseResult(fused, round(distance(target.image, target.face), 4), round(after, 4))

@@ -78,6 +78,11 @@ def fuse_face(face_image: np.ndarray, face: Face, template_image: np.ndarray, te
     mask = face_mask(template_image.shape, template_face)
     recoloured = match_colour(aligned, template_image, mask)
     recoloured = carry_lighting(recoloured, template_image, max(template_face.box[2:]))
+    return blend(template_image, recoloured, mask)
+
+
+def blend(base: np.ndarray, replacement: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`replacement` over `base` where the float mask is 1, fading out where it falls to 0."""
     alpha = mask[..., None]
-    fused = template_image.astype(np.float32) * (1 - alpha) + recoloured.astype(np.float32) * alpha
-    return np.clip(fused + 0.5, 0, 255).astype(np.uint8)
+    mixed = base.astype(np.float32) * (1 - alpha) + replacement.astype(np.float32) * alpha
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)

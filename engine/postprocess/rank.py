@@ -10,20 +10,11 @@ from PIL import Image
 
 from engine.faces import Face, FaceAnalyzer
 from engine.generate import Candidate
-from engine.postprocess.fusion import fuse_face
+from engine.postprocess.fusers import EnrolledFace, Fuser, classical_fuser
 
 log = logging.getLogger(__name__)
 # A candidate's face must be at least this share of the image width (FaceChain: "reasonable size").
 MIN_FACE_SHARE = 0.08
-
-
-@dataclass
-class EnrolledFace:
-    """The user's best selfie (by quality) as fusion source, plus every enrolled embedding."""
-
-    image: np.ndarray
-    face: Face
-    embeddings: list[np.ndarray]
 
 
 @dataclass
@@ -46,18 +37,19 @@ def similarity(analyzer: FaceAnalyzer, embedding: np.ndarray, enrolled: list[np.
 
 
 def rank_candidates(
-    analyzer: FaceAnalyzer, candidates: list[Candidate], enrolled: EnrolledFace, fuse: bool = True
+    analyzer: FaceAnalyzer, candidates: list[Candidate], enrolled: EnrolledFace,
+    fuser: Fuser | None = classical_fuser,
 ) -> list[RankedPortrait]:
-    """The candidates that show one clear face, fused and sorted by similarity, best first."""
+    """The candidates that show one clear face, fused (unless `fuser` is None) and sorted by similarity."""
     ranked = []
     for candidate in candidates:
         image = np.asarray(candidate.image.convert("RGB"))
         face = single_clear_face(analyzer, image)
         if face is None:
             continue
-        if fuse:
+        if fuser is not None:
             try:
-                image = fuse_face(enrolled.image, enrolled.face, image, face)
+                image = fuser(enrolled, image, face)
                 face = single_clear_face(analyzer, image) or face
             except ValueError:
                 log.warning("fusion failed for seed %s; keeping the candidate as drawn", candidate.seed)
