@@ -75,6 +75,17 @@ class Settings(BaseSettings):
     # Folder of style files (*.toml); empty = the styles shipped with the bot.
     styles_dir: Path | None = None
 
+    # Job queue: how long a worker's claim on a job lasts without a heartbeat, in seconds.
+    job_lease_seconds: int = Field(default=60, ge=2)
+    # Attempts for a job that fails for a passing reason (out of GPU memory, a crash), then it fails.
+    job_max_attempts: int = Field(default=3, ge=1, le=10)
+    # First retry delay in seconds; it doubles with each attempt.
+    job_retry_seconds: float = Field(default=10.0, ge=0)
+    # Portrait requests one member may have waiting at once.
+    max_queued_portraits_per_user: int = Field(default=3, ge=1)
+    # Jobs a server (guild) may start per UTC day; 0 = no limit.
+    guild_daily_quota: int = Field(default=0, ge=0)
+
     # Logging level for the CLI, worker and bot.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -126,4 +126,15 @@ def _initial(db: sqlite_utils.Database) -> None:
     db["gallery_entries"].create_index(["guild_id", "portrait_id"], unique=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial]
+def _job_queue(db: sqlite_utils.Database) -> None:
+    """What the persistent queue needs beyond the first jobs table."""
+    jobs = db["jobs"]
+    jobs.add_column("cancel_requested", int)
+    jobs.add_column("run_after", str)  # a retried job waits until then
+    jobs.add_column("heartbeat_at", str)
+    jobs.add_column("delivered_at", str)  # the bot sets it once the result reached the user
+    db["portraits"].create_index(["job_id"])
+    jobs.create_index(["user_id", "state"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue]

@@ -161,6 +161,14 @@ class Store:
                 self.db["users"].update(user_id, {"subject": subject, "trigger": trigger})
         return self.get_user(user_id)  # type: ignore[return-value]
 
+    def touch_user(self, user_id: str) -> None:
+        """Make sure the user has a row (their first request may come before any enrollment)."""
+        self.db["users"].insert(
+            {"id": check_user_id(user_id), "subject": "person", "trigger": "a person", "consent_at": None,
+             "created_at": utc_now()},
+            ignore=True,
+        )
+
     def record_consent(self, user_id: str) -> None:
         with self.db.atomic():
             self.db["users"].update(user_id, {"consent_at": utc_now()})

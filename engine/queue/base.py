@@ -1,0 +1,79 @@
+"""The job queue's interface. bot/ and the worker use only this, so another backend (several GPU
+machines, say) can replace the SQLite one without touching them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from engine.errors import FaceChainError
+
+JobKind = Literal["enroll", "train", "generate"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+FINISHED = ("done", "failed", "cancelled")
+
+
+class QueueLimit(FaceChainError):
+    """A per-user limit or a server quota says no; the message says which and what to do."""
+
+
+class LeaseLost(FaceChainError):
+    """This worker's claim on the job expired and the job went back to the queue or to another worker."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    user_id: str
+    guild_id: str | None
+    channel_id: str | None
+    params: dict
+    state: str
+    attempts: int
+    progress: float
+    progress_text: str
+    error: str | None
+    result: dict | None
+    cancel_requested: bool
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    delivered_at: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    position: int  # 1 = next to run; 0 = running now
+    eta_seconds: float  # until this job is done
+
+
+class JobQueue(Protocol):
+    def enqueue(self, kind: str, user_id: str, params: dict | None = None, guild_id: str | None = None,
+                channel_id: str | None = None) -> Job: ...
+
+    def claim(self, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None: ...
+
+    def heartbeat(self, job_id: int, worker_id: str, progress: float | None = None,
+                  text: str | None = None) -> bool: ...
+
+    def complete(self, job_id: int, worker_id: str, result: dict) -> Job: ...
+
+    def fail(self, job_id: int, worker_id: str, error: str, transient: bool = False,
+             params_update: dict | None = None) -> Job: ...
+
+    def release(self, job_id: int, worker_id: str) -> Job: ...
+
+    def cancel(self, job_id: int, user_id: str | None = None) -> Job: ...
+
+    def get(self, job_id: int) -> Job | None: ...
+
+    def jobs(self, state: str | None = None, user_id: str | None = None, limit: int = 100) -> list[Job]: ...
+
+    def position(self, job_id: int) -> QueuePosition | None: ...
+
+    def reap_expired(self) -> int: ...

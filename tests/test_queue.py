@@ -1,0 +1,185 @@
+"""The persistent job queue on a real SQLite file."""
+
+import threading
+import time
+
+import pytest
+
+from engine.errors import FaceChainError
+from engine.queue import LeaseLost, QueueLimit, SqliteJobQueue
+from engine.store import Store
+
+
+@pytest.fixture
+def queue(store, settings) -> SqliteJobQueue:
+    return SqliteJobQueue(store, settings.model_copy(update={"max_queued_portraits_per_user": 10}))
+
+
+def drain(queue, worker="w"):
+    order = []
+    while (job := queue.claim(worker)) is not None:
+        order.append((job.user_id, job.params.get("n")))
+        queue.complete(job.id, worker, {})
+    return order
+
+
+def test_jobs_run_round_robin_across_users_and_in_order_within_one(queue):
+    for n in range(5):
+        queue.enqueue("generate", "ann", {"n": n})
+    for n in range(2):
+        queue.enqueue("generate", "bob", {"n": n})
+    queue.enqueue("generate", "cy", {"n": 0})
+    assert drain(queue) == [("ann", 0), ("bob", 0), ("cy", 0), ("ann", 1), ("bob", 1), ("ann", 2), ("ann", 3), ("ann", 4)]
+
+
+def test_a_user_served_recently_waits_behind_a_newcomer(queue):
+    queue.enqueue("generate", "ann", {"n": 0})
+    drain(queue)
+    queue.enqueue("generate", "ann", {"n": 1})
+    queue.enqueue("generate", "bob", {"n": 0})
+    assert drain(queue) == [("bob", 0), ("ann", 1)]
+
+
+def test_fair_order_with_many_users(queue):
+    users = [f"u{i}" for i in range(12)]
+    for n in range(3):
+        for user in users:
+            queue.enqueue("generate", user, {"n": n})
+    order = drain(queue)
+    # Every user's first job before anyone's second, every second before any third.
+    assert [n for _, n in order] == [0] * 12 + [1] * 12 + [2] * 12
+
+
+def test_per_user_limits_and_the_guild_quota(store, settings):
+    queue = SqliteJobQueue(store, settings.model_copy(update={"max_queued_portraits_per_user": 2, "guild_daily_quota": 4}))
+    queue.enqueue("train", "ann")
+    with pytest.raises(QueueLimit, match="already training"):
+        queue.enqueue("train", "ann")
+    queue.enqueue("generate", "ann", guild_id="g1")
+    queue.enqueue("generate", "ann", guild_id="g1")
+    with pytest.raises(QueueLimit, match="2 portrait requests waiting"):
+        queue.enqueue("generate", "ann", guild_id="g1")
+    queue.enqueue("generate", "bob", guild_id="g1")
+    queue.enqueue("generate", "cy", guild_id="g1")
+    with pytest.raises(QueueLimit, match="used its 4 jobs for today"):
+        queue.enqueue("generate", "dee", guild_id="g1")
+    queue.enqueue("generate", "dee", guild_id="g2")  # quotas are per server
+    with pytest.raises(FaceChainError, match="Unknown job kind"):
+        queue.enqueue("mine-bitcoin", "ann")
+
+
+def test_two_workers_never_claim_the_same_job(settings):
+    writer = SqliteJobQueue(Store(settings.data_dir), settings.model_copy(update={"max_queued_portraits_per_user": 100}))
+    for n in range(60):
+        writer.enqueue("generate", f"u{n % 7}", {"n": n})
+    claimed: dict[str, list[int]] = {}
+
+    def work(name):
+        queue = SqliteJobQueue(Store(settings.data_dir), settings)  # its own connection, like a process
+        claimed[name] = []
+        while (job := queue.claim(name)) is not None:
+            claimed[name].append(job.id)
+            queue.complete(job.id, name, {})
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [job for jobs in claimed.values() for job in jobs]
+    assert sorted(every) == sorted(set(every)) and len(every) == 60
+
+
+def test_an_expired_lease_returns_the_job_and_the_old_worker_loses_it(queue, settings):
+    queue.settings = settings.model_copy(update={"job_lease_seconds": 2})
+    job = queue.enqueue("train", "ann")
+    assert queue.claim("dead").id == job.id
+    assert queue.claim("alive") is None
+    time.sleep(2.1)
+    again = queue.claim("alive")
+    assert again.id == job.id and again.attempts == 2 and again.started_at == queue.get(job.id).started_at
+    with pytest.raises(LeaseLost):
+        queue.complete(job.id, "dead", {})
+    assert queue.complete(job.id, "alive", {"ok": True}).state == "done"
+
+
+def test_heartbeats_keep_the_lease_and_carry_progress(queue, settings):
+    queue.settings = settings.model_copy(update={"job_lease_seconds": 2})
+    job = queue.enqueue("train", "ann")
+    queue.claim("w")
+    for step in range(3):
+        time.sleep(0.8)
+        assert queue.heartbeat(job.id, "w", progress=step / 3, text=f"training {step}") is False
+    assert queue.reap_expired() == 0
+    assert queue.get(job.id).progress_text == "training 2"
+
+
+def test_transient_failures_retry_with_backoff_then_fail(queue, settings):
+    queue.settings = settings.model_copy(update={"job_max_attempts": 2, "job_retry_seconds": 0.5})
+    job = queue.enqueue("generate", "ann")
+    queue.claim("w")
+    retried = queue.fail(job.id, "w", "CUDA out of memory", transient=True, params_update={"low_memory": True})
+    assert retried.state == "queued" and retried.params["low_memory"] is True
+    assert queue.claim("w") is None  # waiting out the backoff
+    time.sleep(0.6)
+    assert queue.claim("w").attempts == 2
+    final = queue.fail(job.id, "w", "CUDA out of memory", transient=True)
+    assert final.state == "failed" and final.error == "CUDA out of memory"
+
+
+def test_bad_input_is_never_retried(queue):
+    job = queue.enqueue("train", "ann")
+    queue.claim("w")
+    assert queue.fail(job.id, "w", "User ann has no enrolled selfies").state == "failed"
+
+
+def test_cancel_waiting_and_running_jobs(queue):
+    waiting = queue.enqueue("generate", "ann")
+    assert queue.cancel(waiting.id, user_id="ann").state == "cancelled"
+    running = queue.enqueue("train", "ann")
+    queue.claim("w")
+    with pytest.raises(FaceChainError, match="No job .* of yours"):
+        queue.cancel(running.id, user_id="bob")
+    assert queue.cancel(running.id, user_id="ann").cancel_requested
+    assert queue.heartbeat(running.id, "w") is True  # the worker learns it on its next heartbeat
+    assert queue.mark_cancelled(running.id, "w").state == "cancelled"
+    with pytest.raises(FaceChainError, match="already finished"):
+        queue.cancel(running.id)
+
+
+def test_a_portrait_can_wait_for_the_training_in_progress(queue):
+    train = queue.enqueue("train", "ann")
+    waits = queue.enqueue("generate", "ann", {"wait_for_training": True})
+    now = queue.enqueue("generate", "ann", {"wait_for_training": False})
+    assert queue.claim("w").id == train.id
+    assert queue.claim("w").id == now.id  # uses the latest finished model at once
+    assert queue.claim("w") is None
+    queue.complete(train.id, "w", {})
+    assert queue.claim("w").id == waits.id
+
+
+def test_position_and_eta(queue):
+    jobs = [queue.enqueue("generate", user) for user in ("ann", "bob", "cy")]
+    assert [queue.position(j.id).position for j in jobs] == [1, 2, 3]
+    assert queue.position(jobs[2].id).eta_seconds == pytest.approx(90)  # 3 x the typical 30 s
+    queue.claim("w")
+    assert queue.position(jobs[0].id).position == 0
+    assert queue.position(jobs[1].id).position == 1
+    queue.complete(jobs[0].id, "w", {})
+    assert queue.position(jobs[0].id) is None
+
+
+def test_release_on_shutdown_does_not_count_as_an_attempt(queue):
+    job = queue.enqueue("train", "ann")
+    queue.claim("w")
+    released = queue.release(job.id, "w")
+    assert released.state == "queued" and released.attempts == 0
+
+
+def test_undelivered_results_are_listed_until_marked(queue):
+    job = queue.enqueue("generate", "ann")
+    queue.claim("w")
+    queue.complete(job.id, "w", {"portraits": []})
+    assert [j.id for j in queue.undelivered()] == [job.id]
+    queue.mark_delivered(job.id)
+    assert queue.undelivered() == []
