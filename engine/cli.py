@@ -274,6 +274,43 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- queue and worker ------------------------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.worker import Worker
+
+    Worker(settings, args.id).run(exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.queue import open_queue
+
+    queue = open_queue(settings)
+    jobs = queue.jobs(state=args.state, user_id=args.user, limit=args.limit)
+    if args.json:
+        print_json([{**job.__dict__, "position": (p := queue.position(job.id)) and p.position,
+                     "eta_seconds": p and round(p.eta_seconds)} for job in jobs])
+        return 0
+    table = Table(title=f"{len(jobs)} job(s)")
+    for column in ("id", "kind", "user", "state", "progress", "attempts", "created", "error"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(str(job.id), job.kind, job.user_id, job.state, job.progress_text, str(job.attempts),
+                      job.created_at[:19], job.error or "")
+    console.print(table)
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.queue import open_queue
+
+    job = open_queue(settings).cancel(args.job_id)
+    message = "cancelled" if job.state == "cancelled" else "asked to stop; the worker stops it at its next step"
+    report(args, {"id": job.id, "state": job.state, "cancel_requested": job.cancel_requested}, f"Job {job.id} {message}.")
+    return 0
+
+
 # --- models -------------------------------------------------------------------------------------------
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
@@ -330,6 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     portrait.add_argument("--count", type=int, default=4)
     portrait.add_argument("--seed", type=int)
     portrait.add_argument("--out", required=True, metavar="DIR")
+
+    worker = command(commands, "worker", cmd_worker, "run queued jobs on this machine's GPU until stopped")
+    worker.add_argument("--id", help="worker name (default: host-pid)")
+    worker.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="stop once the queue stays empty this long")
+
+    jobs = commands.add_parser("jobs", help="the job queue").add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    jobs_list = command(jobs, "list", cmd_jobs_list, "list jobs, newest first")
+    jobs_list.add_argument("--state", choices=["queued", "running", "done", "failed", "cancelled"])
+    jobs_list.add_argument("--user")
+    jobs_list.add_argument("--limit", type=int, default=50)
+    command(jobs, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("job_id", type=int, metavar="ID")
 
     tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
                    "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")

@@ -88,6 +88,7 @@ def make_portraits(
     seed: int | None = None,
     out_dir: Path | None = None,
     on_step=None,
+    job_id: int | None = None,
 ) -> PortraitResult:
     checked = check_request(store, settings, catalogue, user_id, style_id, count)
     enrolled = enrolled_face(store, analyzer, user_id)
@@ -104,20 +105,22 @@ def make_portraits(
         if not ranked:
             ranked = [RankedPortrait(c.image, c.seed, None) for c in candidates]
             notice = UNRANKED_NOTICE
-    return PortraitResult(save_portraits(store, user_id, checked.style.id, ranked[:count], out_dir), notice)
+    return PortraitResult(save_portraits(store, user_id, checked.style.id, ranked[:count], out_dir, job_id), notice)
 
 
 def save_portraits(store: Store, user_id: str, style_id: str, ranked: list[RankedPortrait],
-                   out_dir: Path | None) -> list[SavedPortrait]:
+                   out_dir: Path | None, job_id: int | None = None) -> list[SavedPortrait]:
     folder = out_dir or store.private_dir(user_id, "portraits")
     folder.mkdir(parents=True, exist_ok=True)
     saved = []
     for portrait in ranked:
-        path = folder / f"{style_id}-{portrait.seed}.png"
+        # Stored portraits carry their job id: two requests may reuse a seed.
+        path = folder / (f"{style_id}-{portrait.seed}-job{job_id}.png" if job_id else f"{style_id}-{portrait.seed}.png")
         portrait.image.save(path)
         with store.db.atomic():
             store.db["portraits"].insert({
-                "user_id": user_id, "style": style_id, "seed": portrait.seed, "similarity": portrait.similarity,
+                "user_id": user_id, "job_id": job_id, "style": style_id, "seed": portrait.seed,
+                "similarity": portrait.similarity,
                 "path": store.relative(path) if path.is_relative_to(store.data_dir) else str(path),
                 "created_at": utc_now(),
             })

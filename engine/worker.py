@@ -1,0 +1,252 @@
+"""`facechain worker`: takes jobs from the queue and runs them on the GPU, one at a time.
+
+The base pipeline loads once and stays. A heartbeat thread (its own database connection) keeps
+the job's lease and writes progress while the job runs. On SIGTERM a training job checkpoints and
+goes back to the queue, and a portrait job finishes first. After `kill -9`, the lease runs out and
+the next worker resumes the job from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.config import Settings
+from engine.errors import FaceChainError
+from engine.queue import Job, LeaseLost, SqliteJobQueue
+from engine.store import Store
+
+log = logging.getLogger(__name__)
+# Below this much free GPU memory a job is not started (another program holds the card).
+MIN_FREE_GPU_GIB = 2.0
+
+
+class JobCancelled(Exception):
+    """The job's owner cancelled it while it ran."""
+
+
+@dataclass
+class Heartbeat:
+    """Keeps a job's lease alive and carries its progress, from a thread with its own connection."""
+
+    settings: Settings
+    job_id: int
+    worker_id: str
+    progress: float = 0.0
+    text: str = "starting"
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.job_id}", daemon=True)
+        self._thread.start()
+
+    def update(self, progress: float, text: str) -> None:
+        self.progress, self.text = progress, text
+
+    def _run(self) -> None:
+        queue = SqliteJobQueue(Store(self.settings.data_dir), self.settings)
+        interval = max(0.5, self.settings.job_lease_seconds / 3)
+        try:
+            while not self._stop.wait(interval):
+                self._beat(queue)
+        finally:
+            queue.store.close()
+
+    def _beat(self, queue: SqliteJobQueue) -> None:
+        try:
+            if queue.heartbeat(self.job_id, self.worker_id, self.progress, self.text):
+                self.cancel_requested.set()
+        except LeaseLost:
+            self.lease_lost.set()
+        except Exception:  # a locked database for a moment must not kill the job
+            log.warning("heartbeat for job %s failed; will retry", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class Worker:
+    def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.store = Store(settings.data_dir)
+        self.queue = SqliteJobQueue(self.store, settings)
+        self.stopping = threading.Event()
+        self._base = None
+        self._generator = None
+
+    # --- the models, loaded once ---------------------------------------------------------------
+
+    @property
+    def base(self):
+        if self._base is None:
+            from engine.base_model import load_base_pipeline
+
+            self._base = load_base_pipeline(self.settings)
+        return self._base
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from engine.generate import PortraitGenerator
+
+            self._generator = PortraitGenerator(self.base)
+        return self._generator
+
+    @property
+    def analyzer(self):
+        from engine.faces import get_analyzer
+
+        return get_analyzer(self.settings)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self, exit_when_idle: float | None = None, poll_seconds: float = 1.0) -> None:
+        """Take jobs until SIGTERM/SIGINT (or, with `exit_when_idle`, until the queue stays empty that long)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stopping.set())
+        log.info("worker %s started", self.worker_id)
+        idle_since = time.monotonic()
+        while not self.stopping.is_set():
+            job = self.queue.claim(self.worker_id)
+            if job is None:
+                if exit_when_idle is not None and time.monotonic() - idle_since > exit_when_idle:
+                    break
+                self.stopping.wait(poll_seconds)
+                continue
+            self.run_job(job)
+            idle_since = time.monotonic()
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_job(self, job: Job) -> None:
+        beat = Heartbeat(self.settings, job.id, self.worker_id)
+        handler = HANDLERS[job.kind]
+        try:
+            self._check_gpu_memory()
+            result = handler(self, job, beat)
+            self.queue.complete(job.id, self.worker_id, result)
+        except LeaseLost:
+            log.warning("job %s: lease lost to another worker; result dropped", job.id)
+        except (JobCancelled, _training_cancelled()) as stopped:
+            if beat.cancel_requested.is_set():
+                self.queue.mark_cancelled(job.id, self.worker_id)
+            else:  # shutting down: the next worker resumes it
+                self.queue.release(job.id, self.worker_id)
+                log.info("job %s released for later: %s", job.id, stopped)
+        except FaceChainError as error:  # bad input or a missing model: retrying would not help
+            self.queue.fail(job.id, self.worker_id, str(error))
+        except Exception as error:
+            self._fail_transient(job, error)
+        finally:
+            beat.stop()
+
+    def _fail_transient(self, job: Job, error: Exception) -> None:
+        import torch
+
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            # Retried once, with the memory savers on.
+            self.queue.fail(job.id, self.worker_id, "The GPU ran out of memory; retrying with lower memory settings.",
+                            transient=not job.params.get("low_memory"), params_update={"low_memory": True})
+            return
+        log.exception("job %s failed", job.id)
+        self.queue.fail(job.id, self.worker_id, f"Internal error ({type(error).__name__}); it will be retried.",
+                        transient=True)
+
+    def _check_gpu_memory(self) -> None:
+        import torch
+
+        if self.settings.device in ("auto", "cuda") and torch.cuda.is_available():
+            free = torch.cuda.mem_get_info()[0] / 2**30
+            if free < MIN_FREE_GPU_GIB:
+                raise RuntimeError(f"only {free:.1f} GiB of GPU memory free; another program is using the card")
+
+    def _low_memory(self, job: Job) -> None:
+        if job.params.get("low_memory"):
+            self.base.pipeline.enable_attention_slicing()
+            self.base.pipeline.vae.enable_tiling()
+
+    def should_stop(self, beat: Heartbeat) -> Callable[[], bool]:
+        return lambda: self.stopping.is_set() or beat.cancel_requested.is_set() or beat.lease_lost.is_set()
+
+
+def _training_cancelled():
+    from engine.lora_training import TrainingCancelled
+
+    return TrainingCancelled
+
+
+# --- job handlers: (worker, job, heartbeat) -> result dict -------------------------------------------
+
+def run_enroll(worker: Worker, job: Job, beat: Heartbeat) -> dict:
+    """Preprocess uploaded photos (saved under <data>/tmp/ by the bot) and enroll the good ones."""
+    from engine.enroll import enroll_user
+    from engine.preprocess import UploadedPhoto
+
+    uploads_root = (worker.settings.data_dir / "tmp").resolve()
+    photos, paths = [], []
+    for upload in job.params.get("uploads", []):
+        path = Path(upload["path"]).resolve()
+        if not path.is_relative_to(uploads_root) or not path.is_file():
+            raise FaceChainError(f"Upload {upload.get('name', '?')} is missing; send the photos again.")
+        photos.append(UploadedPhoto(upload.get("name") or path.name, path.read_bytes()))
+        paths.append(path)
+    beat.update(0.1, "checking photos")
+    try:
+        report = enroll_user(worker.store, worker.analyzer, worker.settings, job.user_id, photos,
+                             job.params.get("subject"))
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return report.to_json()
+
+
+def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
+    from engine.train import train_user
+
+    worker._low_memory(job)
+    beat.update(0.0, "loading the model")
+    model = train_user(
+        worker.store, worker.base, worker.settings, job.user_id, steps=job.params.get("steps"),
+        on_progress=lambda p: beat.update(p.step / p.total, f"training {p.step}/{p.total}, about {p.eta_seconds:.0f} s left"),
+        should_cancel=worker.should_stop(beat),
+    )
+    worker.generator.forget_adapter(model.path)  # a retrained user gets the new weights
+    return {"version": model.version, "path": str(model.path), "steps": model.meta["steps"],
+            "final_loss": model.meta["final_loss"], "resumed_from_step": model.meta["resumed_from_step"]}
+
+
+def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
+    from engine.portrait import check_request, make_portraits
+    from engine.styles import load_styles
+
+    params = job.params
+    catalogue = load_styles(worker.settings.styles_dir)
+    count = int(params.get("count", 4))
+    check_request(worker.store, worker.settings, catalogue, job.user_id, params.get("style", ""), count)
+    worker._low_memory(job)
+
+    def on_step(step: int, total: int) -> None:
+        if beat.cancel_requested.is_set():
+            raise JobCancelled(f"cancelled at step {step}")
+        beat.update(0.9 * step / total, "ranking by likeness" if step == total else f"generating {100 * step // total}%")
+
+    result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings, catalogue, job.user_id,
+                            params["style"], count=count, seed=params.get("seed"), on_step=on_step, job_id=job.id)
+    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice}
+
+
+HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {
+    "enroll": run_enroll, "train": run_train, "generate": run_generate,
+}

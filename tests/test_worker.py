@@ -1,0 +1,108 @@
+"""The worker running real jobs (tiny model) from the queue, in this process."""
+
+import shutil
+import threading
+import time
+
+import pytest
+
+from engine.config import load_settings
+from engine.enroll import enroll_user
+from engine.queue import SqliteJobQueue
+from engine.worker import HANDLERS, Worker
+from tests.conftest import DATA, files_under, photo
+
+OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+
+
+@pytest.fixture
+def worker_settings(tiny_model, tmp_path):
+    return load_settings(_env_file=None, data_dir=tmp_path / "data", base_model=str(tiny_model), device="cpu",
+                         train_resolution=64, portrait_size=64, portrait_candidates=2, job_lease_seconds=3,
+                         job_retry_seconds=0)
+
+
+@pytest.fixture
+def worker(worker_settings):
+    return Worker(worker_settings, "test-worker")
+
+
+def uploads(settings, names):
+    folder = settings.data_dir / "tmp" / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name in names:
+        target = folder / name.replace("/", "_")
+        shutil.copy(DATA / name, target)
+        entries.append({"name": name, "path": str(target)})
+    return entries
+
+
+def test_enroll_train_and_portrait_jobs_run_end_to_end(worker, worker_settings):
+    queue = worker.queue
+    enroll = queue.enqueue("enroll", "42", {"uploads": uploads(worker_settings, [*OBAMA, "biden/biden1.jpg"]),
+                                            "subject": "man"})
+    worker.run(exit_when_idle=0)
+    done = queue.get(enroll.id)
+    assert done.state == "done" and len(done.result["accepted"]) == 3
+    assert [r["reason"] for r in done.result["rejected"]] == ["different_person"]
+    assert files_under(worker_settings.data_dir / "tmp") == []  # uploads are gone once processed
+
+    train = queue.enqueue("train", "42", {"steps": 6})
+    portrait = queue.enqueue("generate", "42", {"style": "anime", "count": 1, "seed": 3, "wait_for_training": True})
+    worker.run(exit_when_idle=0)
+    assert queue.get(train.id).state == "done" and queue.get(train.id).result["version"] == 1
+    result = queue.get(portrait.id)
+    assert result.state == "done" and result.progress == 1.0
+    [saved] = result.result["portraits"]
+    assert f"job{portrait.id}" in saved["path"] and saved["style"] == "anime"
+    rows = list(worker.store.db["portraits"].rows_where("job_id = ?", [portrait.id]))
+    assert len(rows) == 1
+
+
+def test_bad_input_fails_once_with_a_readable_reason(worker):
+    job = worker.queue.enqueue("train", "nobody")
+    worker.run(exit_when_idle=0)
+    failed = worker.queue.get(job.id)
+    assert failed.state == "failed" and failed.attempts == 1
+    assert "no enrolled selfies" in failed.error
+
+
+def test_an_upload_outside_the_uploads_folder_is_refused(worker, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes((DATA / OBAMA[0]).read_bytes())
+    job = worker.queue.enqueue("enroll", "42", {"uploads": [{"name": "x.jpg", "path": str(secret)}]})
+    worker.run(exit_when_idle=0)
+    assert worker.queue.get(job.id).state == "failed"
+    assert secret.exists()
+
+
+def test_an_unexpected_crash_is_retried(worker, monkeypatch):
+    calls = []
+
+    def flaky(worker_, job, beat):
+        calls.append(job.attempts)
+        if len(calls) == 1:
+            raise RuntimeError("driver hiccup")
+        return {"ok": True}
+
+    monkeypatch.setitem(HANDLERS, "generate", flaky)
+    job = worker.queue.enqueue("generate", "42", {"style": "anime"})
+    worker.run(exit_when_idle=0.5, poll_seconds=0.1)
+    assert calls == [1, 2]
+    assert worker.queue.get(job.id).state == "done"
+
+
+def test_cancelling_a_running_training_stops_it(worker, worker_settings, analyzer):
+    enroll_user(worker.store, analyzer, worker_settings, "42", [photo(p) for p in OBAMA], subject="man")
+    job = worker.queue.enqueue("train", "42", {"steps": 5000})
+    runner = threading.Thread(target=worker.run, kwargs={"exit_when_idle": 0})
+    runner.start()
+    other = SqliteJobQueue(type(worker.store)(worker_settings.data_dir), worker_settings)  # e.g. the bot
+    deadline = time.monotonic() + 60
+    while other.get(job.id).progress < 0.002 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    other.cancel(job.id, user_id="42")
+    runner.join(timeout=60)
+    assert other.get(job.id).state == "cancelled"
+    assert worker.store.ready_face_model("42") is None

@@ -1,0 +1,92 @@
+"""Real worker processes: kill -9 mid-training, SIGTERM, and nothing lost or run twice."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.config import load_settings
+from engine.enroll import enroll_user
+from engine.queue import SqliteJobQueue
+from engine.store import Store
+from tests.conftest import photo
+
+ROOT = Path(__file__).parent.parent
+OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+STEPS = 150
+
+
+@pytest.fixture
+def setup(tiny_model, tmp_path, analyzer):
+    env_settings = {"DATA_DIR": tmp_path / "data", "BASE_MODEL": str(tiny_model), "DEVICE": "cpu",
+                    "TRAIN_RESOLUTION": 64, "JOB_LEASE_SECONDS": 3, "JOB_RETRY_SECONDS": 0}
+    settings = load_settings(_env_file=None, **{k.lower(): v for k, v in env_settings.items()})
+    store = Store(settings.data_dir)
+    for user in ("ann", "bob", "cy"):
+        enroll_user(store, analyzer, settings, user, [photo(p) for p in OBAMA], subject="man")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
+    env.update({f"FACECHAIN_{k}": str(v) for k, v in env_settings.items()})
+    env["PYTHONPATH"] = str(ROOT)
+    return settings, SqliteJobQueue(store, settings), env
+
+
+def start_worker(env, name: str, idle: float | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "engine.cli", "worker", "--id", name]
+    if idle is not None:
+        command += ["--exit-when-idle", str(idle)]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := condition()):
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_9_mid_training_loses_nothing_and_runs_nothing_twice(setup):
+    settings, queue, env = setup
+    jobs = {user: queue.enqueue("train", user, {"steps": STEPS}) for user in ("ann", "bob", "cy")}
+    first = start_worker(env, "first")
+    wait_for(lambda: queue.get(jobs["ann"].id).progress >= 0.4, 120, "ann's training to pass 40%")
+    first.kill()  # SIGKILL: no cleanup, no checkpoint on the way out
+    first.wait(timeout=30)
+    assert queue.get(jobs["ann"].id).state == "running"  # still leased to the dead worker
+
+    second = start_worker(env, "second", idle=4)
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+
+    ann = queue.get(jobs["ann"].id)
+    assert ann.state == "done" and ann.attempts == 2
+    assert ann.result["resumed_from_step"] >= 0.3 * STEPS  # continued from its last checkpoint
+    for user, job in jobs.items():
+        finished = queue.get(job.id)
+        assert finished.state == "done", (user, finished)
+        models = queue.store.face_models(user)
+        assert [(m.version, m.status) for m in models] == [(1, "ready")], user  # trained to completion once
+        assert not list(models[0].path.parent.glob("*.partial"))
+
+
+def test_sigterm_checkpoints_releases_and_a_new_worker_resumes(setup):
+    settings, queue, env = setup
+    job = queue.enqueue("train", "ann", {"steps": STEPS})
+    worker = start_worker(env, "polite")
+    wait_for(lambda: queue.get(job.id).progress >= 0.3, 120, "training to pass 30%")
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+    released = queue.get(job.id)
+    assert released.state == "queued" and released.attempts == 0 and released.progress_text.startswith("queued")
+
+    again = start_worker(env, "again", idle=2)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    done = queue.get(job.id)
+    assert done.state == "done" and done.result["resumed_from_step"] >= 0.3 * STEPS
