@@ -73,6 +73,22 @@ def quiet_loaders() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
+def apply_memory_savers(base: BasePipeline, plan: MemoryPlan) -> BasePipeline:
+    """Turn on the savers `plan` asks for that are still off (they are never turned back off)."""
+    pipeline = base.pipeline
+    if plan.cpu_offload and not base.plan.cpu_offload:
+        pipeline.enable_model_cpu_offload()
+    if plan.attention_slicing and not base.plan.attention_slicing:
+        pipeline.enable_attention_slicing()
+    if plan.vae_tiling and not base.plan.vae_tiling:
+        pipeline.vae.enable_tiling()
+    base.plan = MemoryPlan(
+        base.plan.dtype_name, base.plan.attention_slicing or plan.attention_slicing,
+        base.plan.vae_tiling or plan.vae_tiling, base.plan.cpu_offload or plan.cpu_offload, plan.reason,
+    )
+    return base
+
+
 def load_base_pipeline(settings: Settings, reference: str | None = None) -> BasePipeline:
     quiet_loaders()
     import torch

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -289,8 +290,12 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
     queue = open_queue(settings)
     jobs = queue.jobs(state=args.state, user_id=args.user, limit=args.limit)
     if args.json:
-        print_json([{**job.__dict__, "position": (p := queue.position(job.id)) and p.position,
-                     "eta_seconds": p and round(p.eta_seconds)} for job in jobs])
+        listed = []
+        for job in jobs:
+            place = queue.position(job.id)
+            listed.append({**asdict(job), "position": place.position if place else None,
+                           "eta_seconds": round(place.eta_seconds) if place else None})
+        print_json(listed)
         return 0
     table = Table(title=f"{len(jobs)} job(s)")
     for column in ("id", "kind", "user", "state", "progress", "attempts", "created", "error"):
@@ -308,6 +313,17 @@ def cmd_jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
     job = open_queue(settings).cancel(args.job_id)
     message = "cancelled" if job.state == "cancelled" else "asked to stop; the worker stops it at its next step"
     report(args, {"id": job.id, "state": job.state, "cancel_requested": job.cancel_requested}, f"Job {job.id} {message}.")
+    return 0
+
+
+def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.maintenance import run_all
+
+    summary = run_all(open_store(settings), settings)
+    retention = summary["retention"]
+    report(args, summary, f"Reaped {summary['leases_reaped']} expired lease(s), deleted {summary['temp_files_deleted']} "
+                          f"temp file(s), {retention['portraits']} old portrait(s), {retention['selfies']} old selfie(s)"
+                          + (f"; backup at {summary['backup']}" if "backup" in summary else "") + ".")
     return 0
 
 
@@ -378,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_list.add_argument("--user")
     jobs_list.add_argument("--limit", type=int, default=50)
     command(jobs, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("job_id", type=int, metavar="ID")
+
+    command(commands, "maintenance", cmd_maintenance,
+            "reap expired leases, delete old temp files and expired portraits/selfies, back up the database")
 
     tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
                    "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")

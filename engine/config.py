@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     # Jobs a server (guild) may start per UTC day; 0 = no limit.
     guild_daily_quota: int = Field(default=0, ge=0)
 
+    # Retention in days (0 = keep): portraits not shared to a gallery, and enrolled selfies.
+    portrait_retention_days: float = Field(default=0, ge=0)
+    selfie_retention_days: float = Field(default=0, ge=0)
+    # Back up the database every this many hours into <data>/backups (0 = never), keeping this many.
+    backup_every_hours: float = Field(default=24, ge=0)
+    backups_kept: int = Field(default=7, ge=1)
+
     # Logging level for the CLI, worker and bot.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

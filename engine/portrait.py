@@ -117,7 +117,7 @@ def save_portraits(store: Store, user_id: str, style_id: str, ranked: list[Ranke
         # Stored portraits carry their job id: two requests may reuse a seed.
         path = folder / (f"{style_id}-{portrait.seed}-job{job_id}.png" if job_id else f"{style_id}-{portrait.seed}.png")
         portrait.image.save(path)
-        with store.db.atomic():
+        with store.transaction():
             store.db["portraits"].insert({
                 "user_id": user_id, "job_id": job_id, "style": style_id, "seed": portrait.seed,
                 "similarity": portrait.similarity,

@@ -32,6 +32,10 @@ class JobCancelled(Exception):
     """The job's owner cancelled it while it ran."""
 
 
+class GpuBusy(Exception):
+    """Too little GPU memory is free to start a job; it is retried later."""
+
+
 @dataclass
 class Heartbeat:
     """Keeps a job's lease alive and carries its progress, from a thread with its own connection."""
@@ -146,6 +150,8 @@ class Worker:
                 log.info("job %s released for later: %s", job.id, stopped)
         except FaceChainError as error:  # bad input or a missing model: retrying would not help
             self.queue.fail(job.id, self.worker_id, str(error))
+        except GpuBusy as busy:
+            self.queue.fail(job.id, self.worker_id, str(busy), transient=True)
         except Exception as error:
             self._fail_transient(job, error)
         finally:
@@ -156,26 +162,35 @@ class Worker:
 
         if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
-            # Retried once, with the memory savers on.
-            self.queue.fail(job.id, self.worker_id, "The GPU ran out of memory; retrying with lower memory settings.",
-                            transient=not job.params.get("low_memory"), params_update={"low_memory": True})
+            if job.params.get("low_memory"):  # already retried with every saver on
+                self.queue.fail(job.id, self.worker_id, "The GPU ran out of memory even with memory savers on: "
+                                "ask for fewer portraits, or free the GPU from other programs.")
+            else:
+                self.queue.fail(job.id, self.worker_id, "The GPU ran out of memory; retrying with lower memory "
+                                "settings.", transient=True, params_update={"low_memory": True})
             return
         log.exception("job %s failed", job.id)
         self.queue.fail(job.id, self.worker_id, f"Internal error ({type(error).__name__}); it will be retried.",
                         transient=True)
 
     def _check_gpu_memory(self) -> None:
+        """FaceChain refuses below 18 GB; we start whenever the job can fit with memory savers."""
         import torch
 
         if self.settings.device in ("auto", "cuda") and torch.cuda.is_available():
             free = torch.cuda.mem_get_info()[0] / 2**30
             if free < MIN_FREE_GPU_GIB:
-                raise RuntimeError(f"only {free:.1f} GiB of GPU memory free; another program is using the card")
+                raise GpuBusy(f"The GPU has only {free:.1f} GiB free (another program is using it); "
+                              "the job will be retried.")
 
-    def _low_memory(self, job: Job) -> None:
+    def _fit_memory(self, job: Job) -> None:
+        """Memory savers for the memory free now, and all of them after an out-of-memory retry."""
+        from engine.base_model import MemoryPlan, apply_memory_savers, current_plan
+
+        plan = current_plan(self.base.device)
         if job.params.get("low_memory"):
-            self.base.pipeline.enable_attention_slicing()
-            self.base.pipeline.vae.enable_tiling()
+            plan = MemoryPlan(plan.dtype_name, True, True, self.base.device == "cuda", "retry after running out of memory")
+        apply_memory_savers(self.base, plan)
 
     def should_stop(self, beat: Heartbeat) -> Callable[[], bool]:
         return lambda: self.stopping.is_set() or beat.cancel_requested.is_set() or beat.lease_lost.is_set()
@@ -215,7 +230,7 @@ def run_enroll(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     from engine.train import train_user
 
-    worker._low_memory(job)
+    worker._fit_memory(job)
     beat.update(0.0, "loading the model")
     model = train_user(
         worker.store, worker.base, worker.settings, job.user_id, steps=job.params.get("steps"),
@@ -235,7 +250,7 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     catalogue = load_styles(worker.settings.styles_dir)
     count = int(params.get("count", 4))
     check_request(worker.store, worker.settings, catalogue, job.user_id, params.get("style", ""), count)
-    worker._low_memory(job)
+    worker._fit_memory(job)
 
     def on_step(step: int, total: int) -> None:
         if beat.cancel_requested.is_set():

@@ -86,3 +86,16 @@ def test_memory_plans_fit_an_8gb_card(device, free_gib, expected):
     plan = plan_memory(device, None if free_gib is None else int(free_gib * GIB))
     assert (plan.dtype_name, plan.attention_slicing, plan.vae_tiling, plan.cpu_offload) == expected
     assert plan_memory("cuda", 40 * GIB, bf16=True).dtype_name == "bfloat16"
+
+
+def test_memory_savers_are_turned_on_when_memory_gets_tight(tiny_model, settings):
+    from engine.base_model import apply_memory_savers
+
+    base = load_base_pipeline(settings.model_copy(update={"base_model": str(tiny_model), "device": "cpu"}))
+    assert not base.plan.attention_slicing
+    tight = plan_memory("cuda", int(7 * GIB))  # slicing and tiling, no offload
+    apply_memory_savers(base, tight)
+    assert base.plan.attention_slicing and base.plan.vae_tiling and not base.plan.cpu_offload
+    assert base.pipeline.vae.use_tiling
+    apply_memory_savers(base, plan_memory("cuda", int(40 * GIB)))  # more memory later: savers stay on
+    assert base.plan.attention_slicing

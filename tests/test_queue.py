@@ -183,3 +183,23 @@ def test_undelivered_results_are_listed_until_marked(queue):
     assert [j.id for j in queue.undelivered()] == [job.id]
     queue.mark_delivered(job.id)
     assert queue.undelivered() == []
+
+
+def test_jobs_cli_lists_and_cancels(capsys, settings, monkeypatch):
+    import json
+
+    from engine.cli import main
+
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(settings.data_dir))
+    queue = SqliteJobQueue(Store(settings.data_dir), settings)
+    first, second = queue.enqueue("train", "ann"), queue.enqueue("generate", "bob", {"style": "anime"})
+    assert main(["jobs", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(j["id"], j["state"], j["position"]) for j in listed] == [(second.id, "queued", 2), (first.id, "queued", 1)]
+    assert listed[0]["params"] == {"style": "anime"} and listed[0]["eta_seconds"] > 0
+    assert main(["jobs", "cancel", str(first.id)]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert main(["jobs", "cancel", "999"]) == 2
+    assert capsys.readouterr().err == "error: No job 999.\n"
+    assert main(["jobs", "list", "--state", "cancelled", "--json"]) == 0
+    assert [j["id"] for j in json.loads(capsys.readouterr().out)] == [first.id]

@@ -112,3 +112,38 @@ def test_deleting_a_user_removes_every_row_and_file_and_nothing_of_others(store)
         assert store.db[table].count_where("user_id = ?", ["43"]) == 1
     assert len(files_under(store.user_dir("43"))) == 2
     assert not store.delete_user("42").anything_deleted  # a second forget is harmless
+
+
+def hammer(settings, transaction_of) -> list[Exception]:
+    """One connection writes in a loop (a heartbeat) while another reads then writes (an enrollment)."""
+    import threading
+
+    writer, reader = Store(settings.data_dir), Store(settings.data_dir)
+    writer.ensure_user("beat", "man", "a handsome man")
+    reader.ensure_user("42", "man", "a handsome man")
+    errors: list[Exception] = []
+
+    def beat():
+        for n in range(300):
+            with writer.transaction():
+                writer.db["users"].update("beat", {"trigger": f"t{n}"})
+
+    def enroll():
+        for n in range(300):
+            try:
+                with transaction_of(reader):
+                    reader.get_user("42")  # read first ...
+                    reader.db["users"].update("42", {"trigger": f"t{n}"})  # ... then write
+            except Exception as error:
+                errors.append(error)
+
+    threads = [threading.Thread(target=beat), threading.Thread(target=enroll)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_read_then_write_transactions_never_fail_with_database_is_locked(settings):
+    assert hammer(settings, lambda store: store.transaction()) == []

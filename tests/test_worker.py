@@ -106,3 +106,33 @@ def test_cancelling_a_running_training_stops_it(worker, worker_settings, analyze
     runner.join(timeout=60)
     assert other.get(job.id).state == "cancelled"
     assert worker.store.ready_face_model("42") is None
+
+
+def test_a_busy_gpu_gives_a_clear_message_and_a_retry(worker, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(1.2 * 2**30), 80 * 2**30))
+    worker.settings = worker.settings.model_copy(update={"device": "auto"})
+    job = worker.queue.enqueue("generate", "42", {"style": "anime"})
+    worker.run_job(worker.queue.claim(worker.worker_id))
+    waiting = worker.queue.get(job.id)
+    assert waiting.state == "queued" and waiting.error.startswith("The GPU has only 1.2 GiB free")
+
+
+def test_out_of_memory_is_retried_once_with_memory_savers_then_fails_in_plain_words(worker, monkeypatch):
+    import torch
+
+    seen = []
+
+    def greedy(worker_, job, beat):
+        seen.append(job.params.get("low_memory", False))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setitem(HANDLERS, "generate", greedy)
+    job = worker.queue.enqueue("generate", "42", {"style": "anime"})
+    worker.run(exit_when_idle=0.5, poll_seconds=0.1)
+    assert seen == [False, True]
+    failed = worker.queue.get(job.id)
+    assert failed.state == "failed"
+    assert failed.error.startswith("The GPU ran out of memory even with memory savers on")

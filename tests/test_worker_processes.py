@@ -83,10 +83,28 @@ def test_sigterm_checkpoints_releases_and_a_new_worker_resumes(setup):
     output, _ = worker.communicate(timeout=60)
     assert worker.returncode == 0, output
     released = queue.get(job.id)
-    assert released.state == "queued" and released.attempts == 0 and released.progress_text.startswith("queued")
+    assert released.state == "queued" and released.attempts == 0 and released.progress_text.startswith("queued"), (released, output)
 
     again = start_worker(env, "again", idle=2)
     output, _ = again.communicate(timeout=300)
     assert again.returncode == 0, output
     done = queue.get(job.id)
     assert done.state == "done" and done.result["resumed_from_step"] >= 0.3 * STEPS
+
+
+def test_the_bot_side_supervisor_restarts_a_dead_worker_and_stops_it_cleanly(setup):
+    from engine.worker_process import WorkerProcess
+
+    settings, queue, env = setup
+    supervisor = WorkerProcess(env={k: v for k, v in env.items() if k.startswith(("FACECHAIN_", "PYTHONPATH"))},
+                               worker_id="child")
+    assert supervisor.ensure_running() is True
+    first = supervisor.pid
+    assert supervisor.ensure_running() is False  # alive: nothing to do
+    os.kill(first, signal.SIGKILL)
+    supervisor.process.wait(timeout=30)
+    assert supervisor.ensure_running() is True and supervisor.pid != first and supervisor.restarts == 1
+    job = queue.enqueue("train", "bob", {"steps": 3})
+    wait_for(lambda: queue.get(job.id).state == "done", 120, "the restarted worker to run a job")
+    assert supervisor.stop(timeout=60) == 0
+    assert not supervisor.running()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 from engine.config import Settings
@@ -41,20 +40,6 @@ class SqliteJobQueue:
         self.settings = settings
         self.db = store.db
 
-    # --- transactions ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _write(self):
-        """A transaction holding the write lock from its start."""
-        connection = self.db.conn
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-
     def _row(self, job_id: int) -> dict | None:
         rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
         return rows[0] if rows else None
@@ -69,7 +54,7 @@ class SqliteJobQueue:
                 channel_id: str | None = None) -> Job:
         if kind not in KINDS:
             raise FaceChainError(f"Unknown job kind {kind!r}: one of {', '.join(KINDS)}.")
-        with self._write():
+        with self.store.transaction():
             self.store.touch_user(user_id)
             self._check_limits(kind, user_id, guild_id)
             job_id = self.db["jobs"].insert({
@@ -99,12 +84,11 @@ class SqliteJobQueue:
 
     def claim(self, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None:
         """The next job in fair order, leased to `worker_id`; None when nothing is ready."""
-        with self._write():
+        with self.store.transaction():
             self._reap(now())
-            ready = self._ready_jobs(kinds)
-            if not ready:
+            job_id = self._next_ready(kinds)
+            if job_id is None:
                 return None
-            job_id = self._fair_order(ready)[0]["id"]
             moment = now()
             self.db.execute(
                 """update jobs set state = 'running', lease_owner = ?, lease_expires_at = ?, heartbeat_at = ?,
@@ -117,19 +101,30 @@ class SqliteJobQueue:
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.job_lease_seconds)
 
-    def _ready_jobs(self, kinds: tuple[str, ...] | None) -> list[dict]:
-        """Queued jobs that may run now. A portrait that chose to wait for a training in progress waits."""
+    def _next_ready(self, kinds: tuple[str, ...] | None) -> int | None:
+        """The head of the fair order among jobs that may run now, in one query.
+
+        Each ready user's oldest job; users never served first (by that job), then the user served
+        least recently. A portrait that chose to wait for a training in progress is not ready.
+        """
         kinds = kinds or KINDS
         marks = ", ".join("?" for _ in kinds)
-        return list(self.db.query(
-            f"""select j.* from jobs j where j.state = 'queued' and j.kind in ({marks})
-                and (j.run_after is null or j.run_after <= ?)
-                and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
-                         and exists (select 1 from jobs t where t.user_id = j.user_id and t.kind = 'train'
-                                     and t.state in ('queued', 'running')))
-                order by j.id""",
+        row = self.db.execute(
+            f"""with firsts as (
+                  select j.user_id, min(j.id) as id from jobs j
+                  where j.state = 'queued' and j.kind in ({marks}) and (j.run_after is null or j.run_after <= ?)
+                    and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
+                             and exists (select 1 from jobs t where t.user_id = j.user_id and t.kind = 'train'
+                                         and t.state in ('queued', 'running')))
+                  group by j.user_id),
+                served as (
+                  select user_id, max(coalesce(heartbeat_at, started_at)) as at from jobs
+                  where started_at is not null and user_id in (select user_id from firsts) group by user_id)
+                select f.id from firsts f left join served s on s.user_id = f.user_id
+                order by s.at is not null, s.at, f.id limit 1""",
             [*kinds, stamp(now())],
-        ))
+        ).fetchone()
+        return row[0] if row else None
 
     def _fair_order(self, queued: list[dict]) -> list[dict]:
         """Round-robin across users, least recently served first; FIFO within a user."""
@@ -158,7 +153,7 @@ class SqliteJobQueue:
 
     def heartbeat(self, job_id: int, worker_id: str, progress: float | None = None, text: str | None = None) -> bool:
         """Extend the lease and record progress; True when the job's cancellation was requested."""
-        with self._write():
+        with self.store.transaction():
             row = self._owned(job_id, worker_id)
             moment = now()
             changes = {"lease_expires_at": stamp(moment + self._lease()), "heartbeat_at": stamp(moment)}
@@ -170,7 +165,7 @@ class SqliteJobQueue:
         return bool(row["cancel_requested"])
 
     def complete(self, job_id: int, worker_id: str, result: dict) -> Job:
-        with self._write():
+        with self.store.transaction():
             self._owned(job_id, worker_id)
             self._finish(job_id, "done", result=json.dumps(result), progress=1.0, progress_text="done")
         return self.get(job_id)
@@ -178,7 +173,7 @@ class SqliteJobQueue:
     def fail(self, job_id: int, worker_id: str, error: str, transient: bool = False,
              params_update: dict | None = None) -> Job:
         """A transient failure is retried with backoff while attempts last; anything else fails now."""
-        with self._write():
+        with self.store.transaction():
             row = self._owned(job_id, worker_id)
             changes: dict = {}
             if params_update:
@@ -198,7 +193,7 @@ class SqliteJobQueue:
 
     def release(self, job_id: int, worker_id: str) -> Job:
         """Give a job back untouched (the worker is shutting down); it does not count as an attempt."""
-        with self._write():
+        with self.store.transaction():
             self._owned(job_id, worker_id)
             self.db.execute(
                 "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
@@ -213,10 +208,10 @@ class SqliteJobQueue:
 
     def cancel(self, job_id: int, user_id: str | None = None) -> Job:
         """Cancel a waiting job at once; ask a running one to stop. `user_id` must own the job if given."""
-        with self._write():
+        with self.store.transaction():
             row = self._row(job_id)
             if row is None or (user_id is not None and row["user_id"] != user_id):
-                raise FaceChainError(f"No job {job_id} of yours to cancel.")
+                raise FaceChainError(f"No job {job_id} of yours to cancel." if user_id else f"No job {job_id}.")
             if row["state"] in FINISHED:
                 raise FaceChainError(f"Job {job_id} has already finished ({row['state']}).")
             if row["state"] == "queued":
@@ -226,13 +221,13 @@ class SqliteJobQueue:
         return self.get(job_id)
 
     def mark_cancelled(self, job_id: int, worker_id: str) -> Job:
-        with self._write():
+        with self.store.transaction():
             self._owned(job_id, worker_id)
             self._finish(job_id, "cancelled", progress_text="cancelled")
         return self.get(job_id)
 
     def mark_delivered(self, job_id: int) -> None:
-        with self._write():
+        with self.store.transaction():
             self.db["jobs"].update(job_id, {"delivered_at": stamp(now())})
 
     def undelivered(self) -> list[Job]:
@@ -278,7 +273,7 @@ class SqliteJobQueue:
     # --- leases -----------------------------------------------------------------------------------------
 
     def reap_expired(self) -> int:
-        with self._write():
+        with self.store.transaction():
             return self._reap(now())
 
     def _reap(self, moment: datetime) -> int:

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,6 +102,29 @@ class Store:
         self.db.enable_wal()
         self.migrate()
 
+    # --- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self):
+        """A write transaction that takes the write lock before it reads (BEGIN IMMEDIATE).
+
+        A deferred transaction (sqlite-utils' atomic) that reads first and then writes fails at
+        once with "database is locked" if another connection wrote in between, without waiting:
+        with a worker, its heartbeat thread and the bot on one file, that happens. Nested calls
+        join the outer transaction.
+        """
+        connection = self.db.conn
+        if connection.in_transaction:
+            yield
+            return
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
     # --- schema -------------------------------------------------------------------------------
 
     @property
@@ -115,7 +139,7 @@ class Store:
                 f"program's {SCHEMA_VERSION}: upgrade facechain-discord."
             )
         for version in range(current, SCHEMA_VERSION):
-            with self.db.atomic():
+            with self.transaction():
                 MIGRATIONS[version](self.db)
                 self.db.execute(f"PRAGMA user_version = {version + 1}")
 
@@ -151,7 +175,7 @@ class Store:
         """Create the user, or update their subject and trigger phrase."""
         check_user_id(user_id)
         existing = self.get_user(user_id)
-        with self.db.atomic():
+        with self.transaction():
             if existing is None:
                 self.db["users"].insert(
                     {"id": user_id, "subject": subject, "trigger": trigger, "consent_at": None,
@@ -170,7 +194,7 @@ class Store:
         )
 
     def record_consent(self, user_id: str) -> None:
-        with self.db.atomic():
+        with self.transaction():
             self.db["users"].update(user_id, {"consent_at": utc_now()})
 
     def get_user(self, user_id: str) -> UserRecord | None:
@@ -221,7 +245,7 @@ class Store:
             "embedding_backend": embedding_backend, "created_at": utc_now(),
         }
         try:
-            with self.db.atomic():
+            with self.transaction():
                 # A photo rejected before and accepted now replaces its rejected row.
                 self.db.execute("delete from selfies where user_id = ? and sha256 = ?", [user_id, sha256])
                 row_id = self.db["selfies"].insert(row).last_pk
@@ -239,7 +263,7 @@ class Store:
         }
         if sha256 in self.selfie_hashes(user_id):
             return  # an accepted copy of the same photo wins
-        with self.db.atomic():
+        with self.transaction():
             self.db.execute(
                 "delete from selfies where user_id = ? and sha256 = ? and status = 'rejected'",
                 [user_id, sha256],
@@ -271,7 +295,7 @@ class Store:
         if unfinished:
             return unfinished[0]
         folder = self.private_dir(user_id, "models")
-        with self.db.atomic():
+        with self.transaction():
             version = 1 + (self.db.execute(
                 "select coalesce(max(version), 0) from face_models where user_id = ?", [user_id]).fetchone()[0])
             row_id = self.db["face_models"].insert({
@@ -284,7 +308,7 @@ class Store:
     def finish_face_model(self, model_id: int, meta: dict) -> FaceModelRecord:
         """Mark a trained version ready; the versions before it become 'superseded'."""
         model = self._face_model(self.db["face_models"].get(model_id))
-        with self.db.atomic():
+        with self.transaction():
             self.db.execute(
                 "update face_models set status = 'superseded' where user_id = ? and status = 'ready'", [model.user_id])
             self.db["face_models"].update(
@@ -292,7 +316,7 @@ class Store:
         return self._face_model(self.db["face_models"].get(model_id))
 
     def fail_face_model(self, model_id: int, error: str) -> None:
-        with self.db.atomic():
+        with self.transaction():
             self.db["face_models"].update(
                 model_id, {"status": "failed", "meta": json.dumps({"error": error[:500]}), "finished_at": utc_now()})
 
@@ -320,7 +344,7 @@ class Store:
         """Remove every row and file of a user. Safe to call twice."""
         check_user_id(user_id)
         counts: dict[str, int] = {}
-        with self.db.atomic():
+        with self.transaction():
             for table in USER_TABLES:
                 counts[table] = self.db.execute(f"delete from {table} where user_id = ?", [user_id]).rowcount
             counts["users"] = self.db.execute("delete from users where id = ?", [user_id]).rowcount
