@@ -82,7 +82,7 @@ def check_base_model(settings: Settings) -> Check:
     where = "huggingface.co" if reference.kind == "huggingface" else "modelscope.cn"
     return Check(
         "base model", "warn", f"{reference} is not downloaded yet; it will be fetched from {where} on first use",
-        f"pre-download it, or point FACECHAIN_BASE_MODEL at a local copy",
+        "pre-download it, or point FACECHAIN_BASE_MODEL at a local copy",
     )
 
 

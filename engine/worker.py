@@ -197,6 +197,7 @@ class Worker:
 
 
 def _training_cancelled():
+    """Imported late: engine.lora_training pulls in torch, which the queue side of this module avoids."""
     from engine.lora_training import TrainingCancelled
 
     return TrainingCancelled

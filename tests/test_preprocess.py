@@ -1,7 +1,6 @@
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
 from engine.preprocess import Reason, UploadedPhoto, preprocess_photos
 from engine.preprocess.align import rotate
