@@ -16,7 +16,7 @@ from engine.generate import PortraitGenerator, PortraitRequest
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
 from engine.store.store import utc_now
-from engine.styles import StyleCatalogue
+from engine.styles import Style, StyleCatalogue
 
 log = logging.getLogger(__name__)
 UNRANKED_NOTICE = ("No candidate showed one clear face, even after a second batch, so these portraits are not "
@@ -53,7 +53,7 @@ def enrolled_face(store: Store, analyzer: FaceAnalyzer, user_id: str) -> Enrolle
 
 @dataclass
 class CheckedRequest:
-    style: object  # engine.styles.Style
+    style: Style
     trigger: str
     face_model: Path
 
