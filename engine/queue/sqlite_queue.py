@@ -86,9 +86,10 @@ class SqliteJobQueue:
         """The next job in fair order, leased to `worker_id`; None when nothing is ready."""
         with self.store.transaction():
             self._reap(now())
-            job_id = self._next_ready(kinds)
-            if job_id is None:
+            ready = self._ready_jobs(kinds)
+            if not ready:
                 return None
+            job_id = self._fair_order(ready)[0]["id"]  # the same order position() reports
             moment = now()
             self.db.execute(
                 """update jobs set state = 'running', lease_owner = ?, lease_expires_at = ?, heartbeat_at = ?,
@@ -101,30 +102,19 @@ class SqliteJobQueue:
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.job_lease_seconds)
 
-    def _next_ready(self, kinds: tuple[str, ...] | None) -> int | None:
-        """The head of the fair order among jobs that may run now, in one query.
-
-        Each ready user's oldest job; users never served first (by that job), then the user served
-        least recently. A portrait that chose to wait for a training in progress is not ready.
-        """
+    def _ready_jobs(self, kinds: tuple[str, ...] | None) -> list[dict]:
+        """Queued jobs that may run now. A portrait that chose to wait for a training in progress waits."""
         kinds = kinds or KINDS
         marks = ", ".join("?" for _ in kinds)
-        row = self.db.execute(
-            f"""with firsts as (
-                  select j.user_id, min(j.id) as id from jobs j
-                  where j.state = 'queued' and j.kind in ({marks}) and (j.run_after is null or j.run_after <= ?)
-                    and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
-                             and exists (select 1 from jobs t where t.user_id = j.user_id and t.kind = 'train'
-                                         and t.state in ('queued', 'running')))
-                  group by j.user_id),
-                served as (
-                  select user_id, max(coalesce(heartbeat_at, started_at)) as at from jobs
-                  where started_at is not null and user_id in (select user_id from firsts) group by user_id)
-                select f.id from firsts f left join served s on s.user_id = f.user_id
-                order by s.at is not null, s.at, f.id limit 1""",
+        return list(self.db.query(
+            f"""select j.* from jobs j where j.state = 'queued' and j.kind in ({marks})
+                and (j.run_after is null or j.run_after <= ?)
+                and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
+                         and exists (select 1 from jobs t where t.user_id = j.user_id and t.kind = 'train'
+                                     and t.state in ('queued', 'running')))
+                order by j.id""",
             [*kinds, stamp(now())],
-        ).fetchone()
-        return row[0] if row else None
+        ))
 
     def _fair_order(self, queued: list[dict]) -> list[dict]:
         """Round-robin across users, least recently served first; FIFO within a user."""
