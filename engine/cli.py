@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.config import Settings, load_settings
-from engine.errors import FaceChainError, NoUsableFace
+from engine.errors import FaceChainError
 from engine.preprocess import UploadedPhoto
 from engine.preprocess.trigger import SUBJECTS
 
@@ -95,16 +95,10 @@ def cmd_faces_analyze(args: argparse.Namespace, settings: Settings) -> int:
 
 def embed_largest_face(path: str, settings: Settings):
     from engine.faces import get_analyzer
-    from engine.preprocess.align import find_face
-    from engine.preprocess.decode import decode_photo
-    from engine.preprocess.reasons import PhotoRejected
+    from engine.preprocess.pipeline import find_usable_face
 
     analyzer = get_analyzer(settings)
-    try:
-        image = decode_photo(read_photo(path).data, settings.max_photo_megapixels)
-        found = find_face(analyzer, image)
-    except PhotoRejected as rejection:
-        raise NoUsableFace(f"{path}: {rejection.detail} ({rejection.reason.value})") from None
+    found = find_usable_face(analyzer, settings, read_photo(path))
     return analyzer.embed(found.image, found.face)
 
 

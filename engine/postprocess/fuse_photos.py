@@ -7,14 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.config import Settings
-from engine.errors import NoUsableFace
 from engine.faces import FaceAnalyzer
 from engine.postprocess.fusers import EnrolledFace, make_fuser
 from engine.preprocess import UploadedPhoto
-from engine.preprocess.align import FoundFace, align_face, find_face
-from engine.preprocess.decode import decode_photo
+from engine.preprocess.align import align_face
+from engine.preprocess.pipeline import find_usable_face
 from engine.preprocess.quality import measure_quality
-from engine.preprocess.reasons import PhotoRejected
 
 
 @dataclass
@@ -24,19 +22,12 @@ class FuseResult:
     distance_after: float  # fused face to the selfies
 
 
-def _found(analyzer: FaceAnalyzer, settings: Settings, photo: UploadedPhoto) -> FoundFace:
-    try:
-        return find_face(analyzer, decode_photo(photo.data, settings.max_photo_megapixels))
-    except PhotoRejected as rejection:
-        raise NoUsableFace(f"{photo.name}: {rejection.detail} ({rejection.reason.value})") from None
-
-
 def fuse_photos(analyzer: FaceAnalyzer, settings: Settings, selfies: list[UploadedPhoto],
                 template: UploadedPhoto) -> FuseResult:
-    found = [_found(analyzer, settings, selfie) for selfie in selfies]
+    found = [find_usable_face(analyzer, settings, selfie) for selfie in selfies]
     embeddings = [analyzer.embed(f.image, f.face) for f in found]
     best = max(found, key=lambda f: measure_quality(align_face(f.image, f.face), f.face.box[2]).score)
-    target = _found(analyzer, settings, template)
+    target = find_usable_face(analyzer, settings, template)
 
     def distance(image: np.ndarray, face) -> float:
         vector = analyzer.embed(image, face)

@@ -16,7 +16,8 @@ from PIL import Image
 
 from engine.config import Settings
 from engine.faces import FaceAnalyzer
-from engine.preprocess.align import align_face, find_face
+from engine.errors import NoUsableFace
+from engine.preprocess.align import FoundFace, align_face, find_face
 from engine.preprocess.decode import decode_photo
 from engine.preprocess.identity import identity_outliers, near_duplicates
 from engine.preprocess.quality import Quality, check_quality, measure_quality
@@ -115,6 +116,14 @@ def preprocess_photos(
     return PreprocessResult(
         accepted=[candidates[p] for p in sorted(candidates)], rejected=[rejected[p] for p in sorted(rejected)]
     )
+
+
+def find_usable_face(analyzer: FaceAnalyzer, settings: Settings, photo: UploadedPhoto) -> FoundFace:
+    """The photo decoded and turned upright with its one clear face, or NoUsableFace naming why not."""
+    try:
+        return find_face(analyzer, decode_photo(photo.data, settings.max_photo_megapixels))
+    except PhotoRejected as rejection:
+        raise NoUsableFace(f"{photo.name}: {rejection.detail} ({rejection.reason.value})") from None
 
 
 def _process_one(photo: UploadedPhoto, digest: str, analyzer: FaceAnalyzer, settings: Settings) -> AcceptedPhoto:
