@@ -249,7 +249,8 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     from engine.base_model import load_base_pipeline
     from engine.faces import get_analyzer
     from engine.generate import PortraitGenerator
-    from engine.portrait import check_request, make_portraits
+    from engine.portrait import make_portraits
+    from engine.portrait_request import check_request
     from engine.styles import load_styles
 
     store = open_store(settings)
@@ -274,7 +275,10 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from engine.worker import Worker
 
-    Worker(settings, args.id).run(exit_when_idle=args.exit_when_idle)
+    worker = Worker(settings, args.id)
+    if args.parent_pid:
+        worker.stop_with_parent(args.parent_pid)
+    worker.run(exit_when_idle=args.exit_when_idle)
     return 0
 
 
@@ -380,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = command(commands, "worker", cmd_worker, "run queued jobs on this machine's GPU until stopped")
     worker.add_argument("--id", help="worker name (default: host-pid)")
+    worker.add_argument("--parent-pid", type=int, help="stop (checkpointing any training) when this process exits")
     worker.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="stop once the queue stays empty this long")
 
     jobs = commands.add_parser("jobs", help="the job queue").add_subparsers(dest="jobs_command", required=True, metavar="ACTION")

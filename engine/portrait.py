@@ -13,10 +13,11 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.generate import PortraitGenerator, PortraitRequest
+from engine.portrait_request import check_request
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
 from engine.store.store import utc_now
-from engine.styles import Style, StyleCatalogue
+from engine.styles import StyleCatalogue
 
 log = logging.getLogger(__name__)
 UNRANKED_NOTICE = ("No candidate showed one clear face, even after a second batch, so these portraits are not "
@@ -49,31 +50,6 @@ def enrolled_face(store: Store, analyzer: FaceAnalyzer, user_id: str) -> Enrolle
         if faces:
             return EnrolledFace(image, faces[0], [s.embedding for s in selfies])
     raise FaceChainError(f"User {user_id} has no enrolled selfie with a usable face: enroll again.")
-
-
-@dataclass
-class CheckedRequest:
-    style: Style
-    trigger: str
-    face_model: Path
-
-
-def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, user_id: str, style_id: str,
-                  count: int) -> CheckedRequest:
-    """Everything that can be wrong with a portrait request, checked before any model loads."""
-    style = catalogue.get(style_id)
-    if style is None:
-        close = catalogue.suggest(style_id)
-        hint = f"did you mean {' or '.join(close)}?" if close else "see `facechain styles list`."
-        raise FaceChainError(f"Unknown style {style_id!r}: {hint}")
-    if not 1 <= count <= settings.portrait_candidates:
-        raise FaceChainError(f"Ask for 1 to {settings.portrait_candidates} portraits (got {count}).")
-    user = store.get_user(user_id)
-    model = store.ready_face_model(user_id)
-    if user is None or model is None:
-        raise FaceChainError(
-            f"User {user_id} has no trained face model yet: enroll selfies, then `facechain train --user {user_id}`.")
-    return CheckedRequest(style, user.trigger, model.path)
 
 
 def make_portraits(

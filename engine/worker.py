@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.config import Settings
 from engine.errors import FaceChainError
-from engine.queue import Job, LeaseLost, SqliteJobQueue
+from engine.queue import Job, LeaseLost, QueueLimit, SqliteJobQueue
 from engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,17 @@ class Worker:
         from engine.faces import get_analyzer
 
         return get_analyzer(self.settings)
+
+    def stop_with_parent(self, parent_pid: int, poll_seconds: float = 1.0) -> None:
+        """Stop when the process that started this worker is gone (e.g. the bot was killed), so a
+        restarted bot never ends up with two workers on one GPU."""
+        def watch() -> None:
+            while not self.stopping.wait(poll_seconds):
+                if os.getppid() != parent_pid:
+                    log.warning("worker %s: parent %s is gone; stopping", self.worker_id, parent_pid)
+                    self.stopping.set()
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -225,7 +236,22 @@ def run_enroll(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
-    return report.to_json()
+    result = report.to_json()
+    if job.params.get("train_after") and report.result.accepted:
+        try:
+            result["train_job_id"] = _queue_training(worker, job)
+        except QueueLimit as limit:  # the photos are enrolled; training can be asked for later
+            result["train_error"] = str(limit)
+    return result
+
+
+def _queue_training(worker: Worker, job: Job) -> int:
+    """Queue a training on the new photos. A queued one reads the photos when it starts, so it is
+    reused; a running one (only with several workers) finishes on the photos it has."""
+    active = [j for j in worker.queue.active_jobs(user_id=job.user_id) if j.kind == "train"]
+    if active:
+        return active[0].id
+    return worker.queue.enqueue("train", job.user_id, {}, guild_id=job.guild_id, channel_id=job.channel_id).id
 
 
 def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
@@ -244,7 +270,8 @@ def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 
 
 def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
-    from engine.portrait import check_request, make_portraits
+    from engine.portrait import make_portraits
+    from engine.portrait_request import check_request
     from engine.styles import load_styles
 
     params = job.params

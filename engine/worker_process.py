@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 class WorkerProcess:
     def __init__(self, env: dict[str, str] | None = None, worker_id: str | None = None) -> None:
         self.env = {**os.environ, **(env or {})}
-        self.command = [sys.executable, "-m", "engine.cli", "worker"] + (["--id", worker_id] if worker_id else [])
+        self.command = [sys.executable, "-m", "engine.cli", "worker", "--parent-pid", str(os.getpid())]
+        self.command += ["--id", worker_id] if worker_id else []
         self.process: subprocess.Popen | None = None
         self.restarts = 0
 

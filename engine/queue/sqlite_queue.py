@@ -19,6 +19,7 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.queue.base import FINISHED, Job, LeaseLost, QueueLimit, QueuePosition
 from engine.store import Store
+from engine.store.community import guild_settings
 
 KINDS = ("enroll", "train", "generate")
 # Used for ETAs until the server has finished jobs of its own to measure.
@@ -75,6 +76,9 @@ class SqliteJobQueue:
         if kind == "generate" and count(f"user_id = ? and kind = 'generate' and {active}", [user_id]) >= limit:
             raise QueueLimit(f"You already have {limit} portrait requests waiting: wait for one to finish.")
         quota = self.settings.guild_daily_quota
+        if guild_id is not None:
+            override = guild_settings(self.store, guild_id).daily_quota
+            quota = quota if override is None else override
         if quota and guild_id is not None:
             midnight = stamp(now().replace(hour=0, minute=0, second=0, microsecond=0))
             if count("guild_id = ? and created_at >= ? and state != 'cancelled'", [guild_id, midnight]) >= quota:
@@ -225,6 +229,11 @@ class SqliteJobQueue:
         rows = self.db["jobs"].rows_where("state in ('done', 'failed') and delivered_at is null", order_by="id")
         return [_job(row) for row in rows]
 
+    def awaiting_delivery(self) -> list[Job]:
+        """Jobs a chat user is waiting on (they carry a channel) whose outcome has not reached them."""
+        rows = self.db["jobs"].rows_where("channel_id is not null and delivered_at is null", order_by="id")
+        return [_job(row) for row in rows]
+
     def jobs(self, state: str | None = None, user_id: str | None = None, limit: int = 100) -> list[Job]:
         where, params = [], []
         if state:
@@ -235,6 +244,15 @@ class SqliteJobQueue:
             params.append(user_id)
         rows = self.db["jobs"].rows_where(" and ".join(where) or None, params, order_by="id desc", limit=limit)
         return [_job(row) for row in rows]
+
+    def active_jobs(self, user_id: str | None = None, guild_id: str | None = None) -> list[Job]:
+        """Queued and running jobs, oldest first, of a user or a guild (or all)."""
+        where, params = ["state in ('queued', 'running')"], []
+        for column, value in (("user_id", user_id), ("guild_id", guild_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return [_job(row) for row in self.db["jobs"].rows_where(" and ".join(where), params, order_by="id")]
 
     # --- position and ETA -----------------------------------------------------------------------------
 

@@ -338,6 +338,29 @@ class Store:
             created_at=row["created_at"], finished_at=row["finished_at"],
         )
 
+    # --- portraits -----------------------------------------------------------------------------
+
+    def portrait(self, portrait_id: int) -> dict | None:
+        rows = list(self.db["portraits"].rows_where("id = ?", [portrait_id]))
+        return rows[0] if rows else None
+
+    def job_portraits(self, job_id: int) -> list[dict]:
+        """A generate job's portraits, best first (the order they were saved in)."""
+        return list(self.db["portraits"].rows_where("job_id = ?", [job_id], order_by="id"))
+
+    def delete_portraits(self, portrait_ids: list[int]) -> int:
+        """Delete portraits, their files and their gallery entries; returns how many were deleted."""
+        if not portrait_ids:
+            return 0
+        marks = ", ".join("?" for _ in portrait_ids)
+        paths = [row["path"] for row in self.db.query(f"select path from portraits where id in ({marks})", portrait_ids)]
+        with self.transaction():
+            self.db.execute(f"delete from gallery_entries where portrait_id in ({marks})", portrait_ids)
+            deleted = self.db.execute(f"delete from portraits where id in ({marks})", portrait_ids).rowcount
+        for path in paths:
+            self.absolute(path).unlink(missing_ok=True)
+        return deleted
+
     # --- forgetting ---------------------------------------------------------------------------
 
     def delete_user(self, user_id: str) -> ForgetReport:

@@ -1,0 +1,36 @@
+"""Checking a portrait request, with no model loaded: the bot calls this before it queues a job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import Settings
+from engine.errors import FaceChainError
+from engine.store import Store
+from engine.styles import Style, StyleCatalogue
+
+
+@dataclass
+class CheckedRequest:
+    style: Style
+    trigger: str
+    face_model: Path
+
+
+def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, user_id: str, style_id: str,
+                  count: int) -> CheckedRequest:
+    """Everything that can be wrong with a portrait request, checked before any model loads."""
+    style = catalogue.get(style_id)
+    if style is None:
+        close = catalogue.suggest(style_id)
+        hint = f"did you mean {' or '.join(close)}?" if close else "see `facechain styles list`."
+        raise FaceChainError(f"Unknown style {style_id!r}: {hint}")
+    if not 1 <= count <= settings.portrait_candidates:
+        raise FaceChainError(f"Ask for 1 to {settings.portrait_candidates} portraits (got {count}).")
+    user = store.get_user(user_id)
+    model = store.ready_face_model(user_id)
+    if user is None or model is None:
+        raise FaceChainError(
+            f"User {user_id} has no trained face model yet: enroll selfies, then `facechain train --user {user_id}`.")
+    return CheckedRequest(style, user.trigger, model.path)
