@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = None
     # Guild (server) id to sync slash commands to instantly while developing; empty = global sync.
     dev_guild_id: int | None = None
+    # Start the worker (training, portraits) as a child of the bot; false = run `facechain worker` yourself.
+    bot_runs_worker: bool = True
+    # Hosts the bot downloads enrolled photos from, comma-separated (Discord's CDN).
+    attachment_hosts: str = "cdn.discordapp.com,media.discordapp.net"
 
     # Stable Diffusion 1.5-family base: a local folder, a Hugging Face id, or `modelscope:<id>`.
     base_model: str = "SG161222/Realistic_Vision_V5.1_noVAE"

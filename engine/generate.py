@@ -47,6 +47,10 @@ class PortraitRequest:
     steps: int | None = None  # None: the style's sampler hint
     guidance: float | None = None
     size: int = 512
+    # "More like this": start every candidate from the noise of this seed, mixed with a little of
+    # its own (spherical interpolation), so they are variations of that picture.
+    variation_of: int | None = None
+    variation_strength: float = 0.3
 
 
 @dataclass
@@ -146,9 +150,39 @@ class PortraitGenerator:
             height=request.size, width=request.size,
             # One CPU generator per image: a seed gives the same picture alone or in a batch (to float rounding).
             generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+            latents=self._variation_latents(request, seeds),
             callback_on_step_end=callback,
         ).images
         return [Candidate(image, seed) for image, seed in zip(images, seeds)]
+
+    def _variation_latents(self, request: PortraitRequest, seeds: list[int]):
+        """Starting noise near `request.variation_of`'s, or None for the pipeline's own."""
+        if request.variation_of is None:
+            return None
+        import torch
+
+        pipeline = self.base.pipeline
+        side = request.size // pipeline.vae_scale_factor
+        shape = (pipeline.unet.config.in_channels, side, side)
+
+        def noise(seed: int):
+            return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+        anchor = noise(request.variation_of)
+        latents = torch.stack([slerp(request.variation_strength, anchor, noise(seed)) for seed in seeds])
+        return latents.to(self.base.device, pipeline.unet.dtype)
+
+
+def slerp(t: float, start, end):
+    """Spherical interpolation between two noise tensors: the mix keeps the norm Gaussian noise has."""
+    import torch
+
+    start_flat, end_flat = start.flatten(), end.flatten()
+    cosine = torch.dot(start_flat / start_flat.norm(), end_flat / end_flat.norm()).clamp(-1, 1)
+    angle = torch.acos(cosine)
+    if angle.abs() < 1e-4:
+        return (1 - t) * start + t * end
+    return (torch.sin((1 - t) * angle) * start + torch.sin(t * angle) * end) / torch.sin(angle)
 
 
 def _hub_folder(reference) -> Path:

@@ -65,12 +65,14 @@ def make_portraits(
     out_dir: Path | None = None,
     on_step=None,
     job_id: int | None = None,
+    variation_of: int | None = None,
 ) -> PortraitResult:
     checked = check_request(store, settings, catalogue, user_id, style_id, count)
     enrolled = enrolled_face(store, analyzer, user_id)
     fuser = make_fuser(settings, analyzer)
     request = PortraitRequest(style=checked.style, trigger=checked.trigger, face_model=checked.face_model,
-                              count=settings.portrait_candidates, seed=seed, size=settings.portrait_size)
+                              count=settings.portrait_candidates, seed=seed, size=settings.portrait_size,
+                              variation_of=variation_of)
     candidates = generator.generate(request, on_step=on_step)
     ranked = rank_candidates(analyzer, candidates, enrolled, fuser)
     notice = None

@@ -19,8 +19,9 @@ class CheckedRequest:
 
 
 def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, user_id: str, style_id: str,
-                  count: int) -> CheckedRequest:
-    """Everything that can be wrong with a portrait request, checked before any model loads."""
+                  count: int, need_model: bool = True) -> CheckedRequest | None:
+    """Everything that can be wrong with a portrait request, checked before any model loads.
+    With `need_model` false (a portrait that waits for a training), only the style and count."""
     style = catalogue.get(style_id)
     if style is None:
         close = catalogue.suggest(style_id)
@@ -28,6 +29,8 @@ def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, u
         raise FaceChainError(f"Unknown style {style_id!r}: {hint}")
     if not 1 <= count <= settings.portrait_candidates:
         raise FaceChainError(f"Ask for 1 to {settings.portrait_candidates} portraits (got {count}).")
+    if not need_model:
+        return None
     user = store.get_user(user_id)
     model = store.ready_face_model(user_id)
     if user is None or model is None:

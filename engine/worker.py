@@ -286,7 +286,8 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
         beat.update(0.9 * step / total, "ranking by likeness" if step == total else f"generating {100 * step // total}%")
 
     result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings, catalogue, job.user_id,
-                            params["style"], count=count, seed=params.get("seed"), on_step=on_step, job_id=job.id)
+                            params["style"], count=count, seed=params.get("seed"), on_step=on_step, job_id=job.id,
+                            variation_of=params.get("variation_of"))
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice}
 
 

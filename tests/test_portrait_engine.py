@@ -90,6 +90,18 @@ def test_seeds_reproduce_alone_or_in_a_batch(base, alice_model):
     assert np.abs(batch[0] - batch[1]).mean() > 1.0
 
 
+def test_more_like_this_draws_variations_of_the_chosen_seed(base, alice_model):
+    generator = PortraitGenerator(base)
+    chosen = draw(generator, alice_model.path, seed=100)[0]
+    request = PortraitRequest(style=style(), trigger="a handsome man", face_model=alice_model.path, count=3,
+                              seed=500, size=64, variation_of=100)
+    variations = [np.asarray(c.image, dtype=np.int16) for c in generator.generate(request)]
+    unrelated = draw(generator, alice_model.path, seed=500, count=3)
+    for variation, other in zip(variations, unrelated):
+        assert np.abs(variation - chosen).mean() < 0.6 * np.abs(other - chosen).mean()
+    assert np.abs(variations[0] - variations[1]).mean() > 0.5  # variations, not copies
+
+
 def test_style_lora_is_a_second_weighted_adapter_and_the_cache_is_lru(base, alice_model, engine_store, engine_settings):
     bob = train_user(engine_store, base, engine_settings, "bob", steps=5)
     generator = PortraitGenerator(base, max_adapters=2)

@@ -1,0 +1,128 @@
+"""The bot's side of the engine: the store and the queue, used from one thread off the event loop.
+
+SQLite calls are quick, but a write can wait for the lock while the worker commits; on the event
+loop that would stall every member's interaction. So every call runs on one dedicated thread
+(which also keeps the one connection single-threaded) and the loop awaits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from engine.config import Settings
+from engine.errors import FaceChainError
+from engine.portrait_request import check_request
+from engine.queue import Job, SqliteJobQueue
+from engine.store import ForgetReport, Store
+from engine.store.community import GuildSettings, guild_settings, user_gallery_posts
+from engine.styles import StyleCatalogue, load_styles
+
+T = TypeVar("T")
+FORGET_WAIT_SECONDS = 30  # for a running job of the user to stop before their files go
+
+
+@dataclass(frozen=True)
+class PortraitOrder:
+    style: str
+    count: int
+    seed: int | None
+    private: bool
+
+
+class Styles:
+    """The style catalogue, re-read when a file in the styles folder changes (no restart needed)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self._stamp: tuple | None = None
+        self._catalogue: StyleCatalogue | None = None
+
+    def catalogue(self) -> StyleCatalogue:
+        stamp = self._folder_stamp()
+        if self._catalogue is None or stamp != self._stamp:
+            self._catalogue, self._stamp = load_styles(self.folder), stamp
+        return self._catalogue
+
+    def _folder_stamp(self) -> tuple:
+        from engine.styles import STYLES_DIR
+
+        folder = self.folder or STYLES_DIR
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.toml")))
+
+
+class Backend:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.store = Store(settings.data_dir)
+        self.queue = SqliteJobQueue(self.store, settings)
+        self.styles = Styles(settings.styles_dir)
+
+    async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
+        """Run a store/queue function on the store thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, partial(function, *args, **kwargs))
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.store.close()
+
+    # --- helpers that run on the store thread (call them through `run`) ---------------------------
+
+    def guild(self, guild_id: int | None) -> GuildSettings | None:
+        return guild_settings(self.store, str(guild_id)) if guild_id else None
+
+    def order_portrait(self, user_id: str, guild_id: int | None, channel_id: int, order: PortraitOrder) -> Job:
+        """Check a portrait request and queue it; FaceChainError says what is wrong."""
+        settings = self.guild(guild_id)
+        if settings and not settings.allows_style(order.style):
+            raise FaceChainError(f"The style {order.style!r} is not allowed on this server: "
+                                 f"try {', '.join(settings.allowed_styles[:5])}.")
+        training = any(j.kind == "train" for j in self.queue.active_jobs(user_id=user_id))
+        has_model = self.store.ready_face_model(user_id) is not None
+        if not has_model and not training:
+            raise FaceChainError("You have no face model yet: run `/facechain enroll` with 3 to 10 selfies of "
+                                 "yourself, then ask again once it is trained.")
+        check_request(self.store, self.settings, self.styles.catalogue(), user_id, order.style, order.count,
+                      need_model=has_model)
+        params = {"style": order.style, "count": order.count, "seed": order.seed, "private": order.private,
+                  "wait_for_training": not has_model}
+        return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
+
+    def reorder(self, job: Job, seed: int | None) -> Job:
+        """The same portrait request again (Re-roll: a new seed; More like #k: that portrait's seed)."""
+        params = {**job.params, "seed": seed, "wait_for_training": False}
+        params.pop("low_memory", None)
+        return self.queue.enqueue("generate", job.user_id, params, guild_id=job.guild_id, channel_id=job.channel_id)
+
+    def status(self, user_id: str) -> dict:
+        jobs = self.queue.active_jobs(user_id=user_id)
+        return {
+            "user": self.store.get_user(user_id),
+            "photos": len(self.store.accepted_selfies(user_id)),
+            "models": self.store.face_models(user_id),
+            "jobs": [(job, self.queue.position(job.id)) for job in jobs],
+        }
+
+    def forget(self, user_id: str) -> tuple[ForgetReport, list[dict]]:
+        """Stop the user's jobs, then delete everything of theirs; returns the gallery posts to delete."""
+        for job in self.queue.active_jobs(user_id=user_id):
+            self.queue.cancel(job.id)
+        deadline = time.monotonic() + FORGET_WAIT_SECONDS
+        while self.queue.active_jobs(user_id=user_id) and time.monotonic() < deadline:
+            time.sleep(0.2)  # a running training stops at its next step
+        posts = user_gallery_posts(self.store, user_id)
+        for upload_dir in (self.settings.data_dir / "tmp").glob(f"enroll-{user_id}-*"):
+            shutil.rmtree(upload_dir, ignore_errors=True)
+        return self.store.delete_user(user_id), posts
+
+
+def _text(snowflake: int | None) -> str | None:
+    return None if snowflake is None else str(snowflake)

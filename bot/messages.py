@@ -1,0 +1,127 @@
+"""What members read: embeds and lines built from engine results. No Discord calls here."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import discord
+from PIL import Image
+
+from engine.queue import Job, QueuePosition
+
+COLOUR = discord.Colour.from_rgb(88, 101, 242)
+CONSENT_TEXT = (
+    "To make portraits that look like you, FaceChain keeps **aligned crops of the selfies it accepts** "
+    "and a small **face model** trained on them, on this server owner's machine. They are never posted "
+    "anywhere; only portraits you choose to share reach a gallery.\n\n"
+    "`/facechain forget` deletes all of it (photos, face model, portraits, gallery posts) at any time."
+)
+HELP_LINES = [
+    ("/facechain enroll", "Upload 3 to 10 selfies (just you, face visible). FaceChain checks each one and trains "
+                          "your face model; you are pinged when it is ready."),
+    ("/facechain portrait", "Portraits of you in a style, ranked by likeness, with Re-roll, More like, Share and "
+                            "Delete."),
+    ("/facechain styles", "Browse the styles."),
+    ("/facechain status", "Your face model and queued requests (with cancel buttons)."),
+    ("/facechain forget", "Delete everything FaceChain stores about you."),
+    ("/facechain-admin settings", "Server admins: gallery channel, daily quota, allowed styles, NSFW policy."),
+    ("/facechain-admin queue", "Server admins: this server's queued jobs."),
+]
+
+
+def eta(seconds: float) -> str:
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5):.0f} s"
+    return f"about {round(seconds / 60):.0f} min"
+
+
+def progress_line(job: Job, position: QueuePosition | None) -> str:
+    """One line on where a job stands: 'queued #3, about 2 min' / 'generating 40%' / ..."""
+    if job.state == "queued":
+        if position is None:
+            return "queued"
+        waiting = "waiting for your face model to finish training" if job.params.get("wait_for_training") else ""
+        return waiting or f"queued #{position.position}, {eta(position.eta_seconds)}"
+    if job.state == "running":
+        text = job.progress_text or "starting"
+        return text if "left" in text or position is None else f"{text} ({eta(position.eta_seconds)} left)"
+    return job.state
+
+
+JOB_TITLES = {"enroll": "checking your photos", "train": "training your face model", "generate": "portraits"}
+
+
+def job_title(job: Job) -> str:
+    if job.kind == "generate":
+        return f"{job.params.get('count', 4)} portraits in {job.params.get('style', '?')}"
+    return JOB_TITLES.get(job.kind, job.kind)
+
+
+def enroll_card(result: dict, refused: list[dict], training: str | None) -> discord.Embed:
+    accepted, rejected = result.get("accepted", []), result.get("rejected", [])
+    total_rejected = len(rejected) + len(refused)
+    embed = discord.Embed(title="Your photos", colour=COLOUR,
+                          description=f"**{len(accepted)} accepted**, {total_rejected} rejected. "
+                                      f"{result.get('enrolled_total', 0)} photos enrolled in all.")
+    if accepted:
+        embed.add_field(name="Accepted", value=_clip("\n".join(f"✅ {name}" for name in accepted)), inline=False)
+    for photo in rejected:
+        name = Path(photo.get("path", "photo")).name
+        embed.add_field(name=f"❌ {name}", value=_clip(f"{photo.get('detail', '')}\n**Fix:** {photo.get('advice', '')}"),
+                        inline=False)
+    for photo in refused:
+        embed.add_field(name=f"❌ {photo['name']}", value=_clip(f"Not downloaded: {photo['reason']}."), inline=False)
+    if training:
+        embed.add_field(name="Face model", value=training, inline=False)
+    elif not accepted:
+        embed.add_field(name="Face model", value="Nothing new to train on: send other photos with "
+                                                 "`/facechain enroll`.", inline=False)
+    return embed
+
+
+def with_training_line(card: discord.Embed, line: str) -> discord.Embed:
+    """The enroll card with its 'Face model' field set to `line`."""
+    card = card.copy()
+    for index, field in enumerate(card.fields):
+        if field.name == "Face model":
+            card.set_field_at(index, name="Face model", value=line, inline=False)
+            return card
+    return card.add_field(name="Face model", value=line, inline=False)
+
+
+def portrait_lines(user_id: str, style_name: str, portraits: list[dict], notice: str | None) -> str:
+    lines = [f"<@{user_id}> {len(portraits)} portrait{'s' if len(portraits) != 1 else ''} in **{style_name}**"
+             + (", most alike first:" if portraits and portraits[0]["similarity"] is not None else ":")]
+    for index, portrait in enumerate(portraits, start=1):
+        likeness = portrait["similarity"]
+        shown = f"likeness {likeness:.0%}" if likeness is not None else "not ranked"
+        lines.append(f"**#{index}** {shown} · seed {portrait['seed']}")
+    if notice:
+        lines.append(f"_{notice}_")
+    return "\n".join(lines)
+
+
+def thumbnail_grid(paths: list[Path], tile: int = 128, columns: int = 5) -> bytes:
+    """A JPEG contact sheet of images (for the enroll card, shown only to its owner)."""
+    rows = (len(paths) + columns - 1) // columns
+    sheet = Image.new("RGB", (tile * min(columns, len(paths)), tile * rows), "white")
+    for index, path in enumerate(paths):
+        with Image.open(path) as image:
+            thumb = image.convert("RGB").resize((tile, tile))
+        sheet.paste(thumb, ((index % columns) * tile, (index // columns) * tile))
+    buffer = io.BytesIO()
+    sheet.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def help_embed() -> discord.Embed:
+    embed = discord.Embed(title="FaceChain: portraits that look like you", colour=COLOUR,
+                          description="Enroll a few selfies once, then ask for portraits in any style.")
+    for name, value in HELP_LINES:
+        embed.add_field(name=name, value=value, inline=False)
+    return embed
+
+
+def _clip(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
