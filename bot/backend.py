@@ -79,6 +79,10 @@ class Backend:
     def guild(self, guild_id: int | None) -> GuildSettings | None:
         return guild_settings(self.store, str(guild_id)) if guild_id else None
 
+    def record_consent(self, user_id: str) -> None:
+        self.store.touch_user(user_id)
+        self.store.record_consent(user_id)
+
     def order_portrait(self, user_id: str, guild_id: int | None, channel_id: int, order: PortraitOrder) -> Job:
         """Check a portrait request and queue it; FaceChainError says what is wrong."""
         settings = self.guild(guild_id)
@@ -96,9 +100,9 @@ class Backend:
                   "wait_for_training": not has_model}
         return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
 
-    def reorder(self, job: Job, seed: int | None) -> Job:
-        """The same portrait request again (Re-roll: a new seed; More like #k: that portrait's seed)."""
-        params = {**job.params, "seed": seed, "wait_for_training": False}
+    def reorder(self, job: Job, seed: int | None = None, variation_of: int | None = None) -> Job:
+        """The same portrait request again (Re-roll: new seeds; More like #k: variations of its seed)."""
+        params = {**job.params, "seed": seed, "variation_of": variation_of, "wait_for_training": False}
         params.pop("low_memory", None)
         return self.queue.enqueue("generate", job.user_id, params, guild_id=job.guild_id, channel_id=job.channel_id)
 

@@ -59,6 +59,14 @@ class StyleProblem:
 class StyleCatalogue:
     styles: dict[str, Style]
     problems: list[StyleProblem]
+    folder: Path = STYLES_DIR
+
+    def preview_path(self, style: Style) -> Path | None:
+        """The style's preview image, if it exists inside the styles folder."""
+        if style.preview is None:
+            return None
+        path = (self.folder / style.preview).resolve()
+        return path if path.is_relative_to(self.folder.resolve()) and path.is_file() else None
 
     def get(self, style_id: str) -> Style | None:
         return self.styles.get(style_id)
@@ -111,4 +119,4 @@ def load_styles(folder: Path | None = None) -> StyleCatalogue:
             problems.append(StyleProblem(path, "id", f"{style.id!r} is already used by another style"))
             continue
         styles[style.id] = style
-    return StyleCatalogue(styles, problems)
+    return StyleCatalogue(styles, problems, Path(folder))

@@ -27,6 +27,7 @@ API = "/api/v10"
 APP_ID = "900000000000000001"
 BOT_USER = {"id": "900000000000000002", "username": "FaceChain", "discriminator": "0", "global_name": None,
             "avatar": None, "bot": True, "flags": 0}
+DISCORD_EPOCH_MS = 1_420_070_400_000
 EPHEMERAL = 64
 MEMBER_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
 MANAGE_GUILD = 1 << 5
@@ -35,7 +36,7 @@ OPTION_TYPES = {str: 3, int: 4, bool: 5}
 
 def _json(data: Any, status: int = 200) -> web.Response:
     # discord.py parses a reply as JSON only when the content type is exactly application/json.
-    return web.Response(text=json.dumps(data), status=status, headers={"Content-Type": "application/json"})
+    return web.Response(body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"})
 
 
 def _error(status: int, code: int, message: str) -> web.Response:
@@ -118,7 +119,7 @@ class Call:
 
 class FakeDiscord:
     def __init__(self) -> None:
-        self._ids = itertools.count(1_000_000_000_000_000_000)
+        self._ids = itertools.count(1)
         self.guilds: dict[str, dict] = {}  # id -> {"name", "channels": {id: type}, "members": {user_id: perms}}
         self.users: dict[str, dict] = {}
         self.dm_channels: dict[str, str] = {}  # user id -> DM channel id
@@ -167,7 +168,9 @@ class FakeDiscord:
         self.port = site._server.sockets[0].getsockname()[1]
 
     def new_id(self) -> str:
-        return str(next(self._ids))
+        """A real-looking snowflake: discord.py reads creation times from ids."""
+        milliseconds = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        return str((milliseconds << 22) | (next(self._ids) & 0x3FFFFF))
 
     # --- world ----------------------------------------------------------------------------------
 
@@ -198,21 +201,20 @@ class FakeDiscord:
                 group: str = "facechain", focused: str | None = None) -> Interaction:
         """Run `/group subcommand option:value ...`; attachments are `host_attachment` results.
         With `focused`, it is an autocomplete request for that option instead."""
-        sub_options = [{"type": OPTION_TYPES[type(value)], "name": name, "value": value}
-                       for name, value in (options or {}).items()]
-        for option in sub_options:
-            if option["name"] == focused:
-                option["focused"] = True
         resolved: dict[str, dict] = {}
+        sub_options = []
+        for name, value in (options or {}).items():
+            if isinstance(value, dict):  # {"channel": name}: a channel option of this guild
+                chosen = self.guilds[guild_id]["channels"][value["channel"]]
+                resolved.setdefault("channels", {})[chosen] = {"id": chosen, "type": 0, "name": value["channel"],
+                                                               "permissions": "0", "guild_id": guild_id}
+                sub_options.append({"type": 7, "name": name, "value": chosen})
+            else:
+                sub_options.append({"type": OPTION_TYPES[type(value)], "name": name, "value": value,
+                                    **({"focused": True} if name == focused else {})})
         for name, attachment in (attachments or {}).items():
             sub_options.append({"type": 11, "name": name, "value": attachment["id"]})
             resolved.setdefault("attachments", {})[attachment["id"]] = attachment
-        for option in sub_options:  # channel options are passed as {"channel": name}
-            if isinstance(option["value"], dict) and "channel" in option["value"]:
-                channel_id_value = self.guilds[guild_id]["channels"][option["value"]["channel"]]
-                option.update(type=7, value=channel_id_value)
-                resolved.setdefault("channels", {})[channel_id_value] = {
-                    "id": channel_id_value, "type": 0, "name": option["name"], "permissions": "0"}
         data: dict[str, Any] = {"id": self.new_id(), "name": group, "type": 1,
                                 "options": [{"type": 1, "name": subcommand, "options": sub_options}]}
         if resolved:
@@ -414,8 +416,10 @@ class FakeDiscord:
                     return _error(404, 10008, "Unknown Message")
                 message.deleted = True
                 return web.Response(status=204)
+            case ("GET", "users", user_id) if user_id in self.users:
+                return _json(self.users[user_id])
             case ("POST", "users", "@me", "channels"):
-                recipient = body["recipient_id"]
+                recipient = str(body["recipient_id"])
                 return _json({"id": self.dm_channel(recipient), "type": 1, "recipients": [self.users[recipient]],
                               "last_message_id": None})
         return _error(404, 0, f"fake Discord has no route {request.method} {path}")

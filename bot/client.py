@@ -1,0 +1,76 @@
+"""The Discord client: wires the commands, the delivery loop, the worker process and maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import discord
+from discord import app_commands
+
+from bot.backend import Backend
+from bot.commands import install
+from bot.components import DYNAMIC_ITEMS
+from bot.delivery import Deliveries
+from engine.config import Settings
+from engine.maintenance import build_scheduler
+from engine.worker_process import WorkerProcess
+
+log = logging.getLogger("bot")
+WORKER_CHECK_SECONDS = 5
+
+
+class FaceChainBot(discord.Client):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(intents=discord.Intents.default())
+        self.settings = settings
+        self.tree = app_commands.CommandTree(self)
+        self.backend = Backend(settings)
+        self.deliveries = Deliveries(self)
+        self.worker = WorkerProcess() if settings.bot_runs_worker else None
+        self.http_session: aiohttp.ClientSession | None = None
+        self.scheduler = None
+        self._background: list[asyncio.Task] = []
+
+    async def setup_hook(self) -> None:
+        install(self.tree)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.http_session = aiohttp.ClientSession()
+        await self._sync_commands()
+        self.scheduler = build_scheduler(self.settings)
+        self.scheduler.start()
+        self._background.append(asyncio.create_task(self.deliveries.run_forever()))
+        if self.worker is not None:
+            self._background.append(asyncio.create_task(self._supervise_worker()))
+
+    async def _sync_commands(self) -> None:
+        if self.settings.dev_guild_id:
+            guild = discord.Object(self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+        log.info("synced %s commands (%s)", len(synced), f"guild {self.settings.dev_guild_id}"
+                 if self.settings.dev_guild_id else "global")
+
+    async def _supervise_worker(self) -> None:
+        while True:
+            if self.worker.ensure_running():
+                log.info("worker process running", extra={"job": None})
+            await asyncio.sleep(WORKER_CHECK_SECONDS)
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s to %s servers", self.user, len(self.guilds))
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop)  # SIGTERM: a training checkpoints first
+        if self.http_session is not None:
+            await self.http_session.close()
+        await super().close()
+        self.backend.close()

@@ -1,0 +1,291 @@
+"""The slash commands: `/facechain ...` for members and `/facechain-admin ...` for server admins.
+
+Every command answers (or defers) before any slow work, so Discord's 3-second limit holds even
+when the queue is busy; the work itself happens in the worker process.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+
+from bot import gallery
+from bot.backend import PortraitOrder
+from bot.components import CancelButton, ConfirmView, PagerView
+from bot.downloads import DownloadRefused, allowed_hosts, download, upload_dir
+from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_line
+from bot.replies import reply, report_error
+from engine.errors import FaceChainError
+from engine.store.community import NSFW_POLICIES, update_guild_settings
+
+if TYPE_CHECKING:
+    from bot.client import FaceChainBot
+
+SUBJECTS = ("man", "woman", "boy", "girl", "person")  # engine.preprocess.trigger.SUBJECTS (tested)
+MAX_PORTRAITS = 10  # Discord allows 10 files per message
+EVERYWHERE = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
+FOR_SERVERS = app_commands.AppInstallationType(guild=True, user=False)
+
+facechain = app_commands.Group(name="facechain", description="Portraits that look like you",
+                               allowed_contexts=EVERYWHERE, allowed_installs=FOR_SERVERS)
+admin = app_commands.Group(name="facechain-admin", description="FaceChain settings for this server",
+                           default_permissions=discord.Permissions(manage_guild=True), guild_only=True,
+                           allowed_installs=FOR_SERVERS)
+
+
+def client(interaction: discord.Interaction) -> FaceChainBot:
+    return interaction.client  # type: ignore[return-value]
+
+
+# --- enroll -------------------------------------------------------------------------------------------
+
+@facechain.command(name="enroll", description="Upload 3-10 selfies so FaceChain can learn your face")
+@app_commands.describe(photo1="A clear photo of just you, face visible", subject="Who is in the photos")
+@app_commands.choices(subject=[app_commands.Choice(name=s, value=s) for s in SUBJECTS])
+async def enroll(
+    interaction: discord.Interaction, photo1: discord.Attachment, photo2: discord.Attachment | None = None,
+    photo3: discord.Attachment | None = None, photo4: discord.Attachment | None = None,
+    photo5: discord.Attachment | None = None, photo6: discord.Attachment | None = None,
+    photo7: discord.Attachment | None = None, photo8: discord.Attachment | None = None,
+    photo9: discord.Attachment | None = None, photo10: discord.Attachment | None = None,
+    subject: app_commands.Choice[str] | None = None,
+) -> None:
+    photos = [p for p in (photo1, photo2, photo3, photo4, photo5, photo6, photo7, photo8, photo9, photo10) if p]
+    chosen = subject.value if subject else None
+    bot = client(interaction)
+    user = await bot.backend.run(bot.backend.store.get_user, str(interaction.user.id))
+    if user is None or user.consent_at is None:
+        async def accepted(button_interaction: discord.Interaction) -> None:
+            await button_interaction.response.edit_message(content="Thanks! Downloading your photos…", embed=None,
+                                                           view=None)
+            await bot.backend.run(bot.backend.record_consent, str(interaction.user.id))
+            await start_enroll(button_interaction, photos, chosen)
+
+        consent = discord.Embed(title="Before your first enrollment", description=CONSENT_TEXT, colour=COLOUR)
+        view = ConfirmView(interaction.user.id, "I agree", "No thanks", "No problem: nothing was stored.", accepted)
+        await interaction.response.send_message(embed=consent, view=view, ephemeral=True)
+        return
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    await start_enroll(interaction, photos, chosen)
+
+
+async def start_enroll(interaction: discord.Interaction, photos: list[discord.Attachment], subject: str | None) -> None:
+    """Download the photos (refusing what breaks the limits) and queue them for checking."""
+    bot = client(interaction)
+    settings = bot.settings
+    max_bytes = int(settings.max_upload_mb * 2**20)
+    folder = upload_dir(settings.data_dir, str(interaction.user.id))
+    uploads, refused = [], []
+    for index, photo in enumerate(photos, start=1):
+        destination = folder / f"{index}.upload"
+        try:
+            if photo.size > max_bytes:
+                raise DownloadRefused(f"it is larger than {settings.max_upload_mb:g} MB")
+            await download(bot.http_session, photo.url, destination, max_bytes, allowed_hosts(settings.attachment_hosts))
+            uploads.append({"name": photo.filename[:100], "path": str(destination)})
+        except DownloadRefused as reason:
+            refused.append({"name": photo.filename[:100], "reason": str(reason)})
+    if not uploads:
+        shutil.rmtree(folder, ignore_errors=True)
+        reasons = "; ".join(f"{r['name']}: {r['reason']}" for r in refused)
+        raise FaceChainError(f"None of your photos could be downloaded ({reasons}).")
+    params = {"uploads": uploads, "subject": subject, "train_after": True, "refused": refused}
+    try:
+        job = await bot.backend.run(bot.backend.queue.enqueue, "enroll", str(interaction.user.id), params,
+                                    guild_id=_text(interaction.guild_id), channel_id=str(interaction.channel_id))
+    except FaceChainError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    position = await bot.backend.run(bot.backend.queue.position, job.id)
+    await interaction.edit_original_response(
+        content=f"⏳ Checking your {len(uploads)} photo{'s' if len(uploads) != 1 else ''}: "
+                f"{progress_line(job, position)}", embed=None, view=None)
+    bot.deliveries.watch(job.id, interaction)
+
+
+# --- portrait -----------------------------------------------------------------------------------------
+
+async def style_choices(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
+    bot = client(interaction)
+    guild = await bot.backend.run(bot.backend.guild, interaction.guild_id)
+    styles = [s for s in bot.backend.styles.catalogue().search(typed, limit=100) if not guild or guild.allows_style(s.id)]
+    return [app_commands.Choice(name=f"{s.name} — {s.description}"[:100], value=s.id) for s in styles[:25]]
+
+
+@facechain.command(name="portrait", description="Portraits of you in a style, ranked by likeness")
+@app_commands.describe(style="Start typing to search the styles", count="How many portraits (default 4)",
+                       seed="Same seed + style = same pictures", private="Only you see the result")
+@app_commands.autocomplete(style=style_choices)
+async def portrait(interaction: discord.Interaction, style: str, count: app_commands.Range[int, 1, MAX_PORTRAITS] = 4,
+                   seed: app_commands.Range[int, 0, 2**31 - 1] | None = None, private: bool = False) -> None:
+    await interaction.response.defer(ephemeral=private, thinking=True)
+    bot = client(interaction)
+    order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private)
+    job = await bot.backend.run(bot.backend.order_portrait, str(interaction.user.id), interaction.guild_id,
+                                interaction.channel_id, order)
+    position = await bot.backend.run(bot.backend.queue.position, job.id)
+    await interaction.edit_original_response(content=f"⏳ {job_title(job).capitalize()}: {progress_line(job, position)}")
+    bot.deliveries.watch(job.id, interaction)
+
+
+# --- styles, status, forget, help ------------------------------------------------------------------
+
+@facechain.command(name="styles", description="Browse the portrait styles")
+async def styles(interaction: discord.Interaction) -> None:
+    bot = client(interaction)
+    guild = await bot.backend.run(bot.backend.guild, interaction.guild_id)
+    catalogue = bot.backend.styles.catalogue()
+    listed = [s for s in catalogue.styles.values() if not guild or guild.allows_style(s.id)]
+    if not listed:
+        raise FaceChainError("No styles are available here: ask an admin to check `/facechain-admin settings`.")
+
+    def render(page: int) -> tuple[discord.Embed, list[discord.File]]:
+        style = listed[page]
+        embed = discord.Embed(title=style.name, description=style.description, colour=COLOUR)
+        embed.add_field(name="Use it", value=f"`/facechain portrait style:{style.id}`")
+        if style.tags:
+            embed.add_field(name="Tags", value=", ".join(style.tags))
+        embed.set_footer(text=f"Style {page + 1} of {len(listed)}")
+        preview = catalogue.preview_path(style)
+        if preview is None:
+            return embed, []
+        embed.set_image(url=f"attachment://preview{preview.suffix}")
+        return embed, [discord.File(preview, f"preview{preview.suffix}")]
+
+    embed, files = render(0)
+    await interaction.response.send_message(embed=embed, files=files, ephemeral=True,
+                                            view=PagerView(interaction.user.id, len(listed), render))
+
+
+@facechain.command(name="status", description="Your face model and your queued requests")
+async def status(interaction: discord.Interaction) -> None:
+    bot = client(interaction)
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    state = await bot.backend.run(bot.backend.status, str(interaction.user.id))
+    embed = discord.Embed(title="Your FaceChain", colour=COLOUR)
+    embed.add_field(name="Photos enrolled", value=str(state["photos"]), inline=True)
+    ready = next((m for m in state["models"] if m.status == "ready"), None)
+    model_line = (f"ready (version {ready.version}, trained {ready.finished_at[:16].replace('T', ' ')} UTC)"
+                  if ready else "none yet: run `/facechain enroll`")
+    embed.add_field(name="Face model", value=model_line, inline=True)
+    view = discord.ui.View(timeout=None)
+    lines = []
+    for job, position in state["jobs"]:
+        lines.append(f"**{job_title(job)}**: {progress_line(job, position)}")
+        if len(view.children) < 20:
+            view.add_item(CancelButton(job.id, f"Cancel {job_title(job)}"))
+    embed.add_field(name="Your requests", value="\n".join(lines)[:1000] or "nothing queued", inline=False)
+    await interaction.edit_original_response(embed=embed, view=view)
+
+
+@facechain.command(name="forget", description="Delete everything FaceChain stores about you")
+async def forget(interaction: discord.Interaction) -> None:
+    bot = client(interaction)
+
+    async def confirmed(button_interaction: discord.Interaction) -> None:
+        await button_interaction.response.edit_message(content="Deleting…", embed=None, view=None)
+        report, posts = await bot.backend.run(bot.backend.forget, str(interaction.user.id))
+        removed_posts = await gallery.delete_posts(bot, posts)
+        rows = report.rows_deleted
+        await button_interaction.edit_original_response(content=(
+            f"🗑️ Done. Deleted {rows.get('selfies', 0)} photo records, {rows.get('face_models', 0)} face model "
+            f"versions, {rows.get('portraits', 0)} portraits, {removed_posts} gallery posts, "
+            f"{rows.get('jobs', 0)} request records and {report.files_deleted} files. FaceChain keeps nothing "
+            "about you now."))
+
+    view = ConfirmView(interaction.user.id, "Delete everything", "Keep my data", "Nothing was deleted.", confirmed,
+                       danger=True)
+    await interaction.response.send_message(
+        "This deletes your photos, face model, portraits and gallery posts on this bot, and cancels your "
+        "requests. It cannot be undone.", view=view, ephemeral=True)
+
+
+@facechain.command(name="help", description="What FaceChain does and how to use it")
+async def help_command(interaction: discord.Interaction) -> None:
+    await interaction.response.send_message(embed=help_embed(), ephemeral=True)
+
+
+# --- admin ---------------------------------------------------------------------------------------------
+
+def require_manage_guild(interaction: discord.Interaction) -> None:
+    if interaction.guild_id is None or not interaction.permissions.manage_guild:
+        raise FaceChainError("Only this server's admins (Manage Server permission) can do that.")
+
+
+@admin.command(name="settings", description="Gallery channel, daily quota, allowed styles, NSFW policy")
+@app_commands.describe(gallery_channel="Where shared portraits are posted", daily_quota="Jobs per day (0 = no limit)",
+                       allowed_styles="Style ids, comma-separated, or 'all'", nsfw_policy="What to do with NSFW results")
+@app_commands.choices(nsfw_policy=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES])
+async def admin_settings(interaction: discord.Interaction, gallery_channel: discord.TextChannel | None = None,
+                         daily_quota: app_commands.Range[int, 0, 100_000] | None = None,
+                         allowed_styles: str | None = None,
+                         nsfw_policy: app_commands.Choice[str] | None = None) -> None:
+    require_manage_guild(interaction)
+    bot = client(interaction)
+    changes: dict = {}
+    if gallery_channel is not None:
+        changes["gallery_channel_id"] = str(gallery_channel.id)
+    if daily_quota is not None:
+        changes["daily_quota"] = daily_quota
+    if allowed_styles is not None:
+        changes["allowed_styles"] = parse_style_list(bot, allowed_styles)
+    if nsfw_policy is not None:
+        changes["nsfw_policy"] = nsfw_policy.value
+    current = await bot.backend.run(update_guild_settings, bot.backend.store, str(interaction.guild_id), **changes)
+    embed = discord.Embed(title="FaceChain settings for this server", colour=COLOUR)
+    embed.add_field(name="Gallery channel", value=f"<#{current.gallery_channel_id}>" if current.gallery_channel_id
+                    else "not set")
+    quota = current.daily_quota if current.daily_quota is not None else bot.settings.guild_daily_quota
+    embed.add_field(name="Daily quota", value=str(quota) if quota else "no limit")
+    embed.add_field(name="Allowed styles", value=", ".join(current.allowed_styles)[:1000] or "all")
+    embed.add_field(name="NSFW policy", value=current.nsfw_policy)
+    await reply(interaction, "Saved." if changes else None, embed=embed)
+
+
+def parse_style_list(bot: FaceChainBot, text: str) -> list[str]:
+    if text.strip().lower() in ("", "all"):
+        return []
+    catalogue = bot.backend.styles.catalogue()
+    wanted = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [style for style in wanted if catalogue.get(style) is None]
+    if unknown:
+        raise FaceChainError(f"Unknown style(s): {', '.join(unknown[:5])}. See `/facechain styles` for the ids.")
+    return wanted
+
+
+@admin.command(name="queue", description="This server's queued and running jobs")
+async def admin_queue(interaction: discord.Interaction) -> None:
+    require_manage_guild(interaction)
+    bot = client(interaction)
+    jobs = await bot.backend.run(bot.backend.queue.active_jobs, None, str(interaction.guild_id))
+    view = discord.ui.View(timeout=None)
+    lines = []
+    for job in jobs:
+        position = await bot.backend.run(bot.backend.queue.position, job.id)
+        lines.append(f"`{job.id}` <@{job.user_id}> {job_title(job)}: {progress_line(job, position)}")
+        if len(view.children) < 20:
+            view.add_item(CancelButton(job.id, f"Cancel {job.id}", admin=True))
+    text = "\n".join(lines)[:1900] if lines else "Nothing queued."
+    await reply(interaction, text, view=view if jobs else None)
+
+
+# --- wiring --------------------------------------------------------------------------------------------
+
+def install(tree: app_commands.CommandTree) -> None:
+    tree.add_command(facechain)
+    tree.add_command(admin)
+    tree.on_error = on_command_error
+
+
+async def on_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    original = getattr(error, "original", error)
+    if isinstance(error, app_commands.CheckFailure) and not isinstance(original, FaceChainError):
+        original = FaceChainError(str(error) or "You cannot use this command here.")
+    await report_error(interaction, original)
+
+
+def _text(snowflake: int | None) -> str | None:
+    return None if snowflake is None else str(snowflake)

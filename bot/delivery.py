@@ -1,0 +1,237 @@
+"""Live progress and results of queued jobs.
+
+Every second the bot looks at the jobs members are waiting on (`queue.awaiting_delivery()`):
+a running one updates the message that asked for it (at most one edit per 2 s per message); a
+finished one is delivered and marked delivered. The database, not memory, says what is owed, so
+after a restart the results still arrive. A message can only be edited through its interaction
+for 15 minutes: after that, or if the edit fails, the result goes to the channel with a mention,
+or by DM when the channel is gone or the request was private.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.components import portrait_actions
+from bot.messages import enroll_card, job_title, portrait_lines, progress_line, thumbnail_grid, with_training_line
+from engine.queue import Job
+
+if TYPE_CHECKING:
+    from bot.client import FaceChainBot
+
+log = logging.getLogger("bot")
+TOKEN_SECONDS = 14 * 60  # interaction tokens last 15 minutes; keep a margin
+EDIT_EVERY_SECONDS = 2.0
+MAX_DELIVERY_ATTEMPTS = 3
+MENTION_USERS = discord.AllowedMentions(everyone=False, roles=False, users=True)
+
+
+@dataclass
+class Watch:
+    """A message a member is looking at, which shows a job's progress."""
+
+    interaction: discord.Interaction
+    received: float  # time.monotonic() when the interaction arrived
+    card: discord.Embed | None = None  # an enroll card, whose "Face model" line shows a training
+    last_edit: float = 0.0
+    last_line: str = ""
+
+    def usable(self) -> bool:
+        return time.monotonic() - self.received < TOKEN_SECONDS
+
+
+@dataclass
+class Outgoing:
+    """A message to send when no interaction can show it; files are re-opened for each try."""
+
+    content: str | None = None
+    embed: discord.Embed | None = None
+    paths: list[tuple[Path, str]] | None = None  # (file, name shown)
+    data_files: list[tuple[bytes, str]] | None = None
+    view: discord.ui.View | None = None
+
+    def files(self) -> list[discord.File]:
+        import io
+
+        files = [discord.File(path, name) for path, name in self.paths or []]
+        return files + [discord.File(io.BytesIO(data), name) for data, name in self.data_files or []]
+
+    def kwargs(self) -> dict:
+        extra = {"view": self.view} if self.view is not None else {}
+        return {"content": self.content, "embed": self.embed, "files": self.files(), **extra}
+
+
+class Deliveries:
+    def __init__(self, bot: FaceChainBot) -> None:
+        self.bot = bot
+        self.watches: dict[int, Watch] = {}
+        self._busy: set[int] = set()
+        self._failures: Counter[int] = Counter()
+        self._tasks: set[asyncio.Task] = set()
+
+    def watch(self, job_id: int, interaction: discord.Interaction, card: discord.Embed | None = None,
+              received: float | None = None) -> None:
+        self.watches[job_id] = Watch(interaction, received or time.monotonic(), card, last_edit=time.monotonic())
+
+    async def run_forever(self, every: float = 1.0) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # noqa: BLE001 - the loop must survive anything and try again
+                log.exception("delivery tick failed")
+            await asyncio.sleep(every)
+
+    async def tick(self) -> None:
+        backend = self.bot.backend
+        for job in await backend.run(backend.queue.awaiting_delivery):
+            if job.id in self._busy:
+                continue
+            if job.finished:
+                self._start(job, self._deliver(job))
+            elif (watch := self.watches.get(job.id)) and time.monotonic() - watch.last_edit >= EDIT_EVERY_SECONDS:
+                self._start(job, self._show_progress(job, watch))
+
+    def _start(self, job: Job, work) -> None:
+        self._busy.add(job.id)
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: (self._tasks.discard(done), self._busy.discard(job.id)))
+
+    # --- progress --------------------------------------------------------------------------------
+
+    async def _show_progress(self, job: Job, watch: Watch) -> None:
+        position = await self.bot.backend.run(self.bot.backend.queue.position, job.id)
+        line = progress_line(job, position)
+        watch.last_edit = time.monotonic()
+        if line == watch.last_line:
+            return
+        watch.last_line = line
+        if not watch.usable():
+            self.watches.pop(job.id, None)
+            return
+        try:
+            if watch.card is not None:
+                await watch.interaction.edit_original_response(embed=with_training_line(watch.card, f"Training: {line}"))
+            else:
+                await watch.interaction.edit_original_response(content=f"⏳ {job_title(job).capitalize()}: {line}")
+        except discord.HTTPException as error:  # token expired or message deleted: deliver by channel later
+            log.info("progress edit failed for job %s: %s", job.id, error)
+            self.watches.pop(job.id, None)
+
+    # --- results ---------------------------------------------------------------------------------
+
+    async def _deliver(self, job: Job) -> None:
+        watch = self.watches.pop(job.id, None)
+        if watch is not None and not watch.usable():
+            watch = None
+        handlers = {"enroll": self._enroll_done, "train": self._train_done, "generate": self._portraits_done}
+        try:
+            if job.state == "cancelled":
+                await self._cancelled(job, watch)
+            else:
+                await handlers[job.kind](job, watch)
+        except Exception:  # noqa: BLE001 - retried on the next tick, then given up on
+            self._failures[job.id] += 1
+            log.exception("delivering job %s failed (attempt %s)", job.id, self._failures[job.id])
+            if self._failures[job.id] < MAX_DELIVERY_ATTEMPTS:
+                return
+        await self.bot.backend.run(self.bot.backend.queue.mark_delivered, job.id)
+        log.info("delivered job %s (%s, %s)", job.id, job.kind, job.state, extra={"job": job.id, "user": job.user_id})
+
+    async def _cancelled(self, job: Job, watch: Watch | None) -> None:
+        if watch is not None:
+            await self._edit(watch, Outgoing(content=f"✖️ Cancelled: {job_title(job)}."))
+
+    async def _enroll_done(self, job: Job, watch: Watch | None) -> None:
+        if job.state == "failed":
+            await self._to_owner(job, watch, Outgoing(content=f"⚠️ <@{job.user_id}> checking your photos failed: "
+                                                              f"{job.error}"), private=True)
+            return
+        result = job.result or {}
+        train_id = result.get("train_job_id")
+        training = result.get("train_error")
+        if train_id:
+            train_job = await self.bot.backend.run(self.bot.backend.queue.get, train_id)
+            position = await self.bot.backend.run(self.bot.backend.queue.position, train_id)
+            training = f"Training {progress_line(train_job, position)}." if train_job else None
+        card = enroll_card(result, job.params.get("refused", []), training)
+        selfies = await self.bot.backend.run(self.bot.backend.store.accepted_selfies, job.user_id)
+        outgoing = Outgoing(embed=card)
+        if selfies:
+            grid = await asyncio.to_thread(thumbnail_grid, [s.path for s in selfies[:10]])
+            card.set_image(url="attachment://enrolled.jpg")
+            outgoing.data_files = [(grid, "enrolled.jpg")]
+        shown = await self._to_owner(job, watch, outgoing, private=True)
+        if train_id and shown is not None:
+            self.watch(train_id, shown.interaction, card=card, received=shown.received)
+
+    async def _train_done(self, job: Job, watch: Watch | None) -> None:
+        if job.state == "done":
+            line = f"✅ Ready (version {job.result['version']})."
+            ping = (f"<@{job.user_id}> your face model is ready! Try `/facechain portrait` "
+                    "(pick a style from the list).")
+        else:
+            line = f"⚠️ Training failed: {job.error}"
+            ping = f"<@{job.user_id}> training your face model failed: {job.error}"
+        if watch is not None and watch.card is not None:
+            try:
+                await watch.interaction.edit_original_response(embed=with_training_line(watch.card, line))
+            except discord.HTTPException as error:
+                log.info("could not update the enroll card of job %s: %s", job.id, error)
+        await self._send_fallback(job, Outgoing(content=ping), private=False)  # a new message, so it pings
+
+    async def _portraits_done(self, job: Job, watch: Watch | None) -> None:
+        private = bool(job.params.get("private"))
+        if job.state == "failed":
+            await self._to_owner(job, watch, Outgoing(content=f"⚠️ <@{job.user_id}> your {job_title(job)} failed: "
+                                                              f"{job.error}"), private=private)
+            return
+        portraits = await self.bot.backend.run(self.bot.backend.store.job_portraits, job.id)
+        if not portraits:  # deleted in the meantime (e.g. /facechain forget)
+            return
+        style = self.bot.backend.styles.catalogue().get(job.params.get("style", ""))
+        content = portrait_lines(job.user_id, style.name if style else job.params.get("style", "?"), portraits,
+                                 (job.result or {}).get("notice"))
+        store = self.bot.backend.store
+        outgoing = Outgoing(content=content, view=portrait_actions(job, portraits),
+                            paths=[(store.absolute(p["path"]), f"portrait-{i}.png")
+                                   for i, p in enumerate(portraits, start=1)])
+        await self._to_owner(job, watch, outgoing, private=private)
+
+    # --- sending -----------------------------------------------------------------------------------
+
+    async def _to_owner(self, job: Job, watch: Watch | None, outgoing: Outgoing, private: bool) -> Watch | None:
+        """Edit the member's message if we still can (returns the watch), else send it another way."""
+        if watch is not None:
+            try:
+                await self._edit(watch, outgoing)
+                return watch
+            except discord.HTTPException as error:
+                log.info("editing the message of job %s failed (%s); sending it instead", job.id, error)
+        await self._send_fallback(job, outgoing, private)
+        return None
+
+    async def _edit(self, watch: Watch, outgoing: Outgoing) -> None:
+        extra = {"view": outgoing.view} if outgoing.view is not None else {"view": None}
+        await watch.interaction.edit_original_response(content=outgoing.content, embed=outgoing.embed,
+                                                       attachments=outgoing.files(), **extra)
+
+    async def _send_fallback(self, job: Job, outgoing: Outgoing, private: bool) -> None:
+        """Private results go by DM; others to the channel, or by DM if the channel is gone."""
+        if not private and job.channel_id:
+            try:
+                channel = self.bot.get_partial_messageable(int(job.channel_id))
+                await channel.send(**outgoing.kwargs(), allowed_mentions=MENTION_USERS)
+                return
+            except (discord.NotFound, discord.Forbidden) as error:
+                log.info("channel %s unusable for job %s (%s); sending a DM", job.channel_id, job.id, error)
+        user = await self.bot.fetch_user(int(job.user_id))
+        await user.send(**outgoing.kwargs())

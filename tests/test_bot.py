@@ -1,0 +1,311 @@
+"""End to end: the real bot (a subprocess running discord.py) and its real worker on the tiny model,
+against the fake Discord in tests/fake_discord.py. The tests share one deployment and run in
+order, like a member's day: enroll, portraits and buttons, sharing, expiry and restarts, forget."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, files_under
+from tests.fake_discord import FakeDiscord, Message
+
+ROOT = Path(__file__).parent.parent
+ACK_LIMIT = 3.0
+STYLE = '''name = "{name}"
+description = "{name} test style."
+prompt = "{id} portrait"
+tags = ["test"]
+[sampler]
+steps = 4
+'''
+
+
+class BotProcess:
+    def __init__(self, env: dict[str, str], cwd: Path, log_path: Path) -> None:
+        self.env, self.cwd, self.log_path = env, cwd, log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, fake: FakeDiscord) -> None:
+        connections = fake.gateway_connections
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.run_bot"], cwd=self.cwd, env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        fake.wait_for(lambda: fake.gateway_connections > connections and fake._sockets, 60, "the bot to connect")
+        time.sleep(2.5)  # discord.py waits ~2 s for GUILD_CREATEs before it is ready
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(60)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@dataclass
+class Deployment:
+    fake: FakeDiscord
+    bot: BotProcess
+    data_dir: Path
+    guild: str
+    general: str
+    gallery: str
+    alice: str  # server admin
+    bob: str
+    carol: str
+    other_guild: str
+    other_general: str
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.data_dir / "facechain.db")
+
+    def rows(self, sql: str, *params) -> list[tuple]:
+        with self.db() as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def upload(self, *relative: str) -> dict[str, dict]:
+        return {f"photo{index}": self.fake.host_attachment(Path(path).name, (DATA / path).read_bytes())
+                for index, path in enumerate(relative, start=1)}
+
+    def result_of(self, interaction, timeout: float = 120) -> Message:
+        """The response message once it shows portraits (files attached)."""
+        message = self.fake.response(interaction)
+        self.fake.wait_for(lambda: message.files or "⚠️" in message.text(), timeout, "portraits")
+        return message
+
+    def job_state(self, job_id: int) -> str:
+        return self.rows("select state from jobs where id = ?", job_id)[0][0]
+
+
+@pytest.fixture(scope="module")
+def deployment(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("deployment")
+    styles = root / "styles"
+    styles.mkdir()
+    for style_id, name in (("cyberpunk", "Cyberpunk"), ("anime", "Anime"), ("oil", "Oil Painting")):
+        (styles / f"{style_id}.toml").write_text(STYLE.format(id=style_id, name=name))
+    fake = FakeDiscord().start()
+    alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
+    guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False, carol: False})
+    other_guild, other_channels = fake.add_guild("Elsewhere", ["general"], {bob: True})
+    settings = {
+        "DISCORD_TOKEN": "test.token.value", "DATA_DIR": root / "data", "BASE_MODEL": tiny_model, "DEVICE": "cpu",
+        "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 10, "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4,
+        "STYLES_DIR": styles, "ATTACHMENT_HOSTS": "127.0.0.1", "JOB_LEASE_SECONDS": 6, "JOB_RETRY_SECONDS": 0,
+        "MAX_QUEUED_PORTRAITS_PER_USER": 5,
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
+    env.update({f"FACECHAIN_{k}": str(v) for k, v in settings.items()})
+    env.update({"FAKE_DISCORD_URL": fake.url, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    bot = BotProcess(env, root, root / "bot.log")
+    bot.start(fake)
+    yield Deployment(fake, bot, root / "data", guild, channels["general"], channels["gallery"], alice, bob, carol,
+                     other_guild, other_channels["general"])
+    if bot.process.poll() is None:
+        bot.stop()
+    fake.stop()
+
+
+def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
+    d, fake = deployment, deployment.fake
+    photos = d.upload("obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg", "group/two_people.jpg",
+                      "biden/biden1.jpg")
+    command = fake.command(d.alice, d.general, d.guild, "enroll", attachments=photos)
+    consent = fake.response(command)
+    assert consent.ephemeral and "/facechain forget" in consent.text() and len(consent.custom_ids()) == 2
+    assert d.rows("select count(*) from users") == [(0,)]  # nothing stored before consent
+
+    stranger = fake.wait_acked(fake.click(d.bob, consent, consent.custom_ids()[0]))
+    assert "belong to" in fake.response(stranger).text() and fake.response(stranger).ephemeral
+
+    fake.click(d.alice, consent, consent.custom_ids()[0])  # "I agree"
+    card = fake.wait_for(lambda: "accepted" in consent.text() and consent, 90, "the enroll card")
+    text = consent.text()
+    assert "3 accepted" in text and "2 rejected" in text
+    assert "two_people.jpg" in text and "crop to just you" in text
+    assert "biden1.jpg" in text and "someone else" in text
+    assert "enrolled.jpg" in card.files  # a contact sheet of the accepted crops, only in this ephemeral card
+    assert d.rows("select consent_at is not null from users where id = ?", d.alice) == [(1,)]
+
+    # Training runs in the worker while the bot keeps answering at once.
+    while d.rows("select count(*) from jobs where kind = 'train' and state in ('queued', 'running')") != [(0,)]:
+        status = fake.wait_acked(fake.command(d.alice, d.general, d.guild, "status"))
+        assert status.ack_seconds < ACK_LIMIT
+        time.sleep(0.5)
+    fake.wait_for(lambda: "Ready (version 1)" in consent.text(), 30, "the card to show the trained model")
+    ping = fake.wait_for(lambda: [m for m in fake.channel_messages(d.general) if "face model is ready" in m.content],
+                         30, "the ready ping")
+    assert f"<@{d.alice}>" in ping[0].content
+    selfies = files_under(d.data_dir / "users" / d.alice / "selfies")
+    assert len(selfies) == 3 and all(p.stat().st_mode & 0o077 == 0 for p in selfies)
+
+
+def test_portrait_shows_progress_then_ranked_results_with_buttons(deployment):
+    d, fake = deployment, deployment.fake
+    choices = fake.wait_acked(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyb"}, focused="style"))
+    assert [c["value"] for c in choices.choices] == ["cyberpunk"]
+
+    command = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk", "count": 2})
+    message = d.result_of(command)
+    assert command.ack_seconds < ACK_LIMIT and command.callback_type == 5  # deferred at once
+    assert sorted(message.files) == ["portrait-1.png", "portrait-2.png"]
+    assert "**#1**" in message.content and "**#2**" in message.content and f"<@{d.alice}>" in message.content
+    edits = [c for c in fake.calls if c.method == "PATCH" and command.token in c.path]
+    assert any("⏳" in (c.body or {}).get("content", "") for c in edits)  # live progress before the result
+    ids = message.custom_ids()
+    assert {i.split(":")[1] for i in ids} == {"reroll", "delete", "more", "share"}
+
+
+def test_buttons_belong_to_their_owner(deployment):
+    d, fake = deployment, deployment.fake
+    message = _last_portraits(d)
+    for custom_id in message.custom_ids():
+        values = None if custom_id.split(":")[1] in ("reroll", "delete") else ["1"]
+        pressed = fake.wait_acked(fake.click(d.bob, message, custom_id, values))
+        answer = fake.response(pressed)
+        assert answer.ephemeral and "belong to" in answer.text(), custom_id
+    assert message.files and not message.deleted
+
+
+def test_reroll_and_more_like_queue_new_portraits(deployment):
+    d, fake = deployment, deployment.fake
+    message = _last_portraits(d)
+    reroll = fake.click(d.alice, message, _custom_id(message, "reroll"))
+    rerolled = d.result_of(reroll)
+    assert len(rerolled.files) == 2 and rerolled.id != message.id
+    portrait_ids = d.rows("select id from portraits order by id")
+    more = fake.click(d.alice, message, _custom_id(message, "more"), [str(portrait_ids[0][0])])
+    assert len(d.result_of(more).files) == 2
+    variation = d.rows("select params from jobs where kind = 'generate' order by id desc limit 1")[0][0]
+    assert '"variation_of"' in variation
+
+
+def test_share_needs_a_gallery_channel_then_posts_once(deployment):
+    d, fake = deployment, deployment.fake
+    message = _last_portraits(d)
+    first = d.rows("select id from portraits where user_id = ? order by id desc", d.alice)[0][0]
+    share = _custom_id(message, "share")
+    answer = fake.response(fake.click(d.alice, message, share, [str(first)]))
+    assert "no gallery channel" in answer.text()
+
+    refused = fake.response(fake.command(d.bob, d.general, d.guild, "settings", {"gallery_channel": {"channel": "gallery"}},
+                                         group="facechain-admin"))
+    assert "Only this server's admins" in refused.text()
+    saved = fake.response(fake.command(d.alice, d.general, d.guild, "settings",
+                                       {"gallery_channel": {"channel": "gallery"}}, group="facechain-admin"))
+    assert f"<#{d.gallery}>" in saved.text()
+
+    answer = fake.response(fake.click(d.alice, message, share, [str(first)]))
+    assert f"Shared to <#{d.gallery}>" in answer.text()
+    posts = fake.channel_messages(d.gallery)
+    assert len(posts) == 1 and "portrait.png" in posts[0].files and f"<@{d.alice}>" in posts[0].text()
+    again = fake.response(fake.click(d.alice, message, share, [str(first)]))
+    assert "already" in again.text() and len(fake.channel_messages(d.gallery)) == 1
+    assert d.rows("select count(*) from gallery_entries where guild_id = ?", d.guild) == [(1,)]
+
+
+def test_delete_removes_the_portraits_and_their_files(deployment):
+    d, fake = deployment, deployment.fake
+    message = _last_portraits(d)
+    job_id = int(_custom_id(message, "delete").split(":")[2])
+    paths = [d.data_dir / p for (p,) in d.rows("select path from portraits where job_id = ?", job_id)]
+    assert paths and all(p.exists() for p in paths)
+    fake.wait_acked(fake.click(d.alice, message, _custom_id(message, "delete")))
+    fake.wait_for(lambda: "Deleted 2 portraits" in message.content, 10, "the deleted notice")
+    assert not message.files and not message.components
+    assert not any(p.exists() for p in paths)
+    assert d.rows("select count(*) from portraits where job_id = ?", job_id) == [(0,)]
+    assert fake.channel_messages(d.gallery) == []  # the shared one's gallery post went with it
+    assert d.rows("select count(*) from gallery_entries") == [(0,)]
+
+
+def test_expired_token_posts_in_the_channel_and_a_gone_channel_sends_a_dm(deployment):
+    d, fake = deployment, deployment.fake
+    command = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "anime", "count": 1})
+    fake.wait_acked(command)
+    fake.expired_tokens.add(command.token)
+    posted = fake.wait_for(lambda: [m for m in fake.channel_messages(d.general) if m.files and m.interaction_token
+                                    is None and "Anime" in m.content], 120, "the result posted in the channel")
+    assert f"<@{d.alice}>" in posted[0].content and posted[0].custom_ids()
+
+    command = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "oil", "count": 1})
+    fake.wait_acked(command)
+    fake.expired_tokens.add(command.token)
+    fake.gone_channels.add(d.general)
+    try:
+        dm = fake.wait_for(lambda: [m for m in fake.channel_messages(fake.dm_channel(d.alice)) if m.files], 120,
+                           "the result by DM")
+        assert "Oil Painting" in dm[0].content
+    finally:
+        fake.gone_channels.discard(d.general)
+
+
+def test_restart_mid_job_still_delivers_the_result(deployment):
+    d, fake = deployment, deployment.fake
+    command = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk", "count": 3})
+    fake.wait_acked(command)
+    job_id = d.rows("select max(id) from jobs")[0][0]
+    d.bot.stop(signal.SIGKILL)  # the bot dies; its worker notices and stops too
+    d.bot.start(fake)
+    posted = fake.wait_for(lambda: [m for m in fake.channel_messages(d.general) if len(m.files) == 3], 180,
+                           "the result after the restart")
+    assert f"<@{d.alice}>" in posted[0].content
+    assert d.job_state(job_id) == "done"
+    assert d.rows("select delivered_at is not null from jobs where id = ?", job_id) == [(1,)]
+
+
+def test_dms_and_other_servers(deployment):
+    d, fake = deployment, deployment.fake
+    dm = fake.dm_channel(d.bob)
+    answer = fake.response(fake.command(d.bob, dm, None, "portrait", {"style": "anime"}))
+    assert "no face model yet" in answer.text() and "/facechain enroll" in answer.text()
+    assert "FaceChain" in fake.response(fake.command(d.bob, dm, None, "help")).text()
+    settings = fake.response(fake.command(d.bob, d.other_general, d.other_guild, "settings", {"daily_quota": 1},
+                                          group="facechain-admin"))
+    assert "Daily quota: 1" in settings.text() and "Gallery channel: not set" in settings.text()  # not Club's
+
+
+def test_forget_erases_every_trace(deployment):
+    d, fake = deployment, deployment.fake
+    shareable = [m for m in fake.messages.values() if not m.deleted and any(":share:" in c for c in m.custom_ids())][-1]
+    share = _custom_id(shareable, "share")
+    portrait = d.rows("select id from portraits where job_id = ?", int(share.split(":")[2]))[0][0]
+    fake.response(fake.click(d.alice, shareable, share, [str(portrait)]))
+    fake.wait_for(lambda: fake.channel_messages(d.gallery), 10, "the gallery post")
+    prompt = fake.response(fake.command(d.alice, d.general, d.guild, "forget"))
+    assert "cannot be undone" in prompt.text()
+    fake.click(d.alice, prompt, prompt.custom_ids()[0])
+    fake.wait_for(lambda: "Done." in prompt.content, 60, "the forget report")
+    assert "1 gallery posts" in prompt.content
+    assert fake.channel_messages(d.gallery) == []
+    for table, column in (("users", "id"), ("selfies", "user_id"), ("face_models", "user_id"), ("jobs", "user_id"),
+                          ("portraits", "user_id"), ("gallery_entries", "user_id")):
+        assert d.rows(f"select count(*) from {table} where {column} = ?", d.alice) == [(0,)], table
+    assert not (d.data_dir / "users" / d.alice).exists()
+    assert not list((d.data_dir / "tmp").glob(f"*{d.alice}*"))
+
+
+def test_every_interaction_was_acknowledged_in_time_and_nothing_crashed(deployment):
+    d, fake = deployment, deployment.fake
+    slow = [(i.kind, i.ack_seconds) for i in fake.interactions.values() if i.ack_seconds is None or i.ack_seconds > ACK_LIMIT]
+    assert slow == [] and len(fake.interactions) > 30
+    log = d.bot.log()
+    assert "Traceback" not in log and '"level": "error"' not in log
+    assert "test.token.value" not in log
+
+
+def _last_portraits(d: Deployment) -> Message:
+    return [m for m in d.fake.messages.values() if m.files and any("reroll" in c for c in m.custom_ids())
+            and not m.deleted and m.interaction_token][-1]
+
+
+def _custom_id(message: Message, kind: str) -> str:
+    return next(c for c in message.custom_ids() if c.split(":")[1] == kind)
