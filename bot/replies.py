@@ -9,16 +9,19 @@ import discord
 from engine.errors import FaceChainError
 
 log = logging.getLogger("bot")
+SHOWS_A_MESSAGE = (discord.InteractionResponseType.deferred_channel_message,
+                   discord.InteractionResponseType.message_update)
 INTERNAL_ERROR = "Something went wrong on our side; it has been logged. Please try again in a moment."
 
 
 async def reply(interaction: discord.Interaction, content: str | None = None, *, embed: discord.Embed | None = None,
                 view: discord.ui.View | None = None, ephemeral: bool = True) -> None:
-    """Send an answer: the response if none was sent, else the deferred message or a follow-up."""
+    """Send an answer: the response if none was sent yet; else it replaces the message this
+    interaction already showed (a deferred "thinking…" or a dialog it updated), or follows up."""
     extra = {"view": view} if view is not None else {}
     if not interaction.response.is_done():
         await interaction.response.send_message(content, embed=embed, ephemeral=ephemeral, **extra)
-    elif interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
+    elif interaction.response.type in SHOWS_A_MESSAGE:
         await interaction.edit_original_response(content=content, embed=embed, **extra)
     else:
         await interaction.followup.send(content, embed=embed, ephemeral=ephemeral, wait=True, **extra)

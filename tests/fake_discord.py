@@ -283,11 +283,15 @@ class FakeDiscord:
         self.wait_for(lambda: interaction.acked_at is not None, timeout, f"an answer to interaction {interaction.id}")
         return interaction
 
-    def response(self, interaction: Interaction) -> Message:
-        """The message an interaction's response created or updated."""
+    def response(self, interaction: Interaction, timeout: float = 30) -> Message:
+        """The message an interaction's response created or updated, once it says something
+        (a deferred "thinking..." message is empty until the bot edits it)."""
         self.wait_acked(interaction)
-        return self.wait_for(lambda: self.messages.get(interaction.response_message_id or ""), 10,
-                             "the response message")
+
+        def said() -> Message | None:
+            message = self.messages.get(interaction.response_message_id or "")
+            return message if message is not None and (message.text() or message.files) else None
+        return self.wait_for(said, timeout, "the response message")
 
     def channel_messages(self, channel_id: str) -> list[Message]:
         return [m for m in self.messages.values() if m.channel_id == channel_id and not m.deleted]

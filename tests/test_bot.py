@@ -92,6 +92,7 @@ def deployment(tiny_model, tmp_path_factory):
     styles.mkdir()
     for style_id, name in (("cyberpunk", "Cyberpunk"), ("anime", "Anime"), ("oil", "Oil Painting")):
         (styles / f"{style_id}.toml").write_text(STYLE.format(id=style_id, name=name))
+    (styles / "slow.toml").write_text(STYLE.format(id="slow", name="Slow").replace("steps = 4", "steps = 150"))
     fake = FakeDiscord().start()
     alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
     guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False, carol: False})
@@ -260,6 +261,101 @@ def test_restart_mid_job_still_delivers_the_result(deployment):
     assert f"<@{d.alice}>" in posted[0].content
     assert d.job_state(job_id) == "done"
     assert d.rows("select delivered_at is not null from jobs where id = ?", job_id) == [(1,)]
+
+
+def test_progress_edits_are_throttled_and_a_queued_job_can_be_cancelled(deployment):
+    d, fake = deployment, deployment.fake
+    slow = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "slow", "count": 1})
+    waiting = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "anime", "count": 1})
+    waiting_message = fake.response(waiting)
+    fake.wait_for(lambda: "queued #" in waiting_message.content, 30, "the queue position")
+    status = fake.response(fake.command(d.alice, d.general, d.guild, "status"))
+    fake.wait_for(lambda: status.embeds, 10, "the status card")
+    assert "Face model: ready (version 1" in status.text() and "queued #" in status.text()
+    cancel = [c for c in status.custom_ids() if c.startswith("fc:cancel:")]
+    assert len(cancel) == 2
+    answer = fake.response(fake.click(d.bob, status, cancel[-1]))
+    assert "belong to" in answer.text()
+    answer = fake.response(fake.click(d.alice, status, cancel[-1]))
+    assert "Cancelled" in answer.text()
+    fake.wait_for(lambda: "Cancelled" in waiting_message.content, 15, "the cancelled notice")
+
+    result = d.result_of(slow, timeout=180)
+    progress = [c.at for c in fake.calls if c.method == "PATCH" and slow.token in c.path
+                and (c.body or {}).get("content", "").startswith("⏳")]
+    assert len(progress) >= 3 and result.files
+    assert min(b - a for a, b in zip(progress, progress[1:])) >= 1.9  # at most one edit per 2 s
+
+
+def test_bad_requests_get_a_plain_answer(deployment):
+    d, fake = deployment, deployment.fake
+    unknown = fake.response(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpnk"}))
+    assert "Unknown style 'cyberpnk'" in unknown.text() and "cyberpunk" in unknown.text()
+    too_many = fake.response(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "anime", "count": 9}))
+    assert "Ask for 1 to 4 portraits" in too_many.text()
+
+    fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"allowed_styles": "anime, oil"},
+                               group="facechain-admin"))
+    choices = fake.wait_acked(fake.command(d.alice, d.general, d.guild, "portrait", {"style": ""}, focused="style"))
+    assert sorted(c["value"] for c in choices.choices) == ["anime", "oil"]
+    refused = fake.response(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk"}))
+    assert "not allowed on this server" in refused.text()
+    bad_list = fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"allowed_styles": "anime, nope"},
+                                          group="facechain-admin"))
+    assert "Unknown style(s): nope" in bad_list.text()
+    fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"allowed_styles": "all"},
+                               group="facechain-admin"))
+
+
+def test_enroll_refuses_what_it_cannot_download_and_consent_can_be_declined(deployment):
+    d, fake = deployment, deployment.fake
+    elsewhere = {"id": fake.new_id(), "filename": "me.jpg", "size": 1000, "url": "https://example.com/me.jpg",
+                 "proxy_url": "https://example.com/me.jpg", "content_type": "image/jpeg"}
+    huge = {**fake.host_attachment("huge.jpg", b"x" * 100), "size": 200 * 2**20}
+    prompt = fake.response(fake.command(d.carol, d.general, d.guild, "enroll", attachments={"photo1": elsewhere}))
+    fake.click(d.carol, prompt, prompt.custom_ids()[1])  # "No thanks"
+    fake.wait_for(lambda: "nothing was stored" in prompt.content, 10, "the decline notice")
+    assert d.rows("select count(*) from users where id = ?", d.carol) == [(0,)]
+
+    prompt = fake.response(fake.command(d.carol, d.general, d.guild, "enroll",
+                                        attachments={"photo1": elsewhere, "photo2": huge}))
+    fake.click(d.carol, prompt, prompt.custom_ids()[0])
+    fake.wait_for(lambda: "None of your photos" in prompt.text(), 15, "the refusal")
+    assert "not on Discord's CDN (example.com)" in prompt.text() and "larger than 25 MB" in prompt.text()
+    assert not list((d.data_dir / "tmp").glob(f"enroll-{d.carol}-*"))
+
+    rejected = fake.response(fake.command(d.carol, d.general, d.guild, "enroll",
+                                          attachments=d.upload("group/two_people.jpg")))
+    fake.wait_for(lambda: "0 accepted" in rejected.text(), 60, "the card")
+    assert "crop to just you" in rejected.text() and "Nothing new to train on" in rejected.text()
+
+
+def test_admin_queue_lists_and_cancels_this_servers_jobs(deployment):
+    d, fake = deployment, deployment.fake
+    refused = fake.response(fake.command(d.bob, d.general, d.guild, "queue", group="facechain-admin"))
+    assert "Only this server's admins" in refused.text()
+    slow = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "slow", "count": 1})
+    fake.wait_acked(slow)
+    listing = fake.response(fake.command(d.alice, d.general, d.guild, "queue", group="facechain-admin"))
+    assert "Slow" in listing.text() or "slow" in listing.text()
+    admin_cancel = [c for c in listing.custom_ids() if c.startswith("fc:cancel:a")]
+    assert admin_cancel
+    elsewhere = fake.response(fake.command(d.bob, d.other_general, d.other_guild, "queue", group="facechain-admin"))
+    assert "Nothing queued" in elsewhere.text()  # another server sees none of Club's jobs
+    answer = fake.response(fake.click(d.alice, listing, admin_cancel[0]))
+    assert "Cancelled" in answer.text() or "Stopping" in answer.text()
+    fake.wait_for(lambda: "Cancelled" in fake.response(slow).content, 60, "the cancelled request")
+
+
+def test_styles_browser_pages(deployment):
+    d, fake = deployment, deployment.fake
+    browser = fake.response(fake.command(d.bob, d.general, d.guild, "styles"))
+    assert "Style 1 of 4" in browser.text()
+    previous, following = browser.custom_ids()
+    fake.wait_acked(fake.click(d.bob, browser, following))
+    fake.wait_for(lambda: "Style 2 of 4" in browser.text(), 10, "page 2")
+    answer = fake.response(fake.click(d.carol, browser, following))
+    assert "belong to" in answer.text() and "Style 2 of 4" in browser.text()
 
 
 def test_dms_and_other_servers(deployment):
