@@ -131,6 +131,7 @@ class FakeDiscord:
         self.gone_channels: set[str] = set()
         self.attachments: dict[str, tuple[bytes, str]] = {}
         self.gateway_connections = 0
+        self.token: str | None = None  # when set, REST calls with another token get 401
         self._sockets: list[web.WebSocketResponse] = []
         self._sequence = itertools.count(1)
         self._loop = asyncio.new_event_loop()
@@ -371,6 +372,8 @@ class FakeDiscord:
         path = "/" + request.match_info["path"]
         body, files = await self._read_body(request)
         self.calls.append(Call(time.monotonic(), request.method, path, body))
+        if self.token and request.headers.get("Authorization") != f"Bot {self.token}" and "interactions" not in path:
+            return _error(401, 0, "401: Unauthorized")
         parts = path.strip("/").split("/")
         route = (request.method, *parts)
         match route:

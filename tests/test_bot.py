@@ -99,7 +99,7 @@ def deployment(tiny_model, tmp_path_factory):
     other_guild, other_channels = fake.add_guild("Elsewhere", ["general"], {bob: True})
     settings = {
         "DISCORD_TOKEN": "test.token.value", "DATA_DIR": root / "data", "BASE_MODEL": tiny_model, "DEVICE": "cpu",
-        "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 10, "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4,
+        "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50, "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4,
         "STYLES_DIR": styles, "ATTACHMENT_HOSTS": "127.0.0.1", "JOB_LEASE_SECONDS": 6, "JOB_RETRY_SECONDS": 0,
         "MAX_QUEUED_PORTRAITS_PER_USER": 5,
     }
@@ -137,10 +137,13 @@ def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
     assert d.rows("select consent_at is not null from users where id = ?", d.alice) == [(1,)]
 
     # Training runs in the worker while the bot keeps answering at once.
+    during_training = 0
     while d.rows("select count(*) from jobs where kind = 'train' and state in ('queued', 'running')") != [(0,)]:
         status = fake.wait_acked(fake.command(d.alice, d.general, d.guild, "status"))
         assert status.ack_seconds < ACK_LIMIT
-        time.sleep(0.5)
+        during_training += 1
+        time.sleep(0.3)
+    assert during_training >= 3
     fake.wait_for(lambda: "Ready (version 1)" in consent.text(), 30, "the card to show the trained model")
     ping = fake.wait_for(lambda: [m for m in fake.channel_messages(d.general) if "face model is ready" in m.content],
                          30, "the ready ping")

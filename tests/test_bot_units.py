@@ -1,0 +1,85 @@
+"""The bot's pieces that need no Discord: message text, logs, and what it may import."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bot.commands import SUBJECTS
+from bot.logs import JsonFormatter
+from bot.messages import enroll_card, eta, portrait_lines, progress_line
+from engine.preprocess.trigger import SUBJECTS as ENGINE_SUBJECTS
+from engine.queue import Job, QueuePosition
+from tests.fake_discord import FakeDiscord
+
+ROOT = Path(__file__).parent.parent
+
+
+def job(**changes) -> Job:
+    fields = dict(id=1, kind="generate", user_id="1", guild_id=None, channel_id="2", params={"style": "anime"},
+                  state="queued", attempts=0, progress=0.0, progress_text="", error=None, result=None,
+                  cancel_requested=False, created_at="", started_at=None, finished_at=None, delivered_at=None)
+    return Job(**{**fields, **changes})
+
+
+def test_the_subject_choices_are_the_engines():
+    assert list(SUBJECTS) == list(ENGINE_SUBJECTS)
+
+
+def test_the_bot_never_loads_the_heavy_libraries():
+    code = ("import sys, bot.client, bot.main; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'diffusers', 'cv2', 'dlib', 'transformers', 'peft', 'accelerate')))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_progress_lines_say_where_a_job_stands():
+    assert eta(12) == "about 10 s" and eta(200) == "about 3 min"
+    assert progress_line(job(), QueuePosition(3, 125)) == "queued #3, about 2 min"
+    waiting = job(params={"wait_for_training": True})
+    assert "waiting for your face model" in progress_line(waiting, QueuePosition(1, 10))
+    assert progress_line(job(state="running", progress_text="generating 40%"), QueuePosition(0, 20)) \
+        == "generating 40% (about 20 s left)"
+
+
+def test_result_text_ranks_and_explains_unranked_portraits():
+    ranked = portrait_lines("7", "Anime", [{"similarity": 0.82, "seed": 5}, {"similarity": 0.7, "seed": 6}], None)
+    assert "<@7> 2 portraits in **Anime**, most alike first" in ranked and "**#1** likeness 82% · seed 5" in ranked
+    unranked = portrait_lines("7", "Anime", [{"similarity": None, "seed": 5}], "No clear face.")
+    assert "not ranked" in unranked and "_No clear face._" in unranked
+
+
+def test_the_enroll_card_lists_every_rejection_with_its_fix():
+    card = enroll_card({"accepted": ["a.jpg"], "rejected": [{"path": "b.jpg", "reason": "multiple_faces",
+                        "detail": "2 faces", "advice": "crop to just you"}], "enrolled_total": 4},
+                       [{"name": "c.gif", "reason": "it is larger than 25 MB"}], "Training queued #2, about 3 min.")
+    fields = {field.name: field.value for field in card.fields}
+    assert "**1 accepted**, 2 rejected" in card.description
+    assert "crop to just you" in fields["❌ b.jpg"] and "larger than 25 MB" in fields["❌ c.gif"]
+    assert fields["Face model"].startswith("Training queued")
+
+
+def test_logs_are_json_lines_with_context():
+    record = logging.LogRecord("bot", logging.INFO, __file__, 1, "delivered job %s", (5,), None)
+    record.job, record.user = 5, "7"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "delivered job 5" and entry["job"] == 5 and entry["user"] == "7"
+
+
+def test_a_refused_token_is_explained_and_the_bot_exits(tmp_path):
+    fake = FakeDiscord().start()
+    fake.token = "the.right.token"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
+    env.update({"FACECHAIN_DISCORD_TOKEN": "a.wrong.token", "FACECHAIN_DATA_DIR": str(tmp_path / "data"),
+                "FACECHAIN_BOT_RUNS_WORKER": "false", "FAKE_DISCORD_URL": fake.url, "PYTHONPATH": str(ROOT)})
+    try:
+        run = subprocess.run([sys.executable, "-m", "tests.run_bot"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        fake.stop()
+    assert run.returncode == 2
+    assert "Discord refused FACECHAIN_DISCORD_TOKEN" in run.stderr and "Traceback" not in run.stderr
+    assert "a.wrong.token" not in run.stderr
