@@ -84,7 +84,8 @@ async def start_enroll(interaction: discord.Interaction, photos: list[discord.At
         try:
             if photo.size > max_bytes:
                 raise DownloadRefused(f"it is larger than {settings.max_upload_mb:g} MB")
-            await download(bot.http_session, photo.url, destination, max_bytes, allowed_hosts(settings.attachment_hosts))
+            hosts = allowed_hosts(settings.attachment_hosts)
+            await download(bot.http_session, photo.url, destination, max_bytes, hosts)
             uploads.append({"name": photo.filename[:100], "path": str(destination)})
         except DownloadRefused as reason:
             refused.append({"name": photo.filename[:100], "reason": str(reason)})
@@ -99,11 +100,8 @@ async def start_enroll(interaction: discord.Interaction, photos: list[discord.At
     except FaceChainError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    position = await bot.backend.run(bot.backend.queue.position, job.id)
-    await interaction.edit_original_response(
-        content=f"⏳ Checking your {len(uploads)} photo{'s' if len(uploads) != 1 else ''}: "
-                f"{progress_line(job, position)}", embed=None, view=None)
-    bot.deliveries.watch(job.id, interaction)
+    photos_word = "photo" if len(uploads) == 1 else "photos"
+    await bot.deliveries.follow(job, interaction, f"Checking your {len(uploads)} {photos_word}")
 
 
 # --- portrait -----------------------------------------------------------------------------------------
@@ -111,7 +109,8 @@ async def start_enroll(interaction: discord.Interaction, photos: list[discord.At
 async def style_choices(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
     bot = client(interaction)
     guild = await bot.backend.run(bot.backend.guild, interaction.guild_id)
-    styles = [s for s in bot.backend.styles.catalogue().search(typed, limit=100) if not guild or guild.allows_style(s.id)]
+    found = bot.backend.styles.catalogue().search(typed, limit=100)
+    styles = [s for s in found if not guild or guild.allows_style(s.id)]
     return [app_commands.Choice(name=f"{s.name} — {s.description}"[:100], value=s.id) for s in styles[:25]]
 
 
@@ -126,9 +125,7 @@ async def portrait(interaction: discord.Interaction, style: str, count: app_comm
     order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private)
     job = await bot.backend.run(bot.backend.order_portrait, str(interaction.user.id), interaction.guild_id,
                                 interaction.channel_id, order)
-    position = await bot.backend.run(bot.backend.queue.position, job.id)
-    await interaction.edit_original_response(content=f"⏳ {job_title(job).capitalize()}: {progress_line(job, position)}")
-    bot.deliveries.watch(job.id, interaction)
+    await bot.deliveries.follow(job, interaction, job_title(job).capitalize())
 
 
 # --- styles, status, forget, help ------------------------------------------------------------------
@@ -217,7 +214,8 @@ def require_manage_guild(interaction: discord.Interaction) -> None:
 
 @admin.command(name="settings", description="Gallery channel, daily quota, allowed styles, NSFW policy")
 @app_commands.describe(gallery_channel="Where shared portraits are posted", daily_quota="Jobs per day (0 = no limit)",
-                       allowed_styles="Style ids, comma-separated, or 'all'", nsfw_policy="What to do with NSFW results")
+                       allowed_styles="Style ids, comma-separated, or 'all'",
+                       nsfw_policy="What to do with NSFW results")
 @app_commands.choices(nsfw_policy=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES])
 async def admin_settings(interaction: discord.Interaction, gallery_channel: discord.TextChannel | None = None,
                          daily_quota: app_commands.Range[int, 0, 100_000] | None = None,

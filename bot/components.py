@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import gallery
-from bot.messages import progress_line
 from bot.replies import not_yours, reply, report_error
 from engine.errors import FaceChainError
 from engine.queue import Job
@@ -50,45 +49,36 @@ async def queue_again(interaction: discord.Interaction, job: Job, heading: str, 
     bot = client(interaction)
     await interaction.response.defer(ephemeral=bool(job.params.get("private")), thinking=True)
     new_job = await bot.backend.run(bot.backend.reorder, job, **changes)
-    position = await bot.backend.run(bot.backend.queue.position, new_job.id)
-    await interaction.edit_original_response(content=f"{heading}: {progress_line(new_job, position)}")
-    bot.deliveries.watch(new_job.id, interaction)
+    await bot.deliveries.follow(new_job, interaction, heading)
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:reroll:(?P<job>[0-9]+)"):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Re-roll", emoji="🎲", style=discord.ButtonStyle.primary,
-                                           custom_id=f"fc:reroll:{job_id}"))
-        self.job_id = job_id
+class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:(?P<action>reroll|delete):(?P<job>[0-9]+)"):
+    """Re-roll (the same request on new seeds) and Delete (the request's portraits) on a result."""
 
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match):
-        return cls(int(match["job"]))
+    LOOK = {"reroll": ("Re-roll", "🎲", discord.ButtonStyle.primary),
+            "delete": ("Delete", "🗑️", discord.ButtonStyle.danger)}
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        async def action() -> None:
-            if job := await owned_job(interaction, self.job_id):
-                await queue_again(interaction, job, "🎲 Re-rolling", seed=None)
-        await guarded(interaction, action)
-
-
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:delete:(?P<job>[0-9]+)"):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger,
-                                           custom_id=f"fc:delete:{job_id}"))
-        self.job_id = job_id
+    def __init__(self, action: str, job_id: int) -> None:
+        label, emoji, style = self.LOOK[action]
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"fc:{action}:{job_id}"))
+        self.action, self.job_id = action, job_id
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match):
-        return cls(int(match["job"]))
+        return cls(match["action"], int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         async def action() -> None:
-            if await owned_job(interaction, self.job_id):
-                removed = await gallery.delete_job_portraits(client(interaction), self.job_id)
-                await interaction.response.edit_message(
-                    content=f"🗑️ Deleted {removed} portrait{'s' if removed != 1 else ''}.", attachments=[],
-                    embed=None, view=None)
+            job = await owned_job(interaction, self.job_id)
+            if job is None:
+                return
+            if self.action == "reroll":
+                await queue_again(interaction, job, "Re-rolling", seed=None)
+                return
+            removed = await gallery.delete_job_portraits(client(interaction), self.job_id)
+            await interaction.response.edit_message(
+                content=f"🗑️ Deleted {removed} portrait{'s' if removed != 1 else ''}.", attachments=[],
+                embed=None, view=None)
         await guarded(interaction, action)
 
 
@@ -117,7 +107,7 @@ class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"fc:(?
             if portrait is None or portrait["job_id"] != job.id:
                 raise FaceChainError("That portrait no longer exists.")
             if self.what == "more":
-                await queue_again(interaction, job, "🔁 More like this", seed=None, variation_of=portrait["seed"])
+                await queue_again(interaction, job, "More like this", seed=None, variation_of=portrait["seed"])
             else:
                 await gallery.share(interaction, portrait)
         await guarded(interaction, action)
@@ -151,13 +141,13 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:canc
         await guarded(interaction, action)
 
 
-DYNAMIC_ITEMS = (RerollButton, DeleteButton, PortraitSelect, CancelButton)
+DYNAMIC_ITEMS = (JobButton, PortraitSelect, CancelButton)
 
 
 def portrait_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(job.id))
-    view.add_item(DeleteButton(job.id))
+    view.add_item(JobButton("reroll", job.id))
+    view.add_item(JobButton("delete", job.id))
     for what, verb in (("more", "More like"), ("share", "Share")):
         options = [discord.SelectOption(label=f"{verb} #{index}", value=str(portrait["id"]),
                                         description=f"seed {portrait['seed']}")
@@ -191,7 +181,8 @@ class ConfirmView(OwnerView):
                  on_confirm: Callable[[discord.Interaction], Awaitable[None]], danger: bool = False) -> None:
         super().__init__(owner_id)
         self.on_confirm, self.declined = on_confirm, declined
-        yes = discord.ui.Button(label=confirm, style=discord.ButtonStyle.danger if danger else discord.ButtonStyle.success)
+        style = discord.ButtonStyle.danger if danger else discord.ButtonStyle.success
+        yes = discord.ui.Button(label=confirm, style=style)
         no = discord.ui.Button(label=decline, style=discord.ButtonStyle.secondary)
         yes.callback, no.callback = self._yes, self._no
         self.add_item(yes)

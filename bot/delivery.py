@@ -77,6 +77,17 @@ class Deliveries:
         self._failures: Counter[int] = Counter()
         self._tasks: set[asyncio.Task] = set()
 
+    async def follow(self, job: Job, interaction: discord.Interaction, heading: str) -> None:
+        """Show where a just-queued job stands on the interaction's message and keep it updated.
+        If the message cannot be edited, the result will come by channel or DM instead."""
+        line = progress_line(job, await self.bot.backend.run(self.bot.backend.queue.position, job.id))
+        try:
+            await interaction.edit_original_response(content=f"⏳ {heading}: {line}", embed=None, view=None)
+        except discord.HTTPException as error:
+            log.info("could not show job %s as queued: %s", job.id, error, extra={"job": job.id})
+            return
+        self.watch(job.id, interaction)
+
     def watch(self, job_id: int, interaction: discord.Interaction, card: discord.Embed | None = None,
               received: float | None = None) -> None:
         self.watches[job_id] = Watch(interaction, received or time.monotonic(), card, last_edit=time.monotonic())
@@ -119,7 +130,8 @@ class Deliveries:
             return
         try:
             if watch.card is not None:
-                await watch.interaction.edit_original_response(embed=with_training_line(watch.card, f"Training: {line}"))
+                card = with_training_line(watch.card, f"Training: {line}")
+                await watch.interaction.edit_original_response(embed=card)
             else:
                 await watch.interaction.edit_original_response(content=f"⏳ {job_title(job).capitalize()}: {line}")
         except discord.HTTPException as error:  # token expired or message deleted: deliver by channel later

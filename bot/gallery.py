@@ -30,9 +30,9 @@ async def share(interaction: discord.Interaction, portrait: dict) -> None:
     entry = await bot.backend.run(add_gallery_entry, bot.backend.store, str(interaction.guild_id), portrait["id"],
                                   str(interaction.user.id), settings.gallery_channel_id)
     style = bot.backend.styles.catalogue().get(portrait["style"])
+    link = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
     embed = discord.Embed(title=style.name if style else portrait["style"], colour=COLOUR,
-                          description=f"by <@{portrait['user_id']}>"
-                                      + (f" · [original]({interaction.message.jump_url})" if interaction.message else ""))
+                          description=f"by <@{portrait['user_id']}>{link}")
     embed.set_image(url="attachment://portrait.png")
     embed.set_footer(text="Made with /facechain portrait")
     path = bot.backend.store.absolute(portrait["path"])

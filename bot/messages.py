@@ -68,8 +68,8 @@ def enroll_card(result: dict, refused: list[dict], training: str | None) -> disc
         embed.add_field(name="Accepted", value=_clip("\n".join(f"✅ {name}" for name in accepted)), inline=False)
     for photo in rejected:
         name = Path(photo.get("path", "photo")).name
-        embed.add_field(name=f"❌ {name}", value=_clip(f"{photo.get('detail', '')}\n**Fix:** {photo.get('advice', '')}"),
-                        inline=False)
+        text = f"{photo.get('detail', '')}\n**Fix:** {photo.get('advice', '')}"
+        embed.add_field(name=f"❌ {name}", value=_clip(text), inline=False)
     for photo in refused:
         embed.add_field(name=f"❌ {photo['name']}", value=_clip(f"Not downloaded: {photo['reason']}."), inline=False)
     if training:

@@ -18,7 +18,6 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -347,7 +346,8 @@ class FakeDiscord:
         members.append({"user": BOT_USER, "roles": [], "joined_at": "2026-01-01T00:00:00+00:00", "deaf": False,
                         "mute": False, "flags": 0})
         return {
-            "id": guild_id, "name": guild["name"], "icon": None, "owner_id": next(iter(guild["members"]), BOT_USER["id"]),
+            "id": guild_id, "name": guild["name"], "icon": None,
+            "owner_id": next(iter(guild["members"]), BOT_USER["id"]),
             "roles": [{"id": guild_id, "name": "@everyone", "permissions": str(MEMBER_PERMISSIONS), "position": 0,
                        "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
             "channels": [{"id": c, "type": 0, "name": name, "position": i, "permission_overwrites": [], "nsfw": False,
