@@ -71,3 +71,83 @@ def test_jobs_awaiting_delivery_are_those_with_a_channel_until_marked(store, set
     assert [job.kind for job in queue.active_jobs(user_id="bob")] == ["train"]
     queue.mark_delivered(from_chat.id)
     assert queue.awaiting_delivery() == []
+
+
+def shared(store, user_id: str, guild_id: str, style: str = "anime", message_id: str | None = "1") -> int:
+    store.touch_user(user_id)
+    portrait = add_portrait(store, user_id)
+    with store.transaction():
+        store.db["portraits"].update(portrait, {"style": style})
+    entry = add_gallery_entry(store, guild_id, portrait, user_id, "55")
+    if message_id:
+        set_gallery_message(store, entry["id"], message_id)
+    return entry["id"]
+
+
+def test_browsing_filters_sorts_by_likes_and_pages(store):
+    from engine.store.community import browse_gallery, gallery_styles, toggle_like
+
+    first = shared(store, "ann", "1", "anime")
+    second = shared(store, "bob", "1", "oil")
+    third = shared(store, "ann", "1", "oil")
+    shared(store, "ann", "2", "anime")  # another guild
+    shared(store, "ann", "1", "anime", message_id=None)  # not posted (yet): not shown
+    assert toggle_like(store, first, "bob") == (True, 1)
+    assert toggle_like(store, first, "cy") == (True, 2)
+    assert toggle_like(store, second, "cy") == (True, 1)
+    assert toggle_like(store, second, "cy") == (False, 0)  # pressing again takes it back
+
+    newest, total = browse_gallery(store, "1")
+    assert total == 3 and [item.entry_id for item in newest] == [third]
+    top, _ = browse_gallery(store, "1", sort="top", limit=3)
+    assert [item.entry_id for item in top] == [first, third, second] and top[0].likes == 2
+    oil, total = browse_gallery(store, "1", style="oil", limit=5)
+    assert total == 2 and {item.style for item in oil} == {"oil"}
+    anns, total = browse_gallery(store, "1", user_id="ann", offset=1, limit=5)
+    assert total == 2 and [item.entry_id for item in anns] == [first]
+    assert gallery_styles(store, "1") == ["oil", "anime"]
+    with pytest.raises(FaceChainError, match="Sort by"):
+        browse_gallery(store, "1", sort="random")
+
+
+def test_week_winners_are_this_weeks_most_liked(store):
+    from datetime import datetime, timedelta, timezone
+
+    from engine.store.community import toggle_like, week_winners
+
+    old = shared(store, "ann", "1")
+    with store.transaction():
+        store.db["gallery_entries"].update(old, {"created_at": "2020-01-01T00:00:00+00:00"})
+    toggle_like(store, old, "bob")
+    liked = shared(store, "bob", "1")
+    plain = shared(store, "cy", "1")
+    toggle_like(store, liked, "ann")
+    assert [w.entry_id for w in week_winners(store, "1")] == [liked, plain]
+    assert week_winners(store, "1", now=datetime.now(timezone.utc) + timedelta(days=8)) == []
+    assert week_winners(store, "2") == []
+
+
+def test_the_web_token_rotates_and_the_old_one_stops_working(store):
+    from engine.store.community import guild_for_web_token, rotate_web_token
+
+    first = rotate_web_token(store, "1")
+    assert guild_for_web_token(store, first) == "1" and len(first) >= 32
+    second = rotate_web_token(store, "1")
+    assert second != first and guild_for_web_token(store, first) is None and guild_for_web_token(store, second) == "1"
+    assert guild_for_web_token(store, "") is None
+
+
+def test_the_collage_is_a_captioned_grid(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from engine.collage import render_collage
+
+    paths = []
+    for index, colour in enumerate(("red", "green", "blue")):
+        paths.append(tmp_path / f"{index}.png")
+        Image.new("RGB", (64, 64), colour).save(paths[-1])
+    sheet = Image.open(io.BytesIO(render_collage([(p, f"#{i}") for i, p in enumerate(paths)], tile=100)))
+    assert sheet.size == (200, 2 * 140)
+    assert sheet.getpixel((50, 50))[0] > 200 and sheet.getpixel((150, 50))[1] > 100 and sheet.getpixel((50, 190))[2] > 200

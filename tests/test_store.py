@@ -101,10 +101,13 @@ def test_deleting_a_user_removes_every_row_and_file_and_nothing_of_others(store)
         store.db["face_models"].insert({"user_id": user, "version": 1, "status": "ready", "path": f"users/{user}/models/v1"})
         job = store.db["jobs"].insert({"user_id": user, "kind": "train", "state": "done"}).last_pk
         portrait = store.db["portraits"].insert({"user_id": user, "job_id": job, "style": "anime"}).last_pk
-        store.db["gallery_entries"].insert({"user_id": user, "portrait_id": portrait, "guild_id": "7"})
+        entry = store.db["gallery_entries"].insert({"user_id": user, "portrait_id": portrait, "guild_id": "7"}).last_pk
+        store.db["gallery_likes"].insert({"entry_id": entry, "user_id": "43" if user == "42" else "42"})
         (store.private_dir(user, "portraits") / "1.png").write_bytes(b"png")
     report = store.delete_user("42")
-    assert report.rows_deleted == {"gallery_entries": 1, "portraits": 1, "jobs": 1, "face_models": 1, "selfies": 1, "users": 1}
+    # 42's like of 43's entry and 43's like of 42's entry both go: nothing of 42 stays, even as a like.
+    assert report.rows_deleted == {"gallery_likes": 2, "gallery_entries": 1, "portraits": 1, "jobs": 1, "face_models": 1,
+                                   "selfies": 1, "users": 1}
     assert report.files_deleted == 2
     assert not store.user_dir("42").exists()
     for table in ("selfies", "face_models", "jobs", "portraits", "gallery_entries"):

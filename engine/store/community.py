@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from engine.errors import FaceChainError
 from engine.store.store import Store, utc_now
 
 NSFW_POLICIES = ("block", "age_restricted_only", "allow")
+SETTING_COLUMNS = ("gallery_channel_id", "daily_quota", "allowed_styles", "nsfw_policy", "highlight_day",
+                   "highlight_hour", "last_highlight_at", "web_token")
+SORTS = ("new", "top")
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,10 @@ class GuildSettings:
     daily_quota: int | None = None  # None = the server-wide FACECHAIN_GUILD_DAILY_QUOTA
     allowed_styles: list[str] = field(default_factory=list)  # empty = every style
     nsfw_policy: str = "block"
+    highlight_day: int | None = None  # 0 = Monday; None = no weekly highlight
+    highlight_hour: int = 18  # UTC
+    last_highlight_at: str | None = None
+    web_token: str | None = None
 
     def allows_style(self, style_id: str) -> bool:
         return not self.allowed_styles or style_id in self.allowed_styles
@@ -31,26 +40,26 @@ def guild_settings(store: Store, guild_id: str) -> GuildSettings:
     return GuildSettings(
         guild_id=guild_id, gallery_channel_id=row["gallery_channel_id"], daily_quota=row["daily_quota"],
         allowed_styles=json.loads(row["allowed_styles"] or "[]"), nsfw_policy=row["nsfw_policy"] or "block",
+        highlight_day=row["highlight_day"], highlight_hour=18 if row["highlight_hour"] is None else row["highlight_hour"],
+        last_highlight_at=row["last_highlight_at"], web_token=row["web_token"],
     )
 
 
 def update_guild_settings(store: Store, guild_id: str, **changes: object) -> GuildSettings:
     """Change some settings of a guild; the others keep their values."""
-    unknown = set(changes) - {"gallery_channel_id", "daily_quota", "allowed_styles", "nsfw_policy"}
+    unknown = set(changes) - set(SETTING_COLUMNS)
     if unknown:
         raise FaceChainError(f"Unknown server setting(s): {', '.join(sorted(unknown))}.")
     if "nsfw_policy" in changes and changes["nsfw_policy"] not in NSFW_POLICIES:
         raise FaceChainError(f"NSFW policy must be one of {', '.join(NSFW_POLICIES)}.")
+    if changes.get("highlight_day") is not None and not 0 <= changes["highlight_day"] <= 6:
+        raise FaceChainError("The highlight day is 0 (Monday) to 6 (Sunday).")
+    if "highlight_hour" in changes and not 0 <= changes["highlight_hour"] <= 23:
+        raise FaceChainError("The highlight hour is 0 to 23 (UTC).")
     with store.transaction():
         current = guild_settings(store, guild_id)
-        row = {
-            "guild_id": guild_id,
-            "gallery_channel_id": changes.get("gallery_channel_id", current.gallery_channel_id),
-            "daily_quota": changes.get("daily_quota", current.daily_quota),
-            "allowed_styles": json.dumps(changes.get("allowed_styles", current.allowed_styles)),
-            "nsfw_policy": changes.get("nsfw_policy", current.nsfw_policy),
-            "updated_at": utc_now(),
-        }
+        row = {column: changes.get(column, getattr(current, column)) for column in SETTING_COLUMNS}
+        row.update(guild_id=guild_id, allowed_styles=json.dumps(row["allowed_styles"]), updated_at=utc_now())
         store.db["guild_settings"].upsert(row, pk="guild_id")
     return guild_settings(store, guild_id)
 
@@ -81,6 +90,7 @@ def set_gallery_message(store: Store, entry_id: int, message_id: str) -> None:
 
 def remove_gallery_entry(store: Store, entry_id: int) -> None:
     with store.transaction():
+        store.db.execute("delete from gallery_likes where entry_id = ?", [entry_id])
         store.db["gallery_entries"].delete(entry_id)
 
 
@@ -96,3 +106,95 @@ def portrait_gallery_posts(store: Store, portrait_ids: list[int]) -> list[dict]:
     marks = ", ".join("?" for _ in portrait_ids)
     return list(store.db["gallery_entries"].rows_where(f"portrait_id in ({marks}) and message_id is not null",
                                                        portrait_ids))
+
+
+# --- browsing, likes, highlights, the web link ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class GalleryItem:
+    entry_id: int
+    portrait_id: int
+    user_id: str
+    style: str
+    path: str  # relative to the data dir
+    channel_id: str
+    message_id: str | None
+    likes: int
+    created_at: str
+
+
+ITEM_QUERY = """
+    select e.id as entry_id, e.portrait_id, e.user_id, p.style, p.path, e.channel_id, e.message_id, e.created_at,
+           (select count(*) from gallery_likes l where l.entry_id = e.id) as likes
+    from gallery_entries e join portraits p on p.id = e.portrait_id
+"""
+
+
+def gallery_item(store: Store, entry_id: int) -> GalleryItem | None:
+    rows = list(store.db.query(ITEM_QUERY + " where e.id = ?", [entry_id]))
+    return GalleryItem(**rows[0]) if rows else None
+
+
+def browse_gallery(store: Store, guild_id: str, style: str | None = None, user_id: str | None = None,
+                   sort: str = "new", offset: int = 0, limit: int = 1) -> tuple[list[GalleryItem], int]:
+    """A page of a guild's gallery (only posted entries) and how many match in all."""
+    if sort not in SORTS:
+        raise FaceChainError(f"Sort by one of {', '.join(SORTS)}.")
+    where, params = ["e.guild_id = ?", "e.message_id is not null"], [guild_id]
+    if style:
+        where.append("p.style = ?")
+        params.append(style)
+    if user_id:
+        where.append("e.user_id = ?")
+        params.append(user_id)
+    condition = " where " + " and ".join(where)
+    total = store.db.execute("select count(*) from gallery_entries e join portraits p on p.id = e.portrait_id"
+                             + condition, params).fetchone()[0]
+    order = "likes desc, e.id desc" if sort == "top" else "e.id desc"
+    rows = store.db.query(ITEM_QUERY + condition + f" order by {order} limit ? offset ?", [*params, limit, offset])
+    return [GalleryItem(**row) for row in rows], total
+
+
+def gallery_styles(store: Store, guild_id: str) -> list[str]:
+    """The styles that appear in a guild's gallery, most used first."""
+    return [row[0] for row in store.db.execute(
+        "select p.style from gallery_entries e join portraits p on p.id = e.portrait_id "
+        "where e.guild_id = ? and e.message_id is not null group by p.style order by count(*) desc, p.style",
+        [guild_id]).fetchall()]
+
+
+def toggle_like(store: Store, entry_id: int, user_id: str) -> tuple[bool, int]:
+    """Like an entry, or take the like back; returns (liked now, likes in all)."""
+    with store.transaction():
+        removed = store.db.execute("delete from gallery_likes where entry_id = ? and user_id = ?",
+                                   [entry_id, user_id]).rowcount
+        if not removed:
+            store.db["gallery_likes"].insert({"entry_id": entry_id, "user_id": user_id, "created_at": utc_now()})
+        count = store.db.execute("select count(*) from gallery_likes where entry_id = ?", [entry_id]).fetchone()[0]
+    return not removed, count
+
+
+def week_winners(store: Store, guild_id: str, now: datetime | None = None, limit: int = 4) -> list[GalleryItem]:
+    """The most liked portraits shared in a guild in the last 7 days (ties: the newest first)."""
+    since = ((now or datetime.now(timezone.utc)) - timedelta(days=7)).isoformat(timespec="seconds")
+    rows = store.db.query(ITEM_QUERY + " where e.guild_id = ? and e.message_id is not null and e.created_at >= ? "
+                          "order by likes desc, e.id desc limit ?", [guild_id, since, limit])
+    return [GalleryItem(**row) for row in rows]
+
+
+def highlight_guilds(store: Store) -> list[GuildSettings]:
+    """Guilds that asked for a weekly highlight."""
+    rows = store.db.execute("select guild_id from guild_settings where highlight_day is not null").fetchall()
+    return [guild_settings(store, row[0]) for row in rows]
+
+
+def rotate_web_token(store: Store, guild_id: str) -> str:
+    """A new unguessable token for the guild's web gallery; the old address stops working."""
+    token = secrets.token_urlsafe(24)
+    update_guild_settings(store, guild_id, web_token=token)
+    return token
+
+
+def guild_for_web_token(store: Store, token: str) -> str | None:
+    rows = store.db.execute("select guild_id from guild_settings where web_token = ?", [token]).fetchall()
+    return rows[0][0] if rows and token else None

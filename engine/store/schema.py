@@ -137,4 +137,17 @@ def _job_queue(db: sqlite_utils.Database) -> None:
     jobs.create_index(["user_id", "state"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue]
+def _galleries(db: sqlite_utils.Database) -> None:
+    """Likes, weekly highlights and the web gallery link. (gallery_entries.likes from the first
+    migration is not used: likes are counted from gallery_likes, so they can never drift.)"""
+    db["gallery_likes"].create({"entry_id": int, "user_id": str, "created_at": str}, pk=("entry_id", "user_id"))
+    db["gallery_likes"].create_index(["user_id"])
+    settings = db["guild_settings"]
+    settings.add_column("highlight_day", int)  # 0 = Monday ... 6 = Sunday; null = no weekly highlight
+    settings.add_column("highlight_hour", int)  # UTC
+    settings.add_column("last_highlight_at", str)
+    settings.add_column("web_token", str)  # the secret part of the guild's web gallery address
+    db["gallery_entries"].create_index(["guild_id", "created_at"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries]

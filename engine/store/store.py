@@ -26,7 +26,7 @@ from engine.store.schema import MIGRATIONS
 SCHEMA_VERSION = len(MIGRATIONS)
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Tables holding rows of a user, children before parents so foreign keys never dangle.
-USER_TABLES = ("gallery_entries", "portraits", "jobs", "face_models", "selfies")
+USER_TABLES = ("gallery_likes", "gallery_entries", "portraits", "jobs", "face_models", "selfies")
 
 
 def utc_now() -> str:
@@ -355,6 +355,8 @@ class Store:
         marks = ", ".join("?" for _ in portrait_ids)
         paths = [row["path"] for row in self.db.query(f"select path from portraits where id in ({marks})", portrait_ids)]
         with self.transaction():
+            self.db.execute(f"delete from gallery_likes where entry_id in (select id from gallery_entries "
+                            f"where portrait_id in ({marks}))", portrait_ids)
             self.db.execute(f"delete from gallery_entries where portrait_id in ({marks})", portrait_ids)
             deleted = self.db.execute(f"delete from portraits where id in ({marks})", portrait_ids).rowcount
         for path in paths:
@@ -368,8 +370,13 @@ class Store:
         check_user_id(user_id)
         counts: dict[str, int] = {}
         with self.transaction():
+            # Likes on this user's gallery entries (by anyone); their own likes go with USER_TABLES.
+            received = self.db.execute(
+                "delete from gallery_likes where entry_id in (select id from gallery_entries where user_id = ?)",
+                [user_id]).rowcount
             for table in USER_TABLES:
                 counts[table] = self.db.execute(f"delete from {table} where user_id = ?", [user_id]).rowcount
+            counts["gallery_likes"] += received
             counts["users"] = self.db.execute("delete from users where id = ?", [user_id]).rowcount
         folder = self.user_dir(user_id)
         files = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
