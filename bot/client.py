@@ -7,8 +7,10 @@ import logging
 
 import aiohttp
 import discord
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from discord import app_commands
 
+from bot import gallery
 from bot.backend import Backend
 from bot.commands import install
 from bot.components import DYNAMIC_ITEMS
@@ -30,16 +32,19 @@ class FaceChainBot(discord.Client):
         self.deliveries = Deliveries(self)
         self.worker = WorkerProcess() if settings.bot_runs_worker else None
         self.http_session: aiohttp.ClientSession | None = None
-        self.scheduler = None
+        self.scheduler = None  # maintenance, in a thread
+        self.highlights = AsyncIOScheduler(timezone="UTC")  # weekly highlights, on the event loop
         self._background: list[asyncio.Task] = []
 
     async def setup_hook(self) -> None:
         install(self.tree)
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, gallery.GalleryButton)
         self.http_session = aiohttp.ClientSession()
         await self._sync_commands()
         self.scheduler = build_scheduler(self.settings)
         self.scheduler.start()
+        self.highlights.start()
+        await gallery.schedule_all_highlights(self)
         self._background.append(asyncio.create_task(self.deliveries.run_forever()))
         if self.worker is not None:
             self._background.append(asyncio.create_task(self._supervise_worker()))
@@ -66,8 +71,9 @@ class FaceChainBot(discord.Client):
     async def close(self) -> None:
         for task in self._background:
             task.cancel()
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        for scheduler in (self.scheduler, self.highlights):
+            if scheduler is not None and scheduler.running:
+                scheduler.shutdown(wait=False)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)  # SIGTERM: a training checkpoints first
         if self.http_session is not None:

@@ -14,16 +14,18 @@ from discord import app_commands
 
 from bot import gallery
 from bot.backend import PortraitOrder
-from bot.components import CancelButton, ConfirmView, PagerView
+from bot.components import CancelButton
 from bot.downloads import DownloadRefused, allowed_hosts, download, upload_dir
 from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_line
 from bot.replies import reply, report_error
+from bot.views import ConfirmView, PagerView, client
 from engine.errors import FaceChainError
 from engine.store.community import NSFW_POLICIES, update_guild_settings
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot
 
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SUBJECTS = ("man", "woman", "boy", "girl", "person")  # engine.preprocess.trigger.SUBJECTS (tested)
 MAX_PORTRAITS = 10  # Discord allows 10 files per message
 EVERYWHERE = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
@@ -34,10 +36,6 @@ facechain = app_commands.Group(name="facechain", description="Portraits that loo
 admin = app_commands.Group(name="facechain-admin", description="FaceChain settings for this server",
                            default_permissions=discord.Permissions(manage_guild=True), guild_only=True,
                            allowed_installs=FOR_SERVERS)
-
-
-def client(interaction: discord.Interaction) -> FaceChainBot:
-    return interaction.client  # type: ignore[return-value]
 
 
 # --- enroll -------------------------------------------------------------------------------------------
@@ -157,6 +155,18 @@ async def styles(interaction: discord.Interaction) -> None:
                                             view=PagerView(interaction.user.id, len(listed), render))
 
 
+@facechain.command(name="gallery", description="Browse the portraits members shared on this server")
+@app_commands.describe(style="Only this style", member="Only this member's portraits",
+                       sort="Newest or most liked first", public="Show the browser to everyone in the channel")
+@app_commands.autocomplete(style=style_choices)
+@app_commands.choices(sort=[app_commands.Choice(name="newest", value="new"),
+                           app_commands.Choice(name="most liked", value="top")])
+async def gallery_command(interaction: discord.Interaction, style: str | None = None,
+                          member: discord.User | None = None, sort: app_commands.Choice[str] | None = None,
+                          public: bool = False) -> None:
+    await gallery.browse(interaction, style, member, sort.value if sort else "new", public)
+
+
 @facechain.command(name="status", description="Your face model and your queued requests")
 async def status(interaction: discord.Interaction) -> None:
     bot = client(interaction)
@@ -215,12 +225,19 @@ def require_manage_guild(interaction: discord.Interaction) -> None:
 @admin.command(name="settings", description="Gallery channel, daily quota, allowed styles, NSFW policy")
 @app_commands.describe(gallery_channel="Where shared portraits are posted", daily_quota="Jobs per day (0 = no limit)",
                        allowed_styles="Style ids, comma-separated, or 'all'",
-                       nsfw_policy="What to do with NSFW results")
-@app_commands.choices(nsfw_policy=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES])
-async def admin_settings(interaction: discord.Interaction, gallery_channel: discord.TextChannel | None = None,
+                       nsfw_policy="What to do with NSFW results",
+                       highlight_day="Weekly highlight of the most liked portraits (off by default)",
+                       highlight_hour="Hour of the weekly highlight, UTC (default 18)")
+@app_commands.choices(nsfw_policy=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES],
+                      highlight_day=[app_commands.Choice(name="off", value=-1)]
+                      + [app_commands.Choice(name=day, value=index) for index, day in enumerate(WEEKDAYS)])
+async def admin_settings(interaction: discord.Interaction,
+                         gallery_channel: discord.TextChannel | discord.ForumChannel | None = None,
                          daily_quota: app_commands.Range[int, 0, 100_000] | None = None,
                          allowed_styles: str | None = None,
-                         nsfw_policy: app_commands.Choice[str] | None = None) -> None:
+                         nsfw_policy: app_commands.Choice[str] | None = None,
+                         highlight_day: app_commands.Choice[int] | None = None,
+                         highlight_hour: app_commands.Range[int, 0, 23] | None = None) -> None:
     require_manage_guild(interaction)
     bot = client(interaction)
     changes: dict = {}
@@ -232,7 +249,12 @@ async def admin_settings(interaction: discord.Interaction, gallery_channel: disc
         changes["allowed_styles"] = parse_style_list(bot, allowed_styles)
     if nsfw_policy is not None:
         changes["nsfw_policy"] = nsfw_policy.value
+    if highlight_day is not None:
+        changes["highlight_day"] = None if highlight_day.value < 0 else highlight_day.value
+    if highlight_hour is not None:
+        changes["highlight_hour"] = highlight_hour
     current = await bot.backend.run(update_guild_settings, bot.backend.store, str(interaction.guild_id), **changes)
+    gallery.schedule_highlight(bot, current)
     embed = discord.Embed(title="FaceChain settings for this server", colour=COLOUR)
     embed.add_field(name="Gallery channel", value=f"<#{current.gallery_channel_id}>" if current.gallery_channel_id
                     else "not set")
@@ -240,6 +262,8 @@ async def admin_settings(interaction: discord.Interaction, gallery_channel: disc
     embed.add_field(name="Daily quota", value=str(quota) if quota else "no limit")
     embed.add_field(name="Allowed styles", value=", ".join(current.allowed_styles)[:1000] or "all")
     embed.add_field(name="NSFW policy", value=current.nsfw_policy)
+    embed.add_field(name="Weekly highlight", value="off" if current.highlight_day is None
+                    else f"{WEEKDAYS[current.highlight_day]}s at {current.highlight_hour:02d}:00 UTC")
     await reply(interaction, "Saved." if changes else None, embed=embed)
 
 
@@ -268,6 +292,15 @@ async def admin_queue(interaction: discord.Interaction) -> None:
             view.add_item(CancelButton(job.id, f"Cancel {job.id}", admin=True))
     text = "\n".join(lines)[:1900] if lines else "Nothing queued."
     await reply(interaction, text, view=view if jobs else None)
+
+
+@admin.command(name="highlight", description="Post this week's most liked portraits now")
+async def admin_highlight(interaction: discord.Interaction) -> None:
+    require_manage_guild(interaction)
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    posted = await gallery.post_highlight(client(interaction), str(interaction.guild_id))
+    await reply(interaction, "Posted the highlights in the gallery channel." if posted
+                else "Nothing was shared to the gallery in the last 7 days, so there is nothing to highlight.")
 
 
 # --- wiring --------------------------------------------------------------------------------------------

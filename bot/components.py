@@ -1,28 +1,19 @@
 """Buttons and menus.
 
 Buttons on results (Re-roll, More like, Share, Delete, Cancel) are DynamicItems: their custom id
-carries the job, so they keep working after a restart. Each checks who pressed it. Short-lived
-dialogs (consent, forget, the style browser) are plain views that only their owner can use.
+carries the job, so they keep working after a restart. Each checks who pressed it. Dialogs are in
+bot/views.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
 import discord
 
 from bot import gallery
-from bot.replies import not_yours, reply, report_error
+from bot.replies import not_yours, reply
+from bot.views import client, guarded
 from engine.errors import FaceChainError
 from engine.queue import Job
-
-if TYPE_CHECKING:
-    from bot.client import FaceChainBot
-
-
-def client(interaction: discord.Interaction) -> FaceChainBot:
-    return interaction.client  # type: ignore[return-value]
 
 
 async def owned_job(interaction: discord.Interaction, job_id: int) -> Job | None:
@@ -35,13 +26,6 @@ async def owned_job(interaction: discord.Interaction, job_id: int) -> Job | None
         await reply(interaction, not_yours(job.user_id))
         return None
     return job
-
-
-async def guarded(interaction: discord.Interaction, action: Callable[[], Awaitable[None]]) -> None:
-    try:
-        await action()
-    except Exception as error:  # noqa: BLE001 - every failure becomes a friendly message and a log line
-        await report_error(interaction, error)
 
 
 async def queue_again(interaction: discord.Interaction, job: Job, heading: str, **changes) -> None:
@@ -155,68 +139,3 @@ def portrait_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
         if options and (what == "more" or job.guild_id):
             view.add_item(PortraitSelect(what, job.id, options))
     return view
-
-
-class OwnerView(discord.ui.View):
-    """A short-lived dialog only `owner_id` can press."""
-
-    def __init__(self, owner_id: int, timeout: float = 600) -> None:
-        super().__init__(timeout=timeout)
-        self.owner_id = owner_id
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id != self.owner_id:
-            await reply(interaction, not_yours(str(self.owner_id)))
-            return False
-        return True
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception, item) -> None:
-        await report_error(interaction, error)
-
-
-class ConfirmView(OwnerView):
-    """Two buttons; `on_confirm(interaction)` runs on the first, the second says `declined`."""
-
-    def __init__(self, owner_id: int, confirm: str, decline: str, declined: str,
-                 on_confirm: Callable[[discord.Interaction], Awaitable[None]], danger: bool = False) -> None:
-        super().__init__(owner_id)
-        self.on_confirm, self.declined = on_confirm, declined
-        style = discord.ButtonStyle.danger if danger else discord.ButtonStyle.success
-        yes = discord.ui.Button(label=confirm, style=style)
-        no = discord.ui.Button(label=decline, style=discord.ButtonStyle.secondary)
-        yes.callback, no.callback = self._yes, self._no
-        self.add_item(yes)
-        self.add_item(no)
-
-    async def _yes(self, interaction: discord.Interaction) -> None:
-        self.stop()
-        await self.on_confirm(interaction)
-
-    async def _no(self, interaction: discord.Interaction) -> None:
-        self.stop()
-        await interaction.response.edit_message(content=self.declined, embed=None, view=None)
-
-
-class PagerView(OwnerView):
-    """Previous/next through pages built by `render(page) -> (embed, files)`."""
-
-    def __init__(self, owner_id: int, pages: int, render: Callable[[int], tuple[discord.Embed, list[discord.File]]]):
-        super().__init__(owner_id)
-        self.page, self.pages, self.render = 0, pages, render
-        self.previous = discord.ui.Button(label="◀ Previous", style=discord.ButtonStyle.secondary)
-        self.next = discord.ui.Button(label="Next ▶", style=discord.ButtonStyle.secondary)
-        self.previous.callback = lambda interaction: self._turn(interaction, -1)
-        self.next.callback = lambda interaction: self._turn(interaction, +1)
-        self.add_item(self.previous)
-        self.add_item(self.next)
-        self._update_buttons()
-
-    def _update_buttons(self) -> None:
-        self.previous.disabled = self.page == 0
-        self.next.disabled = self.page >= self.pages - 1
-
-    async def _turn(self, interaction: discord.Interaction, step: int) -> None:
-        self.page = min(max(self.page + step, 0), self.pages - 1)
-        self._update_buttons()
-        embed, files = self.render(self.page)
-        await interaction.response.edit_message(embed=embed, attachments=files, view=self)

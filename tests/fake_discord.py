@@ -31,6 +31,8 @@ EPHEMERAL = 64
 MEMBER_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
 MANAGE_GUILD = 1 << 5
 OPTION_TYPES = {str: 3, int: 4, bool: 5}
+THREAD_METADATA = {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": "2026-01-01T00:00:00+00:00",
+                   "locked": False}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -180,11 +182,13 @@ class FakeDiscord:
                                "avatar": None, "bot": False, "flags": 0}
         return user_id
 
-    def add_guild(self, name: str, channels: list[str], members: dict[str, bool]) -> tuple[str, dict[str, str]]:
-        """A guild with text channels (name -> id returned) and members (user id -> is admin)."""
+    def add_guild(self, name: str, channels: list[str], members: dict[str, bool],
+                  forums: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+        """A guild with text channels and forum channels (name -> id returned) and members (user id -> is admin)."""
         guild_id = self.new_id()
-        channel_ids = {channel: self.new_id() for channel in channels}
-        self.guilds[guild_id] = {"name": name, "channels": channel_ids, "members": members}
+        channel_ids = {channel: self.new_id() for channel in [*channels, *forums]}
+        self.guilds[guild_id] = {"name": name, "channels": channel_ids, "members": members,
+                                 "forums": {channel_ids[f] for f in forums}, "threads": {}}
         return guild_id, channel_ids
 
     def host_attachment(self, name: str, data: bytes, content_type: str = "image/jpeg") -> dict:
@@ -204,9 +208,14 @@ class FakeDiscord:
         resolved: dict[str, dict] = {}
         sub_options = []
         for name, value in (options or {}).items():
-            if isinstance(value, dict):  # {"channel": name}: a channel option of this guild
+            if isinstance(value, dict) and "user" in value:  # {"user": id}: a member option
+                user = self.users[value["user"]]
+                resolved.setdefault("users", {})[user["id"]] = user
+                sub_options.append({"type": 6, "name": name, "value": user["id"]})
+            elif isinstance(value, dict):  # {"channel": name}: a channel option of this guild
                 chosen = self.guilds[guild_id]["channels"][value["channel"]]
-                resolved.setdefault("channels", {})[chosen] = {"id": chosen, "type": 0, "name": value["channel"],
+                kind = 15 if chosen in self.guilds[guild_id]["forums"] else 0
+                resolved.setdefault("channels", {})[chosen] = {"id": chosen, "type": kind, "name": value["channel"],
                                                                "permissions": "0", "guild_id": guild_id}
                 sub_options.append({"type": 7, "name": name, "value": chosen})
             else:
@@ -230,7 +239,8 @@ class FakeDiscord:
         return self._dispatch_interaction(3, user_id, message.channel_id, guild_id, data, message=message)
 
     def _guild_of(self, channel_id: str) -> str | None:
-        return next((g for g, guild in self.guilds.items() if channel_id in guild["channels"].values()), None)
+        return next((g for g, guild in self.guilds.items()
+                     if channel_id in guild["channels"].values() or channel_id in guild["threads"]), None)
 
     def _dispatch_interaction(self, kind: int, user_id: str, channel_id: str, guild_id: str | None, data: dict,
                               message: Message | None = None) -> Interaction:
@@ -247,7 +257,7 @@ class FakeDiscord:
             admin = self.guilds[guild_id]["members"].get(user_id, False)
             payload["guild_id"] = guild_id
             payload["guild_locale"] = "en-US"
-            payload["channel"] = {"id": channel_id, "type": 0, "guild_id": guild_id, "name": "channel"}
+            payload["channel"] = self._channel_payload(guild_id, channel_id)
             payload["member"] = {
                 "user": self.users[user_id], "roles": [], "joined_at": "2026-01-01T00:00:00+00:00", "deaf": False,
                 "mute": False, "flags": 0, "permissions": str(MEMBER_PERMISSIONS | (MANAGE_GUILD if admin else 0)),
@@ -262,6 +272,17 @@ class FakeDiscord:
         self.interactions[token] = record
         self._run(self._send_dispatch("INTERACTION_CREATE", payload))
         return record
+
+    def _channel_payload(self, guild_id: str, channel_id: str) -> dict:
+        guild = self.guilds[guild_id]
+        thread = guild["threads"].get(channel_id)
+        if thread is not None:
+            return {"id": channel_id, "type": 11, "guild_id": guild_id, "parent_id": thread["parent_id"],
+                    "name": thread["name"], "owner_id": BOT_USER["id"], "member_count": 1, "message_count": 1,
+                    "thread_metadata": THREAD_METADATA}
+        name = next(n for n, c in guild["channels"].items() if c == channel_id)
+        return {"id": channel_id, "type": 15 if channel_id in guild["forums"] else 0, "guild_id": guild_id,
+                "name": name, "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None}
 
     def dm_channel(self, user_id: str) -> str:
         if user_id not in self.dm_channels:
@@ -350,8 +371,9 @@ class FakeDiscord:
             "owner_id": next(iter(guild["members"]), BOT_USER["id"]),
             "roles": [{"id": guild_id, "name": "@everyone", "permissions": str(MEMBER_PERMISSIONS), "position": 0,
                        "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
-            "channels": [{"id": c, "type": 0, "name": name, "position": i, "permission_overwrites": [], "nsfw": False,
-                          "parent_id": None} for i, (name, c) in enumerate(guild["channels"].items())],
+            "channels": [{"id": c, "type": 15 if c in guild["forums"] else 0, "name": name, "position": i,
+                          "permission_overwrites": [], "nsfw": False, "parent_id": None, "available_tags": [],
+                          "flags": 0} for i, (name, c) in enumerate(guild["channels"].items())],
             "members": members, "member_count": len(members), "features": [], "emojis": [], "stickers": [],
             "threads": [], "voice_states": [], "presences": [], "large": False, "unavailable": False,
             "joined_at": "2026-01-01T00:00:00+00:00", "mfa_level": 0, "verification_level": 0,
@@ -425,6 +447,27 @@ class FakeDiscord:
                 return web.Response(status=204)
             case ("GET", "users", user_id) if user_id in self.users:
                 return _json(self.users[user_id])
+            case ("POST", "channels", forum_id, "threads"):
+                guild_id = self._guild_of(forum_id)
+                if guild_id is None or forum_id not in self.guilds[guild_id]["forums"]:
+                    return _error(404, 10003, "Unknown Channel")
+                thread_id = self.new_id()  # a forum post's first message has the thread's id
+                self.guilds[guild_id]["threads"][thread_id] = {"parent_id": forum_id, "name": body["name"]}
+                message = Message(thread_id, thread_id)
+                self._apply_edit(message, body.get("message") or {}, files)
+                self.messages[thread_id] = message
+                return _json({"id": thread_id, "type": 11, "guild_id": guild_id, "parent_id": forum_id,
+                              "name": body["name"], "owner_id": BOT_USER["id"], "message_count": 1,
+                              "member_count": 1, "thread_metadata": THREAD_METADATA,
+                              "message": message.payload(guild_id)})
+            case ("DELETE", "channels", thread_id):
+                guild_id = self._guild_of(thread_id)
+                if guild_id is None or thread_id not in self.guilds[guild_id]["threads"]:
+                    return _error(404, 10003, "Unknown Channel")
+                del self.guilds[guild_id]["threads"][thread_id]
+                for message in self.channel_messages(thread_id):
+                    message.deleted = True
+                return _json({"id": thread_id, "type": 11})
             case ("POST", "users", "@me", "channels"):
                 recipient = str(body["recipient_id"])
                 return _json({"id": self.dm_channel(recipient), "type": 1, "recipients": [self.users[recipient]],

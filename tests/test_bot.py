@@ -4,108 +4,29 @@ order, like a member's day: enroll, portraits and buttons, sharing, expiry and r
 
 from __future__ import annotations
 
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, files_under
+from tests.bot_harness import ACK_LIMIT, BotProcess, Deployment, bot_environment, write_styles
+from tests.conftest import files_under
 from tests.fake_discord import FakeDiscord, Message
-
-ROOT = Path(__file__).parent.parent
-ACK_LIMIT = 3.0
-STYLE = '''name = "{name}"
-description = "{name} test style."
-prompt = "{id} portrait"
-tags = ["test"]
-[sampler]
-steps = 4
-'''
-
-
-class BotProcess:
-    def __init__(self, env: dict[str, str], cwd: Path, log_path: Path) -> None:
-        self.env, self.cwd, self.log_path = env, cwd, log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self, fake: FakeDiscord) -> None:
-        connections = fake.gateway_connections
-        log = self.log_path.open("a")
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.run_bot"], cwd=self.cwd, env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
-        fake.wait_for(lambda: fake.gateway_connections > connections and fake._sockets, 60, "the bot to connect")
-        time.sleep(2.5)  # discord.py waits ~2 s for GUILD_CREATEs before it is ready
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.process.send_signal(sig)
-        return self.process.wait(60)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-@dataclass
-class Deployment:
-    fake: FakeDiscord
-    bot: BotProcess
-    data_dir: Path
-    guild: str
-    general: str
-    gallery: str
-    alice: str  # server admin
-    bob: str
-    carol: str
-    other_guild: str
-    other_general: str
-
-    def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.data_dir / "facechain.db")
-
-    def rows(self, sql: str, *params) -> list[tuple]:
-        with self.db() as connection:
-            return connection.execute(sql, params).fetchall()
-
-    def upload(self, *relative: str) -> dict[str, dict]:
-        return {f"photo{index}": self.fake.host_attachment(Path(path).name, (DATA / path).read_bytes())
-                for index, path in enumerate(relative, start=1)}
-
-    def result_of(self, interaction, timeout: float = 120) -> Message:
-        """The response message once it shows portraits (files attached)."""
-        message = self.fake.response(interaction)
-        self.fake.wait_for(lambda: message.files or "⚠️" in message.text(), timeout, "portraits")
-        return message
-
-    def job_state(self, job_id: int) -> str:
-        return self.rows("select state from jobs where id = ?", job_id)[0][0]
 
 
 @pytest.fixture(scope="module")
 def deployment(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("deployment")
-    styles = root / "styles"
-    styles.mkdir()
-    for style_id, name in (("cyberpunk", "Cyberpunk"), ("anime", "Anime"), ("oil", "Oil Painting")):
-        (styles / f"{style_id}.toml").write_text(STYLE.format(id=style_id, name=name))
-    (styles / "slow.toml").write_text(STYLE.format(id="slow", name="Slow").replace("steps = 4", "steps = 150"))
     fake = FakeDiscord().start()
     alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
     guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False, carol: False})
     other_guild, other_channels = fake.add_guild("Elsewhere", ["general"], {bob: True})
-    settings = {
+    env = bot_environment(fake, {
         "DISCORD_TOKEN": "test.token.value", "DATA_DIR": root / "data", "BASE_MODEL": tiny_model, "DEVICE": "cpu",
         "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50, "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4,
-        "STYLES_DIR": styles, "ATTACHMENT_HOSTS": "127.0.0.1", "JOB_LEASE_SECONDS": 6, "JOB_RETRY_SECONDS": 0,
-        "MAX_QUEUED_PORTRAITS_PER_USER": 5,
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
-    env.update({f"FACECHAIN_{k}": str(v) for k, v in settings.items()})
-    env.update({"FAKE_DISCORD_URL": fake.url, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+        "STYLES_DIR": write_styles(root / "styles"), "ATTACHMENT_HOSTS": "127.0.0.1", "JOB_LEASE_SECONDS": 6,
+        "JOB_RETRY_SECONDS": 0, "MAX_QUEUED_PORTRAITS_PER_USER": 5,
+    })
     bot = BotProcess(env, root, root / "bot.log")
     bot.start(fake)
     yield Deployment(fake, bot, root / "data", guild, channels["general"], channels["gallery"], alice, bob, carol,
@@ -253,14 +174,15 @@ def test_expired_token_posts_in_the_channel_and_a_gone_channel_sends_a_dm(deploy
 
 def test_restart_mid_job_still_delivers_the_result(deployment):
     d, fake = deployment, deployment.fake
-    command = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk", "count": 3})
-    fake.wait_acked(command)
+    command = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "slow", "count": 3})
+    fake.response(command)  # queued (the bot has written the job)
     job_id = d.rows("select max(id) from jobs")[0][0]
-    d.bot.stop(signal.SIGKILL)  # the bot dies; its worker notices and stops too
+    fake.wait_for(lambda: d.job_state(job_id) == "running", 60, "the job to start")
+    d.bot.stop(signal.SIGKILL)  # the bot dies mid-job; its worker notices and stops after it
     d.bot.start(fake)
     posted = fake.wait_for(lambda: [m for m in fake.channel_messages(d.general) if len(m.files) == 3], 180,
                            "the result after the restart")
-    assert f"<@{d.alice}>" in posted[0].content
+    assert f"<@{d.alice}>" in posted[0].content and "Slow" in posted[0].content
     assert d.job_state(job_id) == "done"
     assert d.rows("select delivered_at is not null from jobs where id = ?", job_id) == [(1,)]
 

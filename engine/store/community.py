@@ -83,9 +83,11 @@ def add_gallery_entry(store: Store, guild_id: str, portrait_id: int, user_id: st
     return gallery_entry(store, guild_id, portrait_id)  # type: ignore[return-value]
 
 
-def set_gallery_message(store: Store, entry_id: int, message_id: str) -> None:
+def set_gallery_message(store: Store, entry_id: int, message_id: str, channel_id: str | None = None) -> None:
+    """Record the post of an entry (and its channel: a forum post is a thread of its own)."""
+    changes = {"message_id": message_id} | ({"channel_id": channel_id} if channel_id else {})
     with store.transaction():
-        store.db["gallery_entries"].update(entry_id, {"message_id": message_id})
+        store.db["gallery_entries"].update(entry_id, changes)
 
 
 def remove_gallery_entry(store: Store, entry_id: int) -> None:

@@ -1,0 +1,100 @@
+"""Running the real bot against the fake Discord: a subprocess, its settings, and helpers to look
+at the database it writes. Shared by the end-to-end test modules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import DATA
+from tests.fake_discord import FakeDiscord, Message
+
+ROOT = Path(__file__).parent.parent
+ACK_LIMIT = 3.0
+STYLE = '''name = "{name}"
+description = "{name} test style."
+prompt = "{id} portrait"
+tags = ["test"]
+[sampler]
+steps = 4
+'''
+
+
+class BotProcess:
+    def __init__(self, env: dict[str, str], cwd: Path, log_path: Path) -> None:
+        self.env, self.cwd, self.log_path = env, cwd, log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, fake: FakeDiscord) -> None:
+        connections = fake.gateway_connections
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.run_bot"], cwd=self.cwd, env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        fake.wait_for(lambda: fake.gateway_connections > connections and fake._sockets, 60, "the bot to connect")
+        time.sleep(2.5)  # discord.py waits ~2 s for GUILD_CREATEs before it is ready
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(60)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@dataclass
+class Deployment:
+    fake: FakeDiscord
+    bot: BotProcess
+    data_dir: Path
+    guild: str
+    general: str
+    gallery: str
+    alice: str  # server admin
+    bob: str
+    carol: str
+    other_guild: str
+    other_general: str
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.data_dir / "facechain.db")
+
+    def rows(self, sql: str, *params) -> list[tuple]:
+        with self.db() as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def upload(self, *relative: str) -> dict[str, dict]:
+        return {f"photo{index}": self.fake.host_attachment(Path(path).name, (DATA / path).read_bytes())
+                for index, path in enumerate(relative, start=1)}
+
+    def result_of(self, interaction, timeout: float = 120) -> Message:
+        """The response message once it shows portraits (files attached)."""
+        message = self.fake.response(interaction)
+        self.fake.wait_for(lambda: message.files or "⚠️" in message.text(), timeout, "portraits")
+        return message
+
+    def job_state(self, job_id: int) -> str:
+        return self.rows("select state from jobs where id = ?", job_id)[0][0]
+
+
+
+
+def write_styles(folder: Path) -> Path:
+    """Small test styles (4 sampler steps; 'slow' has 150, for progress tests)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for style_id, name in (("cyberpunk", "Cyberpunk"), ("anime", "Anime"), ("oil", "Oil Painting")):
+        (folder / f"{style_id}.toml").write_text(STYLE.format(id=style_id, name=name))
+    (folder / "slow.toml").write_text(STYLE.format(id="slow", name="Slow").replace("steps = 4", "steps = 150"))
+    return folder
+
+
+def bot_environment(fake: FakeDiscord, settings: dict) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
+    env.update({f"FACECHAIN_{k}": str(v) for k, v in settings.items()})
+    env.update({"FAKE_DISCORD_URL": fake.url, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    return env

@@ -1,0 +1,202 @@
+"""End to end: server galleries with the real bot against the fake Discord. Portraits are put in
+the store as a finished request, so the bot delivers them like any result; no worker is needed."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from engine.store import Store
+from engine.store.store import utc_now
+from tests.bot_harness import BotProcess, Deployment, bot_environment, write_styles
+from tests.fake_discord import FakeDiscord, Message
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("galleries")
+    fake = FakeDiscord().start()
+    alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
+    guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False, carol: False},
+                                     forums=("showcase",))
+    other_guild, other_channels = fake.add_guild("Elsewhere", ["general", "gallery"], {bob: True, carol: False})
+    env = bot_environment(fake, {"DISCORD_TOKEN": "test.token.value", "DATA_DIR": root / "data",
+                                 "STYLES_DIR": write_styles(root / "styles"), "BOT_RUNS_WORKER": "false"})
+    bot = BotProcess(env, root, root / "bot.log")
+    bot.start(fake)
+    deployment = Deployment(fake, bot, root / "data", guild, channels["general"], channels["gallery"], alice, bob,
+                            carol, other_guild, other_channels["general"])
+    deployment.channels, deployment.other_channels = channels, other_channels
+    yield deployment
+    bot.stop()
+    fake.stop()
+
+
+def delivered(d: Deployment, user: str, style: str, colours: list[str], guild: str | None = None,
+              channel: str | None = None) -> Message:
+    """A finished portrait request of plain-coloured portraits, as the worker leaves it; the bot posts it."""
+    guild, channel = guild or d.guild, channel or d.general
+    store = Store(d.data_dir)
+    try:
+        store.touch_user(user)
+        folder = store.private_dir(user, "portraits")
+        with store.transaction():
+            job = store.db["jobs"].insert({
+                "kind": "generate", "user_id": user, "guild_id": guild, "channel_id": channel, "state": "done",
+                "params": json.dumps({"style": style, "count": len(colours)}), "attempts": 1, "progress": 1.0,
+                "result": json.dumps({"portraits": [], "notice": None}), "created_at": utc_now(),
+                "finished_at": utc_now()}).last_pk
+            for seed, colour in enumerate(colours):
+                path = folder / f"{style}-{seed}-job{job}.png"
+                Image.new("RGB", (64, 64), COLOURS[colour]).save(path)
+                store.db["portraits"].insert({"user_id": user, "job_id": job, "style": style, "seed": seed,
+                                              "similarity": 0.9 - seed / 10, "path": store.relative(path),
+                                              "created_at": utc_now()})
+    finally:
+        store.close()
+    fake = d.fake
+    return fake.wait_for(lambda: next((m for m in fake.channel_messages(channel)
+                                       if any(c.endswith(f":{job}") for c in m.custom_ids())), None), 20,
+                         "the delivered portraits")
+
+
+def portrait_ids(d: Deployment, message: Message) -> list[int]:
+    job = int(next(c for c in message.custom_ids() if c.startswith("fc:share:")).split(":")[2])
+    return [row[0] for row in d.rows("select id from portraits where job_id = ? order by id", job)]
+
+
+def share(d: Deployment, user: str, message: Message, index: int) -> Message:
+    custom_id = next(c for c in message.custom_ids() if c.startswith("fc:share:"))
+    return d.fake.response(d.fake.click(user, message, custom_id, [str(portrait_ids(d, message)[index])]))
+
+
+def gallery_posts(d: Deployment, channel: str | None = None) -> list[Message]:
+    """What the bot posted in a gallery channel (not the answers to button presses there)."""
+    return [m for m in d.fake.channel_messages(channel or d.gallery) if m.interaction_token is None]
+
+
+def colour_of(png: bytes) -> tuple[int, int, int]:
+    return Image.open(io.BytesIO(png)).convert("RGB").getpixel((8, 8))
+
+
+def set_gallery(d: Deployment, channel: str, guild: str | None = None, admin: str | None = None) -> Message:
+    return d.fake.response(d.fake.command(admin or d.alice, d.general if guild is None else d.other_general,
+                                          guild or d.guild, "settings", {"gallery_channel": {"channel": channel}},
+                                          group="facechain-admin"))
+
+
+def test_share_posts_once_with_likes_and_only_the_owner_can_unshare(deployment):
+    d, fake = deployment, deployment.fake
+    set_gallery(d, "gallery")
+    result = delivered(d, d.alice, "anime", ["red", "green"])
+    assert "Shared to" in share(d, d.alice, result, 0).text()
+    assert "belong to" in share(d, d.bob, result, 1).text()  # only the owner shares their portraits
+    [post] = gallery_posts(d)
+    assert colour_of(post.files["portrait.png"]) == COLOURS["red"] and f"<@{d.alice}>" in post.text()
+    like, unshare = post.custom_ids()
+
+    fake.wait_acked(fake.click(d.bob, post, like))
+    fake.wait_acked(fake.click(d.carol, post, like))
+    fake.wait_for(lambda: post.components[0]["components"][0]["label"] == "2", 10, "two likes")
+    fake.wait_acked(fake.click(d.carol, post, like))  # carol takes hers back
+    fake.wait_for(lambda: post.components[0]["components"][0]["label"] == "1", 10, "one like")
+
+    refused = fake.response(fake.click(d.bob, post, unshare))
+    assert "Only the member who shared" in refused.text() and not post.deleted
+    assert "Removed" in fake.response(fake.click(d.alice, post, unshare)).text()
+    fake.wait_for(lambda: post.deleted, 10, "the post to go")
+    assert d.rows("select count(*) from gallery_entries") == [(0,)]
+    assert d.rows("select count(*) from gallery_likes") == [(0,)]
+    assert "Shared to" in share(d, d.alice, result, 0).text()  # and it can be shared again
+
+
+def test_browse_pages_filters_and_sorts_by_likes(deployment):
+    d, fake = deployment, deployment.fake
+    oil = delivered(d, d.bob, "oil", ["blue", "yellow"])
+    share(d, d.bob, oil, 0)
+    share(d, d.bob, oil, 1)
+    posts = gallery_posts(d)
+    assert len(posts) == 3
+    yellow = next(p for p in posts if colour_of(p.files["portrait.png"]) == COLOURS["yellow"])
+    for user in (d.alice, d.carol):
+        fake.wait_acked(fake.click(user, yellow, yellow.custom_ids()[0]))
+
+    browser = fake.response(fake.command(d.carol, d.general, d.guild, "gallery", {"sort": "top"}))
+    assert browser.ephemeral and "1 of 3 · sorted by top" in browser.text()
+    assert colour_of(browser.files["portrait.png"]) == COLOURS["yellow"]
+    first, previous, following, last, style_menu = browser.custom_ids()
+    fake.wait_acked(fake.click(d.carol, browser, last))
+    fake.wait_for(lambda: "3 of 3" in browser.text(), 10, "the last page")
+    answer = fake.response(fake.click(d.bob, browser, first))
+    assert "belong to" in answer.text() and "3 of 3" in browser.text()
+
+    fake.wait_acked(fake.click(d.carol, browser, style_menu, ["anime"]))
+    fake.wait_for(lambda: "1 of 1" in browser.text(), 10, "the anime page")
+    assert colour_of(browser.files["portrait.png"]) == COLOURS["red"]
+
+    bobs = fake.response(fake.command(d.carol, d.general, d.guild, "gallery", {"member": {"user": d.bob},
+                                                                               "public": True}))
+    assert not bobs.ephemeral and "1 of 2 · sorted by new" in bobs.text()
+    filtered = fake.response(fake.command(d.carol, d.general, d.guild, "gallery", {"style": "cyberpunk"}))
+    assert "No shared portraits" in filtered.text()
+
+
+def test_other_servers_see_nothing_of_this_gallery(deployment):
+    d, fake = deployment, deployment.fake
+    elsewhere = fake.response(fake.command(d.bob, d.other_general, d.other_guild, "gallery"))
+    assert "No shared portraits" in elsewhere.text()
+    set_gallery(d, "gallery", guild=d.other_guild, admin=d.bob)
+    quiet = fake.response(fake.command(d.bob, d.other_general, d.other_guild, "highlight", group="facechain-admin"))
+    assert "nothing to highlight" in quiet.text()
+    result = delivered(d, d.bob, "anime", ["green"], guild=d.other_guild, channel=d.other_general)
+    share(d, d.bob, result, 0)
+    assert len(gallery_posts(d, d.other_channels["gallery"])) == 1
+    browser = fake.response(fake.command(d.carol, d.general, d.guild, "gallery"))
+    assert "of 3" in browser.text()  # Club still shows only its own three
+
+
+def test_a_forum_gallery_gets_one_post_per_portrait(deployment):
+    d, fake = deployment, deployment.fake
+    saved = set_gallery(d, "showcase")
+    assert f"<#{d.channels['showcase']}>" in saved.text()
+    result = delivered(d, d.carol, "cyberpunk", ["blue"])
+    assert "Shared to" in share(d, d.carol, result, 0).text()
+    threads = fake.guilds[d.guild]["threads"]
+    [(thread_id, thread)] = threads.items()
+    assert thread["parent_id"] == d.channels["showcase"] and thread["name"].startswith("Cyberpunk by")
+    [post] = fake.channel_messages(thread_id)
+    fake.response(fake.click(d.carol, post, post.custom_ids()[1]))  # un-share deletes the whole forum post
+    fake.wait_for(lambda: not threads, 10, "the thread to go")
+    set_gallery(d, "gallery")
+
+
+def test_weekly_highlight_posts_the_most_liked_as_a_collage(deployment):
+    d, fake = deployment, deployment.fake
+    settings = fake.response(fake.command(d.alice, d.general, d.guild, "settings",
+                                          {"highlight_day": 4, "highlight_hour": 20}, group="facechain-admin"))
+    assert "Weekly highlight: Fridays at 20:00 UTC" in settings.text()
+    fake.wait_for(lambda: "highlight for guild" in d.bot.log() and "next run" in d.bot.log(), 10, "the schedule")
+
+    before = len(gallery_posts(d))
+    answer = fake.response(fake.command(d.alice, d.general, d.guild, "highlight", group="facechain-admin"))
+    fake.wait_for(lambda: "Posted" in answer.text(), 20, "the highlight")
+    highlight = gallery_posts(d)[-1]
+    assert len(gallery_posts(d)) == before + 1 and "Highlights of the week" in highlight.text()
+    credits = highlight.text().splitlines()
+    assert credits[1].startswith(f"**#1** <@{d.bob}> · Oil Painting · ❤️ 2")  # the yellow one
+    collage = Image.open(io.BytesIO(highlight.files["highlights.png"])).convert("RGB")
+    assert collage.getpixel((100, 100)) == COLOURS["yellow"]
+
+    off = fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"highlight_day": -1},
+                                     group="facechain-admin"))
+    assert "Weekly highlight: off" in off.text()
+
+
+def test_no_errors_were_logged(deployment):
+    log = deployment.bot.log()
+    assert "Traceback" not in log and '"level": "error"' not in log
