@@ -15,6 +15,7 @@ from bot.backend import Backend
 from bot.commands import install
 from bot.components import DYNAMIC_ITEMS
 from bot.delivery import Deliveries
+from bot.web import WebGallery
 from engine.config import Settings
 from engine.maintenance import build_scheduler
 from engine.worker_process import WorkerProcess
@@ -35,6 +36,7 @@ class FaceChainBot(discord.Client):
         self.scheduler = None  # maintenance, in a thread
         self.highlights = AsyncIOScheduler(timezone="UTC")  # weekly highlights, on the event loop
         self._background: list[asyncio.Task] = []
+        self.web = WebGallery(self) if settings.web_gallery else None
 
     async def setup_hook(self) -> None:
         install(self.tree)
@@ -45,6 +47,8 @@ class FaceChainBot(discord.Client):
         self.scheduler.start()
         self.highlights.start()
         await gallery.schedule_all_highlights(self)
+        if self.web is not None:
+            await self.web.start()
         self._background.append(asyncio.create_task(self.deliveries.run_forever()))
         if self.worker is not None:
             self._background.append(asyncio.create_task(self._supervise_worker()))
@@ -76,6 +80,8 @@ class FaceChainBot(discord.Client):
                 scheduler.shutdown(wait=False)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)  # SIGTERM: a training checkpoints first
+        if self.web is not None:
+            await self.web.stop()
         if self.http_session is not None:
             await self.http_session.close()
         await super().close()

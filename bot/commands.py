@@ -20,7 +20,7 @@ from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_l
 from bot.replies import reply, report_error
 from bot.views import ConfirmView, PagerView, client
 from engine.errors import FaceChainError
-from engine.store.community import NSFW_POLICIES, update_guild_settings
+from engine.store.community import NSFW_POLICIES, rotate_web_token, update_guild_settings
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot
@@ -301,6 +301,21 @@ async def admin_highlight(interaction: discord.Interaction) -> None:
     posted = await gallery.post_highlight(client(interaction), str(interaction.guild_id))
     await reply(interaction, "Posted the highlights in the gallery channel." if posted
                 else "Nothing was shared to the gallery in the last 7 days, so there is nothing to highlight.")
+
+
+@admin.command(name="gallery-link", description="The secret address of this server's web gallery")
+@app_commands.describe(rotate="Make a new address; the old one stops working")
+async def admin_gallery_link(interaction: discord.Interaction, rotate: bool = False) -> None:
+    require_manage_guild(interaction)
+    bot = client(interaction)
+    if bot.web is None:
+        raise FaceChainError("The web gallery is off: the bot's owner can turn it on with FACECHAIN_WEB_GALLERY=true.")
+    settings = await bot.backend.run(bot.backend.guild, interaction.guild_id)
+    token = settings.web_token
+    if rotate or not token:
+        token = await bot.backend.run(rotate_web_token, bot.backend.store, str(interaction.guild_id))
+    note = "A new address: the old one no longer works." if rotate else "Use `rotate:True` to replace it."
+    await reply(interaction, f"This server's web gallery (only shared portraits): {bot.web.address(token)}\n{note}")
 
 
 # --- wiring --------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ async def share(interaction: discord.Interaction, portrait: dict) -> None:
         raise FaceChainError("This server has no gallery channel yet: an admin can set one with "
                              "`/facechain-admin settings gallery_channel:`.")
     entry = await bot.backend.run(add_gallery_entry, bot.backend.store, str(interaction.guild_id), portrait["id"],
-                                  str(interaction.user.id), settings.gallery_channel_id)
+                                  str(interaction.user.id), settings.gallery_channel_id, interaction.user.display_name)
     name = style_name(bot, portrait["style"])
     link = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
     embed = discord.Embed(title=name, colour=COLOUR, description=f"by <@{portrait['user_id']}>{link}")

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     backup_every_hours: float = Field(default=24, ge=0)
     backups_kept: int = Field(default=7, ge=1)
 
+    # Read-only web gallery of shared portraits, served by the bot (off by default).
+    web_gallery: bool = False
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8080, ge=1, le=65535)
+    # Public address of the web gallery for the links admins get (e.g. https://gallery.example.org);
+    # empty = http://<web_host>:<web_port>.
+    web_base_url: str = ""
+
     # Logging level for the CLI, worker and bot.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -40,7 +40,8 @@ def guild_settings(store: Store, guild_id: str) -> GuildSettings:
     return GuildSettings(
         guild_id=guild_id, gallery_channel_id=row["gallery_channel_id"], daily_quota=row["daily_quota"],
         allowed_styles=json.loads(row["allowed_styles"] or "[]"), nsfw_policy=row["nsfw_policy"] or "block",
-        highlight_day=row["highlight_day"], highlight_hour=18 if row["highlight_hour"] is None else row["highlight_hour"],
+        highlight_day=row["highlight_day"],
+        highlight_hour=18 if row["highlight_hour"] is None else row["highlight_hour"],
         last_highlight_at=row["last_highlight_at"], web_token=row["web_token"],
     )
 
@@ -71,14 +72,15 @@ def gallery_entry(store: Store, guild_id: str, portrait_id: int) -> dict | None:
     return rows[0] if rows else None
 
 
-def add_gallery_entry(store: Store, guild_id: str, portrait_id: int, user_id: str, channel_id: str) -> dict:
+def add_gallery_entry(store: Store, guild_id: str, portrait_id: int, user_id: str, channel_id: str,
+                      display_name: str = "") -> dict:
     """Record a share (once per guild and portrait); the message id is set after the post."""
     with store.transaction():
         if gallery_entry(store, guild_id, portrait_id) is not None:
             raise FaceChainError("This portrait is already in this server's gallery.")
         store.db["gallery_entries"].insert({
             "guild_id": guild_id, "portrait_id": portrait_id, "user_id": user_id, "channel_id": channel_id,
-            "message_id": None, "likes": 0, "created_at": utc_now(),
+            "message_id": None, "likes": 0, "created_at": utc_now(), "display_name": display_name[:100],
         })
     return gallery_entry(store, guild_id, portrait_id)  # type: ignore[return-value]
 
@@ -115,6 +117,7 @@ def portrait_gallery_posts(store: Store, portrait_ids: list[int]) -> list[dict]:
 @dataclass(frozen=True)
 class GalleryItem:
     entry_id: int
+    guild_id: str
     portrait_id: int
     user_id: str
     style: str
@@ -123,10 +126,12 @@ class GalleryItem:
     message_id: str | None
     likes: int
     created_at: str
+    display_name: str | None
 
 
 ITEM_QUERY = """
-    select e.id as entry_id, e.portrait_id, e.user_id, p.style, p.path, e.channel_id, e.message_id, e.created_at,
+    select e.id as entry_id, e.guild_id, e.portrait_id, e.user_id, p.style, p.path, e.channel_id, e.message_id,
+           e.created_at, e.display_name,
            (select count(*) from gallery_likes l where l.entry_id = e.id) as likes
     from gallery_entries e join portraits p on p.id = e.portrait_id
 """

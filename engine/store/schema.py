@@ -147,6 +147,7 @@ def _galleries(db: sqlite_utils.Database) -> None:
     settings.add_column("highlight_hour", int)  # UTC
     settings.add_column("last_highlight_at", str)
     settings.add_column("web_token", str)  # the secret part of the guild's web gallery address
+    db["gallery_entries"].add_column("display_name", str)  # the sharer's name then, for the web page
     db["gallery_entries"].create_index(["guild_id", "created_at"])
 
 

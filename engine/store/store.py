@@ -353,7 +353,8 @@ class Store:
         if not portrait_ids:
             return 0
         marks = ", ".join("?" for _ in portrait_ids)
-        paths = [row["path"] for row in self.db.query(f"select path from portraits where id in ({marks})", portrait_ids)]
+        rows = self.db.query(f"select path from portraits where id in ({marks})", portrait_ids)
+        paths = [row["path"] for row in rows]
         with self.transaction():
             self.db.execute(f"delete from gallery_likes where entry_id in (select id from gallery_entries "
                             f"where portrait_id in ({marks}))", portrait_ids)
@@ -361,7 +362,16 @@ class Store:
             deleted = self.db.execute(f"delete from portraits where id in ({marks})", portrait_ids).rowcount
         for path in paths:
             self.absolute(path).unlink(missing_ok=True)
+        self._drop_thumbnails(portrait_ids)
         return deleted
+
+    def thumbnail_path(self, portrait_id: int) -> Path:
+        """Where the web gallery caches a shared portrait's thumbnail."""
+        return self.data_dir / "cache" / "thumbs" / f"{int(portrait_id)}.jpg"
+
+    def _drop_thumbnails(self, portrait_ids: list[int]) -> None:
+        for portrait_id in portrait_ids:
+            self.thumbnail_path(portrait_id).unlink(missing_ok=True)
 
     # --- forgetting ---------------------------------------------------------------------------
 
@@ -369,6 +379,7 @@ class Store:
         """Remove every row and file of a user. Safe to call twice."""
         check_user_id(user_id)
         counts: dict[str, int] = {}
+        portrait_ids = [row[0] for row in self.db.execute("select id from portraits where user_id = ?", [user_id])]
         with self.transaction():
             # Likes on this user's gallery entries (by anyone); their own likes go with USER_TABLES.
             received = self.db.execute(
@@ -381,4 +392,6 @@ class Store:
         folder = self.user_dir(user_id)
         files = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
         shutil.rmtree(folder, ignore_errors=True)
+        files += sum(1 for i in portrait_ids if self.thumbnail_path(i).exists())
+        self._drop_thumbnails(portrait_ids)
         return ForgetReport(user_id=user_id, rows_deleted=counts, files_deleted=files)
