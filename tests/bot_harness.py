@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from tests.fake_discord import FakeDiscord, Message
 
 ROOT = Path(__file__).parent.parent
 ACK_LIMIT = 3.0
+TOKEN = "test.token.value"  # must never show in a log
 STYLE = '''name = "{name}"
 description = "{name} test style."
 prompt = "{id} portrait"
@@ -49,17 +52,31 @@ class BotProcess:
 
 @dataclass
 class Deployment:
+    """Two servers on the fake Discord: Club (#general, #gallery, forum #showcase; alice is its admin,
+    bob and carol are members) and Elsewhere (#general, #gallery; bob is its admin)."""
+
     fake: FakeDiscord
     bot: BotProcess
     data_dir: Path
     guild: str
-    general: str
-    gallery: str
-    alice: str  # server admin
+    channels: dict[str, str]
+    alice: str
     bob: str
     carol: str
     other_guild: str
-    other_general: str
+    other_channels: dict[str, str]
+
+    @property
+    def general(self) -> str:
+        return self.channels["general"]
+
+    @property
+    def gallery(self) -> str:
+        return self.channels["gallery"]
+
+    @property
+    def other_general(self) -> str:
+        return self.other_channels["general"]
 
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.data_dir / "facechain.db")
@@ -98,3 +115,23 @@ def bot_environment(fake: FakeDiscord, settings: dict) -> dict[str, str]:
     env.update({f"FACECHAIN_{k}": str(v) for k, v in settings.items()})
     env.update({"FAKE_DISCORD_URL": fake.url, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
     return env
+
+
+@contextmanager
+def running_bot(root: Path, settings: dict) -> Iterator[Deployment]:
+    """The fake Discord with the two servers, and the real bot connected to it with `settings`."""
+    fake = FakeDiscord().start()
+    alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
+    guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False, carol: False},
+                                     forums=("showcase",))
+    other_guild, other_channels = fake.add_guild("Elsewhere", ["general", "gallery"], {bob: True, carol: False})
+    env = bot_environment(fake, {"DISCORD_TOKEN": TOKEN, "DATA_DIR": root / "data",
+                                 "STYLES_DIR": write_styles(root / "styles"), **settings})
+    bot = BotProcess(env, root, root / "bot.log")
+    bot.start(fake)
+    try:
+        yield Deployment(fake, bot, root / "data", guild, channels, alice, bob, carol, other_guild, other_channels)
+    finally:
+        if bot.process.poll() is None:
+            bot.stop()
+        fake.stop()

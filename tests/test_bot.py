@@ -9,31 +9,19 @@ import time
 
 import pytest
 
-from tests.bot_harness import ACK_LIMIT, BotProcess, Deployment, bot_environment, write_styles
+from tests.bot_harness import ACK_LIMIT, TOKEN, Deployment, running_bot
 from tests.conftest import files_under
-from tests.fake_discord import FakeDiscord, Message
+from tests.fake_discord import Message
 
 
 @pytest.fixture(scope="module")
 def deployment(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("deployment")
-    fake = FakeDiscord().start()
-    alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
-    guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False, carol: False})
-    other_guild, other_channels = fake.add_guild("Elsewhere", ["general"], {bob: True})
-    env = bot_environment(fake, {
-        "DISCORD_TOKEN": "test.token.value", "DATA_DIR": root / "data", "BASE_MODEL": tiny_model, "DEVICE": "cpu",
-        "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50, "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4,
-        "STYLES_DIR": write_styles(root / "styles"), "ATTACHMENT_HOSTS": "127.0.0.1", "JOB_LEASE_SECONDS": 6,
+    with running_bot(tmp_path_factory.mktemp("deployment"), {
+        "BASE_MODEL": tiny_model, "DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50,
+        "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4, "ATTACHMENT_HOSTS": "127.0.0.1", "JOB_LEASE_SECONDS": 6,
         "JOB_RETRY_SECONDS": 0, "MAX_QUEUED_PORTRAITS_PER_USER": 5,
-    })
-    bot = BotProcess(env, root, root / "bot.log")
-    bot.start(fake)
-    yield Deployment(fake, bot, root / "data", guild, channels["general"], channels["gallery"], alice, bob, carol,
-                     other_guild, other_channels["general"])
-    if bot.process.poll() is None:
-        bot.stop()
-    fake.stop()
+    }) as deployment:
+        yield deployment
 
 
 def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
@@ -320,7 +308,7 @@ def test_every_interaction_was_acknowledged_in_time_and_nothing_crashed(deployme
     assert slow == [] and len(fake.interactions) > 30
     log = d.bot.log()
     assert "Traceback" not in log and '"level": "error"' not in log
-    assert "test.token.value" not in log
+    assert TOKEN not in log
 
 
 def _last_portraits(d: Deployment) -> Message:

@@ -11,30 +11,16 @@ from PIL import Image
 
 from engine.store import Store
 from engine.store.store import utc_now
-from tests.bot_harness import BotProcess, Deployment, bot_environment, write_styles
-from tests.fake_discord import FakeDiscord, Message
+from tests.bot_harness import Deployment, running_bot
+from tests.fake_discord import Message
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    root = tmp_path_factory.mktemp("galleries")
-    fake = FakeDiscord().start()
-    alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
-    guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False, carol: False},
-                                     forums=("showcase",))
-    other_guild, other_channels = fake.add_guild("Elsewhere", ["general", "gallery"], {bob: True, carol: False})
-    env = bot_environment(fake, {"DISCORD_TOKEN": "test.token.value", "DATA_DIR": root / "data",
-                                 "STYLES_DIR": write_styles(root / "styles"), "BOT_RUNS_WORKER": "false"})
-    bot = BotProcess(env, root, root / "bot.log")
-    bot.start(fake)
-    deployment = Deployment(fake, bot, root / "data", guild, channels["general"], channels["gallery"], alice, bob,
-                            carol, other_guild, other_channels["general"])
-    deployment.channels, deployment.other_channels = channels, other_channels
-    yield deployment
-    bot.stop()
-    fake.stop()
+    with running_bot(tmp_path_factory.mktemp("galleries"), {"BOT_RUNS_WORKER": "false"}) as deployment:
+        yield deployment
 
 
 def delivered(d: Deployment, user: str, style: str, colours: list[str], guild: str | None = None,

@@ -19,8 +19,7 @@ from PIL import Image
 from engine.store import Store
 from engine.store.community import add_gallery_entry, set_gallery_message
 from engine.store.store import utc_now
-from tests.bot_harness import BotProcess, Deployment, bot_environment, write_styles
-from tests.fake_discord import FakeDiscord
+from tests.bot_harness import Deployment, running_bot
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 COLOURS = {"anime": (220, 30, 30), "oil": (30, 30, 220)}
@@ -34,25 +33,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    root = tmp_path_factory.mktemp("web")
-    fake = FakeDiscord().start()
-    alice, bob = fake.add_user("alice"), fake.add_user("bob")
-    guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False})
-    other_guild, other_channels = fake.add_guild("Elsewhere", ["general"], {bob: True})
     port = free_port()
-    env = bot_environment(fake, {"DISCORD_TOKEN": "test.token.value", "DATA_DIR": root / "data",
-                                 "STYLES_DIR": write_styles(root / "styles"), "BOT_RUNS_WORKER": "false",
-                                 "WEB_GALLERY": "true", "WEB_PORT": port})
-    shared = share_portraits(root / "data", guild, alice, {"anime": 20, "oil": 10})
-    share_portraits(root / "data", other_guild, bob, {"anime": 1})
-    bot = BotProcess(env, root, root / "bot.log")
-    bot.start(fake)
-    deployment = Deployment(fake, bot, root / "data", guild, channels["general"], channels["gallery"], alice, bob,
-                            bob, other_guild, other_channels["general"])
-    deployment.port, deployment.shared = port, shared
-    yield deployment
-    bot.stop()
-    fake.stop()
+    with running_bot(tmp_path_factory.mktemp("web"), {"BOT_RUNS_WORKER": "false", "WEB_GALLERY": "true",
+                                                      "WEB_PORT": port}) as deployment:
+        deployment.port = port
+        deployment.shared = share_portraits(deployment.data_dir, deployment.guild, deployment.alice,
+                                            {"anime": 20, "oil": 10})
+        share_portraits(deployment.data_dir, deployment.other_guild, deployment.bob, {"anime": 1})
+        yield deployment
 
 
 def share_portraits(data_dir: Path, guild: str, user: str, counts: dict[str, int]) -> list[int]:
