@@ -12,7 +12,7 @@ from bot.logs import JsonFormatter
 from bot.messages import enroll_card, eta, portrait_lines, progress_line
 from engine.preprocess.trigger import SUBJECTS as ENGINE_SUBJECTS
 from engine.queue import Job, QueuePosition
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import APP_ID, FakeDiscord
 
 ROOT = Path(__file__).parent.parent
 
@@ -83,3 +83,22 @@ def test_a_refused_token_is_explained_and_the_bot_exits(tmp_path):
     assert run.returncode == 2
     assert "Discord refused FACECHAIN_DISCORD_TOKEN" in run.stderr and "Traceback" not in run.stderr
     assert "a.wrong.token" not in run.stderr
+
+
+def test_a_dev_guild_gets_the_commands_at_once(tmp_path):
+    from tests.bot_harness import running_bot
+
+    with running_bot(tmp_path, {"BOT_RUNS_WORKER": "false"}) as global_bot:
+        synced = [c.path for c in global_bot.fake.calls if c.method == "PUT"]
+        assert synced == [f"/applications/{APP_ID}/commands"]
+        assert {c["name"] for c in global_bot.fake.commands} == {"facechain", "facechain-admin"}
+    with running_bot(tmp_path / "dev", {"BOT_RUNS_WORKER": "false", "DEV_GUILD_ID": "123456789012345678"}) as dev:
+        synced = [c.path for c in dev.fake.calls if c.method == "PUT"]
+        assert synced == [f"/applications/{APP_ID}/guilds/123456789012345678/commands"]
+        facechain = next(c for c in dev.fake.commands if c["name"] == "facechain")
+        subcommands = {o["name"]: o for o in facechain["options"]}
+        assert set(subcommands) == {"enroll", "portrait", "styles", "status", "forget", "help", "gallery"}
+        enroll_options = [o for o in subcommands["enroll"]["options"] if o["type"] == 11]  # attachments
+        assert [o["name"] for o in enroll_options] == [f"photo{i}" for i in range(1, 11)]
+        style = next(o for o in subcommands["portrait"]["options"] if o["name"] == "style")
+        assert style["autocomplete"] is True
