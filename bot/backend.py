@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,10 +22,9 @@ from engine.portrait_request import check_request
 from engine.queue import Job, SqliteJobQueue
 from engine.store import ForgetReport, Store
 from engine.store.community import GuildSettings, guild_settings, user_gallery_posts
-from engine.styles import StyleCatalogue, load_styles
+from engine.styles import STYLES_DIR, StyleCatalogue, load_styles
 
 T = TypeVar("T")
-FORGET_WAIT_SECONDS = 30  # for a running job of the user to stop before their files go
 
 
 @dataclass(frozen=True)
@@ -52,8 +50,6 @@ class Styles:
         return self._catalogue
 
     def _folder_stamp(self) -> tuple:
-        from engine.styles import STYLES_DIR
-
         folder = self.folder or STYLES_DIR
         return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.toml")))
 
@@ -115,18 +111,18 @@ class Backend:
             "jobs": [(job, self.queue.position(job.id)) for job in jobs],
         }
 
-    def forget(self, user_id: str) -> tuple[ForgetReport, list[dict]]:
-        """Stop the user's jobs, then delete everything of theirs; returns the gallery posts to delete."""
+    def cancel_all(self, user_id: str) -> int:
+        """Cancel the user's queued jobs and ask running ones to stop; returns how many are still running."""
         for job in self.queue.active_jobs(user_id=user_id):
             self.queue.cancel(job.id)
-        deadline = time.monotonic() + FORGET_WAIT_SECONDS
-        while self.queue.active_jobs(user_id=user_id) and time.monotonic() < deadline:
-            time.sleep(0.2)  # a running training stops at its next step
+        return len(self.queue.active_jobs(user_id=user_id))
+
+    def erase(self, user_id: str) -> tuple[ForgetReport, list[dict]]:
+        """Delete everything of the user's; returns the report and the gallery posts to take down."""
         posts = user_gallery_posts(self.store, user_id)
         for upload_dir in (self.settings.data_dir / "tmp").glob(f"enroll-{user_id}-*"):
             shutil.rmtree(upload_dir, ignore_errors=True)
         return self.store.delete_user(user_id), posts
-
 
 def _text(snowflake: int | None) -> str | None:
     return None if snowflake is None else str(snowflake)

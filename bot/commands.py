@@ -6,6 +6,7 @@ when the queue is busy; the work itself happens in the worker process.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SUBJECTS = ("man", "woman", "boy", "girl", "person")  # engine.preprocess.trigger.SUBJECTS (tested)
-MAX_PORTRAITS = 10  # Discord allows 10 files per message
+MAX_PORTRAITS = 10
+FORGET_WAIT_SECONDS = 30  # Discord allows 10 files per message
 EVERYWHERE = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
 FOR_SERVERS = app_commands.AppInstallationType(guild=True, user=False)
 
@@ -194,7 +196,13 @@ async def forget(interaction: discord.Interaction) -> None:
 
     async def confirmed(button_interaction: discord.Interaction) -> None:
         await button_interaction.response.edit_message(content="Deleting…", embed=None, view=None)
-        report, posts = await bot.backend.run(bot.backend.forget, str(interaction.user.id))
+        user_id = str(interaction.user.id)
+        # A running training stops at its next step; wait for it, so it cannot write files afterwards.
+        for _ in range(FORGET_WAIT_SECONDS * 5):
+            if not await bot.backend.run(bot.backend.cancel_all, user_id):
+                break
+            await asyncio.sleep(0.2)
+        report, posts = await bot.backend.run(bot.backend.erase, user_id)
         removed_posts = await gallery.delete_posts(bot, posts)
         rows = report.rows_deleted
         await button_interaction.edit_original_response(content=(

@@ -11,6 +11,7 @@ or by DM when the channel is gone or the request was private.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections import Counter
@@ -59,8 +60,6 @@ class Outgoing:
     view: discord.ui.View | None = None
 
     def files(self) -> list[discord.File]:
-        import io
-
         files = [discord.File(path, name) for path, name in self.paths or []]
         return files + [discord.File(io.BytesIO(data), name) for data, name in self.data_files or []]
 
