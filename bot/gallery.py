@@ -174,7 +174,7 @@ class GalleryBrowser(OwnerView):
         self.bot, self.guild_id, self.style, self.member_id, self.sort = bot, str(guild_id), style, member_id, sort
         self.page, self.total = 0, 0
         self.buttons = {}
-        for key, label in (("first", "⏮"), ("previous", "◀"), ("next", "▶"), ("last", "⏭")):
+        for key, label in (("first", "⏮"), ("previous", "◀"), ("next", "▶"), ("last", "⏭"), ("jump", "Go to…")):
             button = discord.ui.Button(label=label, style=discord.ButtonStyle.secondary)
             button.callback = lambda interaction, key=key: self._turn(interaction, key)
             self.buttons[key] = button
@@ -190,9 +190,9 @@ class GalleryBrowser(OwnerView):
     async def page_message(self) -> tuple[discord.Embed, list[discord.File]]:
         items, self.total = await self.bot.backend.run(
             browse_gallery, self.bot.backend.store, self.guild_id, self.style, self.member_id, self.sort, self.page)
+        at_start, at_end = self.page == 0, self.page >= self.total - 1
         for key, button in self.buttons.items():
-            at_start, at_end = self.page == 0, self.page >= self.total - 1
-            button.disabled = at_start if key in ("first", "previous") else at_end
+            button.disabled = {"first": at_start, "previous": at_start, "jump": self.total < 3}.get(key, at_end)
         if not items:
             who = " of this member" if self.member_id else ""
             embed = discord.Embed(title="Gallery", colour=COLOUR,
@@ -203,6 +203,9 @@ class GalleryBrowser(OwnerView):
             discord.File(self.bot.backend.store.absolute(items[0].path), "portrait.png")]
 
     async def _turn(self, interaction: discord.Interaction, key: str) -> None:
+        if key == "jump":
+            await interaction.response.send_modal(PageModal(self))
+            return
         last = max(self.total - 1, 0)
         self.page = {"first": 0, "previous": max(self.page - 1, 0), "next": min(self.page + 1, last), "last": last}[key]
         await self._show(interaction)
@@ -216,6 +219,23 @@ class GalleryBrowser(OwnerView):
     async def _show(self, interaction: discord.Interaction) -> None:
         embed, files = await self.page_message()
         await interaction.response.edit_message(embed=embed, attachments=files, view=self)
+
+
+class PageModal(discord.ui.Modal, title="Go to page"):
+    def __init__(self, browser: GalleryBrowser) -> None:
+        super().__init__()
+        self.browser = browser
+        self.number = discord.ui.TextInput(label=f"Page (1 to {browser.total})", max_length=6,
+                                           custom_id="page", placeholder=str(browser.page + 1))
+        self.add_item(self.number)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        text = self.number.value.strip()
+        if not text.isdigit() or not 1 <= int(text) <= self.browser.total:
+            await reply(interaction, f"Pick a page from 1 to {self.browser.total} (got {text[:10]!r}).")
+            return
+        self.browser.page = int(text) - 1
+        await self.browser._show(interaction)
 
 
 def gallery_embed(bot: FaceChainBot, item: GalleryItem, footer: str) -> discord.Embed:

@@ -57,6 +57,7 @@ class Interaction:
     callback_type: int | None = None
     response_message_id: str | None = None
     choices: list[dict] | None = None  # autocomplete answer
+    modal: dict | None = None  # a modal the bot opened in answer
     clicked_message_id: str | None = None  # the message a component interaction came from
 
     @property
@@ -237,6 +238,27 @@ class FakeDiscord:
             data["values"] = values
         guild_id = self._guild_of(message.channel_id)
         return self._dispatch_interaction(3, user_id, message.channel_id, guild_id, data, message=message)
+
+    def submit_modal(self, user_id: str, opened_by: Interaction, values: dict[str, str]) -> Interaction:
+        """Fill in the modal the bot opened in answer to `opened_by` (text inputs by custom id) and submit it."""
+        self.wait_for(lambda: opened_by.modal, 10, "the modal")
+
+        def filled(components: list[dict]) -> list[dict]:
+            out = []
+            for component in components:
+                if component["type"] == 1:
+                    out.append({"type": 1, "components": filled(component["components"])})
+                elif component["type"] == 18:
+                    out.append({"type": 18, "component": filled([component["component"]])[0]})
+                elif component["type"] == 4:
+                    out.append({"type": 4, "custom_id": component["custom_id"],
+                                "value": values.get(component["custom_id"], "")})
+            return out
+
+        data = {"custom_id": opened_by.modal["custom_id"], "components": filled(opened_by.modal["components"])}
+        message = self.messages.get(opened_by.clicked_message_id or "")
+        channel = message.channel_id if message else opened_by.channel_id
+        return self._dispatch_interaction(5, user_id, channel, self._guild_of(channel), data, message=message)
 
     def _guild_of(self, channel_id: str) -> str | None:
         return next((g for g, guild in self.guilds.items()
@@ -534,6 +556,8 @@ class FakeDiscord:
                 self._apply_edit(message, data, files)
         elif kind == 8:
             interaction.choices = data.get("choices", [])
+        elif kind == 9:
+            interaction.modal = data
         if message is not None:
             interaction.response_message_id = message.id
         if not with_response:

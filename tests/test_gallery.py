@@ -115,11 +115,17 @@ def test_browse_pages_filters_and_sorts_by_likes(deployment):
     browser = fake.response(fake.command(d.carol, d.general, d.guild, "gallery", {"sort": "top"}))
     assert browser.ephemeral and "1 of 3 · sorted by top" in browser.text()
     assert colour_of(browser.files["portrait.png"]) == COLOURS["yellow"]
-    first, previous, following, last, style_menu = browser.custom_ids()
+    first, previous, following, last, jump, style_menu = browser.custom_ids()
     fake.wait_acked(fake.click(d.carol, browser, last))
     fake.wait_for(lambda: "3 of 3" in browser.text(), 10, "the last page")
     answer = fake.response(fake.click(d.bob, browser, first))
     assert "belong to" in answer.text() and "3 of 3" in browser.text()
+    opened = fake.wait_acked(fake.click(d.carol, browser, jump))
+    fake.wait_acked(fake.submit_modal(d.carol, opened, {"page": "2"}))
+    fake.wait_for(lambda: "2 of 3" in browser.text(), 10, "page 2")
+    wrong = fake.response(fake.submit_modal(d.carol, fake.wait_acked(fake.click(d.carol, browser, jump)),
+                                            {"page": "9"}))
+    assert "Pick a page from 1 to 3" in wrong.text() and "2 of 3" in browser.text()
 
     fake.wait_acked(fake.click(d.carol, browser, style_menu, ["anime"]))
     fake.wait_for(lambda: "1 of 1" in browser.text(), 10, "the anime page")
