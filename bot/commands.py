@@ -16,7 +16,7 @@ from discord import app_commands
 from bot import gallery
 from bot.backend import PortraitOrder
 from bot.components import CancelButton
-from bot.downloads import DownloadRefused, allowed_hosts, download, upload_dir
+from bot.downloads import DownloadRefused, allowed_sources, download, upload_dir
 from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_line
 from bot.replies import reply, report_error
 from bot.views import ConfirmView, PagerView, client
@@ -84,8 +84,8 @@ async def start_enroll(interaction: discord.Interaction, photos: list[discord.At
         try:
             if photo.size > max_bytes:
                 raise DownloadRefused(f"it is larger than {settings.max_upload_mb:g} MB")
-            hosts = allowed_hosts(settings.attachment_hosts)
-            await download(bot.http_session, photo.url, destination, max_bytes, hosts)
+            sources = allowed_sources(settings.attachment_hosts)
+            await download(bot.http_session, photo.url, destination, max_bytes, sources)
             uploads.append({"name": photo.filename[:100], "path": str(destination)})
         except DownloadRefused as reason:
             refused.append({"name": photo.filename[:100], "reason": str(reason)})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,8 +33,62 @@ class DownloadRefused(Exception):
     pass
 
 
-def allowed_hosts(setting: str) -> set[str]:
-    return {host.strip().lower() for host in setting.split(",") if host.strip()}
+@dataclass(frozen=True)
+class Sources:
+    """Where photos may come from (FACECHAIN_ATTACHMENT_HOSTS): plain host names are fetched over
+    https only and must resolve to public addresses; an entry written `http://host:port` is trusted
+    exactly as written (a local proxy, or the tests' fake Discord)."""
+
+    https_hosts: frozenset[str]
+    trusted_http: frozenset[str]  # "host:port", or "host" for any port
+
+
+def allowed_sources(setting: str) -> Sources:
+    entries = [entry.strip().lower() for entry in setting.split(",") if entry.strip()]
+    trusted = {urlsplit(e).netloc for e in entries if e.startswith("http://")}
+    return Sources(frozenset(e for e in entries if "://" not in e), frozenset(trusted))
+
+
+async def check_source(url: str, sources: Sources) -> None:
+    """Refuse anything but an allowed host over https that resolves to public addresses only."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "http" and {parts.netloc.lower(), host} & sources.trusted_http:
+        return
+    if parts.scheme != "https":
+        raise DownloadRefused("it is not an https link")
+    if host not in sources.https_hosts:
+        raise DownloadRefused(f"it is not on Discord's CDN ({host or 'no host'})")
+    try:
+        addresses = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError:
+        raise DownloadRefused(f"{host} could not be resolved; try again later") from None
+    if any(not ipaddress.ip_address(address[4][0]).is_global for address in addresses):
+        raise DownloadRefused("its link points at a private network address")
+
+
+# The first bytes of the photo formats Pillow reads for us; anything else is refused before queuing.
+PHOTO_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_a_photo(head: bytes) -> bool:
+    if head.startswith(PHOTO_SIGNATURES):
+        return True
+    return (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:12] in (b"ftypheic", b"ftypmif1", b"ftypavif")
+
+
+def what_it_is(head: bytes) -> str:
+    """A guess for the refusal message."""
+    text = head.lstrip()[:15].lower()
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive"
+    if head.startswith(b"%PDF"):
+        return "a PDF"
+    if not head:
+        return "empty"
+    return "text" if all(32 <= b < 127 or b in b"\r\n\t" for b in head[:64]) else "not a photo format we read"
 
 
 def upload_dir(data_dir: Path, user_id: str) -> Path:
@@ -42,11 +99,10 @@ def upload_dir(data_dir: Path, user_id: str) -> Path:
 
 
 async def download(session: aiohttp.ClientSession, url: str, destination: Path, max_bytes: int,
-                   hosts: set[str]) -> None:
-    """Stream `url` to `destination`; DownloadRefused says why not."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host not in hosts:
-        raise DownloadRefused(f"it is not on Discord's CDN ({host or 'no host'})")
+                   sources: Sources) -> None:
+    """Stream `url` to `destination`, checking where it comes from, its size and its content;
+    DownloadRefused says why not."""
+    await check_source(url, sources)
     try:
         async with session.get(url, allow_redirects=False, timeout=TIMEOUT) as response:
             if response.status != 200:
@@ -60,7 +116,11 @@ async def download(session: aiohttp.ClientSession, url: str, destination: Path, 
                     received += len(chunk)
                     if received > max_bytes:
                         raise DownloadRefused(f"it is larger than {max_bytes // 2**20} MB")
+                    if received == len(chunk) and not looks_like_a_photo(chunk[:32]):
+                        raise DownloadRefused(f"it is not a photo ({what_it_is(chunk[:64])})")
                     handle.write(chunk)
+            if received == 0:
+                raise DownloadRefused("the file is empty")
     except (aiohttp.ClientError, TimeoutError) as error:
         destination.unlink(missing_ok=True)
         raise DownloadRefused(f"the download failed ({type(error).__name__}); upload it again") from None

@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     dev_guild_id: int | None = None
     # Start the worker (training, portraits) as a child of the bot; false = run `facechain worker` yourself.
     bot_runs_worker: bool = True
-    # Hosts the bot downloads enrolled photos from, comma-separated (Discord's CDN).
+    # Hosts the bot downloads enrolled photos from over https, comma-separated (Discord's CDN); an
+    # entry written http://host:port is trusted as written (a local proxy).
     attachment_hosts: str = "cdn.discordapp.com,media.discordapp.net"
 
     # Stable Diffusion 1.5-family base: a local folder, a Hugging Face id, or `modelscope:<id>`.

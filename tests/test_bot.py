@@ -18,7 +18,7 @@ from tests.fake_discord import Message
 def deployment(tiny_model, tmp_path_factory):
     with running_bot(tmp_path_factory.mktemp("deployment"), {
         "BASE_MODEL": tiny_model, "DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50,
-        "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4, "ATTACHMENT_HOSTS": "127.0.0.1", "JOB_LEASE_SECONDS": 6,
+        "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4, "ATTACHMENT_HOSTS": "cdn.discordapp.com,http://127.0.0.1", "JOB_LEASE_SECONDS": 6,
         "JOB_RETRY_SECONDS": 0, "MAX_QUEUED_PORTRAITS_PER_USER": 5,
     }) as deployment:
         yield deployment
@@ -229,11 +229,13 @@ def test_enroll_refuses_what_it_cannot_download_and_consent_can_be_declined(depl
     fake.wait_for(lambda: "nothing was stored" in prompt.content, 10, "the decline notice")
     assert d.rows("select count(*) from users where id = ?", d.carol) == [(0,)]
 
+    page = fake.host_attachment("page.jpg", b"<!DOCTYPE html><html>not a photo</html>")
     prompt = fake.response(fake.command(d.carol, d.general, d.guild, "enroll",
-                                        attachments={"photo1": elsewhere, "photo2": huge}))
+                                        attachments={"photo1": elsewhere, "photo2": huge, "photo3": page}))
     fake.click(d.carol, prompt, prompt.custom_ids()[0])
     fake.wait_for(lambda: "None of your photos" in prompt.text(), 15, "the refusal")
     assert "not on Discord's CDN (example.com)" in prompt.text() and "larger than 25 MB" in prompt.text()
+    assert "page.jpg: it is not a photo (an HTML page)" in prompt.text()
     assert not list((d.data_dir / "tmp").glob(f"enroll-{d.carol}-*"))
 
     rejected = fake.response(fake.command(d.carol, d.general, d.guild, "enroll",

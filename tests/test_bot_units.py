@@ -1,13 +1,18 @@
 """The bot's pieces that need no Discord: message text, logs, and what it may import."""
 
+import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bot.commands import SUBJECTS
+from bot.downloads import DownloadRefused, allowed_sources, check_source, looks_like_a_photo, what_it_is
 from bot.logs import JsonFormatter
 from bot.messages import enroll_card, eta, portrait_lines, progress_line
 from engine.preprocess.trigger import SUBJECTS as ENGINE_SUBJECTS
@@ -102,3 +107,36 @@ def test_a_dev_guild_gets_the_commands_at_once(tmp_path):
         assert [o["name"] for o in enroll_options] == [f"photo{i}" for i in range(1, 11)]
         style = next(o for o in subcommands["portrait"]["options"] if o["name"] == "style")
         assert style["autocomplete"] is True
+
+
+@pytest.mark.parametrize(("url", "refusal"), [
+    ("http://cdn.discordapp.com/attachments/1/2/me.jpg", "not an https link"),
+    ("https://evil.example/me.jpg", "not on Discord's CDN (evil.example)"),
+    ("https://127.0.0.1/me.jpg", "private network address"),
+    ("https://10.1.2.3/me.jpg", "private network address"),
+    ("https://[::1]/me.jpg", "private network address"),
+    ("https://169.254.169.254/latest/meta-data", "private network address"),
+    ("https://8.8.8.8/me.jpg", None),
+    ("http://localhost:9999/me.jpg", None),  # trusted exactly as configured
+    ("http://localhost:9998/me.jpg", "not an https link"),
+    ("file:///etc/passwd", "not an https link"),
+])
+def test_photos_come_only_from_allowed_https_hosts_with_public_addresses(url, refusal):
+    sources = allowed_sources("cdn.discordapp.com, 127.0.0.1, 10.1.2.3, ::1, 169.254.169.254, 8.8.8.8,"
+                              "http://localhost:9999")
+    if refusal is None:  # (a host name would need DNS here: IP literals check the same rule)
+        asyncio.run(check_source(url, sources))
+    else:
+        with pytest.raises(DownloadRefused, match=re.escape(refusal)):
+            asyncio.run(check_source(url, sources))
+
+
+def test_content_is_sniffed_from_the_bytes(tmp_path):
+    from tests.conftest import DATA
+
+    assert looks_like_a_photo((DATA / "obama/obama1.jpg").read_bytes()[:32])
+    assert looks_like_a_photo((DATA / "edge/rgba_32bit.png").read_bytes()[:32])
+    assert not looks_like_a_photo(b"<!DOCTYPE html><html>")
+    assert what_it_is(b"<!DOCTYPE html><html>") == "an HTML page"
+    assert what_it_is(b"PK\x03\x04rest") == "a zip archive"
+    assert what_it_is(b"hello, this is text") == "text"
