@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot")
 TOKEN_SECONDS = 14 * 60  # interaction tokens last 15 minutes; keep a margin
 EDIT_EVERY_SECONDS = 2.0
-MAX_DELIVERY_ATTEMPTS = 3
+# A delivery that fails (Discord down, DMs closed) is retried with doubling waits, up to ~6 hours.
+RETRY_FIRST_SECONDS = 2.0
+RETRY_MAX_SECONDS = 1800.0
+MAX_DELIVERY_ATTEMPTS = 20
 MENTION_USERS = discord.AllowedMentions(everyone=False, roles=False, users=True)
 
 
@@ -74,6 +77,7 @@ class Deliveries:
         self.watches: dict[int, Watch] = {}
         self._busy: set[int] = set()
         self._failures: Counter[int] = Counter()
+        self._retry_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task] = set()
 
     async def follow(self, job: Job, interaction: discord.Interaction, heading: str) -> None:
@@ -105,7 +109,8 @@ class Deliveries:
             if job.id in self._busy:
                 continue
             if job.finished:
-                self._start(job, self._deliver(job))
+                if time.monotonic() >= self._retry_at.get(job.id, 0.0):
+                    self._start(job, self._deliver(job))
             elif (watch := self.watches.get(job.id)) and time.monotonic() - watch.last_edit >= EDIT_EVERY_SECONDS:
                 self._start(job, self._show_progress(job, watch))
 
@@ -149,11 +154,20 @@ class Deliveries:
                 await self._cancelled(job, watch)
             else:
                 await handlers[job.kind](job, watch)
-        except Exception:  # noqa: BLE001 - retried on the next tick, then given up on
-            self._failures[job.id] += 1
-            log.exception("delivering job %s failed (attempt %s)", job.id, self._failures[job.id])
-            if self._failures[job.id] < MAX_DELIVERY_ATTEMPTS:
+        except Exception as error:  # noqa: BLE001 - retried later; a bug is logged with its traceback
+            failures = self._failures[job.id] = self._failures[job.id] + 1
+            if failures < MAX_DELIVERY_ATTEMPTS:
+                wait = min(RETRY_FIRST_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+                self._retry_at[job.id] = time.monotonic() + wait
+                if isinstance(error, discord.HTTPException):
+                    log.warning("delivering job %s failed (%s); retrying in %.0f s", job.id, error, wait,
+                                extra={"job": job.id})
+                else:
+                    log.exception("delivering job %s failed; retrying in %.0f s", job.id, wait, extra={"job": job.id})
                 return
+            log.error("giving up delivering job %s after %s attempts", job.id, failures, extra={"job": job.id})
+        self._failures.pop(job.id, None)
+        self._retry_at.pop(job.id, None)
         await self.bot.backend.run(self.bot.backend.queue.mark_delivered, job.id)
         log.info("delivered job %s (%s, %s)", job.id, job.kind, job.state, extra={"job": job.id, "user": job.user_id})
 

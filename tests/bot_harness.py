@@ -3,6 +3,7 @@ at the database it writes. Shared by the end-to-end test modules."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -14,6 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
+from engine.store import Store
+from engine.store.store import utc_now
 from tests.conftest import DATA
 from tests.fake_discord import FakeDiscord, Message
 
@@ -135,3 +140,28 @@ def running_bot(root: Path, settings: dict) -> Iterator[Deployment]:
         if bot.process.poll() is None:
             bot.stop()
         fake.stop()
+
+
+def add_finished_request(d: Deployment, user: str, style: str, colours: list[tuple[int, int, int]],
+                         guild: str | None = None, channel: str | None = None) -> int:
+    """A portrait request as the worker leaves it when done (plain-coloured 64 px portraits), so
+    the bot delivers it like any result, with no worker needed. Returns the job id."""
+    store = Store(d.data_dir)
+    try:
+        store.touch_user(user)
+        folder = store.private_dir(user, "portraits")
+        with store.transaction():
+            job = store.db["jobs"].insert({
+                "kind": "generate", "user_id": user, "guild_id": guild or d.guild, "channel_id": channel or d.general,
+                "state": "done", "params": json.dumps({"style": style, "count": len(colours)}), "attempts": 1,
+                "progress": 1.0, "result": json.dumps({"portraits": [], "notice": None}), "created_at": utc_now(),
+                "finished_at": utc_now()}).last_pk
+            for seed, colour in enumerate(colours):
+                path = folder / f"{style}-{seed}-job{job}.png"
+                Image.new("RGB", (64, 64), colour).save(path)
+                store.db["portraits"].insert({"user_id": user, "job_id": job, "style": style, "seed": seed,
+                                              "similarity": 0.9 - seed / 10, "path": store.relative(path),
+                                              "created_at": utc_now()})
+    finally:
+        store.close()
+    return job

@@ -112,6 +112,21 @@ class Message:
 
 
 @dataclass
+class Fault:
+    """Answer the next `times` calls of `method` to paths starting with `path` with `status`."""
+
+    method: str
+    path: str
+    status: int
+    times: int = 1
+    retry_after: float = 0.5
+    hits: list[float] = field(default_factory=list)
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times > 0 and method == self.method and path.startswith(self.path)
+
+
+@dataclass
 class Call:
     at: float
     method: str
@@ -134,6 +149,8 @@ class FakeDiscord:
         self.attachments: dict[str, tuple[bytes, str]] = {}
         self.gateway_connections = 0
         self.token: str | None = None  # when set, REST calls with another token get 401
+        self.faults: list[Fault] = []  # answers to give instead of the real ones (rate limits, outages)
+        self.resumes = 0
         self._sockets: list[web.WebSocketResponse] = []
         self._sequence = itertools.count(1)
         self._loop = asyncio.new_event_loop()
@@ -306,6 +323,13 @@ class FakeDiscord:
         return {"id": channel_id, "type": 15 if channel_id in guild["forums"] else 0, "guild_id": guild_id,
                 "name": name, "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None}
 
+    def drop_gateway(self) -> None:
+        """Close the bot's websocket as Discord does now and then; the client should resume."""
+        async def close() -> None:
+            for socket in list(self._sockets):
+                await socket.close(code=4000, message=b"fake Discord dropped the connection")
+        self._run(close())
+
     def dm_channel(self, user_id: str) -> str:
         if user_id not in self.dm_channels:
             self.dm_channels[user_id] = self.new_id()
@@ -365,6 +389,7 @@ class FakeDiscord:
             elif message["op"] == 2:
                 await self._identify(socket)
             elif message["op"] == 6:
+                self.resumes += 1
                 await socket.send_str(json.dumps({"op": 0, "t": "RESUMED", "s": next(self._sequence), "d": {}}))
         if socket in self._sockets:
             self._sockets.remove(socket)
@@ -418,6 +443,18 @@ class FakeDiscord:
         self.calls.append(Call(time.monotonic(), request.method, path, body))
         if self.token and request.headers.get("Authorization") != f"Bot {self.token}" and "interactions" not in path:
             return _error(401, 0, "401: Unauthorized")
+        fault = next((f for f in self.faults if f.matches(request.method, path)), None)
+        if fault is not None:
+            fault.times -= 1
+            fault.hits.append(time.monotonic())
+            if fault.status == 429:
+                return web.Response(body=json.dumps({"message": "You are being rate limited.", "retry_after":
+                                                     fault.retry_after, "global": False}).encode(), status=429,
+                                    headers={"Content-Type": "application/json", "Retry-After": str(fault.retry_after),
+                                             "X-RateLimit-Scope": "user",
+                                             # discord.py takes a 429 without it for a Cloudflare ban
+                                             "Via": "1.1 google"})
+            return web.Response(status=fault.status, text="upstream trouble")
         parts = path.strip("/").split("/")
         route = (request.method, *parts)
         match route:

@@ -4,14 +4,11 @@ the store as a finished request, so the bot delivers them like any result; no wo
 from __future__ import annotations
 
 import io
-import json
 
 import pytest
 from PIL import Image
 
-from engine.store import Store
-from engine.store.store import utc_now
-from tests.bot_harness import Deployment, running_bot
+from tests.bot_harness import Deployment, add_finished_request, running_bot
 from tests.fake_discord import Message
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
@@ -25,30 +22,12 @@ def deployment(tmp_path_factory):
 
 def delivered(d: Deployment, user: str, style: str, colours: list[str], guild: str | None = None,
               channel: str | None = None) -> Message:
-    """A finished portrait request of plain-coloured portraits, as the worker leaves it; the bot posts it."""
-    guild, channel = guild or d.guild, channel or d.general
-    store = Store(d.data_dir)
-    try:
-        store.touch_user(user)
-        folder = store.private_dir(user, "portraits")
-        with store.transaction():
-            job = store.db["jobs"].insert({
-                "kind": "generate", "user_id": user, "guild_id": guild, "channel_id": channel, "state": "done",
-                "params": json.dumps({"style": style, "count": len(colours)}), "attempts": 1, "progress": 1.0,
-                "result": json.dumps({"portraits": [], "notice": None}), "created_at": utc_now(),
-                "finished_at": utc_now()}).last_pk
-            for seed, colour in enumerate(colours):
-                path = folder / f"{style}-{seed}-job{job}.png"
-                Image.new("RGB", (64, 64), COLOURS[colour]).save(path)
-                store.db["portraits"].insert({"user_id": user, "job_id": job, "style": style, "seed": seed,
-                                              "similarity": 0.9 - seed / 10, "path": store.relative(path),
-                                              "created_at": utc_now()})
-    finally:
-        store.close()
-    fake = d.fake
-    return fake.wait_for(lambda: next((m for m in fake.channel_messages(channel)
-                                       if any(c.endswith(f":{job}") for c in m.custom_ids())), None), 20,
-                         "the delivered portraits")
+    """Plain-coloured portraits as a finished request, once the bot has posted them."""
+    channel = channel or d.general
+    job = add_finished_request(d, user, style, [COLOURS[c] for c in colours], guild, channel)
+    return d.fake.wait_for(lambda: next((m for m in d.fake.channel_messages(channel)
+                                         if any(c.endswith(f":{job}") for c in m.custom_ids())), None), 20,
+                           "the delivered portraits")
 
 
 def portrait_ids(d: Deployment, message: Message) -> list[int]:
