@@ -100,8 +100,22 @@ class PortraitGenerator:
     def _face_adapter(self, folder: Path) -> str:
         if not (folder / WEIGHTS_FILE).is_file():
             raise ModelMissing(f"The face model at {folder} has no {WEIGHTS_FILE}: train it again.")
-        return self._adapter(str(folder), lambda name: self.base.pipeline.load_lora_weights(
-            folder, weight_name=WEIGHTS_FILE, adapter_name=name))
+
+        def load(name: str) -> None:
+            try:
+                self.base.pipeline.load_lora_weights(folder, weight_name=WEIGHTS_FILE, adapter_name=name)
+            except Exception as error:  # noqa: BLE001 - a truncated or garbled file fails in many ways
+                self._discard_partial(name)
+                raise ModelMissing(f"The face model file is damaged ({type(error).__name__}): enroll again to "
+                                   "retrain it, or run `facechain train` for this user.") from None
+        return self._adapter(str(folder), load)
+
+    def _discard_partial(self, name: str) -> None:
+        """Remove what a failed load may have left on the UNet under `name`."""
+        try:
+            self.base.pipeline.delete_adapters(name)
+        except (ValueError, KeyError):
+            pass
 
     def _style_adapter(self, lora: StyleLora) -> str:
         def load(name: str) -> None:

@@ -8,6 +8,7 @@ the next worker resumes the job from its checkpoint.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -180,6 +181,11 @@ class Worker:
                 self.queue.fail(job.id, self.worker_id, "The GPU ran out of memory; retrying with lower memory "
                                 "settings.", transient=True, params_update={"low_memory": True})
             return
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            log.error("job %s: the disk is full", job.id)
+            self.queue.fail(job.id, self.worker_id, "The server's disk is full; the job will be retried once the "
+                            "owner frees some space.", transient=True)
+            return
         log.exception("job %s failed", job.id)
         self.queue.fail(job.id, self.worker_id, f"Internal error ({type(error).__name__}); it will be retried.",
                         transient=True)
@@ -233,9 +239,10 @@ def run_enroll(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     try:
         report = enroll_user(worker.store, worker.analyzer, worker.settings, job.user_id, photos,
                              job.params.get("subject"))
-    finally:
-        for path in paths:
-            path.unlink(missing_ok=True)
+    except FaceChainError:  # final: the photos will not be needed again
+        _delete(paths)
+        raise
+    _delete(paths)  # after any other error they stay for the retry (maintenance clears old ones)
     result = report.to_json()
     if job.params.get("train_after") and report.result.accepted:
         try:
@@ -243,6 +250,11 @@ def run_enroll(worker: Worker, job: Job, beat: Heartbeat) -> dict:
         except QueueLimit as limit:  # the photos are enrolled; training can be asked for later
             result["train_error"] = str(limit)
     return result
+
+
+def _delete(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _queue_training(worker: Worker, job: Job) -> int:

@@ -203,3 +203,25 @@ def test_jobs_cli_lists_and_cancels(capsys, settings, monkeypatch):
     assert capsys.readouterr().err == "error: No job 999.\n"
     assert main(["jobs", "list", "--state", "cancelled", "--json"]) == 0
     assert [j["id"] for j in json.loads(capsys.readouterr().out)] == [first.id]
+
+
+def test_a_long_reader_never_blocks_the_queue_and_a_long_writer_only_delays_it(store, settings):
+    import sqlite3
+
+    queue = SqliteJobQueue(store, settings)
+    reader = sqlite3.connect(store.db_path, isolation_level=None)
+    reader.execute("begin")
+    reader.execute("select count(*) from jobs").fetchone()  # holds a read snapshot, e.g. a backup or a report
+    started = time.monotonic()
+    job = queue.enqueue("generate", "ann", {})
+    claimed = queue.claim("w")
+    queue.complete(claimed.id, "w", {})
+    assert queue.get(job.id).state == "done" and time.monotonic() - started < 1.0
+    reader.execute("commit")
+
+    writer = sqlite3.connect(store.db_path, isolation_level=None, check_same_thread=False)
+    writer.execute("begin immediate")  # someone holds the write lock for a while
+    threading.Timer(1.0, lambda: writer.execute("commit")).start()
+    started = time.monotonic()
+    queue.enqueue("generate", "bob", {})  # waits for the lock (up to 30 s), then goes through
+    assert 0.8 < time.monotonic() - started < 10

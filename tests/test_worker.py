@@ -136,3 +136,43 @@ def test_out_of_memory_is_retried_once_with_memory_savers_then_fails_in_plain_wo
     failed = worker.queue.get(job.id)
     assert failed.state == "failed"
     assert failed.error.startswith("The GPU ran out of memory even with memory savers on")
+
+
+def test_a_damaged_face_model_fails_once_with_a_plain_reason(worker, worker_settings):
+    from engine.lora_training import WEIGHTS_FILE
+
+    enroll_user(worker.store, worker.analyzer, worker_settings, "77", [photo(p) for p in OBAMA], subject="man")
+    worker.queue.enqueue("train", "77", {"steps": 2})
+    worker.run(exit_when_idle=0)
+    weights = worker.store.ready_face_model("77").path / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, as after a crash or a bad disk
+    job = worker.queue.enqueue("generate", "77", {"style": "anime", "count": 1})
+    worker.run(exit_when_idle=0)
+    failed = worker.queue.get(job.id)
+    assert failed.state == "failed" and failed.attempts == 1 and "face model file is damaged" in failed.error
+
+
+def test_a_full_disk_keeps_the_job_and_its_photos_for_a_retry(worker_settings, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from engine.store import Store
+
+    worker = Worker(worker_settings.model_copy(update={"job_retry_seconds": 3600}), "patient")
+
+    def disk_full(self, path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Store, "write_private_file", disk_full)
+    sent = uploads(worker_settings, OBAMA)
+    job = worker.queue.enqueue("enroll", "88", {"uploads": sent, "subject": "man"})
+    worker.run(exit_when_idle=0)
+    waiting = worker.queue.get(job.id)
+    assert waiting.state == "queued" and "disk is full" in waiting.error
+    assert all(Path(upload["path"]).exists() for upload in sent)
+    assert worker.store.accepted_selfies("88") == [] and files_under(worker_settings.data_dir / "users") == []
+
+    monkeypatch.undo()  # space freed
+    worker.queue.db.execute("update jobs set run_after = null where id = ?", [job.id])
+    worker.run(exit_when_idle=0)
+    assert worker.queue.get(job.id).state == "done" and len(worker.store.accepted_selfies("88")) == 3
