@@ -1,3 +1,7 @@
+import json
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -175,3 +179,31 @@ def test_trigger_phrases_follow_facechain():
     assert trigger_from_attributes(["male", "male", "female"], [61, 64, 60]) == "a mature man"
     assert trigger_from_attributes(["male"], [30]) == "a handsome man"
     assert trigger_from_attributes([None], [None]) == "a person"
+
+
+def test_the_whole_bad_corpus_in_one_set_stays_within_bounded_memory(tmp_path):
+    """Every hostile file at once (bomb, 48-megapixel photo, ...) in a fresh process: peak RSS is
+    measured by the kernel (ru_maxrss), so nothing the test does can hide an allocation."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, json\n"
+        "from engine.config import load_settings\n"
+        "from engine.faces import get_analyzer\n"
+        "from engine.preprocess import UploadedPhoto, preprocess_photos\n"
+        "from tests.make_bad_corpus import build_corpus\n"
+        "settings = load_settings(_env_file=None)\n"
+        "photos = [UploadedPhoto(name, data) for name, (data, _) in build_corpus().items()]\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "result = preprocess_photos(photos, get_analyzer(settings), settings)\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'accepted': len(result.accepted), 'rejected': len(result.rejected),"
+        " 'before_mb': before / 1024, 'peak_mb': peak / 1024}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["accepted"] + figures["rejected"] == len(build_corpus())
+    assert figures["peak_mb"] < 1500, figures  # a decoded 100000x100000 bomb alone would need 30 GB
