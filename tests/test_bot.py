@@ -172,7 +172,8 @@ def test_restart_mid_job_still_delivers_the_result(deployment):
                            "the result after the restart")
     assert f"<@{d.alice}>" in posted[0].content and "Slow" in posted[0].content
     assert d.job_state(job_id) == "done"
-    assert d.rows("select delivered_at is not null from jobs where id = ?", job_id) == [(1,)]
+    fake.wait_for(lambda: d.rows("select delivered_at is not null from jobs where id = ?", job_id) == [(1,)], 10,
+                  "the job to be marked delivered")  # right after the post
 
 
 def test_progress_edits_are_throttled_and_a_queued_job_can_be_cancelled(deployment):
@@ -301,6 +302,13 @@ def test_forget_erases_every_trace(deployment):
         assert d.rows(f"select count(*) from {table} where {column} = ?", d.alice) == [(0,)], table
     assert not (d.data_dir / "users" / d.alice).exists()
     assert not list((d.data_dir / "tmp").glob(f"*{d.alice}*"))
+    # Walk everything: no row of any table and no file or folder name mentions her any more.
+    with d.db() as db:
+        tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
+        for table in tables:
+            for row in db.execute(f"select * from {table}"):
+                assert d.alice not in " ".join(map(str, row)), (table, row)
+    assert [p for p in d.data_dir.rglob("*") if d.alice in p.name] == []
 
 
 def test_every_interaction_was_acknowledged_in_time_and_nothing_crashed(deployment):
