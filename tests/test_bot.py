@@ -48,11 +48,12 @@ def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
     # Training runs in the worker while the bot keeps answering at once.
     during_training = 0
     while d.rows("select count(*) from jobs where kind = 'train' and state in ('queued', 'running')") != [(0,)]:
+        training = d.rows("select count(*) from jobs where kind = 'train' and state = 'running'") == [(1,)]
         status = fake.wait_acked(fake.command(d.alice, d.general, d.guild, "status"))
         assert status.ack_seconds < ACK_LIMIT
-        during_training += 1
-        time.sleep(0.3)
-    assert during_training >= 3
+        during_training += training
+        time.sleep(0.2)
+    assert during_training >= 1  # at least one answer came while the worker was training
     fake.wait_for(lambda: "Ready (version 1)" in consent.text(), 30, "the card to show the trained model")
     ping = fake.wait_for(lambda: [m for m in fake.channel_messages(d.general) if "face model is ready" in m.content],
                          30, "the ready ping")
