@@ -123,11 +123,14 @@ def bot_environment(fake: FakeDiscord, settings: dict) -> dict[str, str]:
 
 
 @contextmanager
-def running_bot(root: Path, settings: dict) -> Iterator[Deployment]:
-    """The fake Discord with the two servers, and the real bot connected to it with `settings`."""
+def running_bot(root: Path, settings: dict, more_members: int = 0) -> Iterator[Deployment]:
+    """The fake Discord with the two servers, and the real bot connected to it with `settings`.
+    `more_members` adds that many plain members to Club (their ids are in `deployment.crowd`)."""
     fake = FakeDiscord().start()
     alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
-    guild, channels = fake.add_guild("Club", ["general", "gallery"], {alice: True, bob: False, carol: False},
+    crowd = [fake.add_user(f"member{index}") for index in range(more_members)]
+    guild, channels = fake.add_guild("Club", ["general", "gallery"],
+                                     {alice: True, bob: False, carol: False, **dict.fromkeys(crowd, False)},
                                      forums=("showcase",))
     other_guild, other_channels = fake.add_guild("Elsewhere", ["general", "gallery"], {bob: True, carol: False})
     env = bot_environment(fake, {"DISCORD_TOKEN": TOKEN, "DATA_DIR": root / "data",
@@ -135,7 +138,10 @@ def running_bot(root: Path, settings: dict) -> Iterator[Deployment]:
     bot = BotProcess(env, root, root / "bot.log")
     bot.start(fake)
     try:
-        yield Deployment(fake, bot, root / "data", guild, channels, alice, bob, carol, other_guild, other_channels)
+        deployment = Deployment(fake, bot, root / "data", guild, channels, alice, bob, carol, other_guild,
+                                other_channels)
+        deployment.crowd = crowd
+        yield deployment
     finally:
         if bot.process.poll() is None:
             bot.stop()
