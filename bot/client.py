@@ -15,6 +15,7 @@ from bot.backend import Backend
 from bot.commands import install
 from bot.components import DYNAMIC_ITEMS
 from bot.delivery import Deliveries
+from bot.loop_lag import LoopLag
 from bot.web import WebGallery
 from engine.config import Settings
 from engine.maintenance import build_scheduler
@@ -37,6 +38,7 @@ class FaceChainBot(discord.Client):
         self.highlights = AsyncIOScheduler(timezone="UTC")  # weekly highlights, on the event loop
         self._background: list[asyncio.Task] = []
         self.web = WebGallery(self) if settings.web_gallery else None
+        self.loop_lag = LoopLag()
 
     async def setup_hook(self) -> None:
         install(self.tree)
@@ -50,6 +52,7 @@ class FaceChainBot(discord.Client):
         if self.web is not None:
             await self.web.start()
         self._background.append(asyncio.create_task(self.deliveries.run_forever()))
+        self._background.append(asyncio.create_task(self.loop_lag.run()))
         if self.worker is not None:
             self._background.append(asyncio.create_task(self._supervise_worker()))
 
@@ -73,6 +76,7 @@ class FaceChainBot(discord.Client):
         log.info("connected as %s to %s servers", self.user, len(self.guilds))
 
     async def close(self) -> None:
+        self.loop_lag.report()
         for task in self._background:
             task.cancel()
         for scheduler in (self.scheduler, self.highlights):

@@ -7,7 +7,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-CONTEXT_FIELDS = ("user", "job", "guild", "interaction", "command", "ms")
+CONTEXT_FIELDS = ("user", "job", "guild", "interaction", "command", "ms", "samples", "lag_p50_ms", "lag_p99_ms",
+                  "lag_max_ms")
 
 
 class JsonFormatter(logging.Formatter):

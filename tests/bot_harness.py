@@ -171,3 +171,38 @@ def add_finished_request(d: Deployment, user: str, style: str, colours: list[tup
     finally:
         store.close()
     return job
+
+
+def soak(d: Deployment, interactions: int = 300, pace_seconds: float = 0.1, enrollers: int = 3, seed: int = 7) -> list:
+    """Members use the bot at once: `enrollers` of them enroll (so the worker trains) while random
+    members send `interactions` commands mixed over status, help, styles, gallery and portrait.
+    Returns the sent interactions, each acknowledged."""
+    import itertools
+    import random
+
+    fake, members = d.fake, [d.alice, d.bob, d.carol, *getattr(d, "crowd", [])]
+    chooser = random.Random(seed)
+    for member in members[:enrollers]:  # consent, then photos
+        prompt = fake.response(fake.command(member, d.general, d.guild, "enroll",
+                                            attachments=d.upload("obama/obama1.jpg", "obama/obama2.jpg",
+                                                                 "obama/obama3.jpg")))
+        fake.click(member, prompt, prompt.custom_ids()[0])
+    kinds = itertools.cycle(["status", "help", "styles", "gallery", "portrait", "status", "portrait"])
+    sent = []
+    for _ in range(interactions):
+        member, kind = chooser.choice(members), next(kinds)
+        options = {"style": chooser.choice(["anime", "oil", "cyberpunk"]), "count": 1} if kind == "portrait" else {}
+        sent.append(fake.command(member, d.general, d.guild, kind, options))
+        time.sleep(pace_seconds)
+    for interaction in sent:
+        fake.wait_acked(interaction, timeout=30)
+    return sent
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+SOAK_SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 30, "PORTRAIT_SIZE": 64,
+                 "PORTRAIT_CANDIDATES": 2, "ATTACHMENT_HOSTS": "http://127.0.0.1", "JOB_RETRY_SECONDS": 0}
