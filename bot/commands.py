@@ -78,17 +78,21 @@ async def start_enroll(interaction: discord.Interaction, photos: list[discord.At
     settings = bot.settings
     max_bytes = int(settings.max_upload_mb * 2**20)
     folder = upload_dir(settings.data_dir, str(interaction.user.id))
-    uploads, refused = [], []
-    for index, photo in enumerate(photos, start=1):
+    sources = allowed_sources(settings.attachment_hosts)
+
+    async def fetch(index: int, photo: discord.Attachment) -> dict:
         destination = folder / f"{index}.upload"
         try:
             if photo.size > max_bytes:
                 raise DownloadRefused(f"it is larger than {settings.max_upload_mb:g} MB")
-            sources = allowed_sources(settings.attachment_hosts)
             await download(bot.http_session, photo.url, destination, max_bytes, sources)
-            uploads.append({"name": photo.filename[:100], "path": str(destination)})
         except DownloadRefused as reason:
-            refused.append({"name": photo.filename[:100], "reason": str(reason)})
+            return {"name": photo.filename[:100], "reason": str(reason)}
+        return {"name": photo.filename[:100], "path": str(destination)}
+
+    fetched = await asyncio.gather(*(fetch(index, photo) for index, photo in enumerate(photos, start=1)))
+    uploads = [item for item in fetched if "path" in item]  # in upload order
+    refused = [item for item in fetched if "reason" in item]
     if not uploads:
         shutil.rmtree(folder, ignore_errors=True)
         reasons = "; ".join(f"{r['name']}: {r['reason']}" for r in refused)
