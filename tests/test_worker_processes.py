@@ -108,3 +108,15 @@ def test_the_bot_side_supervisor_restarts_a_dead_worker_and_stops_it_cleanly(set
     wait_for(lambda: queue.get(job.id).state == "done", 120, "the restarted worker to run a job")
     assert supervisor.stop(timeout=60) == 0
     assert not supervisor.running()
+
+
+def test_the_worker_and_doctor_never_print_the_token(tmp_path):
+    token = "secret.token.never-logged"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
+    env.update({"FACECHAIN_DISCORD_TOKEN": token, "FACECHAIN_DATA_DIR": str(tmp_path / "data"),
+                "FACECHAIN_LOG_LEVEL": "DEBUG", "PYTHONPATH": str(ROOT)})
+    for command in (["worker", "--exit-when-idle", "0"], ["doctor", "--json"], ["users", "list"]):
+        run = subprocess.run([sys.executable, "-m", "engine.cli", *command], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert token not in run.stdout + run.stderr, command
+        assert "Traceback" not in run.stderr, command
