@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,15 +37,23 @@ class PortraitOrder:
 
 
 class Styles:
-    """The style catalogue, re-read when a file in the styles folder changes (no restart needed)."""
+    """The style catalogue, re-read when a file in the styles folder changes (no restart needed).
+
+    It is asked for on the event loop (every autocomplete keystroke), so the folder is looked at
+    no more than once every few seconds."""
+
+    CHECK_EVERY_SECONDS = 5.0
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
         self._stamp: tuple | None = None
+        self._checked_at = float("-inf")
         self._catalogue: StyleCatalogue | None = None
 
     def catalogue(self) -> StyleCatalogue:
-        stamp = self._folder_stamp()
+        if self._catalogue is not None and time.monotonic() - self._checked_at < self.CHECK_EVERY_SECONDS:
+            return self._catalogue
+        stamp, self._checked_at = self._folder_stamp(), time.monotonic()
         if self._catalogue is None or stamp != self._stamp:
             self._catalogue, self._stamp = load_styles(self.folder), stamp
         return self._catalogue

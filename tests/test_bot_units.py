@@ -140,3 +140,15 @@ def test_content_is_sniffed_from_the_bytes(tmp_path):
     assert what_it_is(b"<!DOCTYPE html><html>") == "an HTML page"
     assert what_it_is(b"PK\x03\x04rest") == "a zip archive"
     assert what_it_is(b"hello, this is text") == "text"
+
+
+def test_the_style_catalogue_is_reread_after_a_change_but_not_on_every_call(tmp_path, monkeypatch):
+    from bot.backend import Styles
+    from tests.bot_harness import write_styles
+
+    styles = Styles(write_styles(tmp_path / "styles"))
+    assert styles.catalogue().get("anime") is not None
+    (tmp_path / "styles" / "anime.toml").unlink()
+    assert styles.catalogue().get("anime") is not None  # not looked at again yet
+    monkeypatch.setattr(Styles, "CHECK_EVERY_SECONDS", 0.0)
+    assert styles.catalogue().get("anime") is None and styles.catalogue().get("oil") is not None
