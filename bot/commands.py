@@ -19,8 +19,9 @@ from bot.components import CancelButton
 from bot.downloads import DownloadRefused, allowed_sources, download, upload_dir
 from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_line
 from bot.replies import reply, report_error
-from bot.views import ConfirmView, PagerView, client
+from bot.views import ConfirmView, PagerView, age_restricted, client
 from engine.errors import FaceChainError
+from engine.safety import POLICY_MEANINGS
 from engine.store.community import NSFW_POLICIES, rotate_web_token, update_guild_settings
 
 if TYPE_CHECKING:
@@ -126,7 +127,8 @@ async def portrait(interaction: discord.Interaction, style: str, count: app_comm
                    seed: app_commands.Range[int, 0, 2**31 - 1] | None = None, private: bool = False) -> None:
     await interaction.response.defer(ephemeral=private, thinking=True)
     bot = client(interaction)
-    order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private)
+    order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private,
+                          age_restricted=age_restricted(interaction.channel))
     job = await bot.backend.run(bot.backend.order_portrait, str(interaction.user.id), interaction.guild_id,
                                 interaction.channel_id, order)
     await bot.deliveries.follow(job, interaction, job_title(job).capitalize())
@@ -240,7 +242,8 @@ def require_manage_guild(interaction: discord.Interaction) -> None:
                        nsfw_policy="What to do with NSFW results",
                        highlight_day="Weekly highlight of the most liked portraits (off by default)",
                        highlight_hour="Hour of the weekly highlight, UTC (default 18)")
-@app_commands.choices(nsfw_policy=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES],
+@app_commands.choices(nsfw_policy=[app_commands.Choice(name=f"{p}: {POLICY_MEANINGS[p]}", value=p)
+                                   for p in NSFW_POLICIES],
                       highlight_day=[app_commands.Choice(name="off", value=-1)]
                       + [app_commands.Choice(name=day, value=index) for index, day in enumerate(WEEKDAYS)])
 async def admin_settings(interaction: discord.Interaction,
@@ -273,7 +276,10 @@ async def admin_settings(interaction: discord.Interaction,
     quota = current.daily_quota if current.daily_quota is not None else bot.settings.guild_daily_quota
     embed.add_field(name="Daily quota", value=str(quota) if quota else "no limit")
     embed.add_field(name="Allowed styles", value=", ".join(current.allowed_styles)[:1000] or "all")
-    embed.add_field(name="NSFW policy", value=current.nsfw_policy)
+    check = ("safety check on" if bot.settings.safety_checker else "safety check off: only the negative prompt "
+             "guards results (the bot owner sets FACECHAIN_SAFETY_CHECKER)")
+    policy = current.nsfw_policy
+    embed.add_field(name="NSFW policy", value=f"{policy}: {POLICY_MEANINGS[policy]} ({check})")
     embed.add_field(name="Weekly highlight", value="off" if current.highlight_day is None
                     else f"{WEEKDAYS[current.highlight_day]}s at {current.highlight_hour:02d}:00 UTC")
     await reply(interaction, "Saved." if changes else None, embed=embed)

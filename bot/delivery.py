@@ -220,7 +220,10 @@ class Deliveries:
                                                               f"{job.error}"), private=private)
             return
         portraits = await self.bot.backend.run(self.bot.backend.store.job_portraits, job.id)
-        if not portraits:  # deleted in the meantime (e.g. /facechain forget)
+        if not portraits:
+            if (job.result or {}).get("held_back"):  # else they were deleted meanwhile (e.g. /facechain forget)
+                await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {job.result['notice']}"),
+                                     private=private)
             return
         style = self.bot.backend.styles.catalogue().get(job.params.get("style", ""))
         content = portrait_lines(job.user_id, style.name if style else job.params.get("style", "?"), portraits,

@@ -13,9 +13,10 @@ import discord
 
 from bot.messages import COLOUR
 from bot.replies import reply
-from bot.views import OwnerView, client, guarded
+from bot.views import OwnerView, age_restricted, client, guarded
 from engine.collage import render_collage
 from engine.errors import FaceChainError
+from engine.safety import may_show_flagged
 from engine.store.community import (
     GalleryItem,
     GuildSettings,
@@ -97,6 +98,9 @@ async def share(interaction: discord.Interaction, portrait: dict) -> None:
     if not settings.gallery_channel_id:
         raise FaceChainError("This server has no gallery channel yet: an admin can set one with "
                              "`/facechain-admin settings gallery_channel:`.")
+    if portrait["nsfw"] and not may_show_flagged(settings.nsfw_policy, gallery_age_restricted(bot, settings)):
+        raise FaceChainError("The safety filter flagged this portrait, and this server's gallery channel is not "
+                             "age-restricted: it can't be shared there.")
     entry = await bot.backend.run(add_gallery_entry, bot.backend.store, str(interaction.guild_id), portrait["id"],
                                   str(interaction.user.id), settings.gallery_channel_id, interaction.user.display_name)
     name = style_name(bot, portrait["style"])
@@ -115,6 +119,10 @@ async def share(interaction: discord.Interaction, portrait: dict) -> None:
         raise FaceChainError(CANNOT_POST) from None
     await bot.backend.run(set_gallery_message, bot.backend.store, entry["id"], message_id, channel_id)
     await reply(interaction, f"Shared to <#{settings.gallery_channel_id}>. Un-share it there at any time.")
+
+
+def gallery_age_restricted(bot: FaceChainBot, settings) -> bool:
+    return age_restricted(bot.get_channel(int(settings.gallery_channel_id))) if settings.gallery_channel_id else False
 
 
 def post_view(entry_id: int, likes: int) -> discord.ui.View:
@@ -169,9 +177,10 @@ class GalleryBrowser(OwnerView):
     """One shared portrait per page: first/previous/next/last, and a style menu."""
 
     def __init__(self, bot: FaceChainBot, owner_id: int, guild_id: int, style: str | None, member_id: str | None,
-                 sort: str, styles: list[str]) -> None:
+                 sort: str, styles: list[str], include_flagged: bool = False) -> None:
         super().__init__(owner_id)
         self.bot, self.guild_id, self.style, self.member_id, self.sort = bot, str(guild_id), style, member_id, sort
+        self.include_flagged = include_flagged
         self.page, self.total = 0, 0
         self.buttons = {}
         for key, label in (("first", "⏮"), ("previous", "◀"), ("next", "▶"), ("last", "⏭"), ("jump", "Go to…")):
@@ -189,7 +198,8 @@ class GalleryBrowser(OwnerView):
 
     async def page_message(self) -> tuple[discord.Embed, list[discord.File]]:
         items, self.total = await self.bot.backend.run(
-            browse_gallery, self.bot.backend.store, self.guild_id, self.style, self.member_id, self.sort, self.page)
+            browse_gallery, self.bot.backend.store, self.guild_id, self.style, self.member_id, self.sort, self.page,
+            include_flagged=self.include_flagged)
         at_start, at_end = self.page == 0, self.page >= self.total - 1
         for key, button in self.buttons.items():
             button.disabled = {"first": at_start, "previous": at_start, "jump": self.total < 3}.get(key, at_end)
@@ -252,8 +262,10 @@ async def browse(interaction: discord.Interaction, style: str | None, member: di
     if interaction.guild_id is None:
         raise FaceChainError("Galleries belong to servers: use `/facechain gallery` in one.")
     styles = await bot.backend.run(gallery_styles, bot.backend.store, str(interaction.guild_id))
+    settings = await bot.backend.run(bot.backend.guild, interaction.guild_id)
     browser = GalleryBrowser(bot, interaction.user.id, interaction.guild_id, style or None,
-                             str(member.id) if member else None, sort, styles)
+                             str(member.id) if member else None, sort, styles,
+                             may_show_flagged(settings.nsfw_policy, age_restricted(interaction.channel)))
     embed, files = await browser.page_message()
     await interaction.response.send_message(embed=embed, files=files, view=browser, ephemeral=not public,
                                             allowed_mentions=discord.AllowedMentions.none())
@@ -266,7 +278,9 @@ async def post_highlight(bot: FaceChainBot, guild_id: str) -> bool:
     settings = await bot.backend.run(bot.backend.guild, int(guild_id))
     if not settings.gallery_channel_id:
         raise FaceChainError("Set a gallery channel first: `/facechain-admin settings gallery_channel:`.")
-    winners = await bot.backend.run(week_winners, bot.backend.store, guild_id)
+    winners = await bot.backend.run(week_winners, bot.backend.store, guild_id,
+                                    include_flagged=may_show_flagged(settings.nsfw_policy,
+                                                                     gallery_age_restricted(bot, settings)))
     if not winners:
         return False
     store = bot.backend.store

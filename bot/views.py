@@ -17,6 +17,12 @@ def client(interaction: discord.Interaction) -> FaceChainBot:
     return interaction.client  # type: ignore[return-value]
 
 
+def age_restricted(channel: object) -> bool:
+    """Whether a channel (or a thread's parent) is marked age-restricted; DMs and unknown channels are not."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
 async def guarded(interaction: discord.Interaction, action: Callable[[], Awaitable[None]]) -> None:
     try:
         await action()

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from PIL import Image
 
+from engine.safety import may_show_flagged
 from engine.store.community import GalleryItem, browse_gallery, gallery_item, gallery_styles, guild_for_web_token
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class WebGallery:
         except ValueError:
             raise web.HTTPNotFound() from None
         items, total = await self.bot.backend.run(browse_gallery, store, guild_id, style, None, "new",
-                                                  (page - 1) * PER_PAGE, PER_PAGE)
+                                                  (page - 1) * PER_PAGE, PER_PAGE, await self._shows_flagged(guild_id))
         guild = self.bot.get_guild(int(guild_id))
         title = f"{guild.name if guild else 'Server'} gallery"
         options = [f'<option value=""{"" if style else " selected"}>All styles</option>']
@@ -120,10 +121,17 @@ class WebGallery:
     def _query(style: str | None, page: int) -> str:
         return html.escape(urlencode({"style": style or "", "page": page}))
 
+    async def _shows_flagged(self, guild_id: str) -> bool:
+        """The web page is not age-gated: flagged portraits show only where the server allows them anywhere."""
+        settings = await self.bot.backend.run(self.bot.backend.guild, int(guild_id))
+        return may_show_flagged(settings.nsfw_policy, age_restricted=False)
+
     async def _item(self, request: web.Request) -> GalleryItem:
         guild_id = await self._guild(request)
         item = await self.bot.backend.run(gallery_item, self.bot.backend.store, int(request.match_info["entry"]))
         if item is None or item.message_id is None or item.guild_id != guild_id:
+            raise web.HTTPNotFound()
+        if item.nsfw and not await self._shows_flagged(guild_id):
             raise web.HTTPNotFound()
         return item
 

@@ -251,14 +251,17 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     from engine.generate import PortraitGenerator
     from engine.portrait import make_portraits
     from engine.portrait_request import check_request
+    from engine.safety import load_safety_checker
     from engine.styles import load_styles
 
     store = open_store(settings)
     catalogue = load_styles(settings.styles_dir)
     check_request(store, settings, catalogue, args.user, args.style, args.count)  # before the slow model load
-    generator = PortraitGenerator(load_base_pipeline(settings))
-    result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user, args.style,
-                            count=args.count, seed=args.seed, out_dir=Path(args.out))
+    base = load_base_pipeline(settings)
+    safety = load_safety_checker(settings, "cpu" if base.plan.cpu_offload else base.device, base.plan.dtype_name)
+    result = make_portraits(store, PortraitGenerator(base), get_analyzer(settings), settings, catalogue, args.user,
+                            args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
+                            show_flagged=args.show_flagged)
     if result.notice:
         print(f"notice: {result.notice}", file=sys.stderr)
     if args.json:
@@ -266,7 +269,8 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for portrait in result.portraits:
             score = "unranked" if portrait.similarity is None else f"similarity {portrait.similarity:.3f}"
-            console.print(f"{portrait.path} ({score}, seed {portrait.seed})")
+            flagged = ", flagged by the safety check" if portrait.nsfw else ""
+            console.print(f"{portrait.path} ({score}, seed {portrait.seed}{flagged})")
     return 0
 
 
@@ -381,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     portrait.add_argument("--count", type=int, default=4)
     portrait.add_argument("--seed", type=int)
     portrait.add_argument("--out", required=True, metavar="DIR")
+    portrait.add_argument("--show-flagged", action="store_true",
+                          help="keep portraits the safety check (FACECHAIN_SAFETY_CHECKER) flags, marked, "
+                               "instead of dropping them")
 
     worker = command(commands, "worker", cmd_worker, "run queued jobs on this machine's GPU until stopped")
     worker.add_argument("--id", help="worker name (default: host-pid)")

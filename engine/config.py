@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # (dlib 0.6 on its 128-d embedding, insightface 1.1 on its normalised 512-d one).
     face_match_threshold: float | None = Field(default=None, gt=0)
 
+    # Optional safety check of finished portraits: a Stable Diffusion safety checker (a local folder, a
+    # Hugging Face id such as CompVis/stable-diffusion-safety-checker, or modelscope:<id>); empty = off.
+    # Each server's NSFW policy (/facechain-admin settings) decides what happens to flagged portraits.
+    safety_checker: str = ""
+
     # Optional learned face swapper (an inswapper_128.onnx); empty = classical fusion, no model needed.
     # Needs the insightface backend, whose ArcFace identities it takes.
     face_swapper_model: Path | None = None

@@ -97,6 +97,20 @@ def check_face_models(settings: Settings) -> Check:
     return Check("face models", "ok", f"{analyzer.name} backend loaded (match threshold {analyzer.threshold:g})")
 
 
+def check_safety_checker(settings: Settings) -> Check:
+    from engine.errors import FaceChainError
+    from engine.safety import load_safety_checker
+
+    if not settings.safety_checker:
+        return Check("safety check", "ok", "off: the negative prompt is the only NSFW guard",
+                     "set FACECHAIN_SAFETY_CHECKER to a Stable Diffusion safety checker to flag results")
+    try:
+        load_safety_checker(settings)
+    except FaceChainError as error:
+        return Check("safety check", "fail", str(error), "fix FACECHAIN_SAFETY_CHECKER, or leave it empty")
+    return Check("safety check", "ok", f"{settings.safety_checker} loaded")
+
+
 def check_data_dir(settings: Settings) -> Check:
     from engine.errors import FaceChainError
     from engine.store import Store
@@ -131,7 +145,7 @@ def check_token(settings: Settings) -> Check:
 def run_checks(settings: Settings) -> list[Check]:
     return [
         check_packages(), check_device(settings), check_base_model(settings),
-        check_face_models(settings), check_data_dir(settings), check_token(settings),
+        check_face_models(settings), check_safety_checker(settings), check_data_dir(settings), check_token(settings),
     ]
 
 

@@ -14,6 +14,7 @@ from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.generate import PortraitGenerator, PortraitRequest
 from engine.portrait_request import check_request
+from engine.safety import SafetyChecker
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
 from engine.store.store import utc_now
@@ -22,6 +23,7 @@ from engine.styles import StyleCatalogue
 log = logging.getLogger(__name__)
 UNRANKED_NOTICE = ("No candidate showed one clear face, even after a second batch, so these portraits are not "
                    "ranked by likeness.")
+ALL_HELD_BACK = "Every candidate was held back by this server's safety filter: try another style or a re-roll."
 
 
 @dataclass
@@ -30,15 +32,18 @@ class SavedPortrait:
     similarity: float | None
     seed: int
     style: str
+    nsfw: bool = False
 
     def to_json(self) -> dict:
-        return {"path": str(self.path), "similarity": self.similarity, "seed": self.seed, "style": self.style}
+        return {"path": str(self.path), "similarity": self.similarity, "seed": self.seed, "style": self.style,
+                "nsfw": self.nsfw}
 
 
 @dataclass
 class PortraitResult:
     portraits: list[SavedPortrait]
     notice: str | None = None
+    held_back: int = 0  # candidates the safety check flagged that the policy kept from being shown
 
 
 def enrolled_face(store: Store, analyzer: FaceAnalyzer, user_id: str) -> EnrolledFace:
@@ -66,7 +71,11 @@ def make_portraits(
     on_step=None,
     job_id: int | None = None,
     variation_of: int | None = None,
+    safety: SafetyChecker | None = None,
+    show_flagged: bool = False,
 ) -> PortraitResult:
+    """Generate, rank and save up to `count` portraits. With a safety checker, flagged candidates
+    are marked, and dropped (the next best take their place) unless `show_flagged`."""
     checked = check_request(store, settings, catalogue, user_id, style_id, count)
     enrolled = enrolled_face(store, analyzer, user_id)
     fuser = make_fuser(settings, analyzer)
@@ -83,7 +92,28 @@ def make_portraits(
         if not ranked:
             ranked = [RankedPortrait(c.image, c.seed, None) for c in candidates]
             notice = UNRANKED_NOTICE
-    return PortraitResult(save_portraits(store, user_id, checked.style.id, ranked[:count], out_dir, job_id), notice)
+    ranked, held_back = screen(safety, ranked, show_flagged)
+    if held_back:
+        log.info("safety check held back %d of %d candidates", held_back, held_back + len(ranked))
+        notice = ALL_HELD_BACK if not ranked else " ".join(filter(None, [notice, held_back_notice(len(ranked), count)]))
+    saved = save_portraits(store, user_id, checked.style.id, ranked[:count], out_dir, job_id)
+    return PortraitResult(saved, notice or None, held_back)
+
+
+def held_back_notice(passed: int, wanted: int) -> str | None:
+    if passed < wanted:
+        return f"Only {passed} of the candidates passed this server's safety filter."
+    return None  # flagged candidates were replaced by the next best: nothing to tell
+
+
+def screen(safety: SafetyChecker | None, ranked: list[RankedPortrait],
+           show_flagged: bool) -> tuple[list[RankedPortrait], int]:
+    """Flag the candidates and keep the flagged ones only if they may be shown; returns (kept, held back count)."""
+    if safety is None:
+        return ranked, 0
+    flagged = [replace(portrait, nsfw=flag) for portrait, flag in zip(ranked, safety.flags([p.image for p in ranked]))]
+    kept = flagged if show_flagged else [portrait for portrait in flagged if not portrait.nsfw]
+    return kept, len(flagged) - len(kept)
 
 
 def save_portraits(store: Store, user_id: str, style_id: str, ranked: list[RankedPortrait],
@@ -98,9 +128,9 @@ def save_portraits(store: Store, user_id: str, style_id: str, ranked: list[Ranke
         with store.transaction():
             store.db["portraits"].insert({
                 "user_id": user_id, "job_id": job_id, "style": style_id, "seed": portrait.seed,
-                "similarity": portrait.similarity,
+                "similarity": portrait.similarity, "nsfw": int(portrait.nsfw),
                 "path": store.relative(path) if path.is_relative_to(store.data_dir) else str(path),
                 "created_at": utc_now(),
             })
-        saved.append(SavedPortrait(path, portrait.similarity, portrait.seed, style_id))
+        saved.append(SavedPortrait(path, portrait.similarity, portrait.seed, style_id, portrait.nsfw))
     return saved

@@ -107,3 +107,32 @@ def make_sd15_shaped_model(folder: Path, seed: int = 0, half: bool = True) -> Pa
         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
     )
     return _save(folder, tokenizer, text_encoder, unet, vae, dtype=torch.float16 if half else None)
+
+
+def make_tiny_safety_checker(folder: Path, flags_everything: bool, seed: int = 0) -> Path:
+    """A tiny random StableDiffusionSafetyChecker with its image processor, saved like the real one.
+
+    Its concept thresholds are set so that it flags every image (or none), which lets tests drive
+    the whole safety path through the real model class."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    # A concept fires when cosine similarity - threshold > 0; cosines lie in [-1, 1].
+    with torch.no_grad():
+        threshold = -10.0 if flags_everything else 10.0
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    folder = Path(folder)
+    checker.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

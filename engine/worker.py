@@ -89,6 +89,7 @@ class Worker:
         self.stopping = threading.Event()
         self._base = None
         self._generator = None
+        self._safety = None
 
     # --- the models, loaded once ---------------------------------------------------------------
 
@@ -107,6 +108,17 @@ class Worker:
 
             self._generator = PortraitGenerator(self.base)
         return self._generator
+
+    @property
+    def safety(self):
+        """The optional safety checker (None when FACECHAIN_SAFETY_CHECKER is empty), beside the base model."""
+        if self._safety is None and self.settings.safety_checker:
+            from engine.safety import load_safety_checker
+
+            base = self.base
+            device = "cpu" if base.plan.cpu_offload else base.device
+            self._safety = load_safety_checker(self.settings, device, base.plan.dtype_name)
+        return self._safety
 
     @property
     def analyzer(self):
@@ -284,6 +296,8 @@ def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     from engine.portrait import make_portraits
     from engine.portrait_request import check_request
+    from engine.safety import may_show_flagged
+    from engine.store.community import guild_settings
     from engine.styles import load_styles
 
     params = job.params
@@ -291,6 +305,8 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     count = int(params.get("count", 4))
     check_request(worker.store, worker.settings, catalogue, job.user_id, params.get("style", ""), count)
     worker._fit_memory(job)
+    # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
+    policy = guild_settings(worker.store, job.guild_id).nsfw_policy if job.guild_id else "block"
 
     def on_step(step: int, total: int) -> None:
         if beat.cancel_requested.is_set():
@@ -299,8 +315,10 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 
     result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings, catalogue, job.user_id,
                             params["style"], count=count, seed=params.get("seed"), on_step=on_step, job_id=job.id,
-                            variation_of=params.get("variation_of"))
-    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice}
+                            variation_of=params.get("variation_of"), safety=worker.safety,
+                            show_flagged=may_show_flagged(policy, bool(params.get("age_restricted"))))
+    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
+            "held_back": result.held_back}
 
 
 HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {

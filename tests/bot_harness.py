@@ -129,9 +129,9 @@ def running_bot(root: Path, settings: dict, more_members: int = 0) -> Iterator[D
     fake = FakeDiscord().start()
     alice, bob, carol = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("carol")
     crowd = [fake.add_user(f"member{index}") for index in range(more_members)]
-    guild, channels = fake.add_guild("Club", ["general", "gallery"],
+    guild, channels = fake.add_guild("Club", ["general", "gallery", "after-dark"],
                                      {alice: True, bob: False, carol: False, **dict.fromkeys(crowd, False)},
-                                     forums=("showcase",))
+                                     forums=("showcase",), age_restricted=("after-dark",))
     other_guild, other_channels = fake.add_guild("Elsewhere", ["general", "gallery"], {bob: True, carol: False})
     env = bot_environment(fake, {"DISCORD_TOKEN": TOKEN, "DATA_DIR": root / "data",
                                  "STYLES_DIR": write_styles(root / "styles"), **settings})
@@ -149,9 +149,11 @@ def running_bot(root: Path, settings: dict, more_members: int = 0) -> Iterator[D
 
 
 def add_finished_request(d: Deployment, user: str, style: str, colours: list[tuple[int, int, int]],
-                         guild: str | None = None, channel: str | None = None) -> int:
-    """A portrait request as the worker leaves it when done (plain-coloured 64 px portraits), so
-    the bot delivers it like any result, with no worker needed. Returns the job id."""
+                         guild: str | None = None, channel: str | None = None, flagged: tuple[int, ...] = (),
+                         result: dict | None = None) -> int:
+    """A portrait request as the worker leaves it when done (plain-coloured 64 px portraits; those at the
+    `flagged` positions marked by the safety check), so the bot delivers it like any result, with no
+    worker needed. Returns the job id."""
     store = Store(d.data_dir)
     try:
         store.touch_user(user)
@@ -160,14 +162,14 @@ def add_finished_request(d: Deployment, user: str, style: str, colours: list[tup
             job = store.db["jobs"].insert({
                 "kind": "generate", "user_id": user, "guild_id": guild or d.guild, "channel_id": channel or d.general,
                 "state": "done", "params": json.dumps({"style": style, "count": len(colours)}), "attempts": 1,
-                "progress": 1.0, "result": json.dumps({"portraits": [], "notice": None}), "created_at": utc_now(),
+                "progress": 1.0, "result": json.dumps(result or {"portraits": [], "notice": None}), "created_at": utc_now(),
                 "finished_at": utc_now()}).last_pk
             for seed, colour in enumerate(colours):
                 path = folder / f"{style}-{seed}-job{job}.png"
                 Image.new("RGB", (64, 64), colour).save(path)
                 store.db["portraits"].insert({"user_id": user, "job_id": job, "style": style, "seed": seed,
                                               "similarity": 0.9 - seed / 10, "path": store.relative(path),
-                                              "created_at": utc_now()})
+                                              "nsfw": int(seed in flagged), "created_at": utc_now()})
     finally:
         store.close()
     return job

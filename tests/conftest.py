@@ -77,3 +77,13 @@ def tiny_model(tmp_path_factory) -> Path:
     from engine.random_models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def safety_checkers(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random safety checkers saved like the real one: "flags_all" flags every image, "flags_none" none."""
+    from engine.random_models import make_tiny_safety_checker
+
+    folder = tmp_path_factory.mktemp("checkers")
+    return {"flags_all": make_tiny_safety_checker(folder / "flags_all", flags_everything=True),
+            "flags_none": make_tiny_safety_checker(folder / "flags_none", flags_everything=False)}

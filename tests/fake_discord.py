@@ -200,13 +200,15 @@ class FakeDiscord:
                                "avatar": None, "bot": False, "flags": 0}
         return user_id
 
-    def add_guild(self, name: str, channels: list[str], members: dict[str, bool],
-                  forums: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
-        """A guild with text channels and forum channels (name -> id returned) and members (user id -> is admin)."""
+    def add_guild(self, name: str, channels: list[str], members: dict[str, bool], forums: tuple[str, ...] = (),
+                  age_restricted: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+        """A guild with text channels and forum channels (name -> id returned) and members (user id -> is admin);
+        the `age_restricted` channels are marked NSFW, as Discord's "age-restricted channel" setting does."""
         guild_id = self.new_id()
         channel_ids = {channel: self.new_id() for channel in [*channels, *forums]}
         self.guilds[guild_id] = {"name": name, "channels": channel_ids, "members": members,
-                                 "forums": {channel_ids[f] for f in forums}, "threads": {}}
+                                 "forums": {channel_ids[f] for f in forums}, "threads": {},
+                                 "nsfw": {channel_ids[c] for c in age_restricted}}
         return guild_id, channel_ids
 
     def host_attachment(self, name: str, data: bytes, content_type: str = "image/jpeg") -> dict:
@@ -321,7 +323,8 @@ class FakeDiscord:
                     "thread_metadata": THREAD_METADATA}
         name = next(n for n, c in guild["channels"].items() if c == channel_id)
         return {"id": channel_id, "type": 15 if channel_id in guild["forums"] else 0, "guild_id": guild_id,
-                "name": name, "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None}
+                "name": name, "position": 0, "permission_overwrites": [], "nsfw": channel_id in guild["nsfw"],
+                "parent_id": None}
 
     def drop_gateway(self) -> None:
         """Close the bot's websocket as Discord does now and then; the client should resume."""
@@ -419,7 +422,8 @@ class FakeDiscord:
             "roles": [{"id": guild_id, "name": "@everyone", "permissions": str(MEMBER_PERMISSIONS), "position": 0,
                        "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
             "channels": [{"id": c, "type": 15 if c in guild["forums"] else 0, "name": name, "position": i,
-                          "permission_overwrites": [], "nsfw": False, "parent_id": None, "available_tags": [],
+                          "permission_overwrites": [], "nsfw": c in guild["nsfw"], "parent_id": None,
+                          "available_tags": [],
                           "flags": 0} for i, (name, c) in enumerate(guild["channels"].items())],
             "members": members, "member_count": len(members), "features": [], "emojis": [], "stickers": [],
             "threads": [], "voice_states": [], "presences": [], "large": False, "unavailable": False,

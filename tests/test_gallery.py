@@ -4,10 +4,12 @@ the store as a finished request, so the bot delivers them like any result; no wo
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from PIL import Image
 
+from engine.store import Store
 from tests.bot_harness import Deployment, add_finished_request, running_bot
 from tests.fake_discord import Message
 
@@ -21,10 +23,10 @@ def deployment(tmp_path_factory):
 
 
 def delivered(d: Deployment, user: str, style: str, colours: list[str], guild: str | None = None,
-              channel: str | None = None) -> Message:
+              channel: str | None = None, flagged: tuple[int, ...] = ()) -> Message:
     """Plain-coloured portraits as a finished request, once the bot has posted them."""
     channel = channel or d.general
-    job = add_finished_request(d, user, style, [COLOURS[c] for c in colours], guild, channel)
+    job = add_finished_request(d, user, style, [COLOURS[c] for c in colours], guild, channel, flagged)
     return d.fake.wait_for(lambda: next((m for m in d.fake.channel_messages(channel)
                                          if any(c.endswith(f":{job}") for c in m.custom_ids())), None), 20,
                            "the delivered portraits")
@@ -166,6 +168,47 @@ def test_weekly_highlight_posts_the_most_liked_as_a_collage(deployment):
     off = fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"highlight_day": -1},
                                      group="facechain-admin"))
     assert "Weekly highlight: off" in off.text()
+
+
+def test_the_nsfw_policy_guards_what_the_safety_check_flagged(deployment):
+    d, fake = deployment, deployment.fake
+    after_dark = d.channels["after-dark"]  # an age-restricted channel
+    fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"nsfw_policy": "age_restricted_only"},
+                               group="facechain-admin"))
+    set_gallery(d, "gallery")
+    result = delivered(d, d.carol, "oil", ["red", "green"], channel=after_dark, flagged=(0,))
+    assert len(result.files) == 2  # asked in an age-restricted channel: both are shown
+    refused = share(d, d.carol, result, 0)
+    assert "safety filter flagged this portrait" in refused.text() and refused.ephemeral
+    assert "Shared to" in share(d, d.carol, result, 1).text()
+    set_gallery(d, "after-dark")
+    assert "Shared to" in share(d, d.carol, result, 0).text()  # an age-restricted gallery may show it
+
+    def browse(channel: str) -> Message:
+        return fake.response(fake.command(d.carol, channel, d.guild, "gallery", {"member": {"user": d.carol},
+                                                                                "style": "oil"}))
+    outside = browse(d.general)
+    assert "1 of 1" in outside.text() and colour_of(outside.files["portrait.png"]) == COLOURS["green"]
+    assert "1 of 2" in browse(after_dark).text()
+
+    held = add_finished_request(d, d.carol, "oil", [], result={
+        "portraits": [], "held_back": 8, "notice": "Every candidate was held back by this server's safety filter."})
+    told = fake.wait_for(lambda: next((m for m in fake.channel_messages(d.general)
+                                       if "held back" in m.text()), None), 20, "the held-back notice")
+    assert f"<@{d.carol}>" in told.text() and not told.files
+    assert d.rows("select delivered_at is not null from jobs where id = ?", held) == [(1,)]
+
+    store = Store(d.data_dir)
+    try:
+        store.finish_face_model(store.start_face_model(d.bob, "tiny").id, {})
+    finally:
+        store.close()
+    for channel in (after_dark, d.general):
+        fake.wait_acked(fake.command(d.bob, channel, d.guild, "portrait", {"style": "anime"}))
+    queued = "select channel_id, params from jobs where user_id = ? and state = 'queued' order by id"
+    fake.wait_for(lambda: len(d.rows(queued, d.bob)) == 2, 10, "both requests queued")
+    assert [(channel, json.loads(params)["age_restricted"]) for channel, params in d.rows(queued, d.bob)] == [
+        (after_dark, True), (d.general, False)]
 
 
 def test_no_errors_were_logged(deployment):

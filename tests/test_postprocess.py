@@ -158,7 +158,7 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_pat
                  "--out", str(out), "--json"]) == 0
     captured = capsys.readouterr()
     portraits = json.loads(captured.out)
-    assert [set(p) for p in portraits] == [{"path", "similarity", "seed", "style"}] * 2
+    assert [set(p) for p in portraits] == [{"path", "similarity", "seed", "style", "nsfw"}] * 2
     assert all(Path(p["path"]).is_file() and p["style"] == "cyberpunk" for p in portraits)
     assert "not ranked by likeness" in captured.err  # the tiny model draws noise, never a face
 

@@ -43,7 +43,7 @@ def deployment(tmp_path_factory):
         yield deployment
 
 
-def share_portraits(data_dir: Path, guild: str, user: str, counts: dict[str, int]) -> list[int]:
+def share_portraits(data_dir: Path, guild: str, user: str, counts: dict[str, int], nsfw: bool = False) -> list[int]:
     """Shared (posted) portraits in plain colours, one colour per style; returns the entry ids."""
     store = Store(data_dir)
     entries = []
@@ -52,12 +52,12 @@ def share_portraits(data_dir: Path, guild: str, user: str, counts: dict[str, int
         folder = store.private_dir(user, "portraits")
         for style, count in counts.items():
             for index in range(count):
-                path = folder / f"{style}-{guild}-{index}.png"
+                path = folder / f"{style}-{guild}-{index}{'-flagged' if nsfw else ''}.png"
                 Image.new("RGB", (512, 512), COLOURS[style]).save(path)
                 with store.transaction():
                     portrait = store.db["portraits"].insert({
                         "user_id": user, "style": style, "seed": index, "path": store.relative(path),
-                        "created_at": utc_now()}).last_pk
+                        "nsfw": int(nsfw), "created_at": utc_now()}).last_pk
                 entry = add_gallery_entry(store, guild, portrait, user, "1", display_name=f"Member {user[-3:]}")
                 set_gallery_message(store, entry["id"], str(1000 + entry["id"]))
                 entries.append(entry["id"])
@@ -154,3 +154,17 @@ def test_chromium_draws_the_thumbnails_and_the_filter_works(deployment):
     assert share_of(everything, COLOURS["oil"]) > 0.3 and share_of(everything, COLOURS["anime"]) > 0.05
     filtered = screenshot(link + "?style=oil", ARTIFACTS / "web_gallery_oil.png")
     assert share_of(filtered, COLOURS["oil"]) > 0.15 and share_of(filtered, COLOURS["anime"]) < 0.001
+
+
+def test_flagged_portraits_stay_off_the_web_unless_the_policy_allows_them(deployment):
+    d = deployment
+    link = gallery_link(d)
+    [flagged] = share_portraits(d.data_dir, d.guild, d.alice, {"oil": 1}, nsfw=True)
+    assert fetch(link + "?page=2")[1].decode().count("<figure>") == 6  # as before: left out
+    for kind in ("thumb", "image"):
+        assert fetch(f"{link}{kind}/{flagged}.{'jpg' if kind == 'thumb' else 'png'}")[0] == 404
+    for policy, shown in (("age_restricted_only", False), ("allow", True)):  # the web page is not age-gated
+        d.fake.response(d.fake.command(d.alice, d.general, d.guild, "settings", {"nsfw_policy": policy},
+                                       group="facechain-admin"))
+        assert (fetch(f"{link}thumb/{flagged}.jpg")[0] == 200) is shown
+        assert fetch(link + "?page=2")[1].decode().count("<figure>") == (7 if shown else 6)

@@ -22,6 +22,7 @@ class RankedPortrait:
     image: Image.Image
     seed: int
     similarity: float | None  # 1 - mean identity distance to the enrolled faces; None when unranked
+    nsfw: bool = False  # flagged by the safety check
 
 
 def single_clear_face(analyzer: FaceAnalyzer, image: np.ndarray) -> Face | None:

@@ -127,11 +127,12 @@ class GalleryItem:
     likes: int
     created_at: str
     display_name: str | None
+    nsfw: int = 0  # the portrait was flagged by the safety check
 
 
 ITEM_QUERY = """
     select e.id as entry_id, e.guild_id, e.portrait_id, e.user_id, p.style, p.path, e.channel_id, e.message_id,
-           e.created_at, e.display_name,
+           e.created_at, e.display_name, p.nsfw,
            (select count(*) from gallery_likes l where l.entry_id = e.id) as likes
     from gallery_entries e join portraits p on p.id = e.portrait_id
 """
@@ -143,11 +144,15 @@ def gallery_item(store: Store, entry_id: int) -> GalleryItem | None:
 
 
 def browse_gallery(store: Store, guild_id: str, style: str | None = None, user_id: str | None = None,
-                   sort: str = "new", offset: int = 0, limit: int = 1) -> tuple[list[GalleryItem], int]:
-    """A page of a guild's gallery (only posted entries) and how many match in all."""
+                   sort: str = "new", offset: int = 0, limit: int = 1,
+                   include_flagged: bool = False) -> tuple[list[GalleryItem], int]:
+    """A page of a guild's gallery (only posted entries) and how many match in all. Portraits the
+    safety check flagged are left out unless `include_flagged`."""
     if sort not in SORTS:
         raise FaceChainError(f"Sort by one of {', '.join(SORTS)}.")
     where, params = ["e.guild_id = ?", "e.message_id is not null"], [guild_id]
+    if not include_flagged:
+        where.append("p.nsfw = 0")
     if style:
         where.append("p.style = ?")
         params.append(style)
@@ -181,11 +186,13 @@ def toggle_like(store: Store, entry_id: int, user_id: str) -> tuple[bool, int]:
     return not removed, count
 
 
-def week_winners(store: Store, guild_id: str, now: datetime | None = None, limit: int = 4) -> list[GalleryItem]:
+def week_winners(store: Store, guild_id: str, now: datetime | None = None, limit: int = 4,
+                 include_flagged: bool = False) -> list[GalleryItem]:
     """The most liked portraits shared in a guild in the last 7 days (ties: the newest first)."""
     since = ((now or datetime.now(timezone.utc)) - timedelta(days=7)).isoformat(timespec="seconds")
-    rows = store.db.query(ITEM_QUERY + " where e.guild_id = ? and e.message_id is not null and e.created_at >= ? "
-                          "order by likes desc, e.id desc limit ?", [guild_id, since, limit])
+    flagged = "" if include_flagged else " and p.nsfw = 0"
+    rows = store.db.query(ITEM_QUERY + " where e.guild_id = ? and e.message_id is not null and e.created_at >= ?"
+                          + flagged + " order by likes desc, e.id desc limit ?", [guild_id, since, limit])
     return [GalleryItem(**row) for row in rows]
 
 

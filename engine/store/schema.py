@@ -151,4 +151,9 @@ def _galleries(db: sqlite_utils.Database) -> None:
     db["gallery_entries"].create_index(["guild_id", "created_at"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries]
+def _safety(db: sqlite_utils.Database) -> None:
+    """Portraits the safety check flagged (shown only where the server's NSFW policy allows)."""
+    db["portraits"].add_column("nsfw", int, not_null_default=0)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety]
