@@ -5,8 +5,11 @@ the database is intact. (`bench/bot_load.py` runs the same scenario and prints t
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
+
+import psutil
 
 from tests.bot_harness import ACK_LIMIT, SOAK_SETTINGS, percentile, running_bot, soak
 
@@ -31,3 +34,50 @@ def test_fifty_members_and_three_hundred_interactions_while_training(tiny_model,
         assert "Traceback" not in log and '"level": "error"' not in log
         lag = [json.loads(line) for line in log.splitlines() if '"event loop lag"' in line][-1]
         assert lag["samples"] > 100 and lag["lag_max_ms"] < ACK_LIMIT * 1000
+
+
+def worker_pids(d) -> list[int]:
+    """The bot's worker processes (its children running `facechain worker`)."""
+    pids = []
+    for child in psutil.Process(d.bot.process.pid).children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return pids
+
+
+def test_a_killed_worker_and_a_bot_restart_under_load_lose_nothing(tiny_model, tmp_path):
+    """The soak again, with kill -9 of the worker mid-training and a bot SIGKILL + restart mid-load:
+    every job still ends (done, or failed with its reason), every result reaches its member."""
+    settings = {**SOAK_SETTINGS, "BASE_MODEL": tiny_model, "JOB_LEASE_SECONDS": 4}
+    with running_bot(tmp_path, settings, more_members=47) as d:
+        fake = d.fake
+        soak(d, interactions=80)
+        fake.wait_for(lambda: d.rows("select count(*) from jobs where kind = 'train' and state = 'running'")
+                      == [(1,)], 120, "a training to run")
+        [first] = fake.wait_for(lambda: worker_pids(d), 30, "the worker process")
+        os.kill(first, signal.SIGKILL)
+        fake.wait_for(lambda: worker_pids(d) and worker_pids(d) != [first], 30, "the bot to restart its worker")
+        soak(d, interactions=60, enrollers=0)
+
+        d.bot.stop(signal.SIGKILL)  # the bot dies while jobs are queued and running; its worker follows it
+        d.bot.start(fake)
+        soak(d, interactions=60, enrollers=0)
+
+        unfinished = "select count(*) from jobs where state in ('queued', 'running') or delivered_at is null"
+        fake.wait_for(lambda: d.rows(unfinished) == [(0,)], 600, "every job to finish and be delivered")
+        states = dict(d.rows("select state, count(*) from jobs group by state"))
+        assert set(states) <= {"done", "failed", "cancelled"}
+        assert d.rows("select count(*) from jobs where kind = 'train' and state = 'done'") == [(3,)]
+        assert d.rows("select count(*) from jobs where state = 'failed' and coalesce(error, '') = ''") == [(0,)]
+        assert d.rows("select count(*) from face_models where status = 'ready'") == [(3,)]
+        assert d.rows("select max(attempts) from jobs where kind = 'train'")[0][0] >= 2  # the killed one ran again
+        with sqlite3.connect(d.data_dir / "facechain.db") as db:
+            assert db.execute("pragma integrity_check").fetchone() == ("ok",)
+        acks = [i.ack_seconds for i in fake.interactions.values()]
+        assert None not in acks and max(acks) < ACK_LIMIT
+        log = d.bot.log()
+        assert "Traceback" not in log and '"level": "error"' not in log
+        assert "exited with -9; restarting" in log
