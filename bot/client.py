@@ -15,6 +15,7 @@ from bot.backend import Backend
 from bot.commands import install
 from bot.components import DYNAMIC_ITEMS
 from bot.delivery import Deliveries
+from bot.downloads import allowed_sources, download_session
 from bot.loop_lag import LoopLag
 from bot.web import WebGallery
 from engine.config import Settings
@@ -43,7 +44,7 @@ class FaceChainBot(discord.Client):
     async def setup_hook(self) -> None:
         install(self.tree)
         self.add_dynamic_items(*DYNAMIC_ITEMS, gallery.GalleryButton)
-        self.http_session = aiohttp.ClientSession()
+        self.http_session = download_session(allowed_sources(self.settings.attachment_hosts))
         await self._sync_commands()
         self.scheduler = build_scheduler(self.settings)
         self.scheduler.start()

@@ -12,6 +12,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 TIMEOUT = aiohttp.ClientTimeout(total=60, sock_read=20)
 CHUNK = 64 * 1024
@@ -65,6 +67,35 @@ async def check_source(url: str, sources: Sources) -> None:
         raise DownloadRefused(f"{host} could not be resolved; try again later") from None
     if any(not ipaddress.ip_address(address[4][0]).is_global for address in addresses):
         raise DownloadRefused("its link points at a private network address")
+
+
+class PrivateAddress(OSError):
+    pass
+
+
+class PublicAddressResolver(AbstractResolver):
+    """The download session's resolver: it refuses private addresses in the same lookup the connection
+    uses, so a name cannot resolve to a public address for `check_source` and to a private one a moment
+    later for the connection (DNS rebinding). Hosts trusted as `http://host:port` are not checked."""
+
+    def __init__(self, sources: Sources, inner: AbstractResolver | None = None) -> None:
+        self.trusted_hosts = {urlsplit(f"http://{entry}").hostname for entry in sources.trusted_http}
+        self.inner = inner or ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        results = await self.inner.resolve(host, port, family)
+        if host.lower() not in self.trusted_hosts and any(
+                not ipaddress.ip_address(result["host"]).is_global for result in results):
+            raise PrivateAddress(f"{host} resolves to a private network address")
+        return results
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def download_session(sources: Sources) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PublicAddressResolver(sources)))
 
 
 # The first bytes of the photo formats Pillow reads for us; anything else is refused before queuing.
@@ -121,6 +152,11 @@ async def download(session: aiohttp.ClientSession, url: str, destination: Path, 
                     handle.write(chunk)
             if received == 0:
                 raise DownloadRefused("the file is empty")
+    except aiohttp.ClientConnectorDNSError as error:
+        destination.unlink(missing_ok=True)
+        if isinstance(error.os_error, PrivateAddress):
+            raise DownloadRefused("its link points at a private network address") from None
+        raise DownloadRefused(f"{urlsplit(url).hostname} could not be resolved; try again later") from None
     except (aiohttp.ClientError, TimeoutError) as error:
         destination.unlink(missing_ok=True)
         raise DownloadRefused(f"the download failed ({type(error).__name__}); upload it again") from None

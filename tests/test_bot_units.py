@@ -5,14 +5,26 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver
 
+import bot.downloads
 from bot.commands import SUBJECTS
-from bot.downloads import DownloadRefused, allowed_sources, check_source, looks_like_a_photo, what_it_is
+from bot.downloads import (
+    DownloadRefused,
+    PublicAddressResolver,
+    allowed_sources,
+    check_source,
+    download,
+    looks_like_a_photo,
+    what_it_is,
+)
 from bot.logs import JsonFormatter
 from bot.messages import enroll_card, eta, portrait_lines, progress_line
 from engine.preprocess.trigger import SUBJECTS as ENGINE_SUBJECTS
@@ -152,3 +164,33 @@ def test_the_style_catalogue_is_reread_after_a_change_but_not_on_every_call(tmp_
     assert styles.catalogue().get("anime") is not None  # not looked at again yet
     monkeypatch.setattr(Styles, "CHECK_EVERY_SECONDS", 0.0)
     assert styles.catalogue().get("anime") is None and styles.catalogue().get("oil") is not None
+
+
+class StaticResolver(AbstractResolver):
+    """Answers every lookup with one address, as a rebinding DNS server would on its second answer."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        return [{"hostname": host, "host": self.address, "port": port, "family": family, "proto": 0, "flags": 0}]
+
+    async def close(self):
+        pass
+
+
+def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_refused(tmp_path, monkeypatch):
+    async def passed(url, sources):  # the first lookup (check_source's) said: public
+        return None
+
+    async def fetch(address: str) -> None:
+        sources = allowed_sources("cdn.discordapp.com")
+        connector = aiohttp.TCPConnector(resolver=PublicAddressResolver(sources, StaticResolver(address)))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await download(session, "https://cdn.discordapp.com/a/me.jpg", tmp_path / "me.jpg", 2**20, sources)
+
+    monkeypatch.setattr(bot.downloads, "check_source", passed)
+    for private in ("127.0.0.1", "10.0.0.7", "169.254.169.254"):
+        with pytest.raises(DownloadRefused, match="private network address"):
+            asyncio.run(fetch(private))
+    assert not (tmp_path / "me.jpg").exists()
