@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from itertools import zip_longest
 
 from engine.config import Settings
 from engine.errors import FaceChainError
@@ -90,10 +91,10 @@ class SqliteJobQueue:
         """The next job in fair order, leased to `worker_id`; None when nothing is ready."""
         with self.store.transaction():
             self._reap(now())
-            ready = self._ready_jobs(kinds)
-            if not ready:
+            heads = self._ready_heads(kinds)
+            if not heads:
                 return None
-            job_id = self._fair_order(ready)[0]["id"]  # the same order position() reports
+            job_id = self._fair_order(heads)[0]["id"]  # the same order position() reports
             moment = now()
             self.db.execute(
                 """update jobs set state = 'running', lease_owner = ?, lease_expires_at = ?, heartbeat_at = ?,
@@ -106,36 +107,36 @@ class SqliteJobQueue:
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.job_lease_seconds)
 
-    def _ready_jobs(self, kinds: tuple[str, ...] | None) -> list[dict]:
-        """Queued jobs that may run now. A portrait that chose to wait for a training in progress waits."""
+    def _ready_heads(self, kinds: tuple[str, ...] | None) -> list[dict]:
+        """Each user's oldest job that may run now (the fair order's first job is one of these).
+        A portrait that chose to wait for a training in progress waits."""
         kinds = kinds or KINDS
         marks = ", ".join("?" for _ in kinds)
         return list(self.db.query(
-            f"""select j.* from jobs j where j.state = 'queued' and j.kind in ({marks})
+            f"""select min(j.id) as id, j.user_id from jobs j where j.state = 'queued' and j.kind in ({marks})
                 and (j.run_after is null or j.run_after <= ?)
                 and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
-                         and exists (select 1 from jobs t where t.user_id = j.user_id and t.kind = 'train'
-                                     and t.state in ('queued', 'running')))
-                order by j.id""",
+                         and j.user_id in (select user_id from jobs where kind = 'train'
+                                           and state in ('queued', 'running')))
+                group by j.user_id""",
             [*kinds, stamp(now())],
         ))
 
     def _fair_order(self, queued: list[dict]) -> list[dict]:
-        """Round-robin across users, least recently served first; FIFO within a user."""
+        """Round-robin across users, least recently served first; FIFO within a user (`queued` in id order)."""
+        # One index seek per queued user (jobs_last_served), however long the job history is.
         served = dict(self.db.execute(
-            "select user_id, max(coalesce(heartbeat_at, started_at)) from jobs where started_at is not null "
-            "group by user_id").fetchall())
+            "select u.user_id, (select max(coalesce(heartbeat_at, started_at)) from jobs where user_id = u.user_id) "
+            "from (select distinct user_id from jobs where state = 'queued') u").fetchall())
+        served = {user: at for user, at in served.items() if at is not None}
         by_user: dict[str, list[dict]] = defaultdict(list)
         for row in queued:
             by_user[row["user_id"]].append(row)
         # Users never served go first (in order of their first request), then by last service time.
         users = sorted(by_user, key=lambda u: (served.get(u) is not None, served.get(u) or "", by_user[u][0]["id"]))
-        order = []
-        while any(by_user[u] for u in users):
-            for user in users:
-                if by_user[user]:
-                    order.append(by_user[user].pop(0))
-        return order
+        # Round r takes each user's r-th job, in user order.
+        rounds = zip_longest(*(by_user[user] for user in users))
+        return [row for round_ in rounds for row in round_ if row is not None]
 
     # --- the worker's side ----------------------------------------------------------------------------
 
@@ -271,7 +272,8 @@ class SqliteJobQueue:
         if row["state"] == "running":
             left = (1.0 - (row["progress"] or 0.0)) * self.typical_seconds(row["kind"])
             return QueuePosition(0, left)
-        order = self._fair_order(list(self.db["jobs"].rows_where("state = 'queued'", order_by="id")))
+        order = self._fair_order(list(self.db.query("select id, user_id, kind from jobs where state = 'queued' "
+                                                    "order by id")))
         ahead = next(index for index, queued in enumerate(order) if queued["id"] == job_id)
         running = list(self.db["jobs"].rows_where("state = 'running'"))
         busy = sum((1.0 - (r["progress"] or 0.0)) * self.typical_seconds(r["kind"]) for r in running)

@@ -156,4 +156,10 @@ def _safety(db: sqlite_utils.Database) -> None:
     db["portraits"].add_column("nsfw", int, not_null_default=0)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety]
+def _queue_speed(db: sqlite_utils.Database) -> None:
+    """When each user was last served, found by an index seek instead of a scan of the job history."""
+    db.execute("create index jobs_last_served on jobs (user_id, coalesce(heartbeat_at, started_at))")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
+                                                             _queue_speed]
