@@ -1,112 +1,196 @@
 """GPU benchmark on the real SD1.5 architecture with random weights (real FLOPs and memory, no download).
 
-    python bench/gpu_sd15.py                # on a CUDA machine: full settings
-    python bench/gpu_sd15.py --smoke        # any machine: tiny settings, checks the script runs
+    python bench/gpu_sd15.py [--json FILE]        # on a CUDA machine (`facechain bench --gpu` runs it)
+    python bench/gpu_sd15.py --smoke              # any machine: the tiny model, to check the script runs
 
-Reports time and peak GPU memory for training a face LoRA on 5 photos and for 4 portraits at
-512x512 with 40 DPM-Solver steps (plus an 8-step fast mode), against the targets in the README
-of bench/. Pictures from random weights are noise; only time and memory mean anything.
+Face-LoRA training for 5 and 20 photos, 4 and 10 portraits at 512x512 with 40 DPM-Solver steps and
+the 8-step fast mode, then the 4 x 40 case again in fp16 and bf16, with classic attention instead
+of SDPA, channels-last, and torch.compile. Each run reports wall time, peak GPU memory and the
+achieved TFLOP/s (FLOPs counted with torch's FlopCounterMode) next to the GPU's datasheet peak.
+Pictures from random weights are noise; only time and memory mean anything.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from engine.base_model import load_base_pipeline
+from engine.base_model import BasePipeline, load_base_pipeline
+from engine.benchmarks.common import bench_arguments, write_figures
 from engine.config import load_settings
 from engine.faces import get_analyzer
 from engine.generate import PortraitGenerator, PortraitRequest
 from engine.lora_training import TrainOptions, train_face_lora
 from engine.preprocess import UploadedPhoto, preprocess_photos
-from engine.random_models import make_sd15_shaped_model
+from engine.random_models import make_sd15_shaped_model, make_tiny_model
 from engine.styles import load_styles
 
 PHOTOS = Path(__file__).parent.parent / "tests" / "data" / "obama"
-TARGETS = {"train_5_photos_s": 45.0, "train_peak_gib": 8.0, "portraits_4x40_s": 3.0, "fast_4x8_s": 1.0}
+TARGETS = {"train_5_photos_s": 45.0, "train_5_photos_peak_gib": 8.0, "portraits_4x40_s": 3.0, "fast_4x8_s": 1.0}
+# Dense fp16/bf16 tensor-core TFLOP/s from the vendors' datasheets; the longest matching name wins.
+PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.5, "H100": 989.4, "A100": 312.0, "L40S": 362.1,
+               "L4": 121.0, "A10": 125.0, "RTX 4090": 165.2, "RTX A6000": 154.8, "T4": 65.0}
+CAPTION = "<fcsks>, a handsome man"
 
 
-class Meter:
-    """Wall time and peak GPU memory of a block."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.seconds = time.perf_counter() - self.start
-        self.peak_gib = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
+@dataclass
+class Measured:
+    label: str
+    seconds: float
+    peak_gib: float | None
+    tflops: float | None  # achieved: counted FLOPs / seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="SD1.5-shaped GPU benchmark")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes and step counts, to check the script")
-    parser.add_argument("--photos", type=int, default=5)
-    parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
-    args = parser.parse_args()
-    resolution, train_steps_per_photo, gen_steps, fast_steps = (64, 1, 2, 1) if args.smoke else (512, None, 40, 8)
+def peak_tflops(device_name: str) -> float | None:
+    matches = [name for name in PEAK_TFLOPS if name in device_name]
+    return PEAK_TFLOPS[max(matches, key=len)] if matches else None
 
-    scratch = Path(tempfile.mkdtemp(prefix="facechain-sd15-"))
-    with Meter(False) as made:
-        model = make_sd15_shaped_model(scratch / "sd15")
-    settings = load_settings(_env_file=None, data_dir=scratch / "data", base_model=str(model))
-    cuda = torch.cuda.is_available()
-    with Meter(cuda) as loaded:
-        base = load_base_pipeline(settings)
-    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
-    print(f"device: {device_name}; torch {torch.__version__}; dtype {base.plan.dtype_name}; {base.plan.reason}")
-    print(f"model written in {made.seconds:.1f} s, loaded in {loaded.seconds:.1f} s")
 
+def measure(label: str, action, flops: float | None, cuda: bool) -> Measured:
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    action()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+    result = Measured(label, round(seconds, 3), peak, round(flops / seconds / 1e12, 3) if flops else None)
+    print(f"{label}: {seconds:.2f} s, peak {peak if peak is not None else '-'} GiB, "
+          f"{result.tflops if result.tflops is not None else '-'} TFLOP/s")
+    return result
+
+
+def counted_flops(action) -> float:
+    with FlopCounterMode(display=False) as counter:
+        action()
+    return float(counter.get_total_flops())
+
+
+def linear_flops(run_with_steps, steps: int) -> float:
+    """FLOPs of a run with `steps` steps, from counting 1- and 2-step runs (fixed cost + per step)."""
+    one, two = counted_flops(lambda: run_with_steps(1)), counted_flops(lambda: run_with_steps(2))
+    return one + (two - one) * (steps - 1)
+
+
+def training_crops(settings, scratch: Path, count: int) -> list[Path]:
+    """`count` aligned selfie crops: the 3 distinct test selfies, repeated to make up the count."""
     uploads = [UploadedPhoto(p.name, p.read_bytes()) for p in sorted(PHOTOS.glob("obama[123].jpg"))]
     accepted = preprocess_photos(uploads, get_analyzer(settings), settings).accepted
     crops = []
-    for index in range(args.photos):  # the 3 distinct test selfies, repeated to make up the count
+    for index in range(count):
         path = scratch / f"crop{index}.jpg"
         path.write_bytes(accepted[index % len(accepted)].crop_jpeg())
         crops.append(path)
-    steps = (train_steps_per_photo or settings.train_steps_per_photo) * args.photos
-    steps = min(steps, settings.train_max_steps)
-    options = TrainOptions(steps=steps, rank=settings.lora_rank, alpha=settings.lora_alpha,
-                           learning_rate=settings.learning_rate, resolution=resolution, checkpoint_every=10**9)
-    with Meter(cuda) as trained:
-        result = train_face_lora(base, crops, "<fcsks>, a handsome man", scratch / "face", options)
-    print(f"train: {args.photos} photos, {steps} steps at {resolution}px: {trained.seconds:.1f} s "
-          f"({steps / trained.seconds:.1f} steps/s), peak {trained.peak_gib:.2f} GiB")
+    return crops
+
+
+def main() -> None:
+    parser = bench_arguments(__doc__)
+    parser.add_argument("--smoke", action="store_true", help="the tiny model at 64 px: checks the script anywhere")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run (minutes to compile)")
+    args = parser.parse_args()
+    smoke = args.smoke
+    cuda = torch.cuda.is_available()
+    resolution, photo_counts, counts, (slow, fast) = (64, (2, 3), (1, 2), (2, 1)) if smoke else \
+        (512, (5, 20), (4, 10), (40, 8))
+
+    scratch = Path(tempfile.mkdtemp(prefix="facechain-sd15-"))
+    start = time.perf_counter()
+    model = make_tiny_model(scratch / "tiny") if smoke else make_sd15_shaped_model(scratch / "sd15")
+    settings = load_settings(_env_file=None, data_dir=scratch / "data", base_model=str(model))
+    base = load_base_pipeline(settings)
+    device_name = torch.cuda.get_device_name() if cuda else "CPU"
+    peak = peak_tflops(device_name) if cuda else None
+    print(f"device: {device_name} (datasheet peak {peak or '?'} TFLOP/s); torch {torch.__version__}; "
+          f"dtype {base.plan.dtype_name}; model ready in {time.perf_counter() - start:.0f} s")
+
+    crops = training_crops(settings, scratch, max(photo_counts))
+    training, face_folder = [], None
+    for photos in photo_counts:
+        steps = 1 * photos if smoke else min(settings.train_steps_per_photo * photos, settings.train_max_steps)
+
+        def train(steps_: int, photos=photos, out=scratch / f"face{photos}"):
+            options = TrainOptions(steps=steps_, rank=settings.lora_rank, alpha=settings.lora_alpha,
+                                   learning_rate=settings.learning_rate, resolution=resolution,
+                                   checkpoint_every=10**9)
+            return train_face_lora(base, crops[:photos], CAPTION, out, options)
+
+        flops = linear_flops(train, steps)
+        training.append(asdict(measure(f"train {photos} photos, {steps} steps at {resolution}px",
+                                       lambda: train(steps), flops, cuda)) | {"photos": photos, "steps": steps})
+        face_folder = face_folder or scratch / f"face{photos}"
 
     generator = PortraitGenerator(base)
     style = load_styles().get("studio-headshot")
-    figures = {"device": device_name, "dtype": base.plan.dtype_name, "train_steps": steps,
-               "train_5_photos_s": trained.seconds, "train_peak_gib": trained.peak_gib}
-    for label, count, steps_ in (("portraits_4x40_s", 4, gen_steps), ("fast_4x8_s", 4, fast_steps)):
-        request = PortraitRequest(style, "a handsome man", result.folder, count=count if not args.smoke else 1,
-                                  seed=1, steps=steps_, size=resolution)
-        generator.generate(request)  # warm-up: adapter load, kernels
-        with Meter(cuda) as drawn:
-            generator.generate(request)
-        figures[label], figures[label.replace("_s", "_peak_gib")] = drawn.seconds, drawn.peak_gib
-        print(f"generate: {request.count} images x {steps_} steps at {resolution}px: {drawn.seconds:.2f} s, "
-              f"peak {drawn.peak_gib:.2f} GiB")
-    if cuda and not args.smoke:
-        for key, target in TARGETS.items():
-            verdict = "ok" if figures[key] <= target else "MISSED"
-            print(f"target {key}: {figures[key]:.2f} vs {target:g}  {verdict}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=2))
+
+    def request(count: int, steps: int) -> PortraitRequest:
+        return PortraitRequest(style, "a handsome man", face_folder, count=count, seed=1, steps=steps, size=resolution)
+
+    def portraits(label: str, count: int, steps: int) -> dict:
+        generator.generate(request(count, steps))  # warm-up: adapter load, kernels, autotuning
+        flops = linear_flops(lambda s: generator.generate(request(count, s)), steps)
+        run = measure(label, lambda: generator.generate(request(count, steps)), flops, cuda)
+        return asdict(run) | {"count": count, "steps": steps}
+
+    generation = [portraits(f"{count} portraits x {steps} steps", count, steps)
+                  for steps in (slow, fast) for count in counts]
+    headline = (counts[0], slow)
+    variants = [portraits(f"{base.plan.dtype_name} (as loaded)", *headline)]
+    unet = base.pipeline.unet
+    if cuda:
+        for dtype in (torch.float16, torch.bfloat16):
+            if dtype != unet.dtype and (dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()):
+                loaded = unet.dtype
+                base.pipeline.to(dtype=dtype)
+                variants.append(portraits(str(dtype).removeprefix("torch."), *headline))
+                base.pipeline.to(dtype=loaded)
+
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor())
+    variants.append(portraits("classic attention (no SDPA)", *headline))
+    unet.set_attn_processor(AttnProcessor2_0())
+    unet.to(memory_format=torch.channels_last)
+    variants.append(portraits("channels-last UNet", *headline))
+    unet.to(memory_format=torch.contiguous_format)
+    if cuda and not args.no_compile:
+        variants.append(compiled_run(base, portraits, headline))
+
+    figures = {"device": device_name, "peak_tflops": peak, "dtype": base.plan.dtype_name, "smoke": smoke,
+               "resolution": resolution, "training": training, "generation": generation, "variants": variants}
+    if cuda and not smoke:
+        values = {"train_5_photos_s": training[0]["seconds"], "train_5_photos_peak_gib": training[0]["peak_gib"],
+                  "portraits_4x40_s": generation[0]["seconds"],
+                  "fast_4x8_s": next(g["seconds"] for g in generation if g["count"] == 4 and g["steps"] == fast)}
+        figures["targets"] = {key: {"target": TARGETS[key], "value": value, "met": value <= TARGETS[key]}
+                              for key, value in values.items()}
+        for key, verdict in figures["targets"].items():
+            print(f"target {key}: {verdict['value']:.2f} vs {verdict['target']:g}  "
+                  f"{'met' if verdict['met'] else 'MISSED'}")
+    write_figures(args.json, figures)
+
+
+def compiled_run(base: BasePipeline, portraits, headline: tuple[int, int]) -> dict:
+    """The headline case with the UNet compiled; the first call (compiling) is timed separately."""
+    pipeline = base.pipeline
+    eager = pipeline.unet
+    try:
+        pipeline.unet = torch.compile(eager)
+        start = time.perf_counter()
+        result = portraits("torch.compile UNet", *headline)
+        return result | {"compile_and_first_run_s": round(time.perf_counter() - start - result["seconds"], 1)}
+    except Exception as error:  # noqa: BLE001 - a compiler failure is a result to report, not a crash
+        print(f"torch.compile failed: {type(error).__name__}: {error}")
+        return {"label": "torch.compile UNet", "error": f"{type(error).__name__}: {str(error)[:300]}"}
+    finally:
+        pipeline.unet = eager
 
 
 if __name__ == "__main__":

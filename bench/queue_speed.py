@@ -1,20 +1,19 @@
 """Job queue speed: jobs/s through enqueue -> claim -> complete with no-op jobs, and how long the bot
 waits to enqueue while a real worker process trains on the same database.
 
-    python bench/queue.py [--jobs 2000]
+    python bench/queue_speed.py [--quick] [--jobs 2000] [--json FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from engine.benchmarks.common import bench_arguments, percentile, write_figures
 from engine.config import load_settings
 from engine.enroll import enroll_user
 from engine.faces import get_analyzer
@@ -26,13 +25,14 @@ from engine.store import Store
 ROOT = Path(__file__).parent.parent
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+def open_queue(settings) -> SqliteJobQueue:
+    """A queue on `settings`' data dir that takes any number of jobs per member."""
+    unlimited = settings.model_copy(update={"max_queued_portraits_per_user": 10**6})
+    return SqliteJobQueue(Store(settings.data_dir), unlimited)
 
 
-def throughput(settings, count: int) -> None:
-    queue = SqliteJobQueue(Store(settings.data_dir), settings.model_copy(update={"max_queued_portraits_per_user": count}))
+def throughput(settings, count: int) -> dict:
+    queue = open_queue(settings)
     start = time.perf_counter()
     for n in range(count):
         queue.enqueue("generate", f"u{n % 50}", {"n": n})
@@ -40,15 +40,40 @@ def throughput(settings, count: int) -> None:
     while (job := queue.claim("bench")) is not None:
         queue.complete(job.id, "bench", {})
     done = time.perf_counter()
-    print(f"throughput: {count} no-op jobs, enqueue {count / (enqueued - start):.0f}/s, "
-          f"claim+complete {count / (done - enqueued):.0f}/s, end to end {count / (done - start):.0f} jobs/s")
+    figures = {"jobs": count, "enqueue_per_s": round(count / (enqueued - start)),
+               "claim_complete_per_s": round(count / (done - enqueued)), "jobs_per_s": round(count / (done - start))}
+    print(f"throughput: {count} no-op jobs, enqueue {figures['enqueue_per_s']}/s, "
+          f"claim+complete {figures['claim_complete_per_s']}/s, end to end {figures['jobs_per_s']} jobs/s")
+    return figures
 
 
-def latency_while_training(settings, model: Path) -> None:
-    store = Store(settings.data_dir)
+def claim_with_a_long_history(settings, queued: int, history: int, claims: int = 200) -> dict:
+    """ms per claim+complete with `queued` jobs waiting from 50 members and `history` finished jobs,
+    as after weeks of uptime: the fair order must not scan the history."""
+    queue = open_queue(settings)
+    for member in range(50):
+        queue.store.touch_user(f"u{member}")
+    for count in (history, queued):
+        with queue.store.transaction():  # bulk-load: the enqueue path is measured elsewhere
+            queue.db["jobs"].insert_all({"kind": "generate", "user_id": f"u{n % 50}", "params": "{}", "state": "queued",
+                                         "attempts": 0, "progress": 0.0, "cancel_requested": 0,
+                                         "created_at": "2026-01-01T00:00:00+00:00"} for n in range(count))
+        if count == history:  # served and finished long ago
+            queue.db.execute("update jobs set state = 'done', started_at = created_at, heartbeat_at = created_at, "
+                             "finished_at = created_at")
+    start = time.perf_counter()
+    for _ in range(claims):
+        job = queue.claim("bench")
+        queue.complete(job.id, "bench", {})
+    per_claim = (time.perf_counter() - start) / claims * 1000
+    print(f"claim+complete with {queued} queued and {history} finished jobs: {per_claim:.1f} ms")
+    return {"claim_queued": queued, "claim_history": history, "claim_ms_long_history": round(per_claim, 2)}
+
+
+def latency_while_training(settings, model: Path, window_seconds: float) -> dict:
+    queue = open_queue(settings)
     photos = [UploadedPhoto(p.name, p.read_bytes()) for p in sorted((ROOT / "tests/data/obama").glob("obama[123].jpg"))]
-    enroll_user(store, get_analyzer(settings), settings, "trainee", photos, subject="man")
-    queue = SqliteJobQueue(store, settings.model_copy(update={"max_queued_portraits_per_user": 10_000}))
+    enroll_user(queue.store, get_analyzer(settings), settings, "trainee", photos, subject="man")
     queue.enqueue("train", "trainee", {"steps": 400})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FACECHAIN_DATA_DIR": str(settings.data_dir),
            "FACECHAIN_BASE_MODEL": str(model), "FACECHAIN_DEVICE": "cpu", "FACECHAIN_TRAIN_RESOLUTION": "64"}
@@ -58,7 +83,7 @@ def latency_while_training(settings, model: Path) -> None:
         while queue.jobs(state="running") == []:
             time.sleep(0.1)
         waits = []
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + window_seconds
         while time.monotonic() < deadline:
             start = time.perf_counter()
             job = queue.enqueue("generate", "asker", {"style": "anime"})
@@ -68,19 +93,27 @@ def latency_while_training(settings, model: Path) -> None:
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-    print(f"enqueue while a worker trains: {len(waits)} enqueues, p50 {statistics.median(waits):.1f} ms, "
-          f"p99 {percentile(waits, 0.99):.1f} ms, max {max(waits):.1f} ms")
+    figures = {"enqueues_while_training": len(waits), "enqueue_while_training_p50_ms": round(percentile(waits, 0.5), 2),
+               "enqueue_while_training_p99_ms": round(percentile(waits, 0.99), 2),
+               "enqueue_while_training_max_ms": round(max(waits), 2)}
+    print(f"enqueue while a worker trains: {len(waits)} enqueues, p50 {figures['enqueue_while_training_p50_ms']} ms, "
+          f"p99 {figures['enqueue_while_training_p99_ms']} ms, max {figures['enqueue_while_training_max_ms']} ms")
+    return figures
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000)
+    parser = bench_arguments(__doc__)
+    parser.add_argument("--jobs", type=int, help="no-op jobs for the throughput run (default 2000, quick 300)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="facechain-queue-"))
     settings = load_settings(_env_file=None, data_dir=scratch / "a")
-    throughput(settings, args.jobs)
+    figures = throughput(settings, args.jobs or (300 if args.quick else 2000))
+    figures |= claim_with_a_long_history(load_settings(_env_file=None, data_dir=scratch / "c"),
+                                         *((500, 5000) if args.quick else (2000, 20000)))
     model = make_tiny_model(scratch / "tiny")
-    latency_while_training(load_settings(_env_file=None, data_dir=scratch / "b"), model)
+    figures |= latency_while_training(load_settings(_env_file=None, data_dir=scratch / "b"), model,
+                                      3 if args.quick else 10)
+    write_figures(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from bot.loop_lag import LoopLag
 from bot.web import WebGallery
 from engine.config import Settings
 from engine.maintenance import build_scheduler
+from engine.memory import peak_rss_mb
 from engine.worker_process import WorkerProcess
 
 log = logging.getLogger("bot")
@@ -78,6 +79,7 @@ class FaceChainBot(discord.Client):
 
     async def close(self) -> None:
         self.loop_lag.report()
+        log.info("bot stopping", extra={"peak_rss_mb": peak_rss_mb()})
         for task in self._background:
             task.cancel()
         for scheduler in (self.scheduler, self.highlights):

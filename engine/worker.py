@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engine.config import Settings
 from engine.errors import FaceChainError
+from engine.memory import peak_rss_mb
 from engine.queue import Job, LeaseLost, QueueLimit, SqliteJobQueue
 from engine.store import Store
 
@@ -155,7 +156,7 @@ class Worker:
                 continue
             self.run_job(job)
             idle_since = time.monotonic()
-        log.info("worker %s stopped", self.worker_id)
+        log.info("worker %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
 
     def run_job(self, job: Job) -> None:
         beat = Heartbeat(self.settings, job.id, self.worker_id)

@@ -1,0 +1,1 @@
+"""`facechain bench`: runs the scripts in bench/, collects their figures and writes a report."""
