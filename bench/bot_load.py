@@ -52,7 +52,11 @@ def main() -> None:
         "bot_peak_rss_mb": bot_peak, "worker_peak_rss_mb": max(worker_peaks) if worker_peaks else None,
         "targets": TARGETS,
     }
-    print(json.dumps(figures, indent=2))
+    print(f"{figures['interactions']} interactions from {members} members while 3 members train: ack p50 "
+          f"{figures['ack_p50_ms']} ms, p99 {figures['ack_p99_ms']} ms, max {figures['ack_max_ms']} ms; "
+          f"event-loop lag p50 {figures['loop_lag_p50_ms']} ms, p99 {figures['loop_lag_p99_ms']} ms, "
+          f"max {figures['loop_lag_max_ms']} ms")
+    print(f"peak memory: bot {figures['bot_peak_rss_mb']} MB, worker {figures['worker_peak_rss_mb']} MB")
     for key, target in TARGETS.items():
         print(f"target {key} < {target:g}: {'met' if figures[key] < target else 'MISSED'} ({figures[key]})")
     write_figures(args.json, figures)

@@ -340,6 +340,22 @@ def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- benchmarks -----------------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.benchmarks.report import write_report
+    from engine.benchmarks.suite import run_suite
+
+    out = Path(args.out)
+    results = run_suite(out, quick=args.quick, gpu=args.gpu, only=args.only)
+    report_path = write_report(results, out)
+    failed = [name for name, run in results["benchmarks"].items() if "error" in run]
+    report(args, {"results": str(out / "results.json"), "report": str(report_path), "failed": failed},
+           f"Report: {report_path} (figures in {out / 'results.json'})"
+           + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 # --- wiring ----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
                    "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")
     tiny.add_argument("folder", metavar="DIR")
+
+    bench = command(commands, "bench", cmd_bench,
+                    "run the benchmarks in bench/ and write results.json and a Markdown report with charts")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (a few minutes)")
+    bench.add_argument("--gpu", action="store_true",
+                       help="also the SD1.5-architecture GPU benchmark (needs CUDA; about 10 minutes)")
+    bench.add_argument("--only", metavar="NAMES", help="comma-separated: preprocess, engine_tiny, queue_speed, "
+                                                       "bot_load, gpu_sd15")
+    bench.add_argument("--out", default="bench/results", metavar="DIR", help="where results.json and report.md go")
 
     styles = commands.add_parser("styles", help="the portrait styles").add_subparsers(
         dest="styles_command", required=True, metavar="ACTION")

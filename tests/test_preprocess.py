@@ -183,23 +183,24 @@ def test_trigger_phrases_follow_facechain():
 
 def test_the_whole_bad_corpus_in_one_set_stays_within_bounded_memory(tmp_path):
     """Every hostile file at once (bomb, 48-megapixel photo, ...) in a fresh process: peak RSS is
-    measured by the kernel (ru_maxrss), so nothing the test does can hide an allocation."""
+    measured by the kernel (VmHWM), so nothing the test does can hide an allocation."""
     import subprocess
     import sys
 
     script = (
-        "import resource, json\n"
+        "import json\n"
+        "from engine.memory import peak_rss_mb\n"
         "from engine.config import load_settings\n"
         "from engine.faces import get_analyzer\n"
         "from engine.preprocess import UploadedPhoto, preprocess_photos\n"
         "from tests.make_bad_corpus import build_corpus\n"
         "settings = load_settings(_env_file=None)\n"
         "photos = [UploadedPhoto(name, data) for name, (data, _) in build_corpus().items()]\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "before = peak_rss_mb()\n"
         "result = preprocess_photos(photos, get_analyzer(settings), settings)\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "peak = peak_rss_mb()\n"
         "print(json.dumps({'accepted': len(result.accepted), 'rejected': len(result.rejected),"
-        " 'before_mb': before / 1024, 'peak_mb': peak / 1024}))\n"
+        " 'before_mb': before, 'peak_mb': peak}))\n"
     )
     run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, capture_output=True,
                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})

@@ -1,0 +1,105 @@
+"""`facechain bench`: the scripts run, their figures land in results.json, and the report draws
+every section as Markdown plus PNG charts. (Speed itself is never asserted: see bench/.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.benchmarks.report import write_report
+from engine.cli import main
+
+ROOT = Path(__file__).parent.parent
+COMMITTED = ROOT / "bench" / "results" / "results.json"
+
+
+def charts_in(report: Path) -> list[Path]:
+    """The chart files the report links to; each must be a real PNG."""
+    names = re.findall(r"\(charts/([\w.-]+\.png)\)", report.read_text())
+    paths = [report.parent / "charts" / name for name in names]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 400
+    return paths
+
+
+def test_bench_runs_the_chosen_scripts_and_writes_results_and_a_report(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["bench", "--quick", "--only", "preprocess,queue_speed", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["failed"] == [] and Path(summary["report"]) == out / "report.md"
+    results = json.loads((out / "results.json").read_text())
+    assert results["quick"] is True and set(results["benchmarks"]) == {"preprocess", "queue_speed"}
+    assert results["machine"]["cores"] >= 1 and "torch" in results["machine"]["versions"]
+    preprocess = results["benchmarks"]["preprocess"]["figures"]
+    assert preprocess["photos_per_s"] > 0 and set(preprocess["stage_ms_per_photo"]) >= {"embed", "decode"}
+    queue = results["benchmarks"]["queue_speed"]["figures"]
+    assert queue["jobs_per_s"] > 0 and queue["claim_ms_long_history"] > 0
+    report = (out / "report.md").read_text()
+    assert "## Selfie preprocessing" in report and "## Job queue" in report and "## The bot under load" not in report
+    assert "AMD" in report or results["machine"]["cpu"] in report  # every report says what it ran on
+    assert {p.name for p in charts_in(out / "report.md")} == {"preprocess_stages.png", "hot_spots.png"}
+
+
+def test_the_committed_report_renders_again_from_its_results(tmp_path):
+    results = json.loads(COMMITTED.read_text())
+    assert set(results["benchmarks"]) >= {"preprocess", "engine_tiny", "queue_speed", "bot_load"}
+    assert all("error" not in run for run in results["benchmarks"].values())
+    report = write_report(results, tmp_path)
+    text = report.read_text()
+    for section in ("Hot spots", "Selfie preprocessing", "Portrait engine", "Job queue", "The bot under load"):
+        assert f"## {section}" in text
+    assert {"hot_spots.png", "bot_load.png", "adapter_swap.png", "preprocess_stages.png"} <= {
+        p.name for p in charts_in(report)}
+    assert (ROOT / "bench" / "results" / "report.md").read_text().count("![") == text.count("![")
+
+
+def test_the_gpu_script_runs_in_smoke_mode_and_its_section_renders(tmp_path):
+    figures_file = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_sd15.py"), "--smoke", "--json", str(figures_file)],
+                   check=True, capture_output=True, timeout=300, cwd=tmp_path,
+                   env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    figures = json.loads(figures_file.read_text())
+    assert figures["smoke"] and [run["photos"] for run in figures["training"]] == [2, 3]
+    assert {(run["count"], run["steps"]) for run in figures["generation"]} == {(1, 2), (2, 2), (1, 1), (2, 1)}
+    labels = [run["label"] for run in figures["variants"]]
+    assert "classic attention (no SDPA)" in labels and "channels-last UNet" in labels
+    assert all(run["tflops"] > 0 for run in figures["training"] + figures["generation"])  # FLOPs were counted
+
+    results = json.loads(COMMITTED.read_text()) | {"benchmarks": {"gpu_sd15": {"seconds": 1, "figures": figures}}}
+    report = write_report(results, tmp_path / "report")
+    assert "## GPU: SD1.5 architecture" in report.read_text() and "Smoke run" in report.read_text()
+    assert [p.name for p in charts_in(report)] == ["gpu.png"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "preprocess,warp_drive"], "Unknown benchmark(s): warp_drive"),
+    (["--gpu"], "--gpu needs a CUDA GPU"),
+])
+def test_bench_refuses_what_it_cannot_do(capsys, tmp_path, argv, message):
+    import torch
+
+    if "--gpu" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["bench", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_peak_memory_is_the_programs_own():
+    """A fresh program reports its own peak, not its (big) parent's pages from before exec."""
+    script = ("import json; from engine.memory import peak_rss_mb\n"
+              "start = peak_rss_mb(); block = bytearray(300 * 2**20)\n"
+              "block[::4096] = b'x' * len(block[::4096]); print(json.dumps([start, peak_rss_mb()]))")
+    ballast = bytearray(400 * 2**20)  # make sure the parent is bigger than the child will ever be
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    start, peak = json.loads(run.stdout)
+    assert start < 200 and peak - start > 280
