@@ -78,3 +78,30 @@ def test_insightface_without_its_model_pack_says_what_to_set(tmp_path):
     settings = load_settings(_env_file=None, face_backend="insightface", insightface_model_dir=tmp_path / "missing")
     with pytest.raises(ModelMissing, match="FACECHAIN_INSIGHTFACE_MODEL_DIR"):
         get_analyzer(settings)
+
+
+def test_the_dlib_analyzer_can_be_shared_by_threads():
+    """dlib's detector crashes the process (segfault) when two threads use it at once; the analyzer
+    takes turns. Run in a child process, so a crash fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from engine.config import load_settings\n"
+        "from engine.faces import get_analyzer\n"
+        "from tests.conftest import image_array\n"
+        "analyzer = get_analyzer(load_settings(_env_file=None))\n"
+        "images = [image_array(f'obama/obama{i}.jpg') for i in (1, 2, 3)] * 4\n"
+        "def analyse(image):\n"
+        "    face = analyzer.detect(image)[0]\n"
+        "    return len(analyzer.embed(image, face))\n"
+        "with ThreadPoolExecutor(4) as pool:\n"
+        "    print(sorted(set(pool.map(analyse, images))))\n"
+    )
+    root = Path(__file__).parent.parent
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr[-1000:]
+    assert run.stdout.strip() == "[128]"

@@ -7,6 +7,7 @@ The models come from the `face_recognition_models` package. Its `__init__` impor
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import cv2
@@ -57,8 +58,15 @@ class DlibAnalyzer:
         self._detector = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(paths["landmarks"]))
         self._embedder = dlib.face_recognition_model_v1(str(paths["embedding"]))
+        # dlib's models are not thread-safe: two threads detecting at once crash the process
+        # (a segfault, not an exception). One analyzer serves a process, so calls take turns.
+        self._lock = threading.Lock()
 
     def detect(self, image: np.ndarray) -> list[Face]:
+        with self._lock:
+            return self._detect(image)
+
+    def _detect(self, image: np.ndarray) -> list[Face]:
         height, width = image.shape[:2]
         long_side = max(height, width)
         scale = min(1.0, DETECT_LONG_SIDE / long_side)
@@ -88,7 +96,8 @@ class DlibAnalyzer:
         return largest_first(faces)
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
-        descriptor = self._embedder.compute_face_descriptor(np.ascontiguousarray(image), face.native)
+        with self._lock:
+            descriptor = self._embedder.compute_face_descriptor(np.ascontiguousarray(image), face.native)
         return np.asarray(descriptor, dtype=np.float32)
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
