@@ -99,8 +99,8 @@ def main() -> None:
         "first_adapter_load_ms": ms(max(first_load, 0)),
         "swap_vs_reload": round(reload_seconds / swap, 1),
         "hot_spots": [
-            {"name": f"{IMAGES} candidates ({SIZE} px, {gen_steps} steps)", "before_ms": ms(one_by_one), "after_ms": ms(batched),
-             "change": "one batched pipeline call instead of one call per candidate"},
+            {"name": f"{IMAGES} candidates ({SIZE} px, {gen_steps} steps)", "before_ms": ms(one_by_one),
+             "after_ms": ms(batched), "change": "one batched pipeline call instead of one call per candidate"},
             {"name": f"training step ({SIZE} px)", "before_ms": ms(step + encode), "after_ms": ms(step),
              "change": "photo latents and caption embedding cached once (before = step + the per-step encode, "
                        "both measured)"},

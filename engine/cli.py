@@ -347,7 +347,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from engine.benchmarks.suite import run_suite
 
     out = Path(args.out)
-    results = run_suite(out, quick=args.quick, gpu=args.gpu, only=args.only)
+    results = run_suite(out, quick=args.quick, gpu=args.gpu, only=args.only,
+                        gpu_results=Path(args.gpu_results) if args.gpu_results else None)
     report_path = write_report(results, out)
     failed = [name for name, run in results["benchmarks"].items() if "error" in run]
     report(args, {"results": str(out / "results.json"), "report": str(report_path), "failed": failed},
@@ -432,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", metavar="NAMES", help="comma-separated: preprocess, engine_tiny, queue_speed, "
                                                        "bot_load, gpu_sd15")
     bench.add_argument("--out", default="bench/results", metavar="DIR", help="where results.json and report.md go")
+    bench.add_argument("--gpu-results", metavar="FILE",
+                       help="report the figures of a `bench/gpu_sd15.py --json FILE` run made on a GPU machine")
 
     styles = commands.add_parser("styles", help="the portrait styles").add_subparsers(
         dest="styles_command", required=True, metavar="ACTION")

@@ -60,7 +60,7 @@ def test_the_committed_report_renders_again_from_its_results(tmp_path):
     assert (ROOT / "bench" / "results" / "report.md").read_text().count("![") == text.count("![")
 
 
-def test_the_gpu_script_runs_in_smoke_mode_and_its_section_renders(tmp_path):
+def test_the_gpu_script_runs_in_smoke_mode_and_its_figures_join_a_report(tmp_path, capsys):
     figures_file = tmp_path / "gpu.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_sd15.py"), "--smoke", "--json", str(figures_file)],
                    check=True, capture_output=True, timeout=300, cwd=tmp_path,
@@ -72,10 +72,18 @@ def test_the_gpu_script_runs_in_smoke_mode_and_its_section_renders(tmp_path):
     assert "classic attention (no SDPA)" in labels and "channels-last UNet" in labels
     assert all(run["tflops"] > 0 for run in figures["training"] + figures["generation"])  # FLOPs were counted
 
-    results = json.loads(COMMITTED.read_text()) | {"benchmarks": {"gpu_sd15": {"seconds": 1, "figures": figures}}}
-    report = write_report(results, tmp_path / "report")
-    assert "## GPU: SD1.5 architecture" in report.read_text() and "Smoke run" in report.read_text()
-    assert [p.name for p in charts_in(report)] == ["gpu.png"]
+    # As from a lent GPU machine: its figures join the report without running anything here.
+    out = tmp_path / "report"
+    assert main(["bench", "--only", "gpu_sd15", "--gpu-results", str(figures_file), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## GPU: SD1.5 architecture" in report and "Smoke run" in report and "Measured on " in report
+    assert [p.name for p in charts_in(out / "report.md")] == ["gpu.png"]
+    assert json.loads((out / "results.json").read_text())["benchmarks"]["gpu_sd15"]["ran_elsewhere"] is True
+    capsys.readouterr()
+    (tmp_path / "wrong.json").write_text('{"photos_per_s": 5}')
+    assert main(["bench", "--only", "gpu_sd15", "--gpu-results", str(tmp_path / "wrong.json"), "--out",
+                 str(out)]) == 2
+    assert "is not the output of `bench/gpu_sd15.py --json`" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -179,6 +179,10 @@ def gpu_section(figures: dict, charts: Charts) -> list[str]:
     else:
         tflops.set_title("achieved TFLOP/s (peak unknown for this device)", fontsize=9)
     lines = ["## GPU: SD1.5 architecture, random weights", ""]
+    if "measured_on" in figures:  # it may have run on another machine than the rest
+        where = figures["measured_on"]
+        lines += [f"Measured on {where['accelerator']}, {where['cpu']}; torch {where['versions']['torch']}, "
+                  f"diffusers {where['versions']['diffusers']}; weights {figures['dtype']}.", ""]
     if figures["smoke"]:
         lines += ["_Smoke run (the tiny model on this machine): it checks the script, its figures mean nothing._", ""]
     lines += [charts.save(figure, "gpu.png"), ""]

@@ -52,6 +52,17 @@ def require_cuda() -> None:
                              "`facechain bench --gpu` on the GPU machine (the other benchmarks run anywhere).")
 
 
+def read_gpu_results(path: Path) -> dict:
+    try:
+        figures = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise FaceChainError(f"Could not read the GPU figures in {path} ({type(error).__name__}): give the file "
+                             "`python bench/gpu_sd15.py --json FILE` wrote.") from None
+    if not isinstance(figures, dict) or not {"training", "generation", "variants"} <= set(figures):
+        raise FaceChainError(f"{path} is not the output of `bench/gpu_sd15.py --json`.")
+    return {"figures": figures, "ran_elsewhere": True}
+
+
 def run_script(folder: Path, name: str, quick: bool) -> dict:
     """One benchmark in a fresh process: its figures, its printed lines and how long it took, or its error."""
     timeout = TIMEOUT_SECONDS["quick" if quick else "full"]
@@ -72,14 +83,20 @@ def run_script(folder: Path, name: str, quick: bool) -> dict:
         return {"seconds": seconds, "figures": json.loads(figures_file.read_text()), "printed": finished.stdout}
 
 
-def run_suite(out_dir: Path, quick: bool = False, gpu: bool = False, only: str | None = None) -> dict:
-    """Run the chosen benchmarks and write `out_dir`/results.json; returns the results."""
+def run_suite(out_dir: Path, quick: bool = False, gpu: bool = False, only: str | None = None,
+              gpu_results: Path | None = None) -> dict:
+    """Run the chosen benchmarks and write `out_dir`/results.json; returns the results. `gpu_results`
+    adds the figures of a gpu_sd15.py run made on another machine (a GPU box) instead of running it."""
     folder = bench_folder()
     names = choose_scripts(only, gpu)
-    if GPU_SCRIPT in names:
+    gpu_run = read_gpu_results(gpu_results) if gpu_results else None
+    if GPU_SCRIPT in names and gpu_run is None:
         require_cuda()
     results = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
                "machine": machine_facts(), "benchmarks": {}}
+    if gpu_run is not None:
+        names = [name for name in names if name != GPU_SCRIPT]
+        results["benchmarks"][GPU_SCRIPT] = gpu_run
     for name in names:
         with console.status(f"running bench/{name}.py{' --quick' if quick else ''} …"):
             run = run_script(folder, name, quick)
