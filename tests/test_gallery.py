@@ -173,8 +173,11 @@ def test_weekly_highlight_posts_the_most_liked_as_a_collage(deployment):
 def test_the_nsfw_policy_guards_what_the_safety_check_flagged(deployment):
     d, fake = deployment, deployment.fake
     after_dark = d.channels["after-dark"]  # an age-restricted channel
-    fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"nsfw_policy": "age_restricted_only"},
-                               group="facechain-admin"))
+    saved = fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"nsfw_policy": "age_restricted_only"},
+                                       group="facechain-admin"))
+    fake.wait_for(lambda: saved.embeds, 10, "the settings card")
+    assert "age_restricted_only: flagged portraits only in age-restricted channels" in saved.text()
+    assert "safety check off" in saved.text()  # this deployment sets no FACECHAIN_SAFETY_CHECKER
     set_gallery(d, "gallery")
     result = delivered(d, d.carol, "oil", ["red", "green"], channel=after_dark, flagged=(0,))
     assert len(result.files) == 2  # asked in an age-restricted channel: both are shown
