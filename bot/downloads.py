@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import secrets
@@ -51,8 +50,10 @@ def allowed_sources(setting: str) -> Sources:
     return Sources(frozenset(e for e in entries if "://" not in e), frozenset(trusted))
 
 
-async def check_source(url: str, sources: Sources) -> None:
-    """Refuse anything but an allowed host over https that resolves to public addresses only."""
+def check_source(url: str, sources: Sources) -> None:
+    """Refuse anything but an allowed host over https. An address written in the link must be public;
+    where a name points is checked by the download session's resolver, in the lookup it connects with
+    (aiohttp resolves no IP literal, so those are checked here)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme == "http" and {parts.netloc.lower(), host} & sources.trusted_http:
@@ -62,10 +63,10 @@ async def check_source(url: str, sources: Sources) -> None:
     if host not in sources.https_hosts:
         raise DownloadRefused(f"it is not on Discord's CDN ({host or 'no host'})")
     try:
-        addresses = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except OSError:
-        raise DownloadRefused(f"{host} could not be resolved; try again later") from None
-    if any(not ipaddress.ip_address(address[4][0]).is_global for address in addresses):
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return  # a name: PublicAddressResolver checks what it resolves to
+    if not address.is_global:
         raise DownloadRefused("its link points at a private network address")
 
 
@@ -75,8 +76,8 @@ class PrivateAddress(OSError):
 
 class PublicAddressResolver(AbstractResolver):
     """The download session's resolver: it refuses private addresses in the same lookup the connection
-    uses, so a name cannot resolve to a public address for `check_source` and to a private one a moment
-    later for the connection (DNS rebinding). Hosts trusted as `http://host:port` are not checked."""
+    uses, so a name cannot resolve to a public address for a check and to a private one a moment later
+    for the connection (DNS rebinding). Hosts trusted as `http://host:port` are not checked."""
 
     def __init__(self, sources: Sources, inner: AbstractResolver | None = None) -> None:
         self.trusted_hosts = {urlsplit(f"http://{entry}").hostname for entry in sources.trusted_http}
@@ -133,7 +134,7 @@ async def download(session: aiohttp.ClientSession, url: str, destination: Path, 
                    sources: Sources) -> None:
     """Stream `url` to `destination`, checking where it comes from, its size and its content;
     DownloadRefused says why not."""
-    await check_source(url, sources)
+    check_source(url, sources)
     try:
         async with session.get(url, allow_redirects=False, timeout=TIMEOUT) as response:
             if response.status != 200:

@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver
 
-import bot.downloads
 from bot.commands import SUBJECTS
 from bot.downloads import (
     DownloadRefused,
@@ -137,10 +136,10 @@ def test_photos_come_only_from_allowed_https_hosts_with_public_addresses(url, re
     sources = allowed_sources("cdn.discordapp.com, 127.0.0.1, 10.1.2.3, ::1, 169.254.169.254, 8.8.8.8,"
                               "http://localhost:9999")
     if refusal is None:  # (a host name would need DNS here: IP literals check the same rule)
-        asyncio.run(check_source(url, sources))
+        check_source(url, sources)
     else:
         with pytest.raises(DownloadRefused, match=re.escape(refusal)):
-            asyncio.run(check_source(url, sources))
+            check_source(url, sources)
 
 
 def test_content_is_sniffed_from_the_bytes(tmp_path):
@@ -167,30 +166,31 @@ def test_the_style_catalogue_is_reread_after_a_change_but_not_on_every_call(tmp_
 
 
 class StaticResolver(AbstractResolver):
-    """Answers every lookup with one address, as a rebinding DNS server would on its second answer."""
+    """Answers every lookup with one address, as a rebinding DNS server would on its second answer
+    (None: the name does not resolve)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str | None) -> None:
         self.address = address
 
     async def resolve(self, host, port=0, family=socket.AF_INET):
+        if self.address is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return [{"hostname": host, "host": self.address, "port": port, "family": family, "proto": 0, "flags": 0}]
 
     async def close(self):
         pass
 
 
-def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_refused(tmp_path, monkeypatch):
-    async def passed(url, sources):  # the first lookup (check_source's) said: public
-        return None
-
-    async def fetch(address: str) -> None:
+def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_refused(tmp_path):
+    async def fetch(address: str | None) -> None:
         sources = allowed_sources("cdn.discordapp.com")
         connector = aiohttp.TCPConnector(resolver=PublicAddressResolver(sources, StaticResolver(address)))
         async with aiohttp.ClientSession(connector=connector) as session:
             await download(session, "https://cdn.discordapp.com/a/me.jpg", tmp_path / "me.jpg", 2**20, sources)
 
-    monkeypatch.setattr(bot.downloads, "check_source", passed)
     for private in ("127.0.0.1", "10.0.0.7", "169.254.169.254"):
         with pytest.raises(DownloadRefused, match="private network address"):
             asyncio.run(fetch(private))
+    with pytest.raises(DownloadRefused, match="cdn.discordapp.com could not be resolved; try again later"):
+        asyncio.run(fetch(None))
     assert not (tmp_path / "me.jpg").exists()
