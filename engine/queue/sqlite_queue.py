@@ -19,7 +19,7 @@ from itertools import zip_longest
 from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.queue.base import FINISHED, Job, LeaseLost, QueueLimit, QueuePosition
-from engine.store import Store
+from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
 KINDS = ("enroll", "train", "generate")
@@ -236,23 +236,14 @@ class SqliteJobQueue:
         return [_job(row) for row in rows]
 
     def jobs(self, state: str | None = None, user_id: str | None = None, limit: int = 100) -> list[Job]:
-        where, params = [], []
-        if state:
-            where.append("state = ?")
-            params.append(state)
-        if user_id:
-            where.append("user_id = ?")
-            params.append(user_id)
+        where, params = equal_to({"state": state, "user_id": user_id})
         rows = self.db["jobs"].rows_where(" and ".join(where) or None, params, order_by="id desc", limit=limit)
         return [_job(row) for row in rows]
 
     def active_jobs(self, user_id: str | None = None, guild_id: str | None = None) -> list[Job]:
         """Queued and running jobs, oldest first, of a user or a guild (or all)."""
-        where, params = ["state in ('queued', 'running')"], []
-        for column, value in (("user_id", user_id), ("guild_id", guild_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        where, params = equal_to({"user_id": user_id, "guild_id": guild_id})
+        where.append("state in ('queued', 'running')")
         return [_job(row) for row in self.db["jobs"].rows_where(" and ".join(where), params, order_by="id")]
 
     # --- position and ETA -----------------------------------------------------------------------------

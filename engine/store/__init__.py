@@ -8,6 +8,8 @@ from engine.store.store import (
     Store,
     UserRecord,
     check_user_id,
+    equal_to,
 )
 
-__all__ = ["SCHEMA_VERSION", "FaceModelRecord", "ForgetReport", "SelfieRecord", "Store", "UserRecord", "check_user_id"]
+__all__ = ["SCHEMA_VERSION", "FaceModelRecord", "ForgetReport", "SelfieRecord", "Store", "UserRecord", "check_user_id",
+           "equal_to"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from engine.errors import FaceChainError
-from engine.store.store import Store, utc_now
+from engine.store.store import Store, equal_to, utc_now
 
 NSFW_POLICIES = ("block", "age_restricted_only", "allow")
 SETTING_COLUMNS = ("gallery_channel_id", "daily_quota", "allowed_styles", "nsfw_policy", "highlight_day",
@@ -150,15 +150,10 @@ def browse_gallery(store: Store, guild_id: str, style: str | None = None, user_i
     safety check flagged are left out unless `include_flagged`."""
     if sort not in SORTS:
         raise FaceChainError(f"Sort by one of {', '.join(SORTS)}.")
-    where, params = ["e.guild_id = ?", "e.message_id is not null"], [guild_id]
+    where, params = equal_to({"e.guild_id": guild_id, "p.style": style, "e.user_id": user_id})
+    where.append("e.message_id is not null")
     if not include_flagged:
         where.append("p.nsfw = 0")
-    if style:
-        where.append("p.style = ?")
-        params.append(style)
-    if user_id:
-        where.append("e.user_id = ?")
-        params.append(user_id)
     condition = " where " + " and ".join(where)
     total = store.db.execute("select count(*) from gallery_entries e join portraits p on p.id = e.portrait_id"
                              + condition, params).fetchone()[0]

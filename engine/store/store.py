@@ -33,6 +33,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def equal_to(filters: dict[str, object]) -> tuple[list[str], list]:
+    """`column = ?` conditions, and their values, for the filters that are set (None and "" are not).
+    Column names come from our code, values only ever travel as parameters."""
+    present = {column: value for column, value in filters.items() if value not in (None, "")}
+    return [f"{column} = ?" for column in present], list(present.values())
+
+
 def check_user_id(user_id: str) -> str:
     """User ids name folders, so only plain ids are allowed (Discord ids are digits)."""
     if not USER_ID_PATTERN.match(user_id):
