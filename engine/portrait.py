@@ -14,8 +14,8 @@ from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.generate import PortraitGenerator, PortraitRequest
 from engine.portrait_request import check_request
-from engine.safety import SafetyChecker
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
+from engine.safety import SafetyChecker
 from engine.store import Store
 from engine.store.store import utc_now
 from engine.styles import StyleCatalogue
@@ -95,15 +95,18 @@ def make_portraits(
     ranked, held_back = screen(safety, ranked, show_flagged)
     if held_back:
         log.info("safety check held back %d of %d candidates", held_back, held_back + len(ranked))
-        notice = ALL_HELD_BACK if not ranked else " ".join(filter(None, [notice, held_back_notice(len(ranked), count)]))
+        notice = held_back_notice(notice, passed=len(ranked), wanted=count)
     saved = save_portraits(store, user_id, checked.style.id, ranked[:count], out_dir, job_id)
-    return PortraitResult(saved, notice or None, held_back)
+    return PortraitResult(saved, notice, held_back)
 
 
-def held_back_notice(passed: int, wanted: int) -> str | None:
+def held_back_notice(notice: str | None, passed: int, wanted: int) -> str | None:
+    """The notice once the safety check held some candidates back."""
+    if passed == 0:
+        return ALL_HELD_BACK  # nothing is shown, so nothing else is worth saying
     if passed < wanted:
-        return f"Only {passed} of the candidates passed this server's safety filter."
-    return None  # flagged candidates were replaced by the next best: nothing to tell
+        return " ".join(filter(None, [notice, f"Only {passed} of the candidates passed this server's safety filter."]))
+    return notice  # flagged candidates were replaced by the next best: nothing to tell
 
 
 def screen(safety: SafetyChecker | None, ranked: list[RankedPortrait],

@@ -162,8 +162,8 @@ def add_finished_request(d: Deployment, user: str, style: str, colours: list[tup
             job = store.db["jobs"].insert({
                 "kind": "generate", "user_id": user, "guild_id": guild or d.guild, "channel_id": channel or d.general,
                 "state": "done", "params": json.dumps({"style": style, "count": len(colours)}), "attempts": 1,
-                "progress": 1.0, "result": json.dumps(result or {"portraits": [], "notice": None}), "created_at": utc_now(),
-                "finished_at": utc_now()}).last_pk
+                "progress": 1.0, "result": json.dumps(result or {"portraits": [], "notice": None}),
+                "created_at": utc_now(), "finished_at": utc_now()}).last_pk
             for seed, colour in enumerate(colours):
                 path = folder / f"{style}-{seed}-job{job}.png"
                 Image.new("RGB", (64, 64), colour).save(path)
@@ -199,11 +199,6 @@ def soak(d: Deployment, interactions: int = 300, pace_seconds: float = 0.1, enro
     for interaction in sent:
         fake.wait_acked(interaction, timeout=30)
     return sent
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 SOAK_SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 30, "PORTRAIT_SIZE": 64,

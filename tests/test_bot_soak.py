@@ -11,7 +11,8 @@ import sqlite3
 
 import psutil
 
-from tests.bot_harness import ACK_LIMIT, SOAK_SETTINGS, percentile, running_bot, soak
+from engine.benchmarks.common import percentile
+from tests.bot_harness import ACK_LIMIT, SOAK_SETTINGS, running_bot, soak
 
 
 def test_fifty_members_and_three_hundred_interactions_while_training(tiny_model, tmp_path):
