@@ -258,7 +258,7 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     catalogue = load_styles(settings.styles_dir)
     check_request(store, settings, catalogue, args.user, args.style, args.count)  # before the slow model load
     base = load_base_pipeline(settings)
-    safety = load_safety_checker(settings, "cpu" if base.plan.cpu_offload else base.device, base.plan.dtype_name)
+    safety = load_safety_checker(settings, base)
     result = make_portraits(store, PortraitGenerator(base), get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
                             show_flagged=args.show_flagged)

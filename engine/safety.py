@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.base_model import quiet_loaders
+from engine.base_model import BasePipeline, quiet_loaders
 from engine.config import Settings
 from engine.errors import ModelMissing
 from engine.models import ModelReference, parse_model_reference, resolve_model_folder
@@ -70,10 +70,15 @@ def checker_folder(reference: ModelReference) -> Path:
     return folder
 
 
-def load_safety_checker(settings: Settings, device: str = "cpu", dtype_name: str = "float32") -> SafetyChecker | None:
-    """The configured checker on `device`, or None when FACECHAIN_SAFETY_CHECKER is empty."""
+def load_safety_checker(settings: Settings, beside: BasePipeline | None = None) -> SafetyChecker | None:
+    """The configured checker (on the base pipeline's device and precision, else on the CPU), or None
+    when FACECHAIN_SAFETY_CHECKER is empty."""
     if not settings.safety_checker:
         return None
+    device, dtype_name = "cpu", "float32"
+    if beside is not None:
+        device = "cpu" if beside.plan.cpu_offload else beside.device  # offloaded models run on the CPU
+        dtype_name = beside.plan.dtype_name
     import torch
 
     quiet_loaders()

@@ -116,9 +116,7 @@ class Worker:
         if self._safety is None and self.settings.safety_checker:
             from engine.safety import load_safety_checker
 
-            base = self.base
-            device = "cpu" if base.plan.cpu_offload else base.device
-            self._safety = load_safety_checker(self.settings, device, base.plan.dtype_name)
+            self._safety = load_safety_checker(self.settings, self.base)
         return self._safety
 
     @property
