@@ -49,7 +49,8 @@ class SafetyChecker:
 
         if not images:
             return []
-        pixels = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt").pixel_values
+        rgb = [image.convert("RGB") for image in images]
+        pixels = self.processor(images=rgb, return_tensors="pt").pixel_values
         placeholders = np.zeros((len(images), 1, 1, 3))  # the checker blacks out flagged images here; we only keep flags
         with torch.no_grad():
             _, flagged = self.model(clip_input=pixels.to(self.device, self.model.dtype), images=placeholders)
