@@ -51,7 +51,7 @@ class SafetyChecker:
             return []
         rgb = [image.convert("RGB") for image in images]
         pixels = self.processor(images=rgb, return_tensors="pt").pixel_values
-        placeholders = np.zeros((len(images), 1, 1, 3))  # the checker blacks out flagged images here; we only keep flags
+        placeholders = np.zeros((len(images), 1, 1, 3))  # it blacks out flagged images here; we keep only flags
         with torch.no_grad():
             _, flagged = self.model(clip_input=pixels.to(self.device, self.model.dtype), images=placeholders)
         return [bool(flag) for flag in flagged]
