@@ -41,7 +41,7 @@ def main() -> None:
     train_steps, gen_steps, rounds = (20, 4, 1) if args.quick else (60, 10, 3)
     scratch = Path(tempfile.mkdtemp(prefix="facechain-bench-"))
     model = make_tiny_model(scratch / "tiny")
-    settings = load_settings(_env_file=None, data_dir=scratch / "data", base_model=str(model), device="cpu",
+    settings = load_settings(_env_file=None, data_dir=scratch / "data", base_model=str(model), vae="", device="cpu",
                              train_resolution=SIZE)
     print(f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     store = Store(settings.data_dir)

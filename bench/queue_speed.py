@@ -76,7 +76,8 @@ def latency_while_training(settings, model: Path, window_seconds: float) -> dict
     enroll_user(queue.store, get_analyzer(settings), settings, "trainee", photos, subject="man")
     queue.enqueue("train", "trainee", {"steps": 400})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FACECHAIN_DATA_DIR": str(settings.data_dir),
-           "FACECHAIN_BASE_MODEL": str(model), "FACECHAIN_DEVICE": "cpu", "FACECHAIN_TRAIN_RESOLUTION": "64"}
+           "FACECHAIN_BASE_MODEL": str(model), "FACECHAIN_VAE": "", "FACECHAIN_DEVICE": "cpu",
+           "FACECHAIN_TRAIN_RESOLUTION": "64"}
     worker = subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--id", "bench-worker"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

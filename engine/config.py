@@ -36,6 +36,16 @@ class Settings(BaseSettings):
 
     # Stable Diffusion 1.5-family base: a local folder, a Hugging Face id, or `modelscope:<id>`.
     base_model: str = "SG161222/Realistic_Vision_V5.1_noVAE"
+    # Separate VAE passed to the base pipeline (the default base ships without a good one): a local
+    # folder, a Hugging Face id or modelscope:<id>; empty = the base model's own VAE.
+    vae: str = "stabilityai/sd-vae-ft-mse"
+    # Fast mode: an LCM-LoRA for SD1.5 (a .safetensors file, a folder holding
+    # pytorch_lora_weights.safetensors, a Hugging Face id or modelscope:<id>), drawn in few steps.
+    fast_lora: str = "latent-consistency/lcm-lora-sdv1-5"
+    # Portraits use fast mode unless the member asks otherwise; steps and guidance of fast mode.
+    fast_by_default: bool = False
+    fast_steps: int = Field(default=6, ge=1, le=50)
+    fast_guidance: float = Field(default=1.5, ge=0, le=10)
     # Where torch runs: auto picks cuda, then mps, then cpu.
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
 

@@ -15,3 +15,12 @@ class NoUsableFace(FaceChainError):
 
 class ModelMissing(FaceChainError):
     """A model file or folder is not where the settings say."""
+
+
+class ModelUnavailable(ModelMissing):
+    """A model the owner's settings name cannot be had right now (not downloaded and the hub is out
+    of reach, too little disk, a wrong setting). It is the owner's to fix: `str(error)` says how,
+    for the owner; members' jobs wait for it instead of failing, and they are told `MEMBER_TEXT`."""
+
+    MEMBER_TEXT = ("the bot is not ready to make face models and portraits yet (its owner has been told). "
+                   "Your photos are kept, and this starts by itself once it is ready.")

@@ -18,9 +18,9 @@ from pathlib import Path
 from PIL import Image
 
 from engine.base_model import BasePipeline
-from engine.errors import ModelMissing
+from engine.errors import ModelMissing, ModelUnavailable
 from engine.lora_training import WEIGHTS_FILE
-from engine.models import parse_model_reference, resolve_model_folder
+from engine.models import hub_file, parse_model_reference
 from engine.preprocess.trigger import TRIGGER_TOKEN
 from engine.styles import Style, StyleLora
 
@@ -51,6 +51,9 @@ class PortraitRequest:
     # its own (spherical interpolation), so they are variations of that picture.
     variation_of: int | None = None
     variation_strength: float = 0.3
+    # Fast mode: the LCM-LoRA beside the face and style LoRAs, with the LCM scheduler (give it its
+    # few steps and low guidance in `steps` and `guidance`).
+    fast: bool = False
 
 
 @dataclass
@@ -67,11 +70,63 @@ def build_negative_prompt(style: Style) -> str:
     return f"{NEGATIVE_PROMPT}, {style.negative_prompt}" if style.negative_prompt else NEGATIVE_PROMPT
 
 
+FAST_SETTING = "FACECHAIN_FAST_LORA"
+
+
+def make_scheduler(name: str, config: dict):
+    """A scheduler by sampler name (styles.SAMPLERS, or "lcm" for fast mode) from the base model's config."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        LCMScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    makers = {
+        "dpmpp_2m_karras": lambda: DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True),
+        "dpmpp_2m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++",
+                                                                    solver_order=2),
+        "euler_a": lambda: EulerAncestralDiscreteScheduler.from_config(config),
+        "euler": lambda: EulerDiscreteScheduler.from_config(config),
+        "ddim": lambda: DDIMScheduler.from_config(config),
+        "unipc": lambda: UniPCMultistepScheduler.from_config(config),
+        "lcm": lambda: LCMScheduler.from_config(config),
+    }
+    return makers[name]()
+
+
+def lora_file(reference: str, weight_name: str | None, setting: str, revision: str | None = None) -> Path:
+    """The one .safetensors file a LoRA reference names: a file, a file in a folder, or one hub file."""
+    parsed = parse_model_reference(reference)
+    if parsed.kind == "local":
+        path = Path(parsed.value).expanduser()
+        path = path / (weight_name or WEIGHTS_FILE) if path.is_dir() else path
+        if not path.is_file():
+            raise ModelUnavailable(f"{setting}: {path} does not exist: download the LoRA there, or fix the reference.")
+        return path
+    return hub_file(parsed, weight_name or WEIGHTS_FILE, setting, revision)
+
+
+class StyleUnavailable(ModelMissing):
+    """A style's LoRA cannot be loaded: the job fails at once (no retry) with words for the member;
+    the owner's detail is in `detail`."""
+
+    def __init__(self, style: Style, detail: str) -> None:
+        super().__init__(f"The {style.name} style can't be drawn right now: its style model is missing or "
+                         "damaged, and the bot's owner has been told. Try another style.")
+        self.detail = detail
+
+
 class PortraitGenerator:
-    def __init__(self, base: BasePipeline, max_adapters: int = 8) -> None:
+    def __init__(self, base: BasePipeline, max_adapters: int = 8, fast_lora: str = "") -> None:
         self.base = base
         self.max_adapters = max_adapters
+        self.fast_lora = fast_lora  # the LCM-LoRA reference (FACECHAIN_FAST_LORA)
         self._adapters: OrderedDict[str, str] = OrderedDict()  # source key -> adapter name
+        self._schedulers: dict[str, object] = {}
 
     @property
     def loaded_adapters(self) -> list[str]:
@@ -117,17 +172,39 @@ class PortraitGenerator:
         except (ValueError, KeyError):
             pass
 
-    def _style_adapter(self, lora: StyleLora) -> str:
+    def _file_adapter(self, key: str, path_of: Callable[[], Path]) -> str:
         def load(name: str) -> None:
-            source = Path(lora.reference).expanduser()
-            if not source.is_file():
-                reference = parse_model_reference(lora.reference)
-                source = Path(reference.value) if reference.kind == "local" else _hub_folder(reference)
-            if source.is_file():
-                self.base.pipeline.load_lora_weights(source.parent, weight_name=source.name, adapter_name=name)
-            else:
-                self.base.pipeline.load_lora_weights(source, weight_name=lora.weight_name, adapter_name=name)
-        return self._adapter(f"style:{lora.reference}:{lora.weight_name}", load)
+            path = path_of()
+            try:
+                self.base.pipeline.load_lora_weights(path.parent, weight_name=path.name, adapter_name=name)
+            except Exception:
+                self._discard_partial(name)
+                raise
+        return self._adapter(key, load)
+
+    def _style_adapter(self, style: Style) -> str:
+        lora = style.lora
+        try:
+            return self._file_adapter(
+                f"style:{lora.reference}:{lora.weight_name}:{lora.revision}",
+                lambda: lora_file(lora.reference, lora.weight_name, f"style {style.id}", lora.revision))
+        except Exception as error:  # noqa: BLE001 - a missing, unreachable or garbled LoRA says the same
+            detail = str(error) if isinstance(error, ModelMissing) else f"{type(error).__name__}: {str(error)[:200]}"
+            raise StyleUnavailable(style, f"style {style.id}: its LoRA {lora.reference} could not be loaded "
+                                          f"({detail}); `facechain styles check` validates it.") from None
+
+    def _fast_adapter(self) -> str:
+        if not self.fast_lora.strip():
+            raise ModelUnavailable(f"Fast mode was asked for but {FAST_SETTING} is empty: set it to "
+                                   "latent-consistency/lcm-lora-sdv1-5 (or a local copy).")
+        try:
+            return self._file_adapter(f"fast:{self.fast_lora}",
+                                      lambda: lora_file(self.fast_lora, None, FAST_SETTING))
+        except ModelUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise ModelUnavailable(f"The fast-mode LoRA {self.fast_lora} could not be loaded ({type(error).__name__}):"
+                                   f" re-download it or fix {FAST_SETTING}.") from None
 
     def _activate(self, request: PortraitRequest) -> None:
         names, weights = [], []
@@ -135,14 +212,22 @@ class PortraitGenerator:
             names.append(self._face_adapter(request.face_model))
             weights.append(request.style.face_weight)
         if request.style.lora is not None:
-            names.append(self._style_adapter(request.style.lora))
+            names.append(self._style_adapter(request.style))
             weights.append(request.style.lora.weight)
+        if request.fast:
+            names.append(self._fast_adapter())
+            weights.append(1.0)
         pipeline = self.base.pipeline
         if names:
             pipeline.enable_lora()
             pipeline.set_adapters(names, adapter_weights=weights)
         elif self._adapters:
             pipeline.disable_lora()
+        sampler = "lcm" if request.fast else request.style.sampler.name
+        if sampler not in self._schedulers:
+            self._schedulers[sampler] = make_scheduler(sampler, self.base.scheduler_config
+                                                       or dict(pipeline.scheduler.config))
+        pipeline.scheduler = self._schedulers[sampler]
 
     def generate(self, request: PortraitRequest, on_step: Callable[[int, int], None] | None = None) -> list[Candidate]:
         import torch
@@ -198,6 +283,3 @@ def slerp(t: float, start, end):
         return (1 - t) * start + t * end
     return (torch.sin((1 - t) * angle) * start + torch.sin(t * angle) * end) / torch.sin(angle)
 
-
-def _hub_folder(reference) -> Path:
-    return resolve_model_folder(reference, setting="the style's lora.reference")

@@ -19,6 +19,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,21 +86,58 @@ def _image_tensor(path: Path, size: int, flip: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _cache_inputs(base: BasePipeline, photos: list[Path], caption: str, options: TrainOptions):
-    """Latent mean/std per photo and mirror, plus the caption's text embedding."""
+def _cache_inputs(base: BasePipeline, photos: list[Path], caption: str, options: TrainOptions, device: torch.device):
+    """Latent mean/std per photo and mirror, plus the caption's text embedding, on `device`. The text
+    encoder and the VAE visit `device` only for this (they stay on the CPU under offload)."""
     pipe = base.pipeline
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    ids = pipe.tokenizer(caption, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids.to(pipe.text_encoder.device)
-    text_embedding = pipe.text_encoder(ids)[0].to(device)
+    dtype = pipe.unet.dtype
+    with _visiting(pipe.text_encoder, device):
+        ids = pipe.tokenizer(caption, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(device)
+        text_embedding = pipe.text_encoder(ids)[0].to(device, dtype)
     jitter = options.resolution // 16  # pixels of crop jitter each side
     latents = []
-    for photo in photos:
-        for flip in (False, True):
-            pixels = _image_tensor(photo, options.resolution + 2 * jitter, flip).to(pipe.vae.device, pipe.vae.dtype)
-            distribution = pipe.vae.encode(pixels).latent_dist
-            latents.append((distribution.mean.to(device, dtype), distribution.std.to(device, dtype)))
+    with _visiting(pipe.vae, device):
+        for photo in photos:
+            for flip in (False, True):
+                pixels = _image_tensor(photo, options.resolution + 2 * jitter, flip).to(device, pipe.vae.dtype)
+                distribution = pipe.vae.encode(pixels).latent_dist
+                latents.append((distribution.mean.to(device, dtype), distribution.std.to(device, dtype)))
     return latents, text_embedding
+
+
+@contextmanager
+def _visiting(module: torch.nn.Module, device: torch.device):
+    """`module` on `device` inside the block, back where it was after."""
+    home = next(module.parameters()).device
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
+@contextmanager
+def _offload_paused(base: BasePipeline):
+    """Training needs the UNet to stay on the execution device: take model offload's hooks off for
+    the run (the UNet alone then lives on the GPU) and put them back after."""
+    if not base.plan.cpu_offload:
+        yield base.execution_device
+        return
+    device = base.execution_device
+    base.pipeline.remove_all_hooks()
+    base.pipeline.unet.to(device)
+    try:
+        yield device
+    finally:
+        base.pipeline.enable_model_cpu_offload(device=base.device)
+
+
+def adapter_metadata(options: TrainOptions) -> dict:
+    """The LoRA config a loader needs to rebuild the adapter at its trained scale (alpha / rank),
+    kept to the keys every peft version knows."""
+    return {"r": options.rank, "lora_alpha": options.alpha, "target_modules": TARGET_MODULES,
+            "init_lora_weights": "gaussian"}
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -149,7 +187,10 @@ def train_face_lora(
     parameters = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=1e-2)
     lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=options.steps)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config or pipe.scheduler.config)
+    # fp16 weights train with fp32 LoRA parameters and a loss scale (bf16 and fp32 need none).
+    scaler = torch.amp.GradScaler("cuda", enabled=pipe.unet.dtype == torch.float16 and
+                                  base.execution_device.type == "cuda")
 
     start, losses = 0, []
     if checkpoint_path.is_file():
@@ -158,6 +199,8 @@ def train_face_lora(
             set_peft_model_state_dict(unet, state["lora"], adapter_name=ADAPTER)
             optimizer.load_state_dict(state["optimizer"])
             lr_schedule.load_state_dict(state["lr_schedule"])
+            if "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
             start, losses = state["step"], state["losses"]
             log.info("resuming training of %s at step %d of %d", output, start, options.steps)
         else:
@@ -168,17 +211,22 @@ def train_face_lora(
             "fingerprint": run_id, "step": step, "losses": losses,
             "lora": get_peft_model_state_dict(unet, adapter_name=ADAPTER),
             "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
+            "scaler": scaler.state_dict(),
         })
 
     try:
-        latents, text_embedding = _cache_inputs(base, photos, caption, options)
-        if base.plan.attention_slicing:  # memory is short: trade compute for activations
-            unet.enable_gradient_checkpointing()
-        unet.train()
-        _loop(unet, noise_scheduler, optimizer, lr_schedule, parameters, latents, text_embedding, options,
-              pipe.vae.config.scaling_factor, start, losses, checkpoint, on_progress, should_cancel)
+        with _offload_paused(base) as device:
+            latents, text_embedding = _cache_inputs(base, photos, caption, options, device)
+            if base.plan.attention_slicing:  # memory is short: trade compute for activations
+                unet.enable_gradient_checkpointing()
+            unet.train()
+            _loop(unet, device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text_embedding,
+                  options, pipe.vae.config.scaling_factor, start, losses, checkpoint, on_progress, should_cancel)
         weights = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
-        StableDiffusionPipeline.save_lora_weights(work, unet_lora_layers=weights, safe_serialization=True)
+        # The adapter's config (rank and alpha) travels in the file: without it a loader assumes
+        # alpha = rank and the face model comes back at the wrong scale.
+        StableDiffusionPipeline.save_lora_weights(work, unet_lora_layers=weights, safe_serialization=True,
+                                                  unet_lora_adapter_metadata=adapter_metadata(options))
     finally:
         unet.eval()
         if base.plan.attention_slicing:
@@ -200,9 +248,10 @@ def train_face_lora(
     return TrainResult(output, meta)
 
 
-def _loop(unet, noise_scheduler, optimizer, lr_schedule, parameters, latents, text_embedding, options: TrainOptions,
-          scaling: float, start: int, losses: list[float], checkpoint, on_progress, should_cancel) -> None:
-    device, dtype = unet.device, unet.dtype
+def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
+          text_embedding, options: TrainOptions, scaling: float, start: int, losses: list[float], checkpoint,
+          on_progress, should_cancel) -> None:
+    dtype = unet.dtype
     autocast = device.type == "cuda" and dtype != torch.float32
     latent_size = options.resolution // 8
     pad = (latents[0][0].shape[-1] - latent_size)
@@ -228,9 +277,11 @@ def _loop(unet, noise_scheduler, optimizer, lr_schedule, parameters, latents, te
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             prediction = unet(noisy, t, text_embedding).sample
         loss = F.mse_loss(prediction.float(), target.float())
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())

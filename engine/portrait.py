@@ -73,15 +73,20 @@ def make_portraits(
     variation_of: int | None = None,
     safety: SafetyChecker | None = None,
     show_flagged: bool = False,
+    fast: bool | None = None,
 ) -> PortraitResult:
     """Generate, rank and save up to `count` portraits. With a safety checker, flagged candidates
-    are marked, and dropped (the next best take their place) unless `show_flagged`."""
+    are marked, and dropped (the next best take their place) unless `show_flagged`. `fast` draws
+    with the LCM-LoRA in a few steps (None: the FACECHAIN_FAST_BY_DEFAULT setting)."""
     checked = check_request(store, settings, catalogue, user_id, style_id, count)
     enrolled = enrolled_face(store, analyzer, user_id)
     fuser = make_fuser(settings, analyzer)
+    fast = settings.fast_by_default if fast is None else fast
     request = PortraitRequest(style=checked.style, trigger=checked.trigger, face_model=checked.face_model,
                               count=settings.portrait_candidates, seed=seed, size=settings.portrait_size,
-                              variation_of=variation_of)
+                              variation_of=variation_of, fast=fast,
+                              steps=settings.fast_steps if fast else None,
+                              guidance=settings.fast_guidance if fast else None)
     candidates = generator.generate(request, on_step=on_step)
     ranked = rank_candidates(analyzer, candidates, enrolled, fuser)
     notice = None

@@ -9,7 +9,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
 STYLE_ID = r"^[a-z0-9][a-z0-9_-]{0,39}$"
@@ -19,13 +21,27 @@ class StyleLora(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reference: str = Field(min_length=1)  # local .safetensors / folder, Hugging Face id, or modelscope:<id>
-    weight_name: str | None = None  # file inside a hub repo or folder
+    weight_name: str | None = None  # the one file fetched from a hub repo, or read from a folder
+    revision: str | None = None  # hub revision (branch, tag or commit); None = the default branch
     weight: float = Field(default=0.35, ge=0, le=1.5)  # FaceChain uses 0.25-0.45
+
+    @model_validator(mode="after")
+    def _hub_needs_a_file(self) -> StyleLora:
+        from engine.models import parse_model_reference
+
+        if parse_model_reference(self.reference).kind != "local" and not self.weight_name:
+            raise ValueError("weight_name is needed for a hub reference (only that one file is downloaded)")
+        return self
+
+
+# Samplers a style may name; DPM++ 2M Karras is what the default base model's card and FaceChain use.
+SAMPLERS = ("dpmpp_2m_karras", "dpmpp_2m", "euler_a", "euler", "ddim", "unipc")
 
 
 class Sampler(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    name: Literal[SAMPLERS] = "dpmpp_2m_karras"
     steps: int = Field(default=40, ge=1, le=150)
     guidance: float = Field(default=7.0, ge=0, le=30)
 

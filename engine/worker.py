@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.config import Settings
-from engine.errors import FaceChainError
+from engine.errors import FaceChainError, ModelUnavailable
 from engine.memory import peak_rss_mb
 from engine.queue import Job, LeaseLost, QueueLimit, SqliteJobQueue
 from engine.store import Store
+from engine.store.setup_problems import report_setup_problem, resolve_setup_problems
 
 log = logging.getLogger(__name__)
 # Below this much free GPU memory a job is not started (another program holds the card).
 MIN_FREE_GPU_GIB = 2.0
+# The incident key of the models every job needs (base, VAE, fast-mode LoRA).
+MODELS_PROBLEM = "models"
 
 
 class JobCancelled(Exception):
@@ -91,6 +94,7 @@ class Worker:
         self._base = None
         self._generator = None
         self._safety = None
+        self._beat: Heartbeat | None = None  # the running job's, which downloads report to
 
     # --- the models, loaded once ---------------------------------------------------------------
 
@@ -99,15 +103,20 @@ class Worker:
         if self._base is None:
             from engine.base_model import load_base_pipeline
 
-            self._base = load_base_pipeline(self.settings)
+            self._base = load_base_pipeline(self.settings, on_progress=self._download_progress)
+            resolve_setup_problems(self.store, MODELS_PROBLEM)
         return self._base
+
+    def _download_progress(self, what: str, done: int, total: int) -> None:
+        if self._beat is not None:
+            self._beat.update(0.0, f"getting {what}: {done / 1e9:.1f} of {total / 1e9:.1f} GB")
 
     @property
     def generator(self):
         if self._generator is None:
             from engine.generate import PortraitGenerator
 
-            self._generator = PortraitGenerator(self.base)
+            self._generator = PortraitGenerator(self.base, fast_lora=self.settings.fast_lora)
         return self._generator
 
     @property
@@ -157,12 +166,14 @@ class Worker:
         log.info("worker %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
 
     def run_job(self, job: Job) -> None:
-        beat = Heartbeat(self.settings, job.id, self.worker_id)
+        beat = self._beat = Heartbeat(self.settings, job.id, self.worker_id)
         handler = HANDLERS[job.kind]
         try:
             self._check_gpu_memory()
             result = handler(self, job, beat)
             self.queue.complete(job.id, self.worker_id, result)
+        except ModelUnavailable as problem:  # the owner's to fix: the job waits, the member is not failed
+            self._wait_for_setup(job, MODELS_PROBLEM, str(problem))
         except LeaseLost:
             log.warning("job %s: lease lost to another worker; result dropped", job.id)
         except (JobCancelled, _training_cancelled()) as stopped:
@@ -172,13 +183,29 @@ class Worker:
                 self.queue.release(job.id, self.worker_id)
                 log.info("job %s released for later: %s", job.id, stopped)
         except FaceChainError as error:  # bad input or a missing model: retrying would not help
+            if detail := getattr(error, "detail", None):  # e.g. a style's LoRA: the owner is told too
+                self._report_setup_problem(f"style {job.params.get('style')}", detail)
             self.queue.fail(job.id, self.worker_id, str(error))
         except GpuBusy as busy:
             self.queue.fail(job.id, self.worker_id, str(busy), transient=True)
         except Exception as error:
             self._fail_transient(job, error)
         finally:
+            self._beat = None
             beat.stop()
+            release_cached_memory()
+
+    def _report_setup_problem(self, key: str, message: str) -> None:
+        if report_setup_problem(self.store, key, message):
+            log.error("setup problem (%s): %s", key, message)
+        else:
+            log.info("setup problem (%s) still there: %s", key, message)
+
+    def _wait_for_setup(self, job: Job, key: str, message: str) -> None:
+        self._report_setup_problem(key, message)
+        wait = max(1.0, 6 * self.settings.job_retry_seconds)
+        self.queue.wait_for_setup(job.id, self.worker_id, wait)
+        log.info("job %s waits %.0f s for the setup to be fixed", job.id, wait)
 
     def _fail_transient(self, job: Job, error: Exception) -> None:
         import torch
@@ -212,7 +239,8 @@ class Worker:
                               "the job will be retried.")
 
     def _fit_memory(self, job: Job) -> None:
-        """Memory savers for the memory free now, and all of them after an out-of-memory retry."""
+        """Memory savers for this job: what the memory this process may use asks for, and all of them
+        for a retry after running out of memory. The next job plans afresh."""
         from engine.base_model import MemoryPlan, apply_memory_savers, current_plan
 
         plan = current_plan(self.base.device)
@@ -222,6 +250,16 @@ class Worker:
 
     def should_stop(self, beat: Heartbeat) -> Callable[[], bool]:
         return lambda: self.stopping.is_set() or beat.cancel_requested.is_set() or beat.lease_lost.is_set()
+
+
+def release_cached_memory() -> None:
+    """Imported late, like torch: between jobs, torch's cached GPU memory goes back to the card."""
+    import sys
+
+    if "torch" in sys.modules:
+        from engine.base_model import release_cached_memory as release
+
+        release()
 
 
 def _training_cancelled():
@@ -280,8 +318,8 @@ def _queue_training(worker: Worker, job: Job) -> int:
 def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     from engine.train import train_user
 
-    worker._fit_memory(job)
     beat.update(0.0, "loading the model")
+    worker._fit_memory(job)
     model = train_user(
         worker.store, worker.base, worker.settings, job.user_id, steps=job.params.get("steps"),
         on_progress=lambda p: beat.update(p.step / p.total, f"training {p.step}/{p.total}, about {p.eta_seconds:.0f} s left"),
@@ -314,7 +352,7 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 
     result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings, catalogue, job.user_id,
                             params["style"], count=count, seed=params.get("seed"), on_step=on_step, job_id=job.id,
-                            variation_of=params.get("variation_of"), safety=worker.safety,
+                            variation_of=params.get("variation_of"), safety=worker.safety, fast=params.get("fast"),
                             show_flagged=may_show_flagged(policy, bool(params.get("age_restricted"))))
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
             "held_back": result.held_back}

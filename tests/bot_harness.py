@@ -19,7 +19,7 @@ from PIL import Image
 
 from engine.store import Store
 from engine.store.store import utc_now
-from tests.conftest import DATA
+from tests.conftest import DATA, TEST_MODEL_SETTINGS
 from tests.fake_discord import FakeDiscord, Message
 
 ROOT = Path(__file__).parent.parent
@@ -117,7 +117,7 @@ def write_styles(folder: Path) -> Path:
 
 def bot_environment(fake: FakeDiscord, settings: dict) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
-    env.update({f"FACECHAIN_{k}": str(v) for k, v in settings.items()})
+    env.update({f"FACECHAIN_{k}": str(v) for k, v in {**TEST_MODEL_SETTINGS, **settings}.items()})
     env.update({"FAKE_DISCORD_URL": fake.url, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
     return env
 

@@ -24,12 +24,18 @@ IDENTITIES = {
 }
 
 
+# Settings every test process starts from: no separate VAE (the hub's is out of reach in tests).
+TEST_MODEL_SETTINGS = {"VAE": ""}
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(monkeypatch, tmp_path):
     """No developer's FACECHAIN_* variables or .env may leak into a test."""
     for name in list(os.environ):
         if name.startswith("FACECHAIN_"):
             monkeypatch.delenv(name)
+    for name, value in TEST_MODEL_SETTINGS.items():  # the random test models carry their own VAE
+        monkeypatch.setenv(f"FACECHAIN_{name}", value)
     monkeypatch.chdir(tmp_path)
 
 

@@ -88,14 +88,54 @@ def test_memory_plans_fit_an_8gb_card(device, free_gib, expected):
     assert plan_memory("cuda", 40 * GIB, bf16=True).dtype_name == "bfloat16"
 
 
-def test_memory_savers_are_turned_on_when_memory_gets_tight(tiny_model, settings):
+def test_memory_savers_follow_each_plan_on_and_off(tiny_model, settings):
+    """Savers are set per job to what the plan asks: an out-of-memory retry's savers do not outlive it."""
     from engine.base_model import apply_memory_savers
 
     base = load_base_pipeline(settings.model_copy(update={"base_model": str(tiny_model), "device": "cpu"}))
     assert not base.plan.attention_slicing
-    tight = plan_memory("cuda", int(7 * GIB))  # slicing and tiling, no offload
+    tight = plan_memory("cuda", int(7 * GIB))  # slicing, tiling and sliced decoding, no offload
     apply_memory_savers(base, tight)
     assert base.plan.attention_slicing and base.plan.vae_tiling and not base.plan.cpu_offload
-    assert base.pipeline.vae.use_tiling
-    apply_memory_savers(base, plan_memory("cuda", int(40 * GIB)))  # more memory later: savers stay on
-    assert base.plan.attention_slicing
+    assert base.pipeline.vae.use_tiling and base.pipeline.vae.use_slicing
+    apply_memory_savers(base, plan_memory("cuda", int(40 * GIB)))  # the next job has room: savers off
+    assert not base.plan.attention_slicing and not base.plan.vae_tiling
+    assert not base.pipeline.vae.use_tiling and not base.pipeline.vae.use_slicing
+    assert base.plan.dtype_name == "float32"  # the precision stays as loaded
+
+
+def test_an_8gb_card_plans_from_what_this_process_may_use(monkeypatch):
+    """The plan counts memory this process already holds (its loaded pipeline, torch's cache) as its own:
+    an 8 GB card with the pipeline loaded still gets the no-offload plan."""
+    import torch
+
+    from engine import base_model
+
+    total, others, ours = int(7.6 * GIB), int(0.3 * GIB), int(2.4 * GIB)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (total - others - ours, total))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: ours)
+    monkeypatch.setattr(base_model, "native_bf16", lambda: False)
+    plan = base_model.current_plan("cuda")
+    assert (plan.attention_slicing, plan.vae_tiling, plan.cpu_offload) == (True, True, False)
+    assert "7.3 GiB usable" in plan.reason
+
+
+@pytest.mark.parametrize("native, capability, expected", [(True, (8, 0), "bfloat16"), (False, (7, 5), "float16")])
+def test_bf16_only_where_the_card_has_it_natively(monkeypatch, native, capability, expected):
+    """T4 / V100 / RTX 20xx report bf16 through emulation: they get fp16."""
+    import torch
+
+    from engine import base_model
+
+    def is_bf16_supported(including_emulation=True):
+        return True if including_emulation else native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (20 * GIB, 24 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 0)
+    assert base_model.current_plan("cuda").dtype_name == expected
+
+    def old_torch(): return True  # no including_emulation before torch 2.4: the capability decides
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_torch)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    assert base_model.current_plan("cuda").dtype_name == expected

@@ -13,7 +13,7 @@ from engine.config import load_settings
 from engine.enroll import enroll_user
 from engine.queue import SqliteJobQueue
 from engine.store import Store
-from tests.conftest import photo
+from tests.conftest import TEST_MODEL_SETTINGS, photo
 
 ROOT = Path(__file__).parent.parent
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
@@ -29,7 +29,7 @@ def setup(tiny_model, tmp_path, analyzer):
     for user in ("ann", "bob", "cy"):
         enroll_user(store, analyzer, settings, user, [photo(p) for p in OBAMA], subject="man")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
-    env.update({f"FACECHAIN_{k}": str(v) for k, v in env_settings.items()})
+    env.update({f"FACECHAIN_{k}": str(v) for k, v in {**TEST_MODEL_SETTINGS, **env_settings}.items()})
     env["PYTHONPATH"] = str(ROOT)
     return settings, SqliteJobQueue(store, settings), env
 

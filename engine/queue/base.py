@@ -11,6 +11,8 @@ from engine.errors import FaceChainError
 JobKind = Literal["enroll", "train", "generate"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 FINISHED = ("done", "failed", "cancelled")
+# The progress text of a job waiting for the owner to fix the setup (a model that cannot be had).
+WAITING_FOR_SETUP = "waiting for the bot's setup"
 
 
 class QueueLimit(FaceChainError):

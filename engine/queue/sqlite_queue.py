@@ -18,7 +18,7 @@ from itertools import zip_longest
 
 from engine.config import Settings
 from engine.errors import FaceChainError
-from engine.queue.base import FINISHED, Job, LeaseLost, QueueLimit, QueuePosition
+from engine.queue.base import FINISHED, WAITING_FOR_SETUP, Job, LeaseLost, QueueLimit, QueuePosition
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
@@ -193,6 +193,17 @@ class SqliteJobQueue:
             self.db.execute(
                 "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
                 "attempts = attempts - 1, progress_text = 'queued (worker restarted)' where id = ?", [job_id])
+        return self.get(job_id)
+
+    def wait_for_setup(self, job_id: int, worker_id: str, seconds: float) -> Job:
+        """Put a job back to wait for the owner to fix the setup: no attempt is used, and it is tried
+        again after `seconds` (and again, until the setup works)."""
+        with self.store.transaction():
+            self._owned(job_id, worker_id)
+            self.db.execute(
+                "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+                "attempts = attempts - 1, run_after = ?, progress = 0, progress_text = ? where id = ?",
+                [stamp(now() + timedelta(seconds=seconds)), WAITING_FOR_SETUP, job_id])
         return self.get(job_id)
 
     def _finish(self, job_id: int, state: str, **changes) -> None:

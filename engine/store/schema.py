@@ -161,5 +161,15 @@ def _queue_speed(db: sqlite_utils.Database) -> None:
     db.execute("create index jobs_last_served on jobs (user_id, coalesce(heartbeat_at, started_at))")
 
 
+def _setup_problems(db: sqlite_utils.Database) -> None:
+    """Problems only the bot's owner can fix (a model that cannot be had): one row per incident, so
+    the owner is told once, not once per job."""
+    db["setup_problems"].create({
+        "id": int, "key": str, "message": str, "first_seen": str, "last_seen": str, "count": int,
+        "notified_at": str, "resolved_at": str,
+    }, pk="id")
+    db["setup_problems"].create_index(["key", "resolved_at"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
-                                                             _queue_speed]
+                                                             _queue_speed, _setup_problems]
