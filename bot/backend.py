@@ -35,6 +35,7 @@ class PortraitOrder:
     seed: int | None
     private: bool
     age_restricted: bool = False  # asked in an age-restricted channel (the NSFW policy may then allow more)
+    fast: bool | None = None  # fast mode (LCM-LoRA); None = the bot's default (FACECHAIN_FAST_BY_DEFAULT)
 
 
 class Styles:
@@ -103,7 +104,7 @@ class Backend:
         check_request(self.store, self.settings, self.styles.catalogue(), user_id, order.style, order.count,
                       need_model=has_model)
         params = {"style": order.style, "count": order.count, "seed": order.seed, "private": order.private,
-                  "age_restricted": order.age_restricted, "wait_for_training": not has_model}
+                  "age_restricted": order.age_restricted, "wait_for_training": not has_model, "fast": order.fast}
         return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
 
     def reorder(self, job: Job, seed: int | None = None, variation_of: int | None = None) -> Job:

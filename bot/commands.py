@@ -121,14 +121,16 @@ async def style_choices(interaction: discord.Interaction, typed: str) -> list[ap
 
 @facechain.command(name="portrait", description="Portraits of you in a style, ranked by likeness")
 @app_commands.describe(style="Start typing to search the styles", count="How many portraits (default 4)",
-                       seed="Same seed + style = same pictures", private="Only you see the result")
+                       seed="Same seed + style = same pictures", private="Only you see the result",
+                       fast="Quicker, a little less detailed (default: this bot's choice)")
 @app_commands.autocomplete(style=style_choices)
 async def portrait(interaction: discord.Interaction, style: str, count: app_commands.Range[int, 1, MAX_PORTRAITS] = 4,
-                   seed: app_commands.Range[int, 0, 2**31 - 1] | None = None, private: bool = False) -> None:
+                   seed: app_commands.Range[int, 0, 2**31 - 1] | None = None, private: bool = False,
+                   fast: bool | None = None) -> None:
     await interaction.response.defer(ephemeral=private, thinking=True)
     bot = client(interaction)
     order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private,
-                          age_restricted=age_restricted(interaction.channel))
+                          age_restricted=age_restricted(interaction.channel), fast=fast)
     job = await bot.backend.run(bot.backend.order_portrait, str(interaction.user.id), interaction.guild_id,
                                 interaction.channel_id, order)
     await bot.deliveries.follow(job, interaction, job_title(job).capitalize())

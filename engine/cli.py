@@ -210,7 +210,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from engine.train import train_user
 
     store = open_store(settings)
-    base = load_base_pipeline(settings)
+    base = load_base_pipeline(settings, on_progress=download_bar())
     with Progress(TextColumn("training {task.fields[user]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
                   console=Console(stderr=True), disable=args.json) as bar:
@@ -257,11 +257,11 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     catalogue = load_styles(settings.styles_dir)
     check_request(store, settings, catalogue, args.user, args.style, args.count)  # before the slow model load
-    base = load_base_pipeline(settings)
+    base = load_base_pipeline(settings, on_progress=download_bar())
     safety = load_safety_checker(settings, base)
-    result = make_portraits(store, PortraitGenerator(base), get_analyzer(settings), settings, catalogue, args.user,
+    result = make_portraits(store, PortraitGenerator(base, fast_lora=settings.fast_lora), get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
-                            show_flagged=args.show_flagged)
+                            show_flagged=args.show_flagged, fast=args.fast)
     if result.notice:
         print(f"notice: {result.notice}", file=sys.stderr)
     if args.json:
@@ -330,6 +330,56 @@ def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # --- models -------------------------------------------------------------------------------------------
+
+def download_bar():
+    """A progress callback `(what, bytes done, bytes in all)` that draws one bar per download on stderr."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    bars = Progress(TextColumn("getting {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    console=Console(stderr=True), transient=False)
+    tasks: dict[str, int] = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            bars.start()
+            tasks[what] = bars.add_task(what, total=total)
+        bars.update(tasks[what], completed=done, total=total)
+        if all(task.finished for task in bars.tasks):
+            bars.stop()
+    return update
+
+
+def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.base_model import current_plan
+    from engine.device import resolve_device
+    from engine.errors import ModelUnavailable
+    from engine.model_files import disk_size, fetch, named_models, where_is
+
+    half = args.fp16 or current_plan(resolve_device(settings.device)).dtype_name != "float32"
+    progress = None if args.json else download_bar()
+    rows, failed = [], 0
+    for model in named_models(settings):
+        row = {"name": model.name, "reference": model.reference, "status": "present", "path": None, "bytes": 0,
+               "error": None}
+        path = where_is(model)
+        if path is None:
+            try:
+                path = fetch(model, half, (lambda d, t, name=model.name: progress(name, d, t)) if progress else None)
+                row["status"] = "downloaded"
+            except ModelUnavailable as error:
+                row.update(status="failed", error=str(error))
+                failed += 1
+        if path is not None:
+            row.update(path=str(path), bytes=disk_size(path))
+        rows.append(row)
+        if not args.json:
+            said = {"present": "already here", "downloaded": "downloaded", "failed": "not available"}[row["status"]]
+            where = f" ({row['bytes'] / 1e9:.2f} GB at {row['path']})" if path is not None else f": {row['error']}"
+            console.print(f"{model.name} {model.reference}: {said}{where}", soft_wrap=True)
+    if args.json:
+        print_json(rows)
+    return 1 if failed else 0
+
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
     from engine.random_models import make_tiny_model
@@ -402,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     portrait.add_argument("--count", type=int, default=4)
     portrait.add_argument("--seed", type=int)
     portrait.add_argument("--out", required=True, metavar="DIR")
+    portrait.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                          help="fast mode: the LCM-LoRA in a few steps (default: FACECHAIN_FAST_BY_DEFAULT)")
     portrait.add_argument("--show-flagged", action="store_true",
                           help="keep portraits the safety check (FACECHAIN_SAFETY_CHECKER) flags, marked, "
                                "instead of dropping them")
@@ -420,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     command(commands, "maintenance", cmd_maintenance,
             "reap expired leases, delete old temp files and expired portraits/selfies, back up the database")
+
+    models = commands.add_parser("models", help="the models the settings name").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION")
+    pull = command(models, "pull", cmd_models_pull,
+                   "download every model the settings name (base, VAE, safety checker, fast-mode and style LoRAs); "
+                   "only the files loading reads")
+    pull.add_argument("--fp16", action="store_true",
+                      help="fetch half-precision weights where offered (default: when this machine would use them)")
 
     tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
                    "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")

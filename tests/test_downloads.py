@@ -1,0 +1,145 @@
+"""Hub downloads against a local stand-in for Hugging Face (tests/fake_hub.py): only the files
+loading reads arrive, the disk is checked first, progress is reported, and an unreachable hub is
+a clear message for the owner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ModelUnavailable
+from engine.models import check_disk_space, select_files
+from tests.fake_hub import REALISTIC_VISION_CHECKPOINTS, FakeHub, realistic_vision_layout
+
+ROOT = Path(__file__).parent.parent
+BASE = "SG161222/Realistic_Vision_V5.1_noVAE"
+VAE = "stabilityai/sd-vae-ft-mse"
+FAST = "latent-consistency/lcm-lora-sdv1-5"
+# A diffusers SD1.5 pipeline's files (those the loader reads).
+REAL_PIPELINE_FILES = {
+    "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+    "text_encoder/model.safetensors", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+}
+
+
+def pipeline_files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def hub(tmp_path, tiny_model):
+    from safetensors.torch import save_file
+    import torch
+
+    served = FakeHub(tmp_path / "hub")
+    realistic_vision_layout(served, tiny_model, BASE)
+    served.add_folder(VAE, tiny_model / "vae")
+    served.add_file(VAE, "diffusion_pytorch_model.bin", sparse_bytes=10**6)
+    served.add_file(VAE, "README.md", b"# sd-vae-ft-mse (stand-in)\n")
+    lora = tmp_path / "lcm.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, lora)
+    served.add_file(FAST, "pytorch_lora_weights.safetensors", lora.read_bytes())
+    served.start()
+    yield served
+    served.stop()
+
+
+def hub_env(hub: FakeHub, cache: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACECHAIN_", "HF_"))}
+    env.update({"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_XET": "1",
+                "PYTHONPATH": str(ROOT), "FACECHAIN_DEVICE": "cpu", "FACECHAIN_BASE_MODEL": BASE,
+                "FACECHAIN_VAE": VAE, "FACECHAIN_FAST_LORA": FAST})
+    env.update({f"FACECHAIN_{k}": v for k, v in settings.items()})
+    return env
+
+
+def facechain(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_models_pull_fetches_only_what_loading_reads(hub, tmp_path, tiny_model):
+    env = hub_env(hub, tmp_path / "cache")
+    pulled = facechain(env, tmp_path, "models", "pull", "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    rows = {row["name"]: row for row in json.loads(pulled.stdout)}
+    assert [rows[name]["status"] for name in ("base model", "VAE", "fast-mode LoRA")] == ["downloaded"] * 3
+    assert set(hub.fetched(BASE)) == pipeline_files(tiny_model)  # no .bin twins, checkpoints, safety checker
+    assert not set(hub.fetched(BASE)) & set(REALISTIC_VISION_CHECKPOINTS)
+    assert set(hub.fetched(VAE)) == {"config.json", "diffusion_pytorch_model.safetensors"}
+    assert hub.fetched(FAST) == ["pytorch_lora_weights.safetensors"]
+    cache_bytes = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert cache_bytes < 30 * 2**20 and rows["base model"]["bytes"] > 0
+
+    again = facechain(env, tmp_path, "models", "pull")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already here") == 3
+    assert len(hub.fetched()) == len(pipeline_files(tiny_model)) + 3  # nothing fetched twice
+
+
+def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path, tiny_model):
+    """The production loader against the hub: the VAE is the separate one, the listed feature extractor
+    (whose folder is never fetched) does not stop it, and progress reaches the callback in bytes."""
+    script = (
+        "import json\n"
+        "from engine.config import load_settings\n"
+        "from engine.base_model import load_base_pipeline\n"
+        "seen = []\n"
+        "base = load_base_pipeline(load_settings(_env_file=None), on_progress=lambda *a: seen.append(a))\n"
+        "print(json.dumps({'seen': seen, 'vae': base.vae_reference, 'scheduler': type(base.pipeline.scheduler).__name__,"
+        " 'feature_extractor': base.pipeline.feature_extractor is None}))\n"
+    )
+    env = hub_env(hub, tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert loaded["vae"] == VAE and loaded["feature_extractor"]
+    whats = {what for what, _, _ in loaded["seen"]}
+    assert whats == {"the base model", "the VAE"}
+    last = {what: (done_bytes, total) for what, done_bytes, total in loaded["seen"]}
+    assert all(done_bytes == total > 0 for done_bytes, total in last.values())
+    assert set(hub.fetched(BASE)) == pipeline_files(tiny_model)
+
+
+def test_an_unreachable_hub_is_the_owners_problem_in_one_line(hub, tmp_path):
+    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="")  # the base alone: each model retries ~25 s
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: connection refused
+    pulled = facechain(env, tmp_path, "models", "pull")
+    assert pulled.returncode == 1
+    lines = [line for line in pulled.stdout.splitlines() if line.startswith("base model")]
+    assert len(lines) == 1 and f"Could not get {BASE} from Hugging Face" in lines[0]
+    assert "FACECHAIN_BASE_MODEL" in lines[0] and "Traceback" not in pulled.stderr
+
+
+def test_selection_prefers_safetensors_and_takes_fp16_only_when_every_part_has_it():
+    listing = [*REAL_PIPELINE_FILES, "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.safetensors",
+               "text_encoder/pytorch_model.bin", "text_encoder/model.fp16.safetensors",
+               "vae/diffusion_pytorch_model.fp16.safetensors", *REALISTIC_VISION_CHECKPOINTS,
+               "safety_checker/model.safetensors", "feature_extractor/preprocessor_config.json"]
+    full = select_files(listing, "pipeline", half=False)
+    assert set(full) == REAL_PIPELINE_FILES
+    half = select_files(listing, "pipeline", half=True)
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in half and "unet/diffusion_pytorch_model.safetensors" \
+        not in half
+    assert "vae/diffusion_pytorch_model.fp16.safetensors" in half
+    no_vae_fp16 = [f for f in listing if f != "vae/diffusion_pytorch_model.fp16.safetensors"]
+    assert set(select_files(no_vae_fp16, "pipeline", half=True)) == REAL_PIPELINE_FILES  # one variant for all
+    only_bin = [f.replace("model.safetensors", "model.bin") for f in REAL_PIPELINE_FILES]
+    assert "unet/diffusion_pytorch_model.bin" in select_files(only_bin, "pipeline", half=False)
+
+
+def test_a_download_that_would_not_fit_names_needed_and_free_space(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100 * 10**9, 99 * 10**9, 10**9))
+    with pytest.raises(ModelUnavailable, match=r"Not enough disk space for the base model: it needs 2\.1 GB and "
+                                               r"1\.0 GB are free"):
+        check_disk_space(tmp_path / "cache", int(2.1 * 10**9), "the base model")
