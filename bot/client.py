@@ -17,6 +17,7 @@ from bot.components import DYNAMIC_ITEMS
 from bot.delivery import Deliveries
 from bot.downloads import allowed_sources, download_session
 from bot.loop_lag import LoopLag
+from bot.setup_notices import notify_owner_forever
 from bot.web import WebGallery
 from engine.config import Settings
 from engine.maintenance import build_scheduler
@@ -55,6 +56,7 @@ class FaceChainBot(discord.Client):
             await self.web.start()
         self._background.append(asyncio.create_task(self.deliveries.run_forever()))
         self._background.append(asyncio.create_task(self.loop_lag.run()))
+        self._background.append(asyncio.create_task(notify_owner_forever(self)))
         if self.worker is not None:
             self._background.append(asyncio.create_task(self._supervise_worker()))
 

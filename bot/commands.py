@@ -23,6 +23,7 @@ from bot.views import ConfirmView, PagerView, age_restricted, client
 from engine.errors import FaceChainError
 from engine.safety import POLICY_MEANINGS
 from engine.store.community import NSFW_POLICIES, rotate_web_token, update_guild_settings
+from engine.store.setup_problems import open_setup_problems
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot
@@ -284,6 +285,9 @@ async def admin_settings(interaction: discord.Interaction,
     embed.add_field(name="NSFW policy", value=f"{policy}: {POLICY_MEANINGS[policy]} ({check})")
     embed.add_field(name="Weekly highlight", value="off" if current.highlight_day is None
                     else f"{WEEKDAYS[current.highlight_day]}s at {current.highlight_hour:02d}:00 UTC")
+    for problem in await bot.backend.run(open_setup_problems, bot.backend.store):
+        embed.add_field(name=f"⚠️ Setup problem: {problem.key}", inline=False,
+                        value=f"{problem.message[:900]} (the bot's owner has been told; members' requests wait)")
     await reply(interaction, "Saved." if changes else None, embed=embed)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import discord
 from PIL import Image
 
-from engine.queue import Job, QueuePosition
+from engine.errors import ModelUnavailable
+from engine.queue import WAITING_FOR_SETUP, Job, QueuePosition
 
 COLOUR = discord.Colour.from_rgb(88, 101, 242)
 CONSENT_TEXT = (
@@ -39,13 +40,16 @@ def eta(seconds: float) -> str:
 def progress_line(job: Job, position: QueuePosition | None) -> str:
     """One line on where a job stands: 'queued #3, about 2 min' / 'generating 40%' / ..."""
     if job.state == "queued":
+        if job.progress_text == WAITING_FOR_SETUP:
+            return f"waiting: {ModelUnavailable.MEMBER_TEXT}"
         if position is None:
             return "queued"
         waiting = "waiting for your face model to finish training" if job.params.get("wait_for_training") else ""
         return waiting or f"queued #{position.position}, {eta(position.eta_seconds)}"
     if job.state == "running":
         text = job.progress_text or "starting"
-        return text if "left" in text or position is None else f"{text} ({eta(position.eta_seconds)} left)"
+        timed = "left" in text or text.startswith("getting ")  # a download says its own progress
+        return text if timed or position is None else f"{text} ({eta(position.eta_seconds)} left)"
     return job.state
 
 

@@ -64,26 +64,48 @@ def check_device(settings: Settings) -> Check:
     )
 
 
-def check_base_model(settings: Settings) -> Check:
-    from engine.models import local_copy, parse_model_reference
+def check_models(settings: Settings) -> list[Check]:
+    """One line per model the settings name (base, VAE, safety checker, fast-mode and style LoRAs),
+    with where it is and its size on disk."""
+    from engine.model_files import disk_size, named_models, where_is
+    from engine.models import parse_model_reference
 
-    reference = parse_model_reference(settings.base_model)
+    checks = []
+    for model in named_models(settings):
+        reference = parse_model_reference(model.reference)
+        try:
+            path = where_is(model)
+        except Exception as error:  # noqa: BLE001 - a broken hub cache should not stop the other checks
+            checks.append(Check(model.name, "fail", f"{model.reference}: {error}", f"set {model.setting} to a local copy"))
+            continue
+        if path is not None:
+            checks.append(Check(model.name, "ok", f"{model.reference}: {disk_size(path) / 1e9:.2f} GB at {path}"))
+        elif reference.kind == "local":
+            checks.append(Check(model.name, "fail", f"{reference.value} is not there",
+                                f"set {model.setting} to a downloaded model, a Hugging Face id or modelscope:<id>"))
+        else:
+            where = "huggingface.co" if reference.kind == "huggingface" else "modelscope.cn"
+            checks.append(Check(model.name, "warn", f"{model.reference} is not downloaded yet; it is fetched from "
+                                                    f"{where} on first use", "run `facechain models pull` now"))
+    return checks
+
+
+def check_setup_problems(settings: Settings) -> Check:
+    """What the worker found that only the owner can fix (members' jobs wait for it)."""
+    from engine.store import Store
+    from engine.store.setup_problems import open_setup_problems
+
+    if not settings.db_path.is_file():
+        return Check("worker", "ok", "no jobs run yet")
+    store = Store(settings.data_dir)
     try:
-        folder = local_copy(reference)
-    except Exception as error:  # a broken hub cache should not stop the other checks
-        return Check("base model", "fail", f"{reference}: {error}", "set FACECHAIN_BASE_MODEL to a local folder")
-    if folder is not None:
-        return Check("base model", "ok", f"{reference} found at {folder}")
-    if reference.kind == "local":
-        return Check(
-            "base model", "fail", f"{reference.value} has no model_index.json",
-            "set FACECHAIN_BASE_MODEL to a diffusers folder, a Hugging Face id or modelscope:<id>",
-        )
-    where = "huggingface.co" if reference.kind == "huggingface" else "modelscope.cn"
-    return Check(
-        "base model", "warn", f"{reference} is not downloaded yet; it will be fetched from {where} on first use",
-        "pre-download it, or point FACECHAIN_BASE_MODEL at a local copy",
-    )
+        problems = open_setup_problems(store)
+    finally:
+        store.close()
+    if not problems:
+        return Check("worker", "ok", "no open setup problems")
+    detail = "; ".join(f"{p.key} (since {p.first_seen[:16]}, {p.count}x): {p.message}" for p in problems)
+    return Check("worker", "fail", detail, "fix the above; waiting jobs start by themselves once it works")
 
 
 def check_face_models(settings: Settings) -> Check:
@@ -144,8 +166,8 @@ def check_token(settings: Settings) -> Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     return [
-        check_packages(), check_device(settings), check_base_model(settings),
-        check_face_models(settings), check_safety_checker(settings), check_data_dir(settings), check_token(settings),
+        check_packages(), check_device(settings), *check_models(settings), check_face_models(settings),
+        check_safety_checker(settings), check_data_dir(settings), check_setup_problems(settings), check_token(settings),
     ]
 
 

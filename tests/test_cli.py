@@ -153,8 +153,9 @@ def test_doctor_reports_each_check_with_a_fix(capsys, data_dir, tmp_path, monkey
     monkeypatch.setenv("FACECHAIN_BASE_MODEL", str(tmp_path / "no-model-here"))
     code, checks = run_json(capsys, "doctor")
     by_name = {check["name"]: check for check in checks}
-    assert set(by_name) == {"python packages", "torch device", "base model", "face models", "safety check",
-                            "data dir", "discord token"}
+    assert set(by_name) == {"python packages", "torch device", "base model", "fast-mode LoRA", "face models",
+                            "safety check", "data dir", "worker", "discord token"}
+    assert by_name["fast-mode LoRA"]["status"] == "warn" and "models pull" in by_name["fast-mode LoRA"]["fix"]
     assert by_name["python packages"]["status"] == "ok"
     assert by_name["face models"]["status"] == "ok"
     assert by_name["data dir"]["status"] == "ok"
