@@ -188,17 +188,19 @@ def cmd_styles_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.model_files import style_lora_problems
     from engine.styles import load_styles
 
     catalogue = load_styles(settings.styles_dir)
+    problems = [*catalogue.problems, *style_lora_problems(catalogue)]
     if args.json:
         print_json({"styles": len(catalogue.styles),
-                    "problems": [{"path": str(p.path), "field": p.field, "message": p.message} for p in catalogue.problems]})
+                    "problems": [{"path": str(p.path), "field": p.field, "message": p.message} for p in problems]})
     else:
-        for problem in catalogue.problems:
+        for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
-        console.print(f"{len(catalogue.styles)} styles ok, {len(catalogue.problems)} problem(s)")
-    return 1 if catalogue.problems else 0
+        console.print(f"{len(catalogue.styles)} styles loaded, {len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 # --- training -----------------------------------------------------------------------------------------

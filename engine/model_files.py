@@ -94,3 +94,40 @@ def disk_size(path: Path | None) -> int:
     if path.is_dir():
         return sum(p.resolve().stat().st_size for p in path.rglob("*") if p.is_file())
     return size_on_disk(path.resolve())
+
+
+def style_lora_problems(catalogue) -> list:
+    """Problems with the styles' LoRA references that can be seen without a network: a local file
+    that is not there or is no LoRA, a downloaded file that is no LoRA. Hub files not downloaded yet
+    are fine (`facechain models pull` fetches them)."""
+    from engine.styles import StyleProblem
+
+    problems = []
+    for style in catalogue.styles.values():
+        if style.lora is None:
+            continue
+        model = NamedModel(f"style {style.id} LoRA", style.lora.reference, f"style {style.id}", "file",
+                           style.lora.weight_name or WEIGHTS_FILE, style.lora.revision)
+        path = where_is(model)
+        where = catalogue.folder / f"{style.id}.toml"
+        if path is None:
+            if parse_model_reference(model.reference).kind == "local":
+                problems.append(StyleProblem(where, "lora.reference", f"{model.reference} does not exist"))
+            continue
+        if reason := not_a_lora(path):
+            problems.append(StyleProblem(where, "lora.reference", f"{path} {reason}"))
+    return problems
+
+
+def not_a_lora(path: Path) -> str | None:
+    """Why `path` is not a LoRA file (None when it is one): a .safetensors whose tensors are LoRA pairs."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as weights:
+            keys = list(weights.keys())
+    except Exception as error:  # noqa: BLE001 - any unreadable file gives the same answer
+        return f"is not a readable .safetensors file ({type(error).__name__})"
+    if not any(marker in key for key in keys for marker in ("lora_down", "lora_A", "lora.down")):
+        return "holds no LoRA weights (no lora_down / lora_A tensors)"
+    return None

@@ -136,3 +136,31 @@ def make_tiny_safety_checker(folder: Path, flags_everything: bool, seed: int = 0
     checker.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def make_random_lora(unet, path: Path, rank: int = 4, kohya: bool = False, seed: int = 0,
+                     targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")) -> Path:
+    """A LoRA file with random weights of the right shapes for `unet`'s attention projections: in
+    diffusers' format (`unet.<module>.lora_A.weight`), or in kohya's (`lora_unet_<module>.lora_down.weight`
+    and `.alpha`, as style LoRAs and the LCM-LoRA are published). It stands in for a downloaded one."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        module = getattr(module, "base_layer", module)  # a layer peft has wrapped (adapters loaded before)
+        if not isinstance(module, torch.nn.Linear) or not name.endswith(targets):
+            continue
+        down = torch.randn(rank, module.in_features, generator=generator) * 0.01
+        up = torch.randn(module.out_features, rank, generator=generator) * 0.01
+        if kohya:
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                        f"{key}.alpha": torch.tensor(float(rank))}
+        else:
+            tensors |= {f"unet.{name}.lora_A.weight": down, f"unet.{name}.lora_B.weight": up}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path

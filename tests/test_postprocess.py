@@ -162,6 +162,20 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_pat
     assert all(Path(p["path"]).is_file() and p["style"] == "cyberpunk" for p in portraits)
     assert "not ranked by likeness" in captured.err  # the tiny model draws noise, never a face
 
+    from engine.base_model import load_base_pipeline
+    from engine.config import load_settings
+    from engine.random_models import make_random_lora
+
+    unet = load_base_pipeline(load_settings()).pipeline.unet
+    monkeypatch.setenv("FACECHAIN_FAST_LORA", str(make_random_lora(unet, tmp_path / "lcm.safetensors", kohya=True)))
+    assert main(["portrait", "--user", "u", "--style", "cyberpunk", "--count", "1", "--fast", "--out",
+                 str(tmp_path / "fast"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    monkeypatch.setenv("FACECHAIN_FAST_LORA", str(tmp_path / "no-lcm.safetensors"))
+    assert main(["portrait", "--user", "u", "--style", "cyberpunk", "--count", "1", "--fast", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "FACECHAIN_FAST_LORA" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--style", "cyberpnk"], "Unknown style 'cyberpnk': did you mean cyberpunk?"),
