@@ -24,3 +24,7 @@ class ModelUnavailable(ModelMissing):
 
     MEMBER_TEXT = ("the bot is not ready to make face models and portraits yet (its owner has been told). "
                    "Your photos are kept, and this starts by itself once it is ready.")
+
+    def __init__(self, message: str, key: str = "models") -> None:
+        super().__init__(message)
+        self.key = key  # which setup problem this is: one incident (and one owner DM) per key

@@ -71,6 +71,7 @@ def build_negative_prompt(style: Style) -> str:
 
 
 FAST_SETTING = "FACECHAIN_FAST_LORA"
+FAST_PROBLEM = "fast-mode LoRA"  # its setup-problem key
 
 
 def make_scheduler(name: str, config: dict):
@@ -196,15 +197,15 @@ class PortraitGenerator:
     def _fast_adapter(self) -> str:
         if not self.fast_lora.strip():
             raise ModelUnavailable(f"Fast mode was asked for but {FAST_SETTING} is empty: set it to "
-                                   "latent-consistency/lcm-lora-sdv1-5 (or a local copy).")
+                                   "latent-consistency/lcm-lora-sdv1-5 (or a local copy).", FAST_PROBLEM)
         try:
             return self._file_adapter(f"fast:{self.fast_lora}",
                                       lambda: lora_file(self.fast_lora, None, FAST_SETTING))
-        except ModelUnavailable:
-            raise
+        except ModelUnavailable as error:
+            raise ModelUnavailable(str(error), FAST_PROBLEM) from None
         except Exception as error:  # noqa: BLE001
             raise ModelUnavailable(f"The fast-mode LoRA {self.fast_lora} could not be loaded ({type(error).__name__}):"
-                                   f" re-download it or fix {FAST_SETTING}.") from None
+                                   f" re-download it or fix {FAST_SETTING}.", FAST_PROBLEM) from None
 
     def _activate(self, request: PortraitRequest) -> None:
         names, weights = [], []

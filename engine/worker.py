@@ -29,7 +29,7 @@ from engine.store.setup_problems import report_setup_problem, resolve_setup_prob
 log = logging.getLogger(__name__)
 # Below this much free GPU memory a job is not started (another program holds the card).
 MIN_FREE_GPU_GIB = 2.0
-# The incident key of the models every job needs (base, VAE, fast-mode LoRA).
+# The incident key of the models every job needs (the base model and its VAE).
 MODELS_PROBLEM = "models"
 
 
@@ -173,7 +173,7 @@ class Worker:
             result = handler(self, job, beat)
             self.queue.complete(job.id, self.worker_id, result)
         except ModelUnavailable as problem:  # the owner's to fix: the job waits, the member is not failed
-            self._wait_for_setup(job, MODELS_PROBLEM, str(problem))
+            self._wait_for_setup(job, problem.key, str(problem))
         except LeaseLost:
             log.warning("job %s: lease lost to another worker; result dropped", job.id)
         except (JobCancelled, _training_cancelled()) as stopped:
@@ -354,6 +354,10 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
                             params["style"], count=count, seed=params.get("seed"), on_step=on_step, job_id=job.id,
                             variation_of=params.get("variation_of"), safety=worker.safety, fast=params.get("fast"),
                             show_flagged=may_show_flagged(policy, bool(params.get("age_restricted"))))
+    if params.get("fast"):
+        from engine.generate import FAST_PROBLEM
+
+        resolve_setup_problems(worker.store, FAST_PROBLEM)  # it loaded: an open incident is over
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
             "held_back": result.held_back}
 

@@ -57,3 +57,11 @@ def test_a_missing_base_model_makes_jobs_wait_and_tells_the_owner_once(tiny_mode
         assert d.rows("select count(*) from setup_problems where resolved_at is null") == [(0,)]
         ping = [m for m in fake.channel_messages(d.general) if "face model is ready" in m.content]
         assert ping and f"<@{member}>" in ping[0].content
+
+        # Fast mode with the fast-mode LoRA out of reach: a new incident (one more DM), the request waits.
+        asked = fake.command(member, d.general, d.guild, "portrait", {"style": "anime", "count": 1, "fast": True})
+        message = fake.response(asked)
+        fake.wait_for(lambda: "waiting:" in message.text(), 60, "the fast request to wait")
+        assert d.rows("select json_extract(params, '$.fast') from jobs where kind = 'generate'") == [(1,)]
+        dms = fake.wait_for(lambda: fake.channel_messages(fake.dm_channel(owner))[1:], 30, "a DM for the new incident")
+        assert "FACECHAIN_FAST_LORA" in dms[0].content and len(fake.channel_messages(fake.dm_channel(owner))) == 2
