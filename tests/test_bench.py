@@ -44,6 +44,7 @@ def test_bench_runs_the_chosen_scripts_and_writes_results_and_a_report(tmp_path,
     report = (out / "report.md").read_text()
     assert "## Selfie preprocessing" in report and "## Job queue" in report and "## The bot under load" not in report
     assert "AMD" in report or results["machine"]["cpu"] in report  # every report says what it ran on
+    assert "**Not measured in this report:** no CUDA GPU" in report  # says plainly where no GPU was lent
     assert {p.name for p in charts_in(out / "report.md")} == {"preprocess_stages.png", "hot_spots.png"}
 
 
@@ -68,6 +69,9 @@ def test_the_gpu_script_runs_in_smoke_mode_and_its_figures_join_a_report(tmp_pat
     figures = json.loads(figures_file.read_text())
     assert figures["smoke"] and [run["photos"] for run in figures["training"]] == [2, 3]
     assert {(run["count"], run["steps"]) for run in figures["generation"]} == {(1, 2), (2, 2), (1, 1), (2, 1)}
+    assert [run["label"] for run in figures["generation"] if run["fast"]] == [
+        "1 portraits, fast mode (LCM-LoRA, 2 steps)"]  # the real fast mode: LCM-LoRA and its scheduler
+    assert figures["capped"] == [] and figures["cap_gib"] == 8.0  # the 8 GB cap needs CUDA
     labels = [run["label"] for run in figures["variants"]]
     assert "classic attention (no SDPA)" in labels and "channels-last UNet" in labels
     assert all(run["tflops"] > 0 for run in figures["training"] + figures["generation"])  # FLOPs were counted

@@ -161,7 +161,7 @@ def bot_section(figures: dict, charts: Charts) -> list[str]:
 
 
 def gpu_section(figures: dict, charts: Charts) -> list[str]:
-    runs = figures["training"] + figures["generation"] + figures["variants"]
+    runs = figures["training"] + figures["generation"] + figures["variants"] + figures.get("capped", [])
     measured = [run for run in runs if "error" not in run]
     figure, (seconds, tflops) = charts.figure(columns=2, height=0.45 * len(measured) + 1.6)
     seconds.barh([run["label"] for run in measured], [run["seconds"] for run in measured], color=COLOURS["bar"])
@@ -185,6 +185,12 @@ def gpu_section(figures: dict, charts: Charts) -> list[str]:
                   f"diffusers {where['versions']['diffusers']}; weights {figures['dtype']}.", ""]
     if figures["smoke"]:
         lines += ["_Smoke run (the tiny model on this machine): it checks the script, its figures mean nothing._", ""]
+    elif not figures.get("capped"):
+        lines += ["_No 8 GB-capped runs in these figures (made before the script had them)._", ""]
+    else:
+        lines += [f"The \"8 GB cap\" runs limit the process to {figures.get('cap_gib', 8):g} GiB "
+                  "(`torch.cuda.set_per_process_memory_fraction`, the loaded pipeline included) with the memory "
+                  "plan the planner picks for an 8 GB card: what a member of a server on such a card waits.", ""]
     lines += [charts.save(figure, "gpu.png"), ""]
     lines += table(["run", "seconds", "peak GiB", "TFLOP/s", "% of peak"], [
         [run["label"], run.get("seconds", "—"), run.get("peak_gib", "—"), run.get("tflops", "—"),
@@ -196,6 +202,14 @@ def gpu_section(figures: dict, charts: Charts) -> list[str]:
             [key, verdict["value"], verdict["target"], "met" if verdict["met"] else "MISSED"]
             for key, verdict in figures["targets"].items()])
     return lines + errors + ([""] if errors else [])
+
+
+NO_GPU_SECTION = [
+    "## GPU: SD1.5 architecture, random weights", "",
+    "**Not measured in this report:** no CUDA GPU was available where it was made, so the training, portrait, "
+    "fast-mode and 8 GB-capped figures are missing. Run `facechain bench --gpu` on a GPU machine, or "
+    "`bench/gpu_sd15.py --json FILE` there and `facechain bench --gpu-results FILE` here.", "",
+]
 
 
 def write_report(results: dict, out_dir: Path) -> Path:
@@ -217,6 +231,8 @@ def write_report(results: dict, out_dir: Path) -> Path:
     for name, section in sections:
         if figures_of(results, name):
             lines += section(figures_of(results, name))
+    if not figures_of(results, "gpu_sd15"):
+        lines += NO_GPU_SECTION
     failed = {name: run["error"] for name, run in results["benchmarks"].items() if "error" in run}
     if failed:
         lines += ["## Failed", ""] + [f"- `bench/{name}.py`: {error}" for name, error in failed.items()] + [""]

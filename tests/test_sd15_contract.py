@@ -1,0 +1,114 @@
+"""The real shapes and file formats: a full-size SD1.5 (860M-parameter UNet, CLIP ViT-L/14 text encoder,
+the 4-channel VAE) with random weights, saved in the default base model's layout, runs on the CPU at
+128 px through training -> portraits -> fusion -> ranking, with a kohya-format style LoRA of the real key
+names, the LCM-LoRA fast path and the separate VAE. Its pictures are noise; its contract is real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from engine.base_model import load_base_pipeline
+from engine.config import load_settings
+from engine.enroll import enroll_user
+from engine.generate import Candidate, PortraitGenerator
+from engine.lora_training import WEIGHTS_FILE
+from engine.portrait import enrolled_face, make_portraits
+from engine.postprocess import make_fuser, rank_candidates
+from engine.random_models import make_random_lora, make_sd15_shaped_model
+from engine.store import Store
+from engine.styles import load_styles
+from engine.train import train_user
+from tests.conftest import DATA, photo
+
+OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    """Built once per run: the pipeline in the default repository's layout (its model_index.json lists a
+    feature extractor and a safety checker whose folders are not there), a separate VAE, and LoRA files
+    in kohya's format for a style and for fast mode."""
+    from diffusers import AutoencoderKL
+
+    root = tmp_path_factory.mktemp("sd15")
+    folder = make_sd15_shaped_model(root / "Realistic_Vision_V5.1_noVAE", half=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update({"feature_extractor": ["transformers", "CLIPImageProcessor"],
+                  "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"]})
+    (folder / "model_index.json").write_text(json.dumps(index))
+    torch.manual_seed(1)
+    vae_config = AutoencoderKL.load_config(folder / "vae")
+    AutoencoderKL.from_config(vae_config).to(torch.float16).save_pretrained(root / "sd-vae-ft-mse")
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    make_random_lora(unet, root / "styles-lora" / "watercolor.safetensors", rank=8, kohya=True, seed=2)
+    make_random_lora(unet, root / "lcm-lora-sdv1-5" / WEIGHTS_FILE, rank=8, kohya=True, seed=3)
+    del unet
+    return root
+
+
+@pytest.fixture(scope="module")
+def sd15_settings(sd15, tmp_path_factory):
+    styles = tmp_path_factory.mktemp("styles")
+    shutil.copytree(load_styles().folder, styles, dirs_exist_ok=True)
+    with (styles / "watercolor.toml").open("a") as toml:
+        toml.write(f'\n[lora]\nreference = "{sd15 / "styles-lora" / "watercolor.safetensors"}"\nweight = 0.3\n')
+    return load_settings(_env_file=None, data_dir=tmp_path_factory.mktemp("data"), device="cpu",
+                         base_model=str(sd15 / "Realistic_Vision_V5.1_noVAE"), vae=str(sd15 / "sd-vae-ft-mse"),
+                         fast_lora=str(sd15 / "lcm-lora-sdv1-5"), styles_dir=styles, train_resolution=SIZE,
+                         portrait_size=SIZE, portrait_candidates=2, lora_rank=4, lora_alpha=16)
+
+
+def test_the_full_size_pipeline_trains_draws_fuses_and_ranks(sd15, sd15_settings, analyzer):
+    settings = sd15_settings
+    base = load_base_pipeline(settings)
+    pipe = base.pipeline
+    assert pipe.unet.config.block_out_channels == [320, 640, 1280, 1280]
+    assert pipe.text_encoder.config.hidden_size == 768 and pipe.unet.config.cross_attention_dim == 768
+    assert pipe.feature_extractor is None and pipe.safety_checker is None
+    vae_file = sd15 / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors"
+    with safe_open(str(vae_file), "pt") as separate:
+        key = "decoder.conv_out.weight"
+        assert torch.equal(pipe.vae.state_dict()[key], separate.get_tensor(key).float())  # the separate VAE
+
+    store = Store(settings.data_dir)
+    enroll_user(store, analyzer, settings, "u", [photo(p) for p in OBAMA], subject="man")
+    model = train_user(store, base, settings, "u", steps=2)
+    assert model.status == "ready" and model.meta["steps"] == 2
+    with safe_open(str(model.path / WEIGHTS_FILE), "pt") as weights:
+        keys = list(weights.keys())
+        metadata = json.loads(weights.metadata()["lora_adapter_metadata"])
+    assert any(k.endswith("attn2.to_k.lora_A.weight") for k in keys)
+    assert metadata["unet.r"] == 4 and metadata["unet.lora_alpha"] == 16
+
+    catalogue = load_styles(settings.styles_dir)
+    generator = PortraitGenerator(base, fast_lora=settings.fast_lora)
+    result = make_portraits(store, generator, analyzer, settings, catalogue, "u", "watercolor", count=2, seed=1,
+                            out_dir=settings.data_dir / "out")
+    assert len(result.portraits) == 2 and all(Image.open(p.path).size == (SIZE, SIZE) for p in result.portraits)
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler" and pipe.scheduler.config.use_karras_sigmas
+    assert len(generator.loaded_adapters) == 2  # the face and the kohya style LoRA side by side
+
+    fast = make_portraits(store, generator, analyzer, settings, catalogue, "u", "watercolor", count=1, seed=2,
+                          out_dir=settings.data_dir / "fast", fast=True)
+    assert len(fast.portraits) == 1 and type(pipe.scheduler).__name__ == "LCMScheduler"
+    assert len(generator.loaded_adapters) == 3
+
+    # Random weights draw noise, which has no face to fuse; a photo at the pipeline's output size stands in
+    # for the face real weights draw, beside the real candidates: fusion and ranking take it and drop noise.
+    drawn = [Candidate(Image.open(p.path), p.seed) for p in result.portraits]
+    face_photo = Image.open(DATA / "biden" / "biden1.jpg").convert("RGB").resize((512, 512))
+    ranked = rank_candidates(analyzer, [*drawn, Candidate(face_photo, 99)], enrolled_face(store, analyzer, "u"),
+                             make_fuser(settings, analyzer))
+    assert [r.seed for r in ranked] == [99] and ranked[0].similarity > 0.4
+    assert np.asarray(ranked[0].image).shape == (512, 512, 3)
+    store.close()
