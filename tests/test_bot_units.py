@@ -26,6 +26,7 @@ from bot.downloads import (
 )
 from bot.logs import JsonFormatter
 from bot.messages import enroll_card, eta, portrait_lines, progress_line
+from engine.queue import WAITING_FOR_SETUP
 from engine.preprocess.trigger import SUBJECTS as ENGINE_SUBJECTS
 from engine.queue import Job, QueuePosition
 from tests.fake_discord import APP_ID, FakeDiscord
@@ -59,6 +60,10 @@ def test_progress_lines_say_where_a_job_stands():
     assert "waiting for your face model" in progress_line(waiting, QueuePosition(1, 10))
     assert progress_line(job(state="running", progress_text="generating 40%"), QueuePosition(0, 20)) \
         == "generating 40% (about 20 s left)"
+    downloading = job(state="running", progress_text="getting the base model: 1.9 of 4.2 GB")
+    assert progress_line(downloading, QueuePosition(0, 170)) == "getting the base model: 1.9 of 4.2 GB"
+    setup = progress_line(job(progress_text=WAITING_FOR_SETUP), QueuePosition(1, 10))
+    assert setup.startswith("waiting: the bot is not ready") and "Your photos are kept" in setup
 
 
 def test_result_text_ranks_and_explains_unranked_portraits():
