@@ -56,10 +56,13 @@ def test_a_style_with_a_lora_and_sampler_hints(styles_copy):
     (styles_copy / "previews" / "x.png").write_bytes(b"png")
     (styles_copy / "lora-style.toml").write_text(
         'name = "L"\ndescription = "d"\nprompt = "p"\npreview = "previews/x.png"\n'
-        '[lora]\nreference = "modelscope:someone/style"\nweight = 0.3\n[sampler]\nsteps = 8\nguidance = 2\n')
+        '[lora]\nreference = "modelscope:someone/style"\nweight_name = "style.safetensors"\nweight = 0.3\n'
+        '[sampler]\nname = "euler_a"\nsteps = 8\nguidance = 2\n')
     style = load_styles(styles_copy).get("lora-style")
     assert style.lora.reference == "modelscope:someone/style" and style.lora.weight == 0.3
-    assert style.sampler.steps == 8
+    assert style.lora.weight_name == "style.safetensors"
+    assert (style.sampler.name, style.sampler.steps) == ("euler_a", 8)
+    assert load_styles(styles_copy).get("anime").sampler.name == "dpmpp_2m_karras"  # the default
 
 
 def test_styles_cli(capsys, monkeypatch, styles_copy):
