@@ -187,6 +187,57 @@ def cmd_styles_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def style_recipe(style, settings: Settings) -> dict:
+    """Exactly what generation uses for a style: prompts, sampler, LoRAs and weights, what is downloaded."""
+    from engine.generate import build_negative_prompt, build_prompt
+    from engine.lora_training import WEIGHTS_FILE
+    from engine.model_files import NamedModel, where_is
+
+    loras = [{"role": "face", "reference": "the member's face model", "weight": style.face_weight}]
+    if style.lora is not None:
+        model = NamedModel("style LoRA", style.lora.reference, f"style {style.id}", "file",
+                           style.lora.weight_name or WEIGHTS_FILE, style.lora.revision)
+        loras.append({"role": "style", "reference": style.lora.reference, "file": model.filename,
+                      "revision": style.lora.revision, "weight": style.lora.weight,
+                      "downloaded": where_is(model) is not None})
+    fast = NamedModel("fast-mode LoRA", settings.fast_lora, "FACECHAIN_FAST_LORA", "file", WEIGHTS_FILE)
+    return {
+        "id": style.id, "name": style.name, "family": style.family,
+        "prompt": build_prompt("{trigger}", style), "negative_prompt": build_negative_prompt(style),
+        "sampler": style.sampler.model_dump(), "loras": loras,
+        "fast_mode": {"sampler": "lcm", "steps": settings.fast_steps, "guidance": settings.fast_guidance,
+                      "lora": settings.fast_lora, "weight": 1.0,
+                      "downloaded": bool(settings.fast_lora.strip()) and where_is(fast) is not None},
+    }
+
+
+def cmd_styles_show(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.styles import load_styles
+
+    catalogue = load_styles(settings.styles_dir)
+    style = catalogue.get(args.style)
+    if style is None:
+        close = catalogue.suggest(args.style)
+        raise FaceChainError(f"Unknown style {args.style!r}" + (f": did you mean {close[0]}?" if close else "."))
+    recipe = style_recipe(style, settings)
+    if args.json:
+        print_json(recipe)
+        return 0
+    sampler = recipe["sampler"]
+    console.print(f"[bold]{style.name}[/] ({style.id}, {style.family} family)", soft_wrap=True)
+    console.print(f"prompt: {recipe['prompt']}", soft_wrap=True, markup=False)
+    console.print(f"negative: {recipe['negative_prompt']}", soft_wrap=True, markup=False)
+    console.print(f"sampler: {sampler['name']}, {sampler['steps']} steps, guidance {sampler['guidance']:g}")
+    for lora in recipe["loras"]:
+        where = "" if "downloaded" not in lora else (" (downloaded)" if lora["downloaded"] else " (not downloaded yet)")
+        file = f" {lora['file']}" if lora.get("file") else ""
+        console.print(f"{lora['role']} LoRA: {lora['reference']}{file} at {lora['weight']:g}{where}", soft_wrap=True)
+    fast = recipe["fast_mode"]
+    console.print(f"fast mode: {fast['lora']} at 1, LCM, {fast['steps']} steps, guidance {fast['guidance']:g}"
+                  f"{' (downloaded)' if fast['downloaded'] else ' (not downloaded yet)'}", soft_wrap=True)
+    return 0
+
+
 def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
     from engine.model_files import style_lora_problems
     from engine.styles import load_styles
@@ -501,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     styles = commands.add_parser("styles", help="the portrait styles").add_subparsers(
         dest="styles_command", required=True, metavar="ACTION")
     command(styles, "list", cmd_styles_list, "list the styles")
-    command(styles, "check", cmd_styles_check, "validate every style file; exit 1 on a problem")
+    command(styles, "check", cmd_styles_check, "validate every style file and LoRA reference; exit 1 on a problem")
+    command(styles, "show", cmd_styles_show, "exactly what generation uses for a style").add_argument("style")
     return parser
 
 

@@ -29,9 +29,12 @@ log = logging.getLogger(__name__)
 PORTRAIT_PROMPT = ("upper_body, raw photo, masterpiece, solo, medium shot, high detail face, photorealistic, "
                    "best quality")
 # The NSFW terms always lead, so truncation to the text encoder's 77 tokens never drops them.
-NEGATIVE_PROMPT = ("nsfw, nude, naked, paintings, sketches, worst quality, low quality, normal quality, lowres, "
-                   "monochrome, grayscale, logo, text, watermark, signature, username, bad anatomy, bad hands, "
-                   "extra fingers, missing fingers, extra limbs, deformed, disfigured, blurry, multiple people")
+NSFW_TERMS = "nsfw, nude, naked"
+# For a style built without a catalogue (no family filled in): FaceChain's photo negative.
+QUALITY_NEGATIVE = ("paintings, sketches, worst quality, low quality, normal quality, lowres, monochrome, grayscale, "
+                    "logo, text, watermark, signature, username, bad anatomy, bad hands, extra fingers, missing "
+                    "fingers, extra limbs, deformed, disfigured, blurry, multiple people")
+NEGATIVE_PROMPT = f"{NSFW_TERMS}, {QUALITY_NEGATIVE}"
 MAX_SEED = 2**31 - 1
 # Adapter names are unique in the process: generators may share one base pipeline.
 _adapter_ids = itertools.count()
@@ -63,11 +66,14 @@ class Candidate:
 
 
 def build_prompt(trigger: str, style: Style) -> str:
-    return f"{TRIGGER_TOKEN}, {trigger}, {style.prompt}, {PORTRAIT_PROMPT}"
+    """Trigger, the member's phrase, the style's prompt, then its frame (its family's, from the catalogue)."""
+    return f"{TRIGGER_TOKEN}, {trigger}, {style.prompt}, {style.frame or PORTRAIT_PROMPT}"
 
 
 def build_negative_prompt(style: Style) -> str:
-    return f"{NEGATIVE_PROMPT}, {style.negative_prompt}" if style.negative_prompt else NEGATIVE_PROMPT
+    """The NSFW terms first (77-token truncation never drops them), then the style's look."""
+    parts = [NSFW_TERMS, style.negative_frame or QUALITY_NEGATIVE, style.negative_prompt]
+    return ", ".join(part for part in parts if part)
 
 
 FAST_SETTING = "FACECHAIN_FAST_LORA"

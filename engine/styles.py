@@ -1,10 +1,14 @@
 """Portrait styles, one TOML file each in `styles/`. Adding a style needs no code.
 
-A file that fails validation is reported with its path and field; the other styles still load.
+A style owns its whole look: its prompt, and the frame and negative prompt of its family
+(`styles/_families.toml`: photo, illustration, painting, ...) unless it sets its own. An art
+style never gets photo terms and never negates its own medium: loading checks both. A file that
+fails validation is reported with its path and field; the other styles still load.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +18,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
+FAMILIES_FILE = "_families.toml"
 STYLE_ID = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+PHOTO_FAMILIES = ("photo", "monochrome-photo")
+
+
+class Family(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    frame: str = Field(min_length=1)
+    negative: str = Field(min_length=1)
+    medium: list[str] = Field(min_length=1)  # words of the family's own medium, never negated
 
 
 class StyleLora(BaseModel):
@@ -53,8 +67,11 @@ class Style(BaseModel):
     name: str = Field(min_length=1, max_length=60)
     description: str = Field(min_length=1, max_length=200)
     prompt: str = Field(min_length=1, max_length=600)
-    negative_prompt: str = Field(default="", max_length=600)  # added to the shared negative prompt
-    face_weight: float = Field(default=0.9, ge=0, le=1.5)  # FaceChain uses 0.85-0.95
+    negative_prompt: str = Field(default="", max_length=600)  # added to the family's negative prompt
+    family: str = "photo"  # whose frame and negative prompt it inherits (styles/_families.toml)
+    frame: str | None = Field(default=None, max_length=600)  # its own frame instead of the family's
+    negative_frame: str | None = Field(default=None, max_length=600)  # its own negative instead of the family's
+    face_weight: float = Field(default=0.9, ge=0, le=1.5)  # FaceChain uses 0.8-0.95
     lora: StyleLora | None = None
     sampler: Sampler = Sampler()
     preview: Path | None = None  # image shown in /facechain styles, relative to the styles folder
@@ -73,9 +90,10 @@ class StyleProblem:
 
 @dataclass
 class StyleCatalogue:
-    styles: dict[str, Style]
+    styles: dict[str, Style]  # each with its frame and negative_frame filled in from its family
     problems: list[StyleProblem]
     folder: Path = STYLES_DIR
+    families: dict[str, Family] | None = None
 
     def preview_path(self, style: Style) -> Path | None:
         """The style's preview image, if it exists inside the styles folder."""
@@ -113,11 +131,44 @@ def load_style(path: Path) -> Style:
     return style
 
 
+def load_families(folder: Path) -> dict[str, Family]:
+    """The families in the styles folder's _families.toml, or the shipped ones."""
+    path = folder / FAMILIES_FILE if (folder / FAMILIES_FILE).is_file() else STYLES_DIR / FAMILIES_FILE
+    return {name: Family.model_validate(data) for name, data in tomllib.loads(path.read_text("utf-8")).items()}
+
+
+def _words(text: str) -> str:
+    return f" {re.sub(r'[^a-z0-9]+', ' ', text.lower())} "
+
+
+def mentions(text: str, terms: list[str]) -> list[str]:
+    """The terms that appear in `text` as whole words."""
+    padded = _words(text)
+    return [term for term in terms if _words(term) in padded]
+
+
+def look_problems(style: Style, families: dict[str, Family]) -> list[tuple[str, str]]:
+    """(field, message) for a look that fights itself: an art style with photo terms, a negative
+    prompt that names the style's own medium."""
+    family = families[style.family]
+    problems = []
+    negative = f"{style.negative_frame}, {style.negative_prompt}"
+    if negated := mentions(negative, family.medium):
+        problems.append(("negative_prompt", f"negates its own medium ({', '.join(negated)})"))
+    if style.family not in PHOTO_FAMILIES:
+        photo_terms = families["photo"].medium if "photo" in families else []
+        if found := mentions(f"{style.prompt}, {style.frame}", photo_terms):
+            article = "an" if style.family[0] in "aeiou" else "a"
+            problems.append(("prompt", f"{article} {style.family} style with photo terms ({', '.join(found)})"))
+    return problems
+
+
 def load_styles(folder: Path | None = None) -> StyleCatalogue:
     folder = folder or STYLES_DIR
     styles: dict[str, Style] = {}
     problems: list[StyleProblem] = []
-    for path in sorted(Path(folder).glob("*.toml")):
+    families = load_families(Path(folder))
+    for path in sorted(p for p in Path(folder).glob("*.toml") if not p.name.startswith("_")):
         try:
             style = load_style(path)
         except tomllib.TOMLDecodeError as error:
@@ -134,5 +185,15 @@ def load_styles(folder: Path | None = None) -> StyleCatalogue:
         if style.id in styles:
             problems.append(StyleProblem(path, "id", f"{style.id!r} is already used by another style"))
             continue
+        if style.family not in families:
+            problems.append(StyleProblem(path, "family", f"unknown family {style.family!r}: one of "
+                                                         f"{', '.join(families)}"))
+            continue
+        family = families[style.family]
+        style = style.model_copy(update={"frame": style.frame or family.frame,
+                                         "negative_frame": style.negative_frame or family.negative})
+        if look := look_problems(style, families):
+            problems += [StyleProblem(path, field, message) for field, message in look]
+            continue
         styles[style.id] = style
-    return StyleCatalogue(styles, problems, Path(folder))
+    return StyleCatalogue(styles, problems, Path(folder), families)

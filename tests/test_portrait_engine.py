@@ -173,7 +173,8 @@ def test_prompts_follow_facechain_and_always_exclude_nsfw():
     anime = load_styles().get("anime")
     assert build_prompt("a beautiful woman", anime).startswith("<fcsks>, a beautiful woman, anime style portrait")
     assert build_negative_prompt(anime).startswith("nsfw, nude")
-    assert build_negative_prompt(anime).endswith(anime.negative_prompt)
+    oil = load_styles().get("oil-painting")
+    assert build_negative_prompt(oil).endswith(oil.negative_prompt)  # the style's own words come last
     assert NEGATIVE_PROMPT.startswith("nsfw")
 
 

@@ -18,7 +18,7 @@ def test_the_curated_styles_all_load():
     assert set(REQUESTED) <= set(catalogue.styles)
     assert len(catalogue.styles) >= 24
     for style in catalogue.styles.values():
-        assert style.prompt and style.description and 0.85 <= style.face_weight <= 0.95
+        assert style.prompt and style.description and 0.8 <= style.face_weight <= 0.95  # FaceChain: 0.8-0.95
 
 
 def test_search_filters_by_what_was_typed_and_caps_at_25():
@@ -75,3 +75,86 @@ def test_styles_cli(capsys, monkeypatch, styles_copy):
     monkeypatch.setenv("FACECHAIN_STYLES_DIR", str(styles_copy))
     assert main(["styles", "check"]) == 1
     assert "broken.toml: description: Field required" in capsys.readouterr().err
+
+
+# What a member would see fight a style: photo words in an art style, its own medium negated.
+PHOTO_WORDS = ["photo", "photograph", "photorealistic", "raw photo", "realistic"]
+MEDIUM_WORDS = {"illustration": ["illustration", "sketches", "cartoon", "anime", "comic"],
+                "painting": ["painting", "paintings", "brush", "watercolor"],
+                "render3d": ["3d render", "3d", "clay"], "pixel": ["pixel", "pixel art"],
+                "monochrome-photo": ["monochrome", "grayscale", "black and white"]}
+
+
+def _has(text: str, word: str) -> bool:
+    import re
+
+    return re.search(rf"(?<![a-z0-9]){re.escape(word)}(?![a-z0-9])", text.lower()) is not None
+
+
+def test_styles_show_proves_every_style_owns_its_look(capsys):
+    shown = {}
+    for style_id in load_styles().styles:
+        assert main(["styles", "show", style_id, "--json"]) == 0
+        shown[style_id] = json.loads(capsys.readouterr().out)
+    art = [s for s in shown.values() if s["family"] not in ("photo", "monochrome-photo")]
+    assert {s["id"] for s in art} >= {"anime", "watercolor", "oil-painting", "ink-wash", "pixel-art", "comic-book",
+                                      "clay", "low-poly", "pop-art", "ghibli-like", "renaissance"}
+    for recipe in shown.values():
+        assert recipe["negative_prompt"].startswith("nsfw, nude, naked"), recipe["id"]
+        assert recipe["prompt"].startswith("<fcsks>, {trigger}, "), recipe["id"]
+        assert recipe["sampler"]["name"] == "dpmpp_2m_karras" and recipe["fast_mode"]["sampler"] == "lcm"
+    for recipe in art:
+        assert not [w for w in PHOTO_WORDS if _has(recipe["prompt"], w)], recipe["id"]
+    for recipe in shown.values():
+        negated = [w for w in MEDIUM_WORDS.get(recipe["family"], []) if _has(recipe["negative_prompt"], w)]
+        assert negated == [], (recipe["id"], negated)
+    assert _has(shown["film-noir"]["prompt"], "black and white") and not _has(shown["film-noir"]["negative_prompt"],
+                                                                               "grayscale")
+    assert _has(shown["studio-headshot"]["negative_prompt"], "paintings")  # photos still keep paint out
+
+
+def test_styles_facechain_pairs_with_loras_carry_its_real_references(capsys):
+    expected = {  # from modelscope/facechain styles/*/*.json: model_id, revision, bin_file, multiplier_style
+        "polaroid": ("modelscope:YorickHe/polaroid_lora", "v1.0.0", "InstantPhotoX3.safetensors", 0.4, 0.95),
+        "oil-painting": ("modelscope:JeffVan/Oil_Paint_Style_LORA", "v1.0.0", "OilPaint.safetensors", 0.35, 0.95),
+        "fantasy-elf": ("modelscope:Rechycs/Wizard_lora", "v1.0.0", "Wizard_of_Oz.safetensors", 0.3, 0.8),
+        "astronaut": ("modelscope:StigXI/zju_01_LoRA", "v1.0.0", "scific.safetensors", 0.35, 0.95),
+        "vintage-1920s": ("modelscope:Licht000/retro_style_lora", "v1.0.0", "lijiaxin.safetensors", 0.3, 0.95),
+        "ink-wash": ("modelscope:Tekhne/GuoFengchill", "v1.0.0", "GuoFeng_sd-000006.safetensors", 0.35, 0.95),
+    }
+    catalogue = load_styles()
+    for style_id, (reference, revision, file, weight, face) in expected.items():
+        style = catalogue.get(style_id)
+        assert (style.lora.reference, style.lora.revision, style.lora.weight_name, style.lora.weight,
+                style.face_weight) == (reference, revision, file, weight, face), style_id
+        assert main(["styles", "show", style_id]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"style LoRA: {reference} {file} at {weight:g} (not downloaded yet)" in text
+    # Every art style without a LoRA says in its file why it needs none.
+    for style in catalogue.styles.values():
+        if style.lora is None and style.family != "photo":
+            assert "No style LoRA" in (catalogue.folder / f"{style.id}.toml").read_text(), style.id
+
+
+def test_a_style_may_own_its_frame_and_a_look_that_fights_itself_is_refused(styles_copy, capsys, monkeypatch):
+    (styles_copy / "own.toml").write_text('name = "Own"\ndescription = "d"\nprompt = "charcoal sketch"\n'
+                                          'family = "illustration"\nframe = "bust, charcoal on paper"\n'
+                                          'negative_frame = "colour"\n')
+    (styles_copy / "fights.toml").write_text('name = "F"\ndescription = "d"\nprompt = "watercolor portrait"\n'
+                                             'family = "painting"\nnegative_prompt = "paintings"\n')
+    (styles_copy / "photo-art.toml").write_text('name = "P"\ndescription = "d"\nprompt = "anime, raw photo"\n'
+                                                'family = "illustration"\n')
+    (styles_copy / "lost.toml").write_text('name = "L"\ndescription = "d"\nprompt = "p"\nfamily = "sculpture"\n')
+    catalogue = load_styles(styles_copy)
+    own = catalogue.get("own")
+    from engine.generate import build_negative_prompt, build_prompt
+
+    assert build_prompt("a man", own).endswith("charcoal sketch, bust, charcoal on paper")
+    assert build_negative_prompt(own) == "nsfw, nude, naked, colour"
+    problems = {p.path.name: f"{p.field}: {p.message}" for p in catalogue.problems}
+    assert problems["fights.toml"] == "negative_prompt: negates its own medium (paintings)"
+    assert problems["photo-art.toml"] == "prompt: an illustration style with photo terms (photo, raw photo)"
+    assert problems["lost.toml"].startswith("family: unknown family 'sculpture'")
+    monkeypatch.setenv("FACECHAIN_STYLES_DIR", str(styles_copy))
+    assert main(["styles", "check"]) == 1
+    assert "fights.toml: negative_prompt: negates its own medium" in capsys.readouterr().err
