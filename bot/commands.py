@@ -24,6 +24,7 @@ from engine.errors import FaceChainError
 from engine.safety import POLICY_MEANINGS
 from engine.store.community import NSFW_POLICIES, rotate_web_token, update_guild_settings
 from engine.store.setup_problems import open_setup_problems
+from engine.style_previews import shown_preview
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot
@@ -155,7 +156,7 @@ async def styles(interaction: discord.Interaction) -> None:
         if style.tags:
             embed.add_field(name="Tags", value=", ".join(style.tags))
         embed.set_footer(text=f"Style {page + 1} of {len(listed)}")
-        preview = catalogue.preview_path(style)
+        preview = shown_preview(bot.settings, catalogue, style)
         if preview is None:
             return embed, []
         embed.set_image(url=f"attachment://preview{preview.suffix}")

@@ -238,6 +238,32 @@ def cmd_styles_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_styles_previews(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.base_model import load_base_pipeline
+    from engine.generate import PortraitGenerator
+    from engine.style_previews import draw_preview, preview_file, shown_preview
+    from engine.styles import load_styles
+
+    catalogue = load_styles(settings.styles_dir)
+    wanted = [part.strip() for part in args.only.split(",")] if args.only else list(catalogue.styles)
+    unknown = [style_id for style_id in wanted if catalogue.get(style_id) is None]
+    if unknown:
+        raise FaceChainError(f"Unknown style(s): {', '.join(unknown)}: see `facechain styles list`.")
+    todo = [catalogue.get(style_id) for style_id in wanted
+            if args.force or shown_preview(settings, catalogue, catalogue.get(style_id)) is None]
+    rows = [{"style": style_id, "path": str(shown_preview(settings, catalogue, catalogue.get(style_id))),
+             "drawn": False} for style_id in wanted if catalogue.get(style_id) not in todo]
+    if todo:
+        generator = PortraitGenerator(load_base_pipeline(settings, on_progress=download_bar()))
+        for style in todo:
+            rows.append({"style": style.id, "path": str(draw_preview(generator, settings, style)), "drawn": True})
+            if not args.json:
+                console.print(f"drew {style.id}: {preview_file(settings, style.id)}")
+    report(args, rows, f"{sum(r['drawn'] for r in rows)} preview(s) drawn, "
+                       f"{sum(not r['drawn'] for r in rows)} already there.")
+    return 0
+
+
 def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
     from engine.model_files import style_lora_problems
     from engine.styles import load_styles
@@ -554,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     command(styles, "list", cmd_styles_list, "list the styles")
     command(styles, "check", cmd_styles_check, "validate every style file and LoRA reference; exit 1 on a problem")
     command(styles, "show", cmd_styles_show, "exactly what generation uses for a style").add_argument("style")
+    previews = command(styles, "previews", cmd_styles_previews,
+                       "draw a sample per style with the base model (no face), cached for /facechain styles")
+    previews.add_argument("--only", metavar="IDS", help="comma-separated style ids (default: every style)")
+    previews.add_argument("--force", action="store_true", help="draw again even where a preview exists")
     return parser
 
 

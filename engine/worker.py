@@ -153,6 +153,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stopping.set())
         log.info("worker %s started", self.worker_id)
+        self.queue_missing_previews()
         idle_since = time.monotonic()
         while not self.stopping.is_set():
             job = self.queue.claim(self.worker_id)
@@ -164,6 +165,23 @@ class Worker:
             self.run_job(job)
             idle_since = time.monotonic()
         log.info("worker %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
+
+    def queue_missing_previews(self, force: bool = False) -> int:
+        """On a GPU machine, queue a lowest-priority preview job per style that has no preview image
+        (none already queued). On a CPU a preview takes minutes: `facechain styles previews` there."""
+        if not force and (self.settings.device not in ("auto", "cuda") or not _has_cuda()):
+            return 0
+        from engine.style_previews import PREVIEW_USER, missing_previews
+        from engine.styles import load_styles
+
+        queued = {job.params.get("style") for job in self.queue.active_jobs(user_id=PREVIEW_USER)}
+        missing = [s for s in missing_previews(self.settings, load_styles(self.settings.styles_dir))
+                   if s.id not in queued]
+        for style in missing:
+            self.queue.enqueue("preview", PREVIEW_USER, {"style": style.id})
+        if missing:
+            log.info("queued %s style previews at the lowest priority", len(missing))
+        return len(missing)
 
     def run_job(self, job: Job) -> None:
         beat = self._beat = Heartbeat(self.settings, job.id, self.worker_id)
@@ -250,6 +268,12 @@ class Worker:
 
     def should_stop(self, beat: Heartbeat) -> Callable[[], bool]:
         return lambda: self.stopping.is_set() or beat.cancel_requested.is_set() or beat.lease_lost.is_set()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def release_cached_memory() -> None:
@@ -362,6 +386,19 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
             "held_back": result.held_back}
 
 
+def run_preview(worker: Worker, job: Job, beat: Heartbeat) -> dict:
+    """Draw one style's preview image (the base model, no face)."""
+    from engine.style_previews import draw_preview
+    from engine.styles import load_styles
+
+    style = load_styles(worker.settings.styles_dir).get(job.params.get("style", ""))
+    if style is None:
+        raise FaceChainError(f"No style {job.params.get('style')!r} to draw a preview of (removed meanwhile).")
+    beat.update(0.0, f"drawing the {style.name} preview")
+    worker._fit_memory(job)
+    return {"path": str(draw_preview(worker.generator, worker.settings, style))}
+
+
 HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {
-    "enroll": run_enroll, "train": run_train, "generate": run_generate,
+    "enroll": run_enroll, "train": run_train, "generate": run_generate, "preview": run_preview,
 }

@@ -10,6 +10,7 @@ import signal
 import time
 
 import pytest
+from PIL import Image
 
 from tests.bot_harness import ACK_LIMIT, TOKEN, Deployment, running_bot
 from tests.conftest import files_under
@@ -271,8 +272,12 @@ def test_admin_queue_lists_and_cancels_this_servers_jobs(deployment):
 
 def test_styles_browser_pages(deployment):
     d, fake = deployment, deployment.fake
+    drawn = d.data_dir / "cache" / "previews" / "anime.png"  # as `facechain styles previews` leaves it
+    drawn.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), "teal").save(drawn)
     browser = fake.response(fake.command(d.bob, d.general, d.guild, "styles"))
-    assert "Style 1 of 4" in browser.text()
+    assert "Style 1 of 4" in browser.text() and "Anime" in browser.text()
+    assert list(browser.files) == ["preview.png"]
     previous, following = browser.custom_ids()
     fake.wait_acked(fake.click(d.bob, browser, following))
     fake.wait_for(lambda: "Style 2 of 4" in browser.text(), 10, "page 2")

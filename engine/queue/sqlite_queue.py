@@ -22,9 +22,11 @@ from engine.queue.base import FINISHED, WAITING_FOR_SETUP, Job, LeaseLost, Queue
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
-KINDS = ("enroll", "train", "generate")
+KINDS = ("enroll", "train", "generate", "preview")
+# Run only when nothing else is ready (a style's preview image, for the styles browser).
+LOWEST_PRIORITY = ("preview",)
 # Used for ETAs until the server has finished jobs of its own to measure.
-TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0}
+TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "preview": 5.0}
 
 
 def now() -> datetime:
@@ -89,9 +91,11 @@ class SqliteJobQueue:
 
     def claim(self, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None:
         """The next job in fair order, leased to `worker_id`; None when nothing is ready."""
+        kinds = kinds or KINDS
         with self.store.transaction():
             self._reap(now())
-            heads = self._ready_heads(kinds)
+            heads = self._ready_heads(tuple(k for k in kinds if k not in LOWEST_PRIORITY)) or \
+                self._ready_heads(tuple(k for k in kinds if k in LOWEST_PRIORITY))
             if not heads:
                 return None
             job_id = self._fair_order(heads)[0]["id"]  # the same order position() reports
@@ -107,10 +111,11 @@ class SqliteJobQueue:
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.job_lease_seconds)
 
-    def _ready_heads(self, kinds: tuple[str, ...] | None) -> list[dict]:
-        """Each user's oldest job that may run now (the fair order's first job is one of these).
+    def _ready_heads(self, kinds: tuple[str, ...]) -> list[dict]:
+        """Each user's oldest job of `kinds` that may run now (the fair order's first job is one of these).
         A portrait that chose to wait for a training in progress waits."""
-        kinds = kinds or KINDS
+        if not kinds:
+            return []
         marks = ", ".join("?" for _ in kinds)
         return list(self.db.query(
             f"""select min(j.id) as id, j.user_id from jobs j where j.state = 'queued' and j.kind in ({marks})
@@ -274,8 +279,11 @@ class SqliteJobQueue:
         if row["state"] == "running":
             left = (1.0 - (row["progress"] or 0.0)) * self.typical_seconds(row["kind"])
             return QueuePosition(0, left)
-        order = self._fair_order(list(self.db.query("select id, user_id, kind from jobs where state = 'queued' "
-                                                    "order by id")))
+        # Members' jobs never wait behind the lowest-priority ones.
+        skipped = () if row["kind"] in LOWEST_PRIORITY else LOWEST_PRIORITY
+        marks = ", ".join("?" for _ in skipped) or "''"
+        order = self._fair_order(list(self.db.query(f"select id, user_id, kind from jobs where state = 'queued' "
+                                                    f"and kind not in ({marks}) order by id", list(skipped))))
         ahead = next(index for index, queued in enumerate(order) if queued["id"] == job_id)
         running = list(self.db["jobs"].rows_where("state = 'running'"))
         busy = sum((1.0 - (r["progress"] or 0.0)) * self.typical_seconds(r["kind"]) for r in running)

@@ -29,6 +29,10 @@ USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 USER_TABLES = ("gallery_likes", "gallery_entries", "portraits", "jobs", "face_models", "selfies")
 
 
+# The owner of the jobs the system runs for itself (style previews); never listed as a member.
+SYSTEM_USER = "facechain"
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -217,8 +221,8 @@ class Store:
                   (select count(*) from selfies s where s.user_id = u.id and s.status = 'accepted') as selfies,
                   (select count(*) from face_models m where m.user_id = u.id and m.status = 'ready') as face_models,
                   (select count(*) from portraits p where p.user_id = u.id) as portraits
-                from users u order by u.created_at, u.id
-                """
+                from users u where u.id != ? order by u.created_at, u.id
+                """, [SYSTEM_USER]
             )
         )
 

@@ -1,0 +1,58 @@
+"""Style previews: drawn with the base model (no face), cached, at the lowest priority in the queue."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from engine.cli import main
+from engine.config import load_settings
+from engine.queue import SqliteJobQueue
+from engine.store import Store
+from engine.style_previews import PREVIEW_USER, preview_file
+from engine.worker import Worker
+
+
+def tiny_settings(tiny_model, tmp_path, **changes):
+    return load_settings(_env_file=None, data_dir=tmp_path / "data", base_model=str(tiny_model), device="cpu",
+                         portrait_size=64, job_retry_seconds=0, **changes)
+
+
+def test_the_previews_cli_draws_the_missing_ones_once(tiny_model, tmp_path, monkeypatch, capsys):
+    for name, value in {"DATA_DIR": tmp_path / "data", "BASE_MODEL": tiny_model, "DEVICE": "cpu",
+                        "PORTRAIT_SIZE": 64}.items():
+        monkeypatch.setenv(f"FACECHAIN_{name}", str(value))
+    assert main(["styles", "previews", "--only", "anime,cyberpunk", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["style"], r["drawn"]) for r in rows] == [("anime", True), ("cyberpunk", True)]
+    assert Image.open(rows[0]["path"]).size == (64, 64)
+    assert rows[0]["path"] == str(tmp_path / "data" / "cache" / "previews" / "anime.png")
+    assert main(["styles", "previews", "--only", "anime", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["drawn"] is False  # cached
+    assert main(["styles", "previews", "--only", "nope"]) == 2
+    assert "Unknown style(s): nope" in capsys.readouterr().err
+
+
+def test_preview_jobs_wait_behind_every_members_job(tiny_model, tmp_path):
+    settings = tiny_settings(tiny_model, tmp_path)
+    queue = SqliteJobQueue(Store(settings.data_dir), settings)
+    preview = queue.enqueue("preview", PREVIEW_USER, {"style": "anime"})
+    member = queue.enqueue("enroll", "42", {"uploads": []})
+    assert queue.position(member.id).position == 1  # previews never count ahead of members
+    assert queue.claim("w").id == member.id
+    assert queue.claim("w").id == preview.id
+    assert [u["id"] for u in queue.store.list_users()] == ["42"]  # the system's jobs make no member
+
+
+def test_the_worker_queues_each_missing_preview_once_and_draws_it(tiny_model, tmp_path):
+    settings = tiny_settings(tiny_model, tmp_path)
+    worker = Worker(settings, "previews")
+    count = len(__import__("engine.styles", fromlist=["load_styles"]).load_styles().styles)
+    assert worker.queue_missing_previews() == 0  # no GPU here: the CLI draws them on a CPU
+    assert worker.queue_missing_previews(force=True) == count
+    assert worker.queue_missing_previews(force=True) == 0  # already queued
+    job = worker.queue.claim("previews")
+    worker.run_job(job)
+    done = worker.queue.get(job.id)
+    assert done.state == "done" and preview_file(settings, job.params["style"]).is_file()
