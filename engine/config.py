@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # Side of the square training images, in pixels (a multiple of 8).
     train_resolution: int = Field(default=512, ge=64, le=1024, multiple_of=8)
 
+    # How much of the member's selfie classical fusion puts over a portrait's face (1 = all of it
+    # inside the face mask); FaceChain blends LoRA portraits at partial strength. Where fusion would
+    # break the portrait's light along the blend edge, half of it is used, then none.
+    fusion_strength: float = Field(default=0.9, gt=0, le=1)
+
     # Portraits: candidates drawn per request (the best are returned) and their size in pixels.
     portrait_candidates: int = Field(default=8, ge=1, le=16)
     portrait_size: int = Field(default=512, ge=64, le=1024, multiple_of=8)

@@ -47,14 +47,19 @@ class PortraitResult:
 
 
 def enrolled_face(store: Store, analyzer: FaceAnalyzer, user_id: str) -> EnrolledFace:
-    """The best-quality enrolled crop (the fusion source) and all enrolled embeddings."""
+    """Every enrolled crop with a usable face (fusion picks the pose-closest; the best quality leads)
+    and all enrolled embeddings."""
     selfies = [s for s in store.accepted_selfies(user_id) if s.embedding_backend == analyzer.name]
+    sources = []
     for selfie in selfies:  # best quality first
         image = np.asarray(Image.open(selfie.path).convert("RGB"))
         faces = analyzer.detect(image)
         if faces:
-            return EnrolledFace(image, faces[0], [s.embedding for s in selfies])
-    raise FaceChainError(f"User {user_id} has no enrolled selfie with a usable face: enroll again.")
+            sources.append((image, faces[0]))
+    if not sources:
+        raise FaceChainError(f"User {user_id} has no enrolled selfie with a usable face: enroll again.")
+    (image, face), *others = sources
+    return EnrolledFace(image, face, [s.embedding for s in selfies], others)
 
 
 def make_portraits(

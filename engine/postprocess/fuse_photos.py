@@ -1,4 +1,4 @@
-"""`facechain fuse`: fuse the best of some selfies onto a template photo, and measure the change."""
+"""`facechain fuse`: fuse the selfie whose pose best matches a template photo onto it, and measure the change."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def fuse_photos(analyzer: FaceAnalyzer, settings: Settings, selfies: list[Upload
         return float(np.mean([analyzer.distance(vector, e) for e in embeddings]))
 
     fuser = make_fuser(settings, analyzer)
-    fused = fuser(EnrolledFace(best.image, best.face, embeddings), target.image, target.face)
+    others = [(f.image, f.face) for f in found if f is not best]
+    fused = fuser(EnrolledFace(best.image, best.face, embeddings, others), target.image, target.face)
     fused_faces = analyzer.detect(fused)
     after = distance(fused, fused_faces[0]) if fused_faces else float("nan")
     return FuseResult(fused, round(distance(target.image, target.face), 4), round(after, 4))

@@ -7,6 +7,9 @@
    shading, so the light falls as it does in the portrait.
 3. Blend through a feathered mask of the inner face, shrunk from the jaw line, so there is no
    visible seam and hair, ears and outline stay the portrait's.
+4. Never carry what the selfie does not show: where the selfie is turned further than the
+   portrait, its far cheek is foreshortened and beside it lies hair or background; the mask
+   fades there to the portrait's own face.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import cv2
 import numpy as np
 
 from engine.faces import Face
+from engine.faces.pose import head_pose
 
 JAW_AND_BROWS = slice(0, 27)  # dlib 68-point indices outlining the face
+# Yaw differences below this need no fade; at TURN_FULL_FADE more the far cheek's outer part is the portrait's.
+TURN_NO_FADE = 0.08
+TURN_FULL_FADE = 0.3
 
 
 def face_mask(shape: tuple[int, ...], face: Face) -> np.ndarray:
@@ -72,13 +79,64 @@ def carry_lighting(source: np.ndarray, reference: np.ndarray, face_size: int) ->
     return cv2.cvtColor(np.clip(src, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
-def fuse_face(face_image: np.ndarray, face: Face, template_image: np.ndarray, template_face: Face) -> np.ndarray:
-    """`template_image` with its face replaced by `face` from `face_image` (both RGB uint8)."""
+def far_side_fade(mask: np.ndarray, source_face: Face, template_face: Face) -> np.ndarray:
+    """`mask` faded on the far side of a source turned further than the template: from the middle of
+    the face (kept) to the jaw line on that side (the template's own face)."""
+    turn = head_pose(source_face).yaw - head_pose(template_face).yaw
+    amount = float(np.clip((abs(turn) - TURN_NO_FADE) / (TURN_FULL_FADE - TURN_NO_FADE), 0.0, 1.0))
+    if amount == 0.0 or len(template_face.landmarks) != 68:
+        return mask
+    # The source's nose sits towards its far side: negative yaw, the image's left.
+    landmarks = template_face.landmarks
+    edge = landmarks[0] if turn < 0 else landmarks[16]
+    middle = landmarks[27:31].mean(axis=0)
+    across = template_face.right_eye - template_face.left_eye
+    across = across / max(1e-6, float(np.linalg.norm(across)))
+    height, width = mask.shape
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    reach = float(np.dot(edge - middle, across))
+    if abs(reach) < 1:
+        return mask
+    t = ((xs - middle[0]) * across[0] + (ys - middle[1]) * across[1]) / reach  # 0 mid-face, 1 at the jaw
+    ramp = np.clip((t - 0.3) / 0.6, 0.0, 1.0)
+    return mask * (1.0 - amount * ramp * ramp * (3 - 2 * ramp)).astype(np.float32)
+
+
+def fusion_mask(template_shape: tuple[int, ...], source_face: Face, template_face: Face) -> np.ndarray:
+    """Where the source replaces the template (0..1): the inner face, faded where the source shows nothing."""
+    return far_side_fade(face_mask(template_shape, template_face), source_face, template_face)
+
+
+def fuse_face(face_image: np.ndarray, face: Face, template_image: np.ndarray, template_face: Face,
+              strength: float = 1.0) -> np.ndarray:
+    """`template_image` with its face replaced by `face` from `face_image` (both RGB uint8), at
+    `strength` (1: all the selfie's face inside the mask; less keeps some of the template's)."""
     aligned = align_onto(face_image, face, template_image.shape, template_face)
-    mask = face_mask(template_image.shape, template_face)
+    mask = fusion_mask(template_image.shape, face, template_face)
     recoloured = match_colour(aligned, template_image, mask)
     recoloured = carry_lighting(recoloured, template_image, max(template_face.box[2:]))
-    return blend(template_image, recoloured, mask)
+    return blend(template_image, recoloured, mask * strength)
+
+
+def seam_sides(fused: np.ndarray, template: np.ndarray, template_face: Face) -> tuple[float, float]:
+    """How much the fused face breaks the template's light or colour where the blend fades out, on the
+    image's left and right of the face: the mean Lab difference in the band around the mask edge.
+    Hair or background carried onto a cheek shows here, on one side."""
+    mask = face_mask(template.shape, template_face)
+    band = (mask > 0.1) & (mask < 0.9)
+    difference = np.abs(cv2.cvtColor(fused, cv2.COLOR_RGB2LAB).astype(np.float32)
+                        - cv2.cvtColor(template, cv2.COLOR_RGB2LAB).astype(np.float32)).sum(axis=2)
+    middle_x = float(template_face.landmarks[27:31, 0].mean()) if len(template_face.landmarks) == 68 else \
+        float(template_face.box[0] + template_face.box[2] / 2)
+    left_of_middle = (np.arange(template.shape[1]) < middle_x)[None, :]
+    sides = (band & left_of_middle, band & ~left_of_middle)
+    left, right = (float(difference[side].mean()) if side.any() else 0.0 for side in sides)
+    return left, right
+
+
+def seam_break(fused: np.ndarray, template: np.ndarray, template_face: Face) -> float:
+    """The worse side of `seam_sides`: a cheek whose edge no longer matches the template's."""
+    return max(seam_sides(fused, template, template_face))
 
 
 def blend(base: np.ndarray, replacement: np.ndarray, mask: np.ndarray) -> np.ndarray:
