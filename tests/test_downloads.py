@@ -20,6 +20,7 @@ ROOT = Path(__file__).parent.parent
 BASE = "SG161222/Realistic_Vision_V5.1_noVAE"
 VAE = "stabilityai/sd-vae-ft-mse"
 FAST = "latent-consistency/lcm-lora-sdv1-5"
+STYLE_REPO = "someone/hub-style-lora"
 # A diffusers SD1.5 pipeline's files (those the loader reads).
 REAL_PIPELINE_FILES = {
     "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
@@ -46,16 +47,25 @@ def hub(tmp_path, tiny_model):
     lora = tmp_path / "lcm.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, lora)
     served.add_file(FAST, "pytorch_lora_weights.safetensors", lora.read_bytes())
+    served.add_file(STYLE_REPO, "style.safetensors", lora.read_bytes())
+    served.add_file(STYLE_REPO, "other-style.safetensors", sparse_bytes=10**8)  # never fetched
     served.start()
     yield served
     served.stop()
 
 
 def hub_env(hub: FakeHub, cache: Path, **settings: str) -> dict[str, str]:
+    """The stand-in hub for every Hugging Face call, and one style whose LoRA is a file there (the
+    shipped styles' LoRAs are on ModelScope, which no test reaches)."""
+    styles = cache.parent / "styles"
+    styles.mkdir(parents=True, exist_ok=True)
+    (styles / "hub-style.toml").write_text(
+        'name = "Hub"\ndescription = "d"\nprompt = "p"\n'
+        f'[lora]\nreference = "{STYLE_REPO}"\nweight_name = "style.safetensors"\nweight = 0.3\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACECHAIN_", "HF_"))}
     env.update({"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_XET": "1",
                 "PYTHONPATH": str(ROOT), "FACECHAIN_DEVICE": "cpu", "FACECHAIN_BASE_MODEL": BASE,
-                "FACECHAIN_VAE": VAE, "FACECHAIN_FAST_LORA": FAST})
+                "FACECHAIN_VAE": VAE, "FACECHAIN_FAST_LORA": FAST, "FACECHAIN_STYLES_DIR": str(styles)})
     env.update({f"FACECHAIN_{k}": v for k, v in settings.items()})
     return env
 
@@ -70,18 +80,20 @@ def test_models_pull_fetches_only_what_loading_reads(hub, tmp_path, tiny_model):
     pulled = facechain(env, tmp_path, "models", "pull", "--json")
     assert pulled.returncode == 0, pulled.stderr
     rows = {row["name"]: row for row in json.loads(pulled.stdout)}
-    assert [rows[name]["status"] for name in ("base model", "VAE", "fast-mode LoRA")] == ["downloaded"] * 3
+    assert [rows[name]["status"] for name in ("base model", "VAE", "fast-mode LoRA", "style hub-style LoRA")] == \
+        ["downloaded"] * 4
     assert set(hub.fetched(BASE)) == pipeline_files(tiny_model)  # no .bin twins, checkpoints, safety checker
     assert not set(hub.fetched(BASE)) & set(REALISTIC_VISION_CHECKPOINTS)
     assert set(hub.fetched(VAE)) == {"config.json", "diffusion_pytorch_model.safetensors"}
     assert hub.fetched(FAST) == ["pytorch_lora_weights.safetensors"]
+    assert hub.fetched(STYLE_REPO) == ["style.safetensors"]  # one file per style LoRA
     cache_bytes = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert cache_bytes < 30 * 2**20 and rows["base model"]["bytes"] > 0
 
     again = facechain(env, tmp_path, "models", "pull")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already here") == 3
-    assert len(hub.fetched()) == len(pipeline_files(tiny_model)) + 3  # nothing fetched twice
+    assert again.stdout.count("already here") == 4
+    assert len(hub.fetched()) == len(pipeline_files(tiny_model)) + 4  # nothing fetched twice
 
 
 def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path, tiny_model):
@@ -110,7 +122,9 @@ def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path,
 
 
 def test_an_unreachable_hub_is_the_owners_problem_in_one_line(hub, tmp_path):
-    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="")  # the base alone: each model retries ~25 s
+    (tmp_path / "no-styles").mkdir()
+    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="",  # the base alone: each model retries ~25 s
+                  STYLES_DIR=str(tmp_path / "no-styles"))
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: connection refused
     pulled = facechain(env, tmp_path, "models", "pull")
     assert pulled.returncode == 1

@@ -56,6 +56,9 @@ def test_a_hugging_face_id_resolves_from_the_hub_cache(tiny_model, tmp_path, mon
     ],
 )
 def test_a_missing_model_says_what_to_set(reference, message, monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "modelscope", None)  # an install without it (the case the message is for)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # never touch the network in tests
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelMissing, match=message.replace(".", r"\.")):
