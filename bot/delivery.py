@@ -82,14 +82,21 @@ class Deliveries:
 
     async def follow(self, job: Job, interaction: discord.Interaction, heading: str) -> None:
         """Show where a just-queued job stands on the interaction's message and keep it updated.
-        If the message cannot be edited, the result will come by channel or DM instead."""
-        line = progress_line(job, await self.bot.backend.run(self.bot.backend.queue.position, job.id))
+        If the message cannot be edited, the result will come by channel or DM instead.
+
+        The job is held back from delivery meanwhile: a job that finishes at once is then delivered
+        onto this message after the "queued" line, which the outcome replaces, never before it."""
+        self._busy.add(job.id)
         try:
-            await interaction.edit_original_response(content=f"⏳ {heading}: {line}", embed=None, view=None)
-        except discord.HTTPException as error:
-            log.info("could not show job %s as queued: %s", job.id, error, extra={"job": job.id})
-            return
-        self.watch(job.id, interaction)
+            line = progress_line(job, await self.bot.backend.run(self.bot.backend.queue.position, job.id))
+            try:
+                await interaction.edit_original_response(content=f"⏳ {heading}: {line}", embed=None, view=None)
+            except discord.HTTPException as error:
+                log.info("could not show job %s as queued: %s", job.id, error, extra={"job": job.id})
+                return
+            self.watch(job.id, interaction)
+        finally:
+            self._busy.discard(job.id)
 
     def watch(self, job_id: int, interaction: discord.Interaction, card: discord.Embed | None = None,
               received: float | None = None) -> None:

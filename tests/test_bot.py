@@ -58,6 +58,7 @@ def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
         time.sleep(0.2)
     assert during_training >= 1  # at least one answer came while the worker was training
     fake.wait_for(lambda: "Ready (version 1)" in consent.text(), 30, "the card to show the trained model")
+    assert "⏳" not in consent.text() and "queued" not in consent.text()  # the outcome replaced every progress line
     ping = fake.wait_for(lambda: [m for m in fake.channel_messages(d.general) if "face model is ready" in m.content],
                          30, "the ready ping")
     assert f"<@{d.alice}>" in ping[0].content

@@ -26,9 +26,8 @@ from bot.downloads import (
 )
 from bot.logs import JsonFormatter
 from bot.messages import enroll_card, eta, portrait_lines, progress_line
-from engine.queue import WAITING_FOR_SETUP
 from engine.preprocess.trigger import SUBJECTS as ENGINE_SUBJECTS
-from engine.queue import Job, QueuePosition
+from engine.queue import WAITING_FOR_SETUP, Job, QueuePosition
 from tests.fake_discord import APP_ID, FakeDiscord
 
 ROOT = Path(__file__).parent.parent
@@ -199,3 +198,38 @@ def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_refused(tmp
     with pytest.raises(DownloadRefused, match="cdn.discordapp.com could not be resolved; try again later"):
         asyncio.run(fetch(None))
     assert not (tmp_path / "me.jpg").exists()
+
+
+def test_a_job_that_ends_while_its_queued_line_is_shown_still_ends_on_its_outcome():
+    """The "queued" edit can be slow; a job that ends meanwhile is delivered after it, onto the same
+    message, so the outcome replaces the progress line (not the other way round)."""
+    from types import SimpleNamespace
+
+    from bot.delivery import Deliveries
+
+    edits: list[str] = []
+    state = {"job": job(state="queued")}
+
+    class SlowInteraction:
+        async def edit_original_response(self, **changes):
+            edits.append(changes.get("content") or "")
+            await asyncio.sleep(0.3)  # Discord answers slowly
+
+    async def run(function, *args):
+        return function(*args)
+
+    queue = SimpleNamespace(position=lambda job_id: QueuePosition(1, 10),
+                            awaiting_delivery=lambda: [state["job"]], mark_delivered=lambda job_id: None)
+    deliveries = Deliveries(SimpleNamespace(backend=SimpleNamespace(run=run, queue=queue)))
+
+    async def scenario() -> None:
+        following = asyncio.create_task(deliveries.follow(state["job"], SlowInteraction(), "Portraits"))
+        await asyncio.sleep(0.05)
+        state["job"] = job(state="cancelled")  # it ends while the queued line is being shown
+        await deliveries.tick()
+        await following
+        await deliveries.tick()
+        await asyncio.gather(*deliveries._tasks)
+
+    asyncio.run(scenario())
+    assert edits[0].startswith("⏳ Portraits: queued #1") and edits[-1].startswith("✖️ Cancelled")
