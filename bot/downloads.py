@@ -103,10 +103,14 @@ def download_session(sources: Sources) -> aiohttp.ClientSession:
 PHOTO_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
+# ISO-BMFF brands of HEIC/HEIF (iPhone photos) and AVIF files.
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
 def looks_like_a_photo(head: bytes) -> bool:
     if head.startswith(PHOTO_SIGNATURES):
         return True
-    return (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:12] in (b"ftypheic", b"ftypmif1", b"ftypavif")
+    return (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or (head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS)
 
 
 def what_it_is(head: bytes) -> str:

@@ -151,6 +151,8 @@ def test_content_is_sniffed_from_the_bytes(tmp_path):
 
     assert looks_like_a_photo((DATA / "obama/obama1.jpg").read_bytes()[:32])
     assert looks_like_a_photo((DATA / "edge/rgba_32bit.png").read_bytes()[:32])
+    assert looks_like_a_photo((DATA / "formats/obama1.heic").read_bytes()[:32])  # iPhone photos
+    assert looks_like_a_photo((DATA / "formats/obama3.avif").read_bytes()[:32])
     assert not looks_like_a_photo(b"<!DOCTYPE html><html>")
     assert what_it_is(b"<!DOCTYPE html><html>") == "an HTML page"
     assert what_it_is(b"PK\x03\x04rest") == "a zip archive"

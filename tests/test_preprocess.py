@@ -151,6 +151,18 @@ def test_yaw_is_zero_for_a_symmetric_face_and_grows_when_the_nose_moves():
     assert yaw_ratio(points) > 0.5
 
 
+def test_iphone_heic_and_avif_photos_are_read_with_the_same_guards(analyzer, settings):
+    """HEIC (the iPhone camera's default) and AVIF files made from the test photos, with pillow-heif."""
+    heic, avif = photo("formats/obama1.heic"), photo("formats/obama3.avif")
+    assert heic.data[4:12] == b"ftypheic" and avif.data[4:12] == b"ftypavif"
+    result = run(analyzer, settings, [heic, avif, photo("obama/obama2.jpg")])
+    assert reasons(result) == {} and len(result.accepted) == 3
+    tight = settings.model_copy(update={"max_photo_megapixels": 0.1})  # refused from the header
+    assert reasons(run(analyzer, tight, [heic])) == {"formats/obama1.heic": "too_large"}
+    truncated = UploadedPhoto("cut.heic", heic.data[: len(heic.data) // 3])
+    assert reasons(run(analyzer, settings, [truncated])) == {"cut.heic": "unreadable"}
+
+
 def test_too_many_megabytes_are_refused_before_decoding(analyzer, settings):
     tight = settings.model_copy(update={"max_upload_mb": 0.1})
     result = run(analyzer, tight, [photo("obama/obama1.jpg")])  # 280 kB

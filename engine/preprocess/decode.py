@@ -1,7 +1,8 @@
 """Turn uploaded bytes into an upright RGB array, or say plainly why that can't be done.
 
 The size is checked from the header before any pixel is decoded, so a decompression bomb
-(a tiny file claiming huge dimensions) costs nothing.
+(a tiny file claiming huge dimensions) costs nothing. JPEG, PNG, WebP, GIF (still), AVIF, and
+HEIC/HEIF (iPhone photos, through pillow-heif) are read, with the same guards.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from engine.preprocess.reasons import PhotoRejected, Reason
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+try:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # an install without it reads everything but HEIC
+    pass
 
 
 def decode_photo(data: bytes, max_megapixels: float) -> np.ndarray:

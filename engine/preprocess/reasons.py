@@ -21,7 +21,7 @@ class Reason(str, Enum):
 
 
 ADVICE: dict[Reason, str] = {
-    Reason.UNREADABLE: "this file can't be read as a photo: send a JPEG or PNG straight from your camera",
+    Reason.UNREADABLE: "this file can't be read as a photo: send a JPEG, PNG or HEIC photo straight from your camera",
     Reason.TOO_LARGE: "this photo is too large: send a smaller copy (under 40 megapixels)",
     Reason.ANIMATED: "animated images can't be used: send a still photo",
     Reason.NO_FACE: "no face found: use a well-lit photo where your face is clearly visible",
