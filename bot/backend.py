@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from engine.config import Settings
 from engine.errors import FaceChainError
-from engine.portrait_request import check_request
+from engine.portrait_request import check_prompt_words, check_request
 from engine.queue import Job, SqliteJobQueue
 from engine.store import ForgetReport, Store
 from engine.store.community import GuildSettings, guild_settings, user_gallery_posts
@@ -36,6 +36,7 @@ class PortraitOrder:
     private: bool
     age_restricted: bool = False  # asked in an age-restricted channel (the NSFW policy may then allow more)
     fast: bool | None = None  # fast mode (LCM-LoRA); None = the bot's default (FACECHAIN_FAST_BY_DEFAULT)
+    words: str = ""  # the member's own words for the prompt
 
 
 class Styles:
@@ -103,8 +104,10 @@ class Backend:
                                  "yourself, then ask again once it is trained.")
         check_request(self.store, self.settings, self.styles.catalogue(), user_id, order.style, order.count,
                       need_model=has_model)
+        words = check_prompt_words(order.words, settings.blocked_words if settings else ())
         params = {"style": order.style, "count": order.count, "seed": order.seed, "private": order.private,
-                  "age_restricted": order.age_restricted, "wait_for_training": not has_model, "fast": order.fast}
+                  "age_restricted": order.age_restricted, "wait_for_training": not has_model, "fast": order.fast,
+                  "prompt": words}
         return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
 
     def reorder(self, job: Job, seed: int | None = None, variation_of: int | None = None) -> Job:

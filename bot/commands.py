@@ -124,15 +124,16 @@ async def style_choices(interaction: discord.Interaction, typed: str) -> list[ap
 @facechain.command(name="portrait", description="Portraits of you in a style, ranked by likeness")
 @app_commands.describe(style="Start typing to search the styles", count="How many portraits (default 4)",
                        seed="Same seed + style = same pictures", private="Only you see the result",
-                       fast="Quicker, a little less detailed (default: this bot's choice)")
+                       fast="Quicker, a little less detailed (default: this bot's choice)",
+                       prompt="Your own words, added to the style (e.g. holding a guitar)")
 @app_commands.autocomplete(style=style_choices)
 async def portrait(interaction: discord.Interaction, style: str, count: app_commands.Range[int, 1, MAX_PORTRAITS] = 4,
                    seed: app_commands.Range[int, 0, 2**31 - 1] | None = None, private: bool = False,
-                   fast: bool | None = None) -> None:
+                   fast: bool | None = None, prompt: app_commands.Range[str, 1, 300] | None = None) -> None:
     await interaction.response.defer(ephemeral=private, thinking=True)
     bot = client(interaction)
     order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private,
-                          age_restricted=age_restricted(interaction.channel), fast=fast)
+                          age_restricted=age_restricted(interaction.channel), fast=fast, words=prompt or "")
     job = await bot.backend.run(bot.backend.order_portrait, str(interaction.user.id), interaction.guild_id,
                                 interaction.channel_id, order)
     await bot.deliveries.follow(job, interaction, job_title(job).capitalize())
@@ -245,7 +246,8 @@ def require_manage_guild(interaction: discord.Interaction) -> None:
                        allowed_styles="Style ids, comma-separated, or 'all'",
                        nsfw_policy="What to do with NSFW results",
                        highlight_day="Weekly highlight of the most liked portraits (off by default)",
-                       highlight_hour="Hour of the weekly highlight, UTC (default 18)")
+                       highlight_hour="Hour of the weekly highlight, UTC (default 18)",
+                       blocked_words="Words refused in members' own prompt words, comma-separated ('none' clears)")
 @app_commands.choices(nsfw_policy=[app_commands.Choice(name=f"{p}: {POLICY_MEANINGS[p]}", value=p)
                                    for p in NSFW_POLICIES],
                       highlight_day=[app_commands.Choice(name="off", value=-1)]
@@ -256,7 +258,8 @@ async def admin_settings(interaction: discord.Interaction,
                          allowed_styles: str | None = None,
                          nsfw_policy: app_commands.Choice[str] | None = None,
                          highlight_day: app_commands.Choice[int] | None = None,
-                         highlight_hour: app_commands.Range[int, 0, 23] | None = None) -> None:
+                         highlight_hour: app_commands.Range[int, 0, 23] | None = None,
+                         blocked_words: app_commands.Range[str, 1, 1000] | None = None) -> None:
     require_manage_guild(interaction)
     bot = client(interaction)
     changes: dict = {}
@@ -272,6 +275,9 @@ async def admin_settings(interaction: discord.Interaction,
         changes["highlight_day"] = None if highlight_day.value < 0 else highlight_day.value
     if highlight_hour is not None:
         changes["highlight_hour"] = highlight_hour
+    if blocked_words is not None:
+        words = [w.strip().lower() for w in blocked_words.split(",") if w.strip()]
+        changes["blocked_words"] = [] if words == ["none"] else words[:100]
     current = await bot.backend.run(update_guild_settings, bot.backend.store, str(interaction.guild_id), **changes)
     gallery.schedule_highlight(bot, current)
     embed = discord.Embed(title="FaceChain settings for this server", colour=COLOUR)
@@ -286,6 +292,8 @@ async def admin_settings(interaction: discord.Interaction,
     embed.add_field(name="NSFW policy", value=f"{policy}: {POLICY_MEANINGS[policy]} ({check})")
     embed.add_field(name="Weekly highlight", value="off" if current.highlight_day is None
                     else f"{WEEKDAYS[current.highlight_day]}s at {current.highlight_hour:02d}:00 UTC")
+    embed.add_field(name="Blocked words", value=", ".join(current.blocked_words)[:1000] or
+                    "none besides the always-blocked NSFW words")
     for problem in await bot.backend.run(open_setup_problems, bot.backend.store):
         embed.add_field(name=f"⚠️ Setup problem: {problem.key}", inline=False,
                         value=f"{problem.message[:900]} (the bot's owner has been told; members' requests wait)")

@@ -234,7 +234,7 @@ class Deliveries:
             return
         style = self.bot.backend.styles.catalogue().get(job.params.get("style", ""))
         content = portrait_lines(job.user_id, style.name if style else job.params.get("style", "?"), portraits,
-                                 (job.result or {}).get("notice"))
+                                 (job.result or {}).get("notice"), job.params.get("prompt") or "")
         store = self.bot.backend.store
         outgoing = Outgoing(content=content, view=portrait_actions(job, portraits),
                             paths=[(store.absolute(p["path"]), f"portrait-{i}.png")

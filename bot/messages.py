@@ -94,8 +94,9 @@ def with_training_line(card: discord.Embed, line: str) -> discord.Embed:
     return card.add_field(name="Face model", value=line, inline=False)
 
 
-def portrait_lines(user_id: str, style_name: str, portraits: list[dict], notice: str | None) -> str:
-    lines = [f"<@{user_id}> {len(portraits)} portrait{'s' if len(portraits) != 1 else ''} in **{style_name}**"
+def portrait_lines(user_id: str, style_name: str, portraits: list[dict], notice: str | None, words: str = "") -> str:
+    said = f" “{discord.utils.escape_markdown(words)}”" if words else ""
+    lines = [f"<@{user_id}> {len(portraits)} portrait{'s' if len(portraits) != 1 else ''} in **{style_name}**{said}"
              + (", most alike first:" if portraits and portraits[0]["similarity"] is not None else ":")]
     for index, portrait in enumerate(portraits, start=1):
         likeness = portrait["similarity"]

@@ -329,18 +329,19 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     from engine.faces import get_analyzer
     from engine.generate import PortraitGenerator
     from engine.portrait import make_portraits
-    from engine.portrait_request import check_request
+    from engine.portrait_request import check_prompt_words, check_request
     from engine.safety import load_safety_checker
     from engine.styles import load_styles
 
     store = open_store(settings)
     catalogue = load_styles(settings.styles_dir)
     check_request(store, settings, catalogue, args.user, args.style, args.count)  # before the slow model load
+    words = check_prompt_words(args.prompt or "")
     base = load_base_pipeline(settings, on_progress=download_bar())
     safety = load_safety_checker(settings, base)
     result = make_portraits(store, PortraitGenerator(base, fast_lora=settings.fast_lora), get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
-                            show_flagged=args.show_flagged, fast=args.fast)
+                            show_flagged=args.show_flagged, fast=args.fast, words=words)
     if result.notice:
         print(f"notice: {result.notice}", file=sys.stderr)
     if args.json:
@@ -531,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     portrait.add_argument("--count", type=int, default=4)
     portrait.add_argument("--seed", type=int)
     portrait.add_argument("--out", required=True, metavar="DIR")
+    portrait.add_argument("--prompt", metavar="WORDS", help="your own words, added to the style's prompt (at most 200 "
+                                                             "characters)")
     portrait.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                           help="fast mode: the LCM-LoRA in a few steps (default: FACECHAIN_FAST_BY_DEFAULT)")
     portrait.add_argument("--show-flagged", action="store_true",

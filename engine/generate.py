@@ -57,6 +57,7 @@ class PortraitRequest:
     # Fast mode: the LCM-LoRA beside the face and style LoRAs, with the LCM scheduler (give it its
     # few steps and low guidance in `steps` and `guidance`).
     fast: bool = False
+    words: str = ""  # the member's own words, added after the style's prompt (checked before)
 
 
 @dataclass
@@ -65,9 +66,11 @@ class Candidate:
     seed: int
 
 
-def build_prompt(trigger: str, style: Style) -> str:
-    """Trigger, the member's phrase, the style's prompt, then its frame (its family's, from the catalogue)."""
-    return f"{TRIGGER_TOKEN}, {trigger}, {style.prompt}, {style.frame or PORTRAIT_PROMPT}"
+def build_prompt(trigger: str, style: Style, words: str = "") -> str:
+    """Trigger, the member's phrase, the style's prompt and the member's own words, then the style's
+    frame (its family's, from the catalogue)."""
+    parts = [TRIGGER_TOKEN, trigger, style.prompt, words, style.frame or PORTRAIT_PROMPT]
+    return ", ".join(part for part in parts if part)
 
 
 def build_negative_prompt(style: Style) -> str:
@@ -249,7 +252,7 @@ class PortraitGenerator:
                 on_step(step + 1, steps)
                 return kwargs
         images = self.base.pipeline(
-            prompt=[build_prompt(request.trigger, request.style)] * request.count,
+            prompt=[build_prompt(request.trigger, request.style, request.words)] * request.count,
             negative_prompt=[build_negative_prompt(request.style)] * request.count,
             num_inference_steps=steps,
             guidance_scale=request.guidance if request.guidance is not None else request.style.sampler.guidance,

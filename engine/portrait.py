@@ -12,8 +12,8 @@ from PIL import Image
 from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
-from engine.generate import PortraitGenerator, PortraitRequest
-from engine.portrait_request import check_request
+from engine.generate import PortraitGenerator, PortraitRequest, build_prompt
+from engine.portrait_request import check_prompt_words, check_request
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.safety import SafetyChecker
 from engine.store import Store
@@ -33,10 +33,11 @@ class SavedPortrait:
     seed: int
     style: str
     nsfw: bool = False
+    prompt: str = ""  # the full prompt it was drawn with
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "similarity": self.similarity, "seed": self.seed, "style": self.style,
-                "nsfw": self.nsfw}
+                "nsfw": self.nsfw, "prompt": self.prompt}
 
 
 @dataclass
@@ -79,17 +80,20 @@ def make_portraits(
     safety: SafetyChecker | None = None,
     show_flagged: bool = False,
     fast: bool | None = None,
+    words: str = "",
+    blocked_words: list[str] | tuple[str, ...] = (),
 ) -> PortraitResult:
     """Generate, rank and save up to `count` portraits. With a safety checker, flagged candidates
     are marked, and dropped (the next best take their place) unless `show_flagged`. `fast` draws
     with the LCM-LoRA in a few steps (None: the FACECHAIN_FAST_BY_DEFAULT setting)."""
     checked = check_request(store, settings, catalogue, user_id, style_id, count)
+    words = check_prompt_words(words, blocked_words)
     enrolled = enrolled_face(store, analyzer, user_id)
     fuser = make_fuser(settings, analyzer)
     fast = settings.fast_by_default if fast is None else fast
     request = PortraitRequest(style=checked.style, trigger=checked.trigger, face_model=checked.face_model,
                               count=settings.portrait_candidates, seed=seed, size=settings.portrait_size,
-                              variation_of=variation_of, fast=fast,
+                              variation_of=variation_of, fast=fast, words=words,
                               steps=settings.fast_steps if fast else None,
                               guidance=settings.fast_guidance if fast else None)
     candidates = generator.generate(request, on_step=on_step)
@@ -107,7 +111,8 @@ def make_portraits(
         log.info("safety check held back %d of %d candidates", held_back, held_back + len(ranked))
         notice = held_back_notice(notice, passed=len(ranked), wanted=count)
     saved = save_portraits(store, user_id, checked.style.id, ranked[:count], out_dir, job_id)
-    return PortraitResult(saved, notice, held_back)
+    prompt = build_prompt(checked.trigger, checked.style, words)
+    return PortraitResult([replace(portrait, prompt=prompt) for portrait in saved], notice, held_back)
 
 
 def held_back_notice(notice: str | None, passed: int, wanted: int) -> str | None:

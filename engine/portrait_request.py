@@ -8,7 +8,25 @@ from pathlib import Path
 from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.store import Store
-from engine.styles import Style, StyleCatalogue
+from engine.styles import Style, StyleCatalogue, mentions
+
+
+MAX_PROMPT_CHARS = 200
+# Refused in members' own words everywhere (each server adds its own): the negative prompt and the
+# safety check guard results, these keep the asking out.
+ALWAYS_BLOCKED = ("nsfw", "nude", "naked", "nudity", "topless", "porn", "porno", "pornographic", "sex", "sexual",
+                  "explicit", "hentai", "lingerie", "genitals", "nipples")
+
+
+def check_prompt_words(words: str, blocked: list[str] | tuple[str, ...] = ()) -> str:
+    """A member's own prompt words, tidied; FaceChainError names what is wrong (too long, a blocked word)."""
+    words = " ".join(words.split())
+    if len(words) > MAX_PROMPT_CHARS:
+        raise FaceChainError(f"Keep your own words to {MAX_PROMPT_CHARS} characters (got {len(words)}).")
+    found = mentions(words, [*ALWAYS_BLOCKED, *blocked])
+    if found:
+        raise FaceChainError(f"The word {found[0]!r} is not allowed in portrait prompts here.")
+    return words
 
 
 @dataclass

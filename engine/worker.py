@@ -367,7 +367,8 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     check_request(worker.store, worker.settings, catalogue, job.user_id, params.get("style", ""), count)
     worker._fit_memory(job)
     # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
-    policy = guild_settings(worker.store, job.guild_id).nsfw_policy if job.guild_id else "block"
+    server = guild_settings(worker.store, job.guild_id) if job.guild_id else None
+    policy = server.nsfw_policy if server else "block"
 
     def on_step(step: int, total: int) -> None:
         if beat.cancel_requested.is_set():
@@ -377,6 +378,7 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings, catalogue, job.user_id,
                             params["style"], count=count, seed=params.get("seed"), on_step=on_step, job_id=job.id,
                             variation_of=params.get("variation_of"), safety=worker.safety, fast=params.get("fast"),
+                            words=params.get("prompt") or "", blocked_words=server.blocked_words if server else (),
                             show_flagged=may_show_flagged(policy, bool(params.get("age_restricted"))))
     if params.get("fast"):
         from engine.generate import FAST_PROBLEM

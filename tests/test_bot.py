@@ -68,11 +68,14 @@ def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
 
 def test_portrait_shows_progress_then_ranked_results_with_buttons(deployment):
     d, fake = deployment, deployment.fake
+    trained(d)
     choices = fake.wait_acked(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyb"}, focused="style"))
     assert [c["value"] for c in choices.choices] == ["cyberpunk"]
 
-    command = fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk", "count": 2})
+    command = fake.command(d.alice, d.general, d.guild, "portrait",
+                           {"style": "cyberpunk", "count": 2, "prompt": "holding a  guitar"})
     message = d.result_of(command)
+    assert "in **Cyberpunk** “holding a guitar”" in message.content  # the member's own words, shown back
     assert command.ack_seconds < ACK_LIMIT and command.callback_type == 5  # deferred at once
     assert sorted(message.files) == ["portrait-1.png", "portrait-2.png"]
     assert "**#1**" in message.content and "**#2**" in message.content and f"<@{d.alice}>" in message.content
@@ -210,6 +213,7 @@ def test_progress_edits_are_throttled_and_a_queued_job_can_be_cancelled(deployme
 
 def test_bad_requests_get_a_plain_answer(deployment):
     d, fake = deployment, deployment.fake
+    trained(d)
     unknown = fake.response(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpnk"}))
     assert "Unknown style 'cyberpnk'" in unknown.text() and "cyberpunk" in unknown.text()
     too_many = fake.response(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "anime", "count": 9}))
@@ -221,6 +225,16 @@ def test_bad_requests_get_a_plain_answer(deployment):
     assert sorted(c["value"] for c in choices.choices) == ["anime", "oil"]
     refused = fake.response(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk"}))
     assert "not allowed on this server" in refused.text()
+    nude = fake.response(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "anime", "prompt": "nude"}))
+    assert "The word 'nude' is not allowed" in nude.text()
+    blocked = fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"blocked_words": "Guitar, drum"},
+                                         group="facechain-admin"))
+    assert "guitar, drum" in blocked.text()
+    refused = fake.response(fake.command(d.alice, d.general, d.guild, "portrait",
+                                         {"style": "anime", "prompt": "playing a guitar"}))
+    assert "The word 'guitar' is not allowed" in refused.text()
+    fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"blocked_words": "none"},
+                               group="facechain-admin"))
     bad_list = fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"allowed_styles": "anime, nope"},
                                           group="facechain-admin"))
     assert "Unknown style(s): nope" in bad_list.text()

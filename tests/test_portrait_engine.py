@@ -187,3 +187,21 @@ def test_train_cli(capsys, engine_settings, engine_store, monkeypatch):
     assert summary["version"] == 2
     assert main(["train", "--user", "nobody", "--json"]) == 2
     assert "no enrolled selfies" in capsys.readouterr().err
+
+
+def test_a_members_own_words_join_the_prompt_within_limits():
+    from engine.errors import FaceChainError
+    from engine.portrait_request import check_prompt_words
+
+    anime = load_styles().get("anime")
+    assert check_prompt_words("  holding   a guitar ") == "holding a guitar"
+    prompt = build_prompt("a man", anime, "holding a guitar")
+    assert prompt.startswith("<fcsks>, a man, anime style portrait") and ", holding a guitar, upper body" in prompt
+    assert build_negative_prompt(anime).startswith("nsfw, nude, naked")  # whatever the member writes
+    with pytest.raises(FaceChainError, match="Keep your own words to 200 characters"):
+        check_prompt_words("x" * 201)
+    with pytest.raises(FaceChainError, match="The word 'naked' is not allowed"):
+        check_prompt_words("naked in the rain")
+    with pytest.raises(FaceChainError, match="The word 'guitar' is not allowed"):
+        check_prompt_words("a Guitar!", blocked=["guitar"])
+    assert check_prompt_words("guitarist", blocked=["guitar"]) == "guitarist"  # whole words only

@@ -155,10 +155,11 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_pat
     capsys.readouterr()
     out = tmp_path / "out"
     assert main(["portrait", "--user", "u", "--style", "cyberpunk", "--count", "2", "--seed", "5",
-                 "--out", str(out), "--json"]) == 0
+                 "--prompt", "holding a guitar", "--out", str(out), "--json"]) == 0
     captured = capsys.readouterr()
     portraits = json.loads(captured.out)
-    assert [set(p) for p in portraits] == [{"path", "similarity", "seed", "style", "nsfw"}] * 2
+    assert [set(p) for p in portraits] == [{"path", "similarity", "seed", "style", "nsfw", "prompt"}] * 2
+    assert "cyberpunk, neon lights" in portraits[0]["prompt"] and ", holding a guitar, " in portraits[0]["prompt"]
     assert all(Path(p["path"]).is_file() and p["style"] == "cyberpunk" for p in portraits)
     assert "not ranked by likeness" in captured.err  # the tiny model draws noise, never a face
 

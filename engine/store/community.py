@@ -12,7 +12,7 @@ from engine.store.store import Store, equal_to, utc_now
 
 NSFW_POLICIES = ("block", "age_restricted_only", "allow")
 SETTING_COLUMNS = ("gallery_channel_id", "daily_quota", "allowed_styles", "nsfw_policy", "highlight_day",
-                   "highlight_hour", "last_highlight_at", "web_token")
+                   "highlight_hour", "last_highlight_at", "web_token", "blocked_words")
 SORTS = ("new", "top")
 
 
@@ -27,6 +27,7 @@ class GuildSettings:
     highlight_hour: int = 18  # UTC
     last_highlight_at: str | None = None
     web_token: str | None = None
+    blocked_words: list[str] = field(default_factory=list)  # refused in members' own prompt words
 
     def allows_style(self, style_id: str) -> bool:
         return not self.allowed_styles or style_id in self.allowed_styles
@@ -43,6 +44,7 @@ def guild_settings(store: Store, guild_id: str) -> GuildSettings:
         highlight_day=row["highlight_day"],
         highlight_hour=18 if row["highlight_hour"] is None else row["highlight_hour"],
         last_highlight_at=row["last_highlight_at"], web_token=row["web_token"],
+        blocked_words=json.loads(row["blocked_words"] or "[]"),
     )
 
 
@@ -60,7 +62,8 @@ def update_guild_settings(store: Store, guild_id: str, **changes: object) -> Gui
     with store.transaction():
         current = guild_settings(store, guild_id)
         row = {column: changes.get(column, getattr(current, column)) for column in SETTING_COLUMNS}
-        row.update(guild_id=guild_id, allowed_styles=json.dumps(row["allowed_styles"]), updated_at=utc_now())
+        row.update(guild_id=guild_id, allowed_styles=json.dumps(row["allowed_styles"]),
+                   blocked_words=json.dumps(row["blocked_words"]), updated_at=utc_now())
         store.db["guild_settings"].upsert(row, pk="guild_id")
     return guild_settings(store, guild_id)
 

@@ -171,5 +171,10 @@ def _setup_problems(db: sqlite_utils.Database) -> None:
     db["setup_problems"].create_index(["key", "resolved_at"])
 
 
+def _blocked_words(db: sqlite_utils.Database) -> None:
+    """Words a server's admins refuse in members' own prompt words (JSON list)."""
+    db["guild_settings"].add_column("blocked_words", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
-                                                             _queue_speed, _setup_problems]
+                                                             _queue_speed, _setup_problems, _blocked_words]
