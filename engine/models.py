@@ -201,7 +201,12 @@ def _download_huggingface(reference: ModelReference, kind: Kind, half: bool, set
     try:
         sizes = {f.path: f.size or 0 for f in HfApi().list_repo_tree(reference.value, recursive=True)
                  if isinstance(f, RepoFile)}
-    except Exception as error:  # offline, unknown id, gated repo: all say the same thing
+    except Exception as error:  # offline, unknown id, gated repo: a copy fetched before still serves
+        cached = local_copy(reference, "model_index.json" if kind == "pipeline" else "config.json")
+        if cached is not None:
+            log.info("the hub is out of reach (%s); using the copy of %s fetched before", type(error).__name__,
+                     reference.value)
+            return cached
         raise _unavailable(reference, setting, error) from None
     wanted = select_files(sizes, kind, half)
     if kind == "pipeline" and "model_index.json" not in wanted:
@@ -232,7 +237,7 @@ def _download_modelscope(reference: ModelReference, kind: Kind, setting: str, wh
         from modelscope import snapshot_download as modelscope_download
     except ImportError:
         raise ModelUnavailable(
-            f"{setting}={reference} needs the modelscope package: pip install 'facechain-discord[modelscope]'."
+            f"{setting}={reference} needs the modelscope package: pip install modelscope."
         ) from None
     try:
         check_disk_space(modelscope_cache(), int(2.5 * GB) if kind == "pipeline" else 0, what)
@@ -284,7 +289,7 @@ def hub_file(reference: ModelReference, filename: str, setting: str, revision: s
             from modelscope.hub.file_download import model_file_download
         except ImportError:
             raise ModelUnavailable(
-                f"{setting}={reference} needs the modelscope package: pip install 'facechain-discord[modelscope]'."
+                f"{setting}={reference} needs the modelscope package: pip install modelscope."
             ) from None
         return Path(model_file_download(reference.value, filename, revision=revision))
     except ModelUnavailable:

@@ -157,3 +157,15 @@ def test_a_download_that_would_not_fit_names_needed_and_free_space(tmp_path, mon
     with pytest.raises(ModelUnavailable, match=r"Not enough disk space for the base model: it needs 2\.1 GB and "
                                                r"1\.0 GB are free"):
         check_disk_space(tmp_path / "cache", int(2.1 * 10**9), "the base model")
+
+
+def test_a_copy_fetched_before_serves_when_the_hub_is_out_of_reach(hub, tmp_path):
+    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="")
+    assert facechain(env, tmp_path, "models", "pull").returncode == 0
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # later, offline (HF_HUB_OFFLINE not set)
+    script = ("from engine.config import load_settings\nfrom engine.base_model import load_base_pipeline\n"
+              "print(load_base_pipeline(load_settings(_env_file=None)).folder)")
+    loaded = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    assert str(tmp_path / "cache") in loaded.stdout
