@@ -157,6 +157,36 @@ def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_users_show(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.members import describe_member
+
+    member = describe_member(open_store(settings), args.user)
+    if args.json:
+        print_json(member)
+        return 0
+    model = member["face_model"]
+    console.print(f"[bold]{member['id']}[/] ({member['trigger']}): {len(member['photos'])} enrolled photo(s); "
+                  + (f"face model v{model['version']} of {model['finished_at'][:16]}" if model
+                     else "no face model yet"), soft_wrap=True)
+    for photo in member["photos"]:
+        console.print(f"  {photo['number']}. {photo['name']} (quality {photo['quality']:.2f}, {photo['created_at'][:10]})",
+                      soft_wrap=True, markup=False)
+    return 0
+
+
+def cmd_users_remove_photo(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.members import remove_photo
+    from engine.queue import open_queue
+
+    store = open_store(settings)
+    removed = remove_photo(store, open_queue(settings, store), args.user, args.number)
+    then = (f"retraining on the {removed.remaining} left (job {removed.train_job_id})" if removed.train_job_id
+            else f"{removed.remaining} left")
+    report(args, {"removed": removed.number, "name": removed.name, "remaining": removed.remaining,
+                  "train_job_id": removed.train_job_id}, f"Removed photo {removed.number} ({removed.name}); {then}.")
+    return 0
+
+
 def cmd_users_forget(args: argparse.Namespace, settings: Settings) -> int:
     report = open_store(settings).delete_user(args.user)
     if args.json:
@@ -517,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="users_command", required=True, metavar="ACTION")
     command(users, "list", cmd_users_list, "list users and what is stored for them")
     command(users, "forget", cmd_users_forget, "delete every file and row of a user").add_argument("user")
+    command(users, "show", cmd_users_show, "a user's enrolled photos (numbered) and face model").add_argument("user")
+    remove = command(users, "remove-photo", cmd_users_remove_photo,
+                     "delete one enrolled photo (its number from `users show`) and queue a retrain on the rest")
+    remove.add_argument("user")
+    remove.add_argument("number", type=int, metavar="N")
     train = command(commands, "train", cmd_train, "train a user's face LoRA from their enrolled selfies")
     train.add_argument("--user", required=True)
     train.add_argument("--steps", type=int, help="training steps (default: scaled with the number of photos)")

@@ -71,6 +71,27 @@ def test_rotated_and_exif_rotated_copies_are_enrolled(capsys, data_dir, tmp_path
     assert code == 0 and report["accepted"] == [str(exif)]
 
 
+def test_users_show_numbers_the_photos_and_remove_photo_deletes_one_and_retrains(capsys, data_dir):
+    main(["enroll", "--user", "1234", "--subject", "man", *OBAMA, "--json"])
+    capsys.readouterr()
+    code, member = run_json(capsys, "users", "show", "1234")
+    assert code == 0 and member["trigger"] == "a handsome man" and member["face_model"] is None
+    assert [p["number"] for p in member["photos"]] == [1, 2, 3]
+    second = Path(member["photos"][1]["path"])
+    assert second.is_file()
+    code, removed = run_json(capsys, "users", "remove-photo", "1234", "2")
+    assert code == 0 and removed["removed"] == 2 and removed["remaining"] == 2 and removed["train_job_id"]
+    assert removed["name"] == member["photos"][1]["name"] and not second.exists()
+    code, after = run_json(capsys, "users", "show", "1234")
+    assert [p["name"] for p in after["photos"]] == [member["photos"][0]["name"], member["photos"][2]["name"]]
+    code, jobs = run_json(capsys, "jobs", "list", "--user", "1234")
+    assert [(j["kind"], j["state"]) for j in jobs] == [("train", "queued")]
+    assert main(["users", "remove-photo", "1234", "9"]) == 2
+    assert "There is no photo 9: you have 2 (1 to 2)" in capsys.readouterr().err
+    assert main(["users", "show", "nobody"]) == 2
+    assert "Nothing is stored for nobody" in capsys.readouterr().err
+
+
 def test_enroll_with_no_usable_photo_exits_2_with_the_report(capsys, data_dir, tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")

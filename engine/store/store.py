@@ -287,6 +287,16 @@ class Store:
         )
         return [self._selfie(row) for row in rows]
 
+    def delete_selfie(self, selfie_id: int) -> None:
+        """Remove one enrolled photo: its row and its crop (a copy can then be enrolled again)."""
+        rows = list(self.db["selfies"].rows_where("id = ?", [selfie_id]))
+        if not rows:
+            return
+        with self.transaction():
+            self.db["selfies"].delete(selfie_id)
+        if rows[0]["path"]:
+            self.absolute(rows[0]["path"]).unlink(missing_ok=True)
+
     def rejected_selfies(self, user_id: str) -> list[dict]:
         return list(self.db["selfies"].rows_where("user_id = ? and status = 'rejected'", [user_id], order_by="id"))
 
