@@ -7,7 +7,9 @@ when the queue is busy; the work itself happens in the worker process.
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
@@ -17,10 +19,11 @@ from bot import gallery
 from bot.backend import PortraitOrder
 from bot.components import CancelButton
 from bot.downloads import DownloadRefused, allowed_sources, download, upload_dir
-from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_line
+from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_line, thumbnail_grid
 from bot.replies import reply, report_error
-from bot.views import ConfirmView, PagerView, age_restricted, client
+from bot.views import ConfirmView, MeView, PagerView, age_restricted, client
 from engine.errors import FaceChainError
+from engine.members import describe_member, remove_photo
 from engine.safety import POLICY_MEANINGS
 from engine.store.community import NSFW_POLICIES, rotate_web_token, update_guild_settings
 from engine.store.setup_problems import open_setup_problems
@@ -203,6 +206,11 @@ async def status(interaction: discord.Interaction) -> None:
 
 @facechain.command(name="forget", description="Delete everything FaceChain stores about you")
 async def forget(interaction: discord.Interaction) -> None:
+    await forget_dialog(interaction)
+
+
+async def forget_dialog(interaction: discord.Interaction) -> None:
+    """Ask for confirmation, then erase every trace of the member (also from /facechain me)."""
     bot = client(interaction)
 
     async def confirmed(button_interaction: discord.Interaction) -> None:
@@ -227,6 +235,48 @@ async def forget(interaction: discord.Interaction) -> None:
     await interaction.response.send_message(
         "This deletes your photos, face model, portraits and gallery posts on this bot, and cancels your "
         "requests. It cannot be undone.", view=view, ephemeral=True)
+
+
+@facechain.command(name="me", description="Your enrolled photos and face model; remove a photo")
+async def me(interaction: discord.Interaction) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    await show_me(interaction)
+
+
+async def show_me(interaction: discord.Interaction, notice: str | None = None) -> None:
+    """The member's own data on the interaction's message: numbered photos, face model, actions."""
+    bot = client(interaction)
+    user_id = str(interaction.user.id)
+    try:
+        member = await bot.backend.run(describe_member, bot.backend.store, user_id)
+    except FaceChainError:
+        await interaction.edit_original_response(content="FaceChain stores nothing about you. `/facechain enroll` "
+                                                         "starts with a few selfies.", embed=None, view=None)
+        return
+    model = member["face_model"]
+    embed = discord.Embed(title="Your FaceChain data", colour=COLOUR, description=(
+        f"**{len(member['photos'])} enrolled photos** (only you see them). Face model: "
+        + (f"version {model['version']}, trained {model['finished_at'][:10]} on {model['photos']} photos."
+           if model else "not trained yet.")))
+    files = []
+    if member["photos"]:
+        grid = await asyncio.to_thread(thumbnail_grid, [Path(p["path"]) for p in member["photos"]], numbered=True)
+        files = [discord.File(io.BytesIO(grid), "photos.jpg")]
+        embed.set_image(url="attachment://photos.jpg")
+    view = MeView(interaction.user.id, [(p["number"], p["name"]) for p in member["photos"]],
+                  lambda chosen, number: remove_and_show(chosen, number), forget_dialog)
+    await interaction.edit_original_response(content=notice, embed=embed, attachments=files, view=view)
+
+
+async def remove_and_show(interaction: discord.Interaction, number: int) -> None:
+    await interaction.response.defer()
+    bot = client(interaction)
+    removed = await bot.backend.run(remove_photo, bot.backend.store, bot.backend.queue, str(interaction.user.id),
+                                    number, _text(interaction.guild_id), str(interaction.channel_id))
+    notice = (f"🗑️ Removed photo {removed.number} ({removed.name}). "
+              + ("Your face model is retraining on the rest; you'll be pinged when it's ready."
+                 if removed.train_job_id else "No photos are left: `/facechain enroll` adds new ones."))
+    await show_me(interaction, notice)
 
 
 @facechain.command(name="help", description="What FaceChain does and how to use it")

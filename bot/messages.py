@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import discord
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from engine.errors import ModelUnavailable
 from engine.queue import WAITING_FOR_SETUP, Job, QueuePosition
@@ -25,6 +25,7 @@ HELP_LINES = [
                             "Delete."),
     ("/facechain styles", "Browse the styles."),
     ("/facechain status", "Your face model and queued requests (with cancel buttons)."),
+    ("/facechain me", "Your enrolled photos, numbered, and your face model; remove one photo (then it retrains)."),
     ("/facechain forget", "Delete everything FaceChain stores about you."),
     ("/facechain-admin settings", "Server admins: gallery channel, daily quota, allowed styles, NSFW policy."),
     ("/facechain-admin queue", "Server admins: this server's queued jobs."),
@@ -107,14 +108,20 @@ def portrait_lines(user_id: str, style_name: str, portraits: list[dict], notice:
     return "\n".join(lines)
 
 
-def thumbnail_grid(paths: list[Path], tile: int = 128, columns: int = 5) -> bytes:
-    """A JPEG contact sheet of images (for the enroll card, shown only to its owner)."""
+def thumbnail_grid(paths: list[Path], tile: int = 128, columns: int = 5, numbered: bool = False) -> bytes:
+    """A JPEG contact sheet of images (for the enroll card and /facechain me, shown only to its owner),
+    with each tile's number in its corner when `numbered`."""
     rows = (len(paths) + columns - 1) // columns
     sheet = Image.new("RGB", (tile * min(columns, len(paths)), tile * rows), "white")
+    draw = ImageDraw.Draw(sheet)
     for index, path in enumerate(paths):
         with Image.open(path) as image:
             thumb = image.convert("RGB").resize((tile, tile))
-        sheet.paste(thumb, ((index % columns) * tile, (index // columns) * tile))
+        corner = ((index % columns) * tile, (index // columns) * tile)
+        sheet.paste(thumb, corner)
+        if numbered:
+            draw.rectangle((corner[0], corner[1], corner[0] + 26, corner[1] + 22), fill="black")
+            draw.text((corner[0] + 5, corner[1] + 3), str(index + 1), fill="white", font_size=16)
     buffer = io.BytesIO()
     sheet.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()

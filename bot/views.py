@@ -93,3 +93,32 @@ class PagerView(OwnerView):
         self._update_buttons()
         embed, files = self.render(self.page)
         await interaction.response.edit_message(embed=embed, attachments=files, view=self)
+
+
+class MeView(OwnerView):
+    """/facechain me: a menu to remove one photo (asking first) and a button to forget everything."""
+
+    def __init__(self, owner_id: int, photos: list[tuple[int, str]],
+                 on_remove: Callable[[discord.Interaction, int], Awaitable[None]],
+                 on_forget: Callable[[discord.Interaction], Awaitable[None]]) -> None:
+        super().__init__(owner_id)
+        self.on_remove = on_remove
+        if photos:
+            menu = discord.ui.Select(placeholder="Remove a photo…", options=[
+                discord.SelectOption(label=f"Photo {number}", description=name[:100], value=str(number))
+                for number, name in photos[:25]])
+            menu.callback = lambda interaction: self._ask(interaction, int(menu.values[0]))
+            self.add_item(menu)
+        forget = discord.ui.Button(label="Forget me…", style=discord.ButtonStyle.danger)
+        forget.callback = on_forget
+        self.add_item(forget)
+
+    async def _ask(self, interaction: discord.Interaction, number: int) -> None:
+        async def confirmed(button_interaction: discord.Interaction) -> None:
+            await self.on_remove(button_interaction, number)
+
+        confirm = ConfirmView(self.owner_id, f"Remove photo {number}", "Keep it", "Nothing was removed.", confirmed,
+                              danger=True)
+        # On the panel itself, so no second panel with old numbers is left behind.
+        await interaction.response.edit_message(
+            content=f"Remove photo {number}? Your face model is then retrained on the others.", view=confirm)

@@ -311,6 +311,30 @@ def test_dms_and_other_servers(deployment):
     assert "Daily quota: 1" in settings.text() and "Gallery channel: not set" in settings.text()  # not Club's
 
 
+def test_me_shows_the_numbered_photos_and_removes_one_then_retrains(deployment):
+    d, fake = deployment, deployment.fake
+    trained(d)
+    panel = fake.response(fake.command(d.alice, d.general, d.guild, "me"))
+    fake.wait_for(lambda: panel.embeds, 30, "the panel")
+    before = d.rows("select count(*) from selfies where user_id = ? and status = 'accepted'", d.alice)[0][0]
+    assert f"{before} enrolled photos" in panel.text() and "Face model: version" in panel.text()
+    assert list(panel.files) == ["photos.jpg"] and panel.ephemeral
+    menu, forget_button = panel.custom_ids()
+    assert "belong to" in fake.response(fake.click(d.bob, panel, menu, ["1"])).text()
+    fake.wait_acked(fake.click(d.alice, panel, menu, ["2"]))
+    fake.wait_for(lambda: "Remove photo 2?" in panel.text(), 10, "the question")
+    fake.wait_acked(fake.click(d.alice, panel, panel.custom_ids()[0]))
+    fake.wait_for(lambda: "Removed photo 2" in panel.text(), 30, "the removal")
+    assert "retraining" in panel.text() and f"{before - 1} enrolled photos" in panel.text()
+    assert d.rows("select count(*) from selfies where user_id = ? and status = 'accepted'", d.alice) == [
+        (before - 1,)]
+    assert d.rows("select count(*) from jobs where user_id = ? and kind = 'train' and state in ('queued', 'running')",
+                  d.alice) == [(1,)]
+    fake.wait_acked(fake.click(d.alice, panel, panel.custom_ids()[-1]))  # "Forget me…" asks first
+    asked = [m for m in fake.messages.values() if "cannot be undone" in m.text()]
+    assert asked and asked[-1].ephemeral
+
+
 def test_forget_erases_every_trace(deployment):
     d, fake = deployment, deployment.fake
     shareable = portraits_message(d)
