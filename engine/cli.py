@@ -354,6 +354,19 @@ def cmd_fuse(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.faces import get_analyzer
+    from engine.swap import save_swap, swap_face
+
+    result = swap_face(open_store(settings), get_analyzer(settings), settings, args.user, read_photo(args.photo),
+                       args.face)
+    out = save_swap(result, Path(args.out))
+    report(args, {"path": str(out), "face": result.face, "faces_found": result.faces_found,
+                  "similarity": result.similarity},
+           f"Wrote {out}: face {result.face} of {result.faces_found}, likeness {result.similarity:.0%}.")
+    return 0
+
+
 def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     from engine.base_model import load_base_pipeline
     from engine.faces import get_analyzer
@@ -560,6 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--face", nargs="+", required=True, metavar="SELFIE")
     fuse.add_argument("--template", required=True, metavar="T")
     fuse.add_argument("--out", required=True, metavar="O")
+
+    swap = command(commands, "swap", cmd_swap, "put a user's enrolled face on a photo (no trained model needed)")
+    swap.add_argument("--user", required=True)
+    swap.add_argument("photo", metavar="PHOTO")
+    swap.add_argument("--face", type=int, metavar="N", help="which face, numbered left to right (needed when several)")
+    swap.add_argument("--out", required=True, metavar="OUT")
 
     portrait = command(commands, "portrait", cmd_portrait, "draw a user's portraits in a style, ranked by likeness")
     portrait.add_argument("--user", required=True)
