@@ -142,6 +142,38 @@ async def portrait(interaction: discord.Interaction, style: str, count: app_comm
     await bot.deliveries.follow(job, interaction, job_title(job).capitalize())
 
 
+# --- swap ---------------------------------------------------------------------------------------------
+
+@facechain.command(name="swap", description="Your face on a photo you bring (no face model needed)")
+@app_commands.describe(photo="A photo with the face to replace", face="Which face, numbered left to right",
+                       private="Only you see the result")
+async def swap(interaction: discord.Interaction, photo: discord.Attachment,
+               face: app_commands.Range[int, 1, 20] | None = None, private: bool = False) -> None:
+    await interaction.response.defer(ephemeral=private, thinking=True)
+    bot = client(interaction)
+    user_id = str(interaction.user.id)
+    if not await bot.backend.run(bot.backend.store.accepted_selfies, user_id):
+        raise FaceChainError("Enroll a few selfies first with `/facechain enroll`: your face comes from them.")
+    folder = upload_dir(bot.settings.data_dir, user_id)
+    destination = folder / "photo.upload"
+    max_bytes = int(bot.settings.max_upload_mb * 2**20)
+    try:
+        if photo.size > max_bytes:
+            raise DownloadRefused(f"it is larger than {bot.settings.max_upload_mb:g} MB")
+        await download(bot.http_session, photo.url, destination, max_bytes, allowed_sources(bot.settings.attachment_hosts))
+        params = {"upload": str(destination), "name": photo.filename[:100], "face": face, "private": private,
+                  "age_restricted": age_restricted(interaction.channel)}
+        job = await bot.backend.run(bot.backend.queue.enqueue, "swap", user_id, params,
+                                    guild_id=_text(interaction.guild_id), channel_id=str(interaction.channel_id))
+    except DownloadRefused as reason:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise FaceChainError(f"That photo could not be used: {reason}.") from None
+    except FaceChainError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    await bot.deliveries.follow(job, interaction, "Your face on that photo")
+
+
 # --- styles, status, forget, help ------------------------------------------------------------------
 
 @facechain.command(name="styles", description="Browse the portrait styles")

@@ -125,7 +125,49 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:canc
         await guarded(interaction, action)
 
 
-DYNAMIC_ITEMS = (JobButton, PortraitSelect, CancelButton)
+class SwapFaceButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:swapface:(?P<job>[0-9]+):(?P<face>[0-9]+)"):
+    """One button per face of a photo sent to /facechain swap: swaps that face."""
+
+    def __init__(self, job_id: int, face: int) -> None:
+        super().__init__(discord.ui.Button(label=f"Face {face}", style=discord.ButtonStyle.primary,
+                                           custom_id=f"fc:swapface:{job_id}:{face}"))
+        self.job_id, self.face = job_id, face
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match):
+        return cls(int(match["job"]), int(match["face"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def action() -> None:
+            job = await owned_job(interaction, self.job_id)
+            if job is None:
+                return
+            bot = client(interaction)
+            await interaction.response.defer(ephemeral=bool(job.params.get("private")), thinking=True)
+            chosen = await bot.backend.run(bot.backend.queue.enqueue, "swap", job.user_id,
+                                           {**job.params, "face": self.face}, guild_id=job.guild_id,
+                                           channel_id=job.channel_id)
+            await bot.deliveries.follow(chosen, interaction, f"Your face on face {self.face}")
+        await guarded(interaction, action)
+
+
+DYNAMIC_ITEMS = (JobButton, PortraitSelect, CancelButton, SwapFaceButton)
+
+
+def face_choices(job: Job, count: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for face in range(1, min(count, 20) + 1):
+        view.add_item(SwapFaceButton(job.id, face))
+    return view
+
+
+def swap_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
+    """Delete, and Share where the result was asked for on a server."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton("delete", job.id))
+    if job.guild_id and portraits:
+        view.add_item(PortraitSelect("share", job.id, [discord.SelectOption(label="Share", value=str(portraits[0]["id"]))]))
+    return view
 
 
 def portrait_actions(job: Job, portraits: list[dict]) -> discord.ui.View:

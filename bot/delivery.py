@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.components import portrait_actions
+from bot.components import face_choices, portrait_actions, swap_actions
 from bot.messages import enroll_card, job_title, portrait_lines, progress_line, thumbnail_grid, with_training_line
 from engine.queue import Job
 
@@ -155,7 +155,8 @@ class Deliveries:
         watch = self.watches.pop(job.id, None)
         if watch is not None and not watch.usable():
             watch = None
-        handlers = {"enroll": self._enroll_done, "train": self._train_done, "generate": self._portraits_done}
+        handlers = {"enroll": self._enroll_done, "train": self._train_done, "generate": self._portraits_done,
+                    "swap": self._swap_done}
         try:
             if job.state == "cancelled":
                 await self._cancelled(job, watch)
@@ -240,6 +241,30 @@ class Deliveries:
                             paths=[(store.absolute(p["path"]), f"portrait-{i}.png")
                                    for i, p in enumerate(portraits, start=1)])
         await self._to_owner(job, watch, outgoing, private=private)
+
+    async def _swap_done(self, job: Job, watch: Watch | None) -> None:
+        private, result = bool(job.params.get("private")), job.result or {}
+        if job.state == "failed":
+            await self._to_owner(job, watch, Outgoing(content=f"⚠️ <@{job.user_id}> {job.error}"), private=private)
+            return
+        store = self.bot.backend.store
+        if "choose" in result:
+            await self._to_owner(job, watch, Outgoing(
+                content=f"<@{job.user_id}> this photo shows {result['choose']} faces: which one becomes you? "
+                        "(numbered left to right)", paths=[(store.absolute(result["preview"]), "faces.jpg")],
+                view=face_choices(job, result["choose"])), private=private)
+            return
+        portraits = await self.bot.backend.run(store.job_portraits, job.id)
+        if not portraits:
+            await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {result.get('notice') or 'Nothing to show.'}"),
+                                 private=private)
+            return
+        likeness = portraits[0]["similarity"]
+        await self._to_owner(job, watch, Outgoing(
+            content=f"<@{job.user_id}> your face on face {result.get('face', 1)} of {result.get('faces_found', 1)}"
+                    + (f" · likeness {likeness:.0%}" if likeness is not None else ""),
+            paths=[(store.absolute(portraits[0]["path"]), "swap.png")], view=swap_actions(job, portraits)),
+            private=private)
 
     # --- sending -----------------------------------------------------------------------------------
 

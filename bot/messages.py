@@ -25,6 +25,7 @@ HELP_LINES = [
                             "Delete."),
     ("/facechain styles", "Browse the styles."),
     ("/facechain status", "Your face model and queued requests (with cancel buttons)."),
+    ("/facechain swap", "Your face on a photo you bring: no face model needed, right after you enroll."),
     ("/facechain me", "Your enrolled photos, numbered, and your face model; remove one photo (then it retrains)."),
     ("/facechain forget", "Delete everything FaceChain stores about you."),
     ("/facechain-admin settings", "Server admins: gallery channel, daily quota, allowed styles, NSFW policy."),
@@ -54,7 +55,8 @@ def progress_line(job: Job, position: QueuePosition | None) -> str:
     return job.state
 
 
-JOB_TITLES = {"enroll": "checking your photos", "train": "training your face model", "generate": "portraits"}
+JOB_TITLES = {"enroll": "checking your photos", "train": "training your face model", "generate": "portraits",
+              "swap": "your face on a photo"}
 
 
 def job_title(job: Job) -> str:

@@ -388,6 +388,43 @@ def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
             "held_back": result.held_back}
 
 
+def run_swap(worker: Worker, job: Job, beat: Heartbeat) -> dict:
+    """The member's face on the photo they sent (saved by the bot under <data>/tmp/). With several faces
+    and none chosen, a numbered preview to choose from (the photo is kept for the choice)."""
+    from PIL import Image
+
+    from engine.portrait import save_portraits, screen
+    from engine.postprocess import RankedPortrait
+    from engine.preprocess import UploadedPhoto
+    from engine.safety import may_show_flagged
+    from engine.store.community import guild_settings
+    from engine.swap import SeveralFaces, swap_face
+
+    upload = Path(job.params.get("upload", "")).resolve()
+    if not upload.is_relative_to((worker.settings.data_dir / "tmp").resolve()) or not upload.is_file():
+        raise FaceChainError("That photo is no longer here: send it again with `/facechain swap`.")
+    beat.update(0.2, "putting your face on the photo")
+    try:
+        result = swap_face(worker.store, worker.analyzer, worker.settings, job.user_id,
+                           UploadedPhoto(job.params.get("name") or upload.name, upload.read_bytes()),
+                           job.params.get("face"))
+    except SeveralFaces as several:
+        preview = worker.store.private_dir(job.user_id, "portraits") / f"swap-choose-job{job.id}.jpg"
+        worker.store.write_private_file(preview, several.preview)
+        return {"choose": several.count, "preview": worker.store.relative(preview)}
+    except FaceChainError:
+        upload.unlink(missing_ok=True)
+        raise
+    policy = guild_settings(worker.store, job.guild_id).nsfw_policy if job.guild_id else "block"
+    ranked, held_back = screen(worker.safety, [RankedPortrait(Image.fromarray(result.image), 0, result.similarity)],
+                               may_show_flagged(policy, bool(job.params.get("age_restricted"))))
+    saved = save_portraits(worker.store, job.user_id, "swap", ranked, None, job.id)
+    upload.unlink(missing_ok=True)
+    return {"portraits": [p.to_json() for p in saved], "face": result.face, "faces_found": result.faces_found,
+            "held_back": held_back,
+            "notice": "This server's safety filter held the result back." if held_back else None}
+
+
 def run_preview(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     """Draw one style's preview image (the base model, no face)."""
     from engine.style_previews import draw_preview
@@ -402,5 +439,5 @@ def run_preview(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 
 
 HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {
-    "enroll": run_enroll, "train": run_train, "generate": run_generate, "preview": run_preview,
+    "enroll": run_enroll, "train": run_train, "generate": run_generate, "swap": run_swap, "preview": run_preview,
 }

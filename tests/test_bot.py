@@ -311,6 +311,28 @@ def test_dms_and_other_servers(deployment):
     assert "Daily quota: 1" in settings.text() and "Gallery channel: not set" in settings.text()  # not Club's
 
 
+def test_swap_puts_your_face_on_your_photo_and_asks_which_face_when_several(deployment):
+    d, fake = deployment, deployment.fake
+    trained(d)  # enrolled is enough; the deployment's member happens to be trained too
+    group = {"photo": d.upload("group/two_people.jpg")["photo1"]}
+    asked = fake.command(d.alice, d.general, d.guild, "swap", attachments=group)
+    choice = fake.response(asked)
+    fake.wait_for(lambda: "faces.jpg" in choice.files, 60, "the numbered faces")
+    assert "shows 2 faces" in choice.text() and asked.ack_seconds < ACK_LIMIT
+    buttons = choice.custom_ids()
+    assert [b.rsplit(":", 1)[1] for b in buttons] == ["1", "2"]
+    assert "belong to" in fake.response(fake.click(d.bob, choice, buttons[1])).text()
+    swapped = d.result_of(fake.click(d.alice, choice, buttons[1]), timeout=60)
+    assert list(swapped.files) == ["swap.png"] and "face 2 of 2" in swapped.content and "likeness" in swapped.content
+    assert {c.split(":")[1] for c in swapped.custom_ids()} == {"delete", "share"}
+    single = fake.command(d.alice, d.general, d.guild, "swap", attachments={"photo": d.upload("biden/biden2.jpg")[
+        "photo1"]})
+    assert list(d.result_of(single, timeout=60).files) == ["swap.png"]
+    assert not list((d.data_dir / "tmp").glob(f"enroll-{d.alice}-*/photo.upload"))  # the photos are gone
+    stranger = fake.response(fake.command(d.carol, d.general, d.guild, "swap", attachments=group))
+    assert "Enroll a few selfies first" in stranger.text()
+
+
 def test_me_shows_the_numbered_photos_and_removes_one_then_retrains(deployment):
     d, fake = deployment, deployment.fake
     trained(d)

@@ -22,11 +22,11 @@ from engine.queue.base import FINISHED, WAITING_FOR_SETUP, Job, LeaseLost, Queue
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
-KINDS = ("enroll", "train", "generate", "preview")
+KINDS = ("enroll", "train", "generate", "swap", "preview")
 # Run only when nothing else is ready (a style's preview image, for the styles browser).
 LOWEST_PRIORITY = ("preview",)
 # Used for ETAs until the server has finished jobs of its own to measure.
-TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "preview": 5.0}
+TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "preview": 5.0}
 
 
 def now() -> datetime:
