@@ -160,7 +160,8 @@ async def swap(interaction: discord.Interaction, photo: discord.Attachment,
     try:
         if photo.size > max_bytes:
             raise DownloadRefused(f"it is larger than {bot.settings.max_upload_mb:g} MB")
-        await download(bot.http_session, photo.url, destination, max_bytes, allowed_sources(bot.settings.attachment_hosts))
+        sources = allowed_sources(bot.settings.attachment_hosts)
+        await download(bot.http_session, photo.url, destination, max_bytes, sources)
         params = {"upload": str(destination), "name": photo.filename[:100], "face": face, "private": private,
                   "age_restricted": age_restricted(interaction.channel)}
         job = await bot.backend.run(bot.backend.queue.enqueue, "swap", user_id, params,

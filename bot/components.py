@@ -125,7 +125,8 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:canc
         await guarded(interaction, action)
 
 
-class SwapFaceButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:swapface:(?P<job>[0-9]+):(?P<face>[0-9]+)"):
+class SwapFaceButton(discord.ui.DynamicItem[discord.ui.Button],
+                     template=r"fc:swapface:(?P<job>[0-9]+):(?P<face>[0-9]+)"):
     """One button per face of a photo sent to /facechain swap: swaps that face."""
 
     def __init__(self, job_id: int, face: int) -> None:
@@ -166,7 +167,8 @@ def swap_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("delete", job.id))
     if job.guild_id and portraits:
-        view.add_item(PortraitSelect("share", job.id, [discord.SelectOption(label="Share", value=str(portraits[0]["id"]))]))
+        option = discord.SelectOption(label="Share", value=str(portraits[0]["id"]))
+        view.add_item(PortraitSelect("share", job.id, [option]))
     return view
 
 

@@ -256,8 +256,8 @@ class Deliveries:
             return
         portraits = await self.bot.backend.run(store.job_portraits, job.id)
         if not portraits:
-            await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {result.get('notice') or 'Nothing to show.'}"),
-                                 private=private)
+            notice = result.get("notice") or "Nothing to show."
+            await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {notice}"), private=private)
             return
         likeness = portraits[0]["similarity"]
         await self._to_owner(job, watch, Outgoing(

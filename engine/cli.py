@@ -169,8 +169,8 @@ def cmd_users_show(args: argparse.Namespace, settings: Settings) -> int:
                   + (f"face model v{model['version']} of {model['finished_at'][:16]}" if model
                      else "no face model yet"), soft_wrap=True)
     for photo in member["photos"]:
-        console.print(f"  {photo['number']}. {photo['name']} (quality {photo['quality']:.2f}, {photo['created_at'][:10]})",
-                      soft_wrap=True, markup=False)
+        console.print(f"  {photo['number']}. {photo['name']} (quality {photo['quality']:.2f}, "
+                      f"{photo['created_at'][:10]})", soft_wrap=True, markup=False)
     return 0
 
 
@@ -382,7 +382,8 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     words = check_prompt_words(args.prompt or "")
     base = load_base_pipeline(settings, on_progress=download_bar())
     safety = load_safety_checker(settings, base)
-    result = make_portraits(store, PortraitGenerator(base, fast_lora=settings.fast_lora), get_analyzer(settings), settings, catalogue, args.user,
+    generator = PortraitGenerator(base, fast_lora=settings.fast_lora)
+    result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
                             show_flagged=args.show_flagged, fast=args.fast, words=words)
     if result.notice:

@@ -76,7 +76,8 @@ def check_models(settings: Settings) -> list[Check]:
         try:
             path = where_is(model)
         except Exception as error:  # noqa: BLE001 - a broken hub cache should not stop the other checks
-            checks.append(Check(model.name, "fail", f"{model.reference}: {error}", f"set {model.setting} to a local copy"))
+            checks.append(Check(model.name, "fail", f"{model.reference}: {error}",
+                                f"set {model.setting} to a local copy"))
             continue
         if path is not None:
             checks.append(Check(model.name, "ok", f"{model.reference}: {disk_size(path) / 1e9:.2f} GB at {path}"))

@@ -171,7 +171,8 @@ def realistic_vision_layout(hub: FakeHub, pipeline_folder: Path, repo: str = "SG
         for path in list(hub.files(repo)):
             if path.endswith(".safetensors"):
                 folder, _, name = path.rpartition("/")
-                twin = "diffusion_pytorch_model.bin" if name.startswith("diffusion_pytorch_model") else "pytorch_model.bin"
+                unet_like = name.startswith("diffusion_pytorch_model")
+                twin = "diffusion_pytorch_model.bin" if unet_like else "pytorch_model.bin"
                 hub.add_file(repo, f"{folder}/{twin}", sparse_bytes=(hub.root / repo / path).stat().st_size)
     for name, gigabytes in REALISTIC_VISION_CHECKPOINTS.items():
         hub.add_file(repo, name, sparse_bytes=int(gigabytes * GB))

@@ -105,7 +105,8 @@ def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path,
         "from engine.base_model import load_base_pipeline\n"
         "seen = []\n"
         "base = load_base_pipeline(load_settings(_env_file=None), on_progress=lambda *a: seen.append(a))\n"
-        "print(json.dumps({'seen': seen, 'vae': base.vae_reference, 'scheduler': type(base.pipeline.scheduler).__name__,"
+        "print(json.dumps({'seen': seen, 'vae': base.vae_reference,"
+        " 'scheduler': type(base.pipeline.scheduler).__name__,"
         " 'feature_extractor': base.pipeline.feature_extractor is None}))\n"
     )
     env = hub_env(hub, tmp_path / "cache")
@@ -134,7 +135,8 @@ def test_an_unreachable_hub_is_the_owners_problem_in_one_line(hub, tmp_path):
 
 
 def test_selection_prefers_safetensors_and_takes_fp16_only_when_every_part_has_it():
-    listing = [*REAL_PIPELINE_FILES, "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.safetensors",
+    listing = [*REAL_PIPELINE_FILES, "unet/diffusion_pytorch_model.bin",
+               "unet/diffusion_pytorch_model.fp16.safetensors",
                "text_encoder/pytorch_model.bin", "text_encoder/model.fp16.safetensors",
                "vae/diffusion_pytorch_model.fp16.safetensors", *REALISTIC_VISION_CHECKPOINTS,
                "safety_checker/model.safetensors", "feature_extractor/preprocessor_config.json"]

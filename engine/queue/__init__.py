@@ -3,4 +3,5 @@
 from engine.queue.base import FINISHED, WAITING_FOR_SETUP, Job, JobQueue, LeaseLost, QueueLimit, QueuePosition
 from engine.queue.sqlite_queue import SqliteJobQueue, open_queue
 
-__all__ = ["FINISHED", "WAITING_FOR_SETUP", "Job", "JobQueue", "LeaseLost", "QueueLimit", "QueuePosition", "SqliteJobQueue", "open_queue"]
+__all__ = ["FINISHED", "WAITING_FOR_SETUP", "Job", "JobQueue", "LeaseLost", "QueueLimit", "QueuePosition",
+           "SqliteJobQueue", "open_queue"]
