@@ -156,7 +156,7 @@ class Deliveries:
         if watch is not None and not watch.usable():
             watch = None
         handlers = {"enroll": self._enroll_done, "train": self._train_done, "generate": self._portraits_done,
-                    "swap": self._swap_done}
+                    "swap": self._swap_done, "teaser": self._portraits_done}
         try:
             if job.state == "cancelled":
                 await self._cancelled(job, watch)
@@ -223,6 +223,9 @@ class Deliveries:
 
     async def _portraits_done(self, job: Job, watch: Watch | None) -> None:
         private = bool(job.params.get("private"))
+        if job.state == "failed" and job.kind == "teaser":  # a bonus: its failure is not the member's news
+            log.info("preview portraits of job %s failed: %s", job.id, job.error, extra={"job": job.id})
+            return
         if job.state == "failed":
             await self._to_owner(job, watch, Outgoing(content=f"⚠️ <@{job.user_id}> your {job_title(job)} failed: "
                                                               f"{job.error}"), private=private)
@@ -237,7 +240,8 @@ class Deliveries:
         content = portrait_lines(job.user_id, style.name if style else job.params.get("style", "?"), portraits,
                                  (job.result or {}).get("notice"), job.params.get("prompt") or "")
         store = self.bot.backend.store
-        outgoing = Outgoing(content=content, view=portrait_actions(job, portraits),
+        actions = swap_actions(job, portraits) if job.kind == "teaser" else portrait_actions(job, portraits)
+        outgoing = Outgoing(content=content, view=actions,
                             paths=[(store.absolute(p["path"]), f"portrait-{i}.png")
                                    for i, p in enumerate(portraits, start=1)])
         await self._to_owner(job, watch, outgoing, private=private)

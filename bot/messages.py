@@ -56,7 +56,7 @@ def progress_line(job: Job, position: QueuePosition | None) -> str:
 
 
 JOB_TITLES = {"enroll": "checking your photos", "train": "training your face model", "generate": "portraits",
-              "swap": "your face on a photo"}
+              "swap": "your face on a photo", "teaser": "a preview while your face model trains"}
 
 
 def job_title(job: Job) -> str:

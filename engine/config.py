@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # Side of the square training images, in pixels (a multiple of 8).
     train_resolution: int = Field(default=512, ge=64, le=1024, multiple_of=8)
 
+    # Right after an enrollment, while the face model trains: two preview portraits in this style (the base
+    # model with the member's enrolled face fused on), queued behind trained members' portraits.
+    training_previews: bool = True
+    training_preview_style: str = "studio-headshot"
+
     # How much of the member's selfie classical fusion puts over a portrait's face (1 = all of it
     # inside the face mask); FaceChain blends LoRA portraits at partial strength. Where fusion would
     # break the portrait's light along the blend edge, half of it is used, then none.

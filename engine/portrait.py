@@ -13,7 +13,7 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.generate import PortraitGenerator, PortraitRequest, build_prompt
-from engine.portrait_request import check_prompt_words, check_request
+from engine.portrait_request import CheckedRequest, check_prompt_words, check_request
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.safety import SafetyChecker
 from engine.store import Store
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 UNRANKED_NOTICE = ("No candidate showed one clear face, even after a second batch, so these portraits are not "
                    "ranked by likeness.")
 ALL_HELD_BACK = "Every candidate was held back by this server's safety filter: try another style or a re-roll."
+TEASER_NOTICE = "Preview: your face model is still training. These use the base model with your face put on."
 
 
 @dataclass
@@ -82,11 +83,19 @@ def make_portraits(
     fast: bool | None = None,
     words: str = "",
     blocked_words: list[str] | tuple[str, ...] = (),
+    teaser: bool = False,
 ) -> PortraitResult:
     """Generate, rank and save up to `count` portraits. With a safety checker, flagged candidates
     are marked, and dropped (the next best take their place) unless `show_flagged`. `fast` draws
     with the LCM-LoRA in a few steps (None: the FACECHAIN_FAST_BY_DEFAULT setting)."""
-    checked = check_request(store, settings, catalogue, user_id, style_id, count)
+    if teaser:  # while the face model trains: the base model and the style, the enrolled face fused on
+        check_request(store, settings, catalogue, user_id, style_id, count, need_model=False)
+        user = store.get_user(user_id)
+        if user is None:
+            raise FaceChainError(f"User {user_id} has no enrolled selfies.")
+        checked = CheckedRequest(catalogue.get(style_id), user.trigger, None)
+    else:
+        checked = check_request(store, settings, catalogue, user_id, style_id, count)
     words = check_prompt_words(words, blocked_words)
     enrolled = enrolled_face(store, analyzer, user_id)
     fuser = make_fuser(settings, analyzer)
@@ -112,6 +121,8 @@ def make_portraits(
         notice = held_back_notice(notice, passed=len(ranked), wanted=count)
     saved = save_portraits(store, user_id, checked.style.id, ranked[:count], out_dir, job_id)
     prompt = build_prompt(checked.trigger, checked.style, words)
+    if teaser:
+        notice = " ".join(filter(None, [TEASER_NOTICE, notice]))
     return PortraitResult([replace(portrait, prompt=prompt) for portrait in saved], notice, held_back)
 
 

@@ -33,7 +33,7 @@ def check_prompt_words(words: str, blocked: list[str] | tuple[str, ...] = ()) ->
 class CheckedRequest:
     style: Style
     trigger: str
-    face_model: Path
+    face_model: Path | None  # None: the base model alone (a preview while the face model trains)
 
 
 def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, user_id: str, style_id: str,

@@ -318,6 +318,12 @@ def run_enroll(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     _delete(paths)  # after any other error they stay for the retry (maintenance clears old ones)
     result = report.to_json()
     if job.params.get("train_after") and report.result.accepted:
+        first_model = worker.store.ready_face_model(job.user_id) is None
+        if first_model and worker.settings.training_previews:  # queued first: it runs before the training
+            try:
+                result["teaser_job_id"] = _queue_teaser(worker, job)
+            except QueueLimit:
+                pass
         try:
             result["train_job_id"] = _queue_training(worker, job)
         except QueueLimit as limit:  # the photos are enrolled; training can be asked for later
@@ -337,6 +343,34 @@ def _queue_training(worker: Worker, job: Job) -> int:
     if active:
         return active[0].id
     return worker.queue.enqueue("train", job.user_id, {}, guild_id=job.guild_id, channel_id=job.channel_id).id
+
+
+def _queue_teaser(worker: Worker, job: Job) -> int | None:
+    """Two preview portraits while the first face model trains (behind trained members' portraits)."""
+    from engine.styles import load_styles
+
+    style = worker.settings.training_preview_style
+    if load_styles(worker.settings.styles_dir).get(style) is None:
+        log.warning("FACECHAIN_TRAINING_PREVIEW_STYLE=%s is not a style: no preview portraits", style)
+        return None
+    return worker.queue.enqueue("teaser", job.user_id, {"style": style, "count": 2}, guild_id=job.guild_id,
+                                channel_id=job.channel_id).id
+
+
+def run_teaser(worker: Worker, job: Job, beat: Heartbeat) -> dict:
+    """The preview portraits: skipped when the face model finished first (the real ones are better)."""
+    from engine.portrait import make_portraits
+    from engine.styles import load_styles
+
+    if worker.store.ready_face_model(job.user_id) is not None:
+        return {"skipped": "the face model is ready", "portraits": []}
+    worker._fit_memory(job)
+    result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings,
+                            load_styles(worker.settings.styles_dir), job.user_id, job.params["style"],
+                            count=int(job.params.get("count", 2)), job_id=job.id, safety=worker.safety, teaser=True,
+                            on_step=lambda step, total: beat.update(0.9 * step / total, "drawing your preview"))
+    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
+            "held_back": result.held_back}
 
 
 def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
@@ -439,5 +473,6 @@ def run_preview(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 
 
 HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {
-    "enroll": run_enroll, "train": run_train, "generate": run_generate, "swap": run_swap, "preview": run_preview,
+    "enroll": run_enroll, "train": run_train, "generate": run_generate, "swap": run_swap, "teaser": run_teaser,
+    "preview": run_preview,
 }

@@ -14,7 +14,8 @@ from engine.errors import ModelUnavailable
 from tests.bot_harness import running_bot
 
 SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 10, "PORTRAIT_SIZE": 64,
-            "ATTACHMENT_HOSTS": "http://127.0.0.1", "JOB_RETRY_SECONDS": 0, "JOB_LEASE_SECONDS": 6}
+            "PORTRAIT_CANDIDATES": 2, "ATTACHMENT_HOSTS": "http://127.0.0.1", "JOB_RETRY_SECONDS": 0,
+            "JOB_LEASE_SECONDS": 6, "TRAINING_PREVIEW_STYLE": "anime"}
 
 
 def test_a_missing_base_model_makes_jobs_wait_and_tells_the_owner_once(tiny_model, tmp_path, capsys, monkeypatch):
@@ -57,6 +58,12 @@ def test_a_missing_base_model_makes_jobs_wait_and_tells_the_owner_once(tiny_mode
         assert d.rows("select count(*) from setup_problems where resolved_at is null") == [(0,)]
         ping = [m for m in fake.channel_messages(d.general) if "face model is ready" in m.content]
         assert ping and f"<@{member}>" in ping[0].content
+        # The two preview portraits came first (queued before the training), marked as previews.
+        previews = [m for m in fake.channel_messages(d.general) if "Preview: your face model is still training"
+                    in m.content]
+        assert len(previews) == 1 and len(previews[0].files) == 2 and f"<@{member}>" in previews[0].content
+        assert int(previews[0].id) < int(ping[0].id)
+        assert {c.split(":")[1] for c in previews[0].custom_ids()} <= {"delete", "share"}
 
         # Fast mode with the fast-mode LoRA out of reach: a new incident (one more DM), the request waits.
         asked = fake.command(member, d.general, d.guild, "portrait", {"style": "anime", "count": 1, "fast": True})

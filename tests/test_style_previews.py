@@ -56,3 +56,38 @@ def test_the_worker_queues_each_missing_preview_once_and_draws_it(tiny_model, tm
     worker.run_job(job)
     done = worker.queue.get(job.id)
     assert done.state == "done" and preview_file(settings, job.params["style"]).is_file()
+
+
+def test_a_new_members_preview_portraits_wait_behind_trained_members_and_run_before_their_training(
+        tiny_model, tmp_path):
+    settings = tiny_settings(tiny_model, tmp_path)
+    queue = SqliteJobQueue(Store(settings.data_dir), settings)
+    teaser = queue.enqueue("teaser", "new", {"style": "anime", "count": 2})
+    training = queue.enqueue("train", "new", {})
+    portrait = queue.enqueue("generate", "trained", {"style": "anime"})
+    system = queue.enqueue("preview", PREVIEW_USER, {"style": "clay"})
+    order = [queue.claim("w").id for _ in range(4)]
+    assert order == [portrait.id, teaser.id, training.id, system.id]
+
+
+def test_preview_portraits_use_the_base_model_and_the_enrolled_face_and_skip_once_trained(
+        tiny_model, tmp_path, analyzer):
+    from engine.enroll import enroll_user
+    from engine.portrait import TEASER_NOTICE
+    from tests.conftest import photo
+
+    settings = tiny_settings(tiny_model, tmp_path, portrait_candidates=2, train_resolution=64)
+    worker = Worker(settings, "teaser")
+    enroll_user(worker.store, analyzer, settings, "new", [photo(p) for p in
+                                                          ("obama/obama1.jpg", "obama/obama2.jpg")], subject="man")
+    teaser = worker.queue.enqueue("teaser", "new", {"style": "anime", "count": 2})
+    worker.run_job(worker.queue.claim("teaser"))
+    done = worker.queue.get(teaser.id)
+    assert done.state == "done" and len(done.result["portraits"]) == 2
+    assert done.result["notice"].startswith(TEASER_NOTICE)
+    assert worker.store.ready_face_model("new") is None  # drawn without one
+    worker.queue.enqueue("train", "new", {"steps": 2})
+    worker.run_job(worker.queue.claim("teaser"))
+    late = worker.queue.enqueue("teaser", "new", {"style": "anime", "count": 2})
+    worker.run_job(worker.queue.claim("teaser"))
+    assert worker.queue.get(late.id).result == {"skipped": "the face model is ready", "portraits": []}

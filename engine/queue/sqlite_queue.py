@@ -22,11 +22,14 @@ from engine.queue.base import FINISHED, WAITING_FOR_SETUP, Job, LeaseLost, Queue
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
-KINDS = ("enroll", "train", "generate", "swap", "preview")
-# Run only when nothing else is ready (a style's preview image, for the styles browser).
-LOWEST_PRIORITY = ("preview",)
+KINDS = ("enroll", "train", "generate", "swap", "teaser", "preview")
+# Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while
+# their first face model trains ("teaser", queued before that training: behind trained members'
+# portraits, before the member's own training); then the styles browser's preview images.
+TIERS = (("enroll", "train", "generate", "swap"), ("teaser",), ("preview",))
+LOWEST_PRIORITY = ("teaser", "preview")
 # Used for ETAs until the server has finished jobs of its own to measure.
-TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "preview": 5.0}
+TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "teaser": 20.0, "preview": 5.0}
 
 
 def now() -> datetime:
@@ -94,8 +97,10 @@ class SqliteJobQueue:
         kinds = kinds or KINDS
         with self.store.transaction():
             self._reap(now())
-            heads = self._ready_heads(tuple(k for k in kinds if k not in LOWEST_PRIORITY)) or \
-                self._ready_heads(tuple(k for k in kinds if k in LOWEST_PRIORITY))
+            # Each user's next job, then the first tier that has any: a user whose next job is a lower tier
+            # waits (their later jobs too) until no user's next job is of a higher one.
+            ready = self._ready_heads(kinds)
+            heads = next((found for tier in TIERS if (found := [h for h in ready if h["kind"] in tier])), [])
             if not heads:
                 return None
             job_id = self._fair_order(heads)[0]["id"]  # the same order position() reports
@@ -118,7 +123,7 @@ class SqliteJobQueue:
             return []
         marks = ", ".join("?" for _ in kinds)
         return list(self.db.query(
-            f"""select min(j.id) as id, j.user_id from jobs j where j.state = 'queued' and j.kind in ({marks})
+            f"""select min(j.id) as id, j.user_id, j.kind from jobs j where j.state = 'queued' and j.kind in ({marks})
                 and (j.run_after is null or j.run_after <= ?)
                 and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
                          and j.user_id in (select user_id from jobs where kind = 'train'
@@ -280,7 +285,7 @@ class SqliteJobQueue:
             left = (1.0 - (row["progress"] or 0.0)) * self.typical_seconds(row["kind"])
             return QueuePosition(0, left)
         # Members' jobs never wait behind the lowest-priority ones.
-        skipped = () if row["kind"] in LOWEST_PRIORITY else LOWEST_PRIORITY
+        skipped = tuple(k for k in LOWEST_PRIORITY if k != row["kind"])
         marks = ", ".join("?" for _ in skipped) or "''"
         order = self._fair_order(list(self.db.query(f"select id, user_id, kind from jobs where state = 'queued' "
                                                     f"and kind not in ({marks}) order by id", list(skipped))))
