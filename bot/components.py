@@ -66,10 +66,11 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:(?P<act
         await guarded(interaction, action)
 
 
-class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"fc:(?P<what>more|share):(?P<job>[0-9]+)"):
-    """'More like…' and 'Share to gallery…' menus: one option per portrait of the job."""
+class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select],
+                     template=r"fc:(?P<what>more|share|sharper):(?P<job>[0-9]+)"):
+    """'More like…', 'Sharper x2…' and 'Share to gallery…' menus: one option per portrait of the job."""
 
-    PLACEHOLDERS = {"more": "More like…", "share": "Share to the server gallery…"}
+    PLACEHOLDERS = {"more": "More like…", "sharper": "Sharper x2…", "share": "Share to the server gallery…"}
 
     def __init__(self, what: str, job_id: int, options: list[discord.SelectOption] | None = None) -> None:
         super().__init__(discord.ui.Select(custom_id=f"fc:{what}:{job_id}", placeholder=self.PLACEHOLDERS[what],
@@ -92,6 +93,13 @@ class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"fc:(?
                 raise FaceChainError("That portrait no longer exists.")
             if self.what == "more":
                 await queue_again(interaction, job, "More like this", seed=None, variation_of=portrait["seed"])
+            elif self.what == "sharper":
+                await interaction.response.defer(ephemeral=bool(job.params.get("private")), thinking=True)
+                params = {"portrait_id": portrait["id"], "style": portrait["style"], "count": 1,
+                          "private": job.params.get("private"), "age_restricted": job.params.get("age_restricted")}
+                sharper = await bot.backend.run(bot.backend.queue.enqueue, "upscale", job.user_id, params,
+                                                guild_id=job.guild_id, channel_id=job.channel_id)
+                await bot.deliveries.follow(sharper, interaction, "Sharper x2")
             else:
                 await gallery.share(interaction, portrait)
         await guarded(interaction, action)
@@ -176,10 +184,10 @@ def portrait_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("reroll", job.id))
     view.add_item(JobButton("delete", job.id))
-    for what, verb in (("more", "More like"), ("share", "Share")):
+    for what, verb in (("more", "More like"), ("sharper", "Sharper x2"), ("share", "Share")):
         options = [discord.SelectOption(label=f"{verb} #{index}", value=str(portrait["id"]),
                                         description=f"seed {portrait['seed']}")
                    for index, portrait in enumerate(portraits[:25], start=1)]
-        if options and (what == "more" or job.guild_id):
+        if options and (what != "share" or job.guild_id):
             view.add_item(PortraitSelect(what, job.id, options))
     return view

@@ -156,7 +156,7 @@ class Deliveries:
         if watch is not None and not watch.usable():
             watch = None
         handlers = {"enroll": self._enroll_done, "train": self._train_done, "generate": self._portraits_done,
-                    "swap": self._swap_done, "teaser": self._portraits_done}
+                    "swap": self._swap_done, "teaser": self._portraits_done, "upscale": self._portraits_done}
         try:
             if job.state == "cancelled":
                 await self._cancelled(job, watch)

@@ -56,7 +56,8 @@ def progress_line(job: Job, position: QueuePosition | None) -> str:
 
 
 JOB_TITLES = {"enroll": "checking your photos", "train": "training your face model", "generate": "portraits",
-              "swap": "your face on a photo", "teaser": "a preview while your face model trains"}
+              "swap": "your face on a photo", "teaser": "a preview while your face model trains",
+              "upscale": "a sharper x2 portrait"}
 
 
 def job_title(job: Job) -> str:

@@ -354,6 +354,23 @@ def cmd_fuse(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.base_model import load_base_pipeline
+    from engine.faces import get_analyzer
+    from engine.generate import PortraitGenerator
+    from engine.styles import load_styles
+    from engine.upscale import find_portrait, upscale
+
+    store = open_store(settings)
+    find_portrait(store, args.user, args.portrait)  # before the slow model load
+    generator = PortraitGenerator(load_base_pipeline(settings, on_progress=download_bar()))
+    saved = upscale(store, generator, get_analyzer(settings), settings, load_styles(settings.styles_dir), args.user,
+                    args.portrait, out_dir=Path(args.out))
+    report(args, saved.to_json(), f"Wrote {saved.path} at twice the size"
+           + (f", likeness {saved.similarity:.0%}." if saved.similarity is not None else "."))
+    return 0
+
+
 def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
     from engine.faces import get_analyzer
     from engine.swap import save_swap, swap_face
@@ -574,6 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--face", nargs="+", required=True, metavar="SELFIE")
     fuse.add_argument("--template", required=True, metavar="T")
     fuse.add_argument("--out", required=True, metavar="O")
+
+    sharper = command(commands, "upscale", cmd_upscale,
+                      "a portrait again at twice the size, same style and face (img2img), fused and ranked again")
+    sharper.add_argument("--user", required=True)
+    sharper.add_argument("portrait", metavar="PORTRAIT", help="a path from `facechain portrait --json`")
+    sharper.add_argument("--out", required=True, metavar="OUT", help="folder for the bigger portrait")
 
     swap = command(commands, "swap", cmd_swap, "put a user's enrolled face on a photo (no trained model needed)")
     swap.add_argument("--user", required=True)

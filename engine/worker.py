@@ -459,6 +459,18 @@ def run_swap(worker: Worker, job: Job, beat: Heartbeat) -> dict:
             "notice": "This server's safety filter held the result back." if held_back else None}
 
 
+def run_upscale(worker: Worker, job: Job, beat: Heartbeat) -> dict:
+    """Sharper x2 of one of the member's portraits: a new portrait at twice the size."""
+    from engine.styles import load_styles
+    from engine.upscale import upscale
+
+    worker._fit_memory(job)
+    saved = upscale(worker.store, worker.generator, worker.analyzer, worker.settings,
+                    load_styles(worker.settings.styles_dir), job.user_id, int(job.params["portrait_id"]),
+                    job_id=job.id, on_step=lambda step, total: beat.update(0.9 * step / total, "sharpening"))
+    return {"portraits": [saved.to_json()], "notice": None, "held_back": 0}
+
+
 def run_preview(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     """Draw one style's preview image (the base model, no face)."""
     from engine.style_previews import draw_preview
@@ -473,6 +485,7 @@ def run_preview(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 
 
 HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {
-    "enroll": run_enroll, "train": run_train, "generate": run_generate, "swap": run_swap, "teaser": run_teaser,
+    "enroll": run_enroll, "train": run_train, "generate": run_generate, "swap": run_swap, "upscale": run_upscale,
+    "teaser": run_teaser,
     "preview": run_preview,
 }

@@ -82,7 +82,7 @@ def test_portrait_shows_progress_then_ranked_results_with_buttons(deployment):
     edits = [c for c in fake.calls if c.method == "PATCH" and command.token in c.path]
     assert any("⏳" in (c.body or {}).get("content", "") for c in edits)  # live progress before the result
     ids = message.custom_ids()
-    assert {i.split(":")[1] for i in ids} == {"reroll", "delete", "more", "share"}
+    assert {i.split(":")[1] for i in ids} == {"reroll", "delete", "more", "sharper", "share"}
 
 
 def test_buttons_belong_to_their_owner(deployment):
@@ -107,6 +107,19 @@ def test_reroll_and_more_like_queue_new_portraits(deployment):
     assert len(d.result_of(more).files) == 2
     variation = d.rows("select params from jobs where kind = 'generate' order by id desc limit 1")[0][0]
     assert '"variation_of"' in variation
+
+
+def test_sharper_x2_comes_as_a_new_message_at_twice_the_size(deployment):
+    d, fake = deployment, deployment.fake
+    message = portraits_message(d)
+    job_id = int(_custom_id(message, "delete").split(":")[2])
+    first = d.rows("select id from portraits where job_id = ? order by id", job_id)[0][0]
+    sharper = d.result_of(fake.click(d.alice, message, _custom_id(message, "sharper"), [str(first)]), timeout=90)
+    assert sharper.id != message.id and list(sharper.files) == ["portrait-1.png"]
+    upscaled = d.rows("select path from portraits where job_id = (select max(id) from jobs where kind = 'upscale')")
+    assert Image.open(d.data_dir / upscaled[0][0]).size == (128, 128)  # 64 px portraits, twice the size
+    assert {c.split(":")[1] for c in sharper.custom_ids()} >= {"delete", "share"}
+    assert message.files and not message.deleted  # the original stays
 
 
 def test_share_needs_a_gallery_channel_then_posts_once(deployment):

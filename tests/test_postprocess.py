@@ -160,6 +160,14 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_pat
     portraits = json.loads(captured.out)
     assert [set(p) for p in portraits] == [{"path", "similarity", "seed", "style", "nsfw", "prompt"}] * 2
     assert "cyberpunk, neon lights" in portraits[0]["prompt"] and ", holding a guitar, " in portraits[0]["prompt"]
+
+    # Sharper x2 of the first one: the same style and face LoRA, twice the size, a new file.
+    assert main(["upscale", "--user", "u", portraits[0]["path"], "--out", str(tmp_path / "up"), "--json"]) == 0
+    bigger = json.loads(capsys.readouterr().out)
+    assert Image.open(bigger["path"]).size == (128, 128) and bigger["seed"] == portraits[0]["seed"]
+    assert bigger["path"] != portraits[0]["path"] and bigger["style"] == "cyberpunk"
+    assert main(["upscale", "--user", "u", str(tmp_path / "nope.png"), "--out", str(tmp_path / "up")]) == 2
+    assert "No portrait" in capsys.readouterr().err
     assert all(Path(p["path"]).is_file() and p["style"] == "cyberpunk" for p in portraits)
     assert "not ranked by likeness" in captured.err  # the tiny model draws noise, never a face
 

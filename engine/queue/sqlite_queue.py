@@ -22,14 +22,14 @@ from engine.queue.base import FINISHED, WAITING_FOR_SETUP, Job, LeaseLost, Queue
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
-KINDS = ("enroll", "train", "generate", "swap", "teaser", "preview")
+KINDS = ("enroll", "train", "generate", "swap", "upscale", "teaser", "preview")
 # Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while
 # their first face model trains ("teaser", queued before that training: behind trained members'
 # portraits, before the member's own training); then the styles browser's preview images.
-TIERS = (("enroll", "train", "generate", "swap"), ("teaser",), ("preview",))
+TIERS = (("enroll", "train", "generate", "swap", "upscale"), ("teaser",), ("preview",))
 LOWEST_PRIORITY = ("teaser", "preview")
 # Used for ETAs until the server has finished jobs of its own to measure.
-TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "teaser": 20.0, "preview": 5.0}
+TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "upscale": 30.0, "teaser": 20.0, "preview": 5.0}
 
 
 def now() -> datetime:
