@@ -22,7 +22,7 @@ from engine.errors import ModelMissing, ModelUnavailable
 from engine.lora_training import WEIGHTS_FILE
 from engine.models import hub_file, parse_model_reference
 from engine.preprocess.trigger import TRIGGER_TOKEN
-from engine.styles import Style, StyleLora
+from engine.styles import Style
 
 log = logging.getLogger(__name__)
 # FaceChain's portrait prompt, minus A1111 weight syntax that diffusers would read as plain text.

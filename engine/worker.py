@@ -270,6 +270,13 @@ class Worker:
         return lambda: self.stopping.is_set() or beat.cancel_requested.is_set() or beat.lease_lost.is_set()
 
 
+def server_policy(worker: Worker, job: Job) -> str:
+    """The NSFW policy of the server a job came from; DMs and the CLI count as block."""
+    from engine.store.community import guild_settings
+
+    return guild_settings(worker.store, job.guild_id).nsfw_policy if job.guild_id else "block"
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -365,9 +372,12 @@ def run_teaser(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     if worker.store.ready_face_model(job.user_id) is not None:
         return {"skipped": "the face model is ready", "portraits": []}
     worker._fit_memory(job)
+    from engine.safety import may_show_flagged
+
     result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings,
                             load_styles(worker.settings.styles_dir), job.user_id, job.params["style"],
                             count=int(job.params.get("count", 2)), job_id=job.id, safety=worker.safety, teaser=True,
+                            show_flagged=may_show_flagged(server_policy(worker, job), False),
                             on_step=lambda step, total: beat.update(0.9 * step / total, "drawing your preview"))
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
             "held_back": result.held_back}
@@ -431,7 +441,6 @@ def run_swap(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     from engine.postprocess import RankedPortrait
     from engine.preprocess import UploadedPhoto
     from engine.safety import may_show_flagged
-    from engine.store.community import guild_settings
     from engine.swap import SeveralFaces, swap_face
 
     upload = Path(job.params.get("upload", "")).resolve()
@@ -449,7 +458,7 @@ def run_swap(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     except FaceChainError:
         upload.unlink(missing_ok=True)
         raise
-    policy = guild_settings(worker.store, job.guild_id).nsfw_policy if job.guild_id else "block"
+    policy = server_policy(worker, job)
     ranked, held_back = screen(worker.safety, [RankedPortrait(Image.fromarray(result.image), 0, result.similarity)],
                                may_show_flagged(policy, bool(job.params.get("age_restricted"))))
     saved = save_portraits(worker.store, job.user_id, "swap", ranked, None, job.id)
@@ -461,6 +470,10 @@ def run_swap(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 
 def run_upscale(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     """Sharper x2 of one of the member's portraits: a new portrait at twice the size."""
+    from PIL import Image
+
+    from engine.portrait import ALL_HELD_BACK
+    from engine.safety import may_show_flagged
     from engine.styles import load_styles
     from engine.upscale import upscale
 
@@ -468,6 +481,11 @@ def run_upscale(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     saved = upscale(worker.store, worker.generator, worker.analyzer, worker.settings,
                     load_styles(worker.settings.styles_dir), job.user_id, int(job.params["portrait_id"]),
                     job_id=job.id, on_step=lambda step, total: beat.update(0.9 * step / total, "sharpening"))
+    if worker.safety is not None and worker.safety.flags([Image.open(saved.path)])[0]:
+        worker.store.db.execute("update portraits set nsfw = 1 where job_id = ?", [job.id])
+        if not may_show_flagged(server_policy(worker, job), bool(job.params.get("age_restricted"))):
+            worker.store.delete_portraits([row["id"] for row in worker.store.job_portraits(job.id)])
+            return {"portraits": [], "notice": ALL_HELD_BACK, "held_back": 1}
     return {"portraits": [saved.to_json()], "notice": None, "held_back": 0}
 
 

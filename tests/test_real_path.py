@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.base_model import MemoryPlan, apply_memory_savers, load_base_pipeline, plan_memory
+from engine.base_model import apply_memory_savers, load_base_pipeline, plan_memory
 from engine.cli import main
 from engine.config import load_settings
 from engine.enroll import enroll_user

@@ -129,6 +129,16 @@ def test_the_worker_applies_the_server_policy(tiny_model, tmp_path, safety_check
     assert [p["nsfw"] for p in shown.result["portraits"]] == [True]
     assert [row["nsfw"] for row in worker.store.job_portraits(after_dark.id)] == [1]
 
+    # Sharper x2 of the shown (flagged) portrait follows the same policy: held back outside the channel.
+    flagged = worker.store.job_portraits(after_dark.id)[0]["id"]
+    sharper_here = queue.enqueue("upscale", "u", {"portrait_id": flagged, "age_restricted": True}, guild_id="g")
+    sharper_there = queue.enqueue("upscale", "u", {"portrait_id": flagged, "age_restricted": False}, guild_id="g")
+    worker.run(exit_when_idle=0)
+    assert len(queue.get(sharper_here.id).result["portraits"]) == 1
+    held = queue.get(sharper_there.id).result
+    assert held["portraits"] == [] and held["notice"] == ALL_HELD_BACK
+    assert worker.store.job_portraits(sharper_there.id) == []
+
 
 def test_the_portrait_cli_drops_or_marks_flagged_portraits(capsys, monkeypatch, tiny_model, tmp_path,
                                                            safety_checkers):
