@@ -395,14 +395,17 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
 
     store = open_store(settings)
     catalogue = load_styles(settings.styles_dir)
-    check_request(store, settings, catalogue, args.user, args.style, args.count)  # before the slow model load
+    # Before the slow model load; a preview needs enrolled selfies only, no face model.
+    check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not args.preview)
+    if args.preview and not store.accepted_selfies(args.user):
+        raise FaceChainError(f"User {args.user} has no enrolled selfies: run `facechain enroll` first.")
     words = check_prompt_words(args.prompt or "")
     base = load_base_pipeline(settings, on_progress=download_bar())
     safety = load_safety_checker(settings, base)
     generator = PortraitGenerator(base, fast_lora=settings.fast_lora)
     result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
-                            show_flagged=args.show_flagged, fast=args.fast, words=words)
+                            show_flagged=args.show_flagged, fast=args.fast, words=words, teaser=args.preview)
     if result.notice:
         print(f"notice: {result.notice}", file=sys.stderr)
     if args.json:
@@ -612,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     portrait.add_argument("--out", required=True, metavar="DIR")
     portrait.add_argument("--prompt", metavar="WORDS", help="your own words, added to the style's prompt (at most 200 "
                                                              "characters)")
+    portrait.add_argument("--preview", action="store_true",
+                          help="before the face model is trained: the base model with the enrolled face fused on")
     portrait.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                           help="fast mode: the LCM-LoRA in a few steps (default: FACECHAIN_FAST_BY_DEFAULT)")
     portrait.add_argument("--show-flagged", action="store_true",

@@ -153,7 +153,8 @@ def test_delete_removes_the_portraits_and_their_files(deployment):
     paths = [d.data_dir / p for (p,) in d.rows("select path from portraits where job_id = ?", job_id)]
     assert paths and all(p.exists() for p in paths)
     fake.wait_acked(fake.click(d.alice, message, _custom_id(message, "delete")))
-    fake.wait_for(lambda: "Deleted 2 portraits" in message.content, 10, "the deleted notice")
+    deleted = f"Deleted {len(paths)} portrait{'s' if len(paths) != 1 else ''}."
+    fake.wait_for(lambda: deleted in message.content, 10, "the deleted notice")
     assert not message.files and not message.components
     assert not any(p.exists() for p in paths)
     assert d.rows("select count(*) from portraits where job_id = ?", job_id) == [(0,)]

@@ -151,6 +151,14 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_pat
                         "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 2, "DEVICE": "cpu"}.items():
         monkeypatch.setenv(f"FACECHAIN_{name}", str(value))
     assert main(["enroll", "--user", "u", *(str(DATA / p) for p in SELFIES)]) == 0
+    capsys.readouterr()
+    # Before training: a preview (the base model with the enrolled face fused on), and plain words otherwise.
+    assert main(["portrait", "--user", "u", "--style", "anime", "--count", "1", "--preview", "--out",
+                 str(tmp_path / "preview"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 1 and "Preview: your face model is still training" in captured.err
+    assert main(["portrait", "--user", "u", "--style", "anime", "--count", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "no trained face model yet" in capsys.readouterr().err
     assert main(["train", "--user", "u", "--steps", "2"]) == 0
     capsys.readouterr()
     out = tmp_path / "out"
