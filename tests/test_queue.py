@@ -56,9 +56,10 @@ def test_per_user_limits_and_the_guild_quota(store, settings):
     with pytest.raises(QueueLimit, match="already training"):
         queue.enqueue("train", "ann")
     queue.enqueue("generate", "ann", guild_id="g1")
-    queue.enqueue("generate", "ann", guild_id="g1")
-    with pytest.raises(QueueLimit, match="2 portrait requests waiting"):
-        queue.enqueue("generate", "ann", guild_id="g1")
+    queue.enqueue("swap", "ann", guild_id="g1")
+    for kind in ("generate", "swap", "upscale"):  # every request that makes pictures counts
+        with pytest.raises(QueueLimit, match="2 portrait requests waiting"):
+            queue.enqueue(kind, "ann", guild_id="g1")
     queue.enqueue("generate", "bob", guild_id="g1")
     queue.enqueue("generate", "cy", guild_id="g1")
     with pytest.raises(QueueLimit, match="used its 4 jobs for today"):

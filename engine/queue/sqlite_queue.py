@@ -79,7 +79,10 @@ class SqliteJobQueue:
         if kind == "train" and count(f"user_id = ? and kind = 'train' and {active}", [user_id]):
             raise QueueLimit("Your face model is already training: wait for it to finish (or cancel it) first.")
         limit = self.settings.max_queued_portraits_per_user
-        if kind == "generate" and count(f"user_id = ? and kind = 'generate' and {active}", [user_id]) >= limit:
+        # Every request that makes pictures counts towards the waiting limit (portraits, swaps, sharper x2).
+        pictures = "kind in ('generate', 'swap', 'upscale')"
+        if kind in ("generate", "swap", "upscale") and count(f"user_id = ? and {pictures} and {active}",
+                                                             [user_id]) >= limit:
             raise QueueLimit(f"You already have {limit} portrait requests waiting: wait for one to finish.")
         quota = self.settings.guild_daily_quota
         if guild_id is not None:
