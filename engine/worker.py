@@ -153,6 +153,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stopping.set())
         log.info("worker %s started", self.worker_id)
+        self.reclaim_dead_leases()
         self.queue_missing_previews()
         idle_since = time.monotonic()
         while not self.stopping.is_set():
@@ -165,6 +166,17 @@ class Worker:
             self.run_job(job)
             idle_since = time.monotonic()
         log.info("worker %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
+
+    def reclaim_dead_leases(self) -> int:
+        """Jobs leased to a worker of this host whose process is gone go back to the queue at once (a
+        bot killed mid-portrait and restarted need not wait out the lease)."""
+        host = socket.gethostname()
+        gone = [owner for owner in self.queue.lease_owners() if owner != self.worker_id
+                and (pid := _pid_on_host(owner, host)) is not None and not _process_alive(pid)]
+        reclaimed = self.queue.reclaim_leases(gone)
+        if reclaimed:
+            log.info("took back %s job(s) from stopped worker(s) %s", reclaimed, ", ".join(gone))
+        return reclaimed
 
     def queue_missing_previews(self, force: bool = False) -> int:
         """On a GPU machine, queue a lowest-priority preview job per style that has no preview image
@@ -268,6 +280,22 @@ class Worker:
 
     def should_stop(self, beat: Heartbeat) -> Callable[[], bool]:
         return lambda: self.stopping.is_set() or beat.cancel_requested.is_set() or beat.lease_lost.is_set()
+
+
+def _pid_on_host(worker_id: str, host: str) -> int | None:
+    """The process id in a default worker id (`<host>-<pid>`) of this host; None for others' or named ones."""
+    prefix, _, pid = worker_id.rpartition("-")
+    return int(pid) if prefix == host and pid.isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def server_policy(worker: Worker, job: Job) -> str:

@@ -1,5 +1,6 @@
 """The worker running real jobs (tiny model) from the queue, in this process."""
 
+import os
 import shutil
 import threading
 import time
@@ -176,3 +177,21 @@ def test_a_full_disk_keeps_the_job_and_its_photos_for_a_retry(worker_settings, m
     worker.queue.db.execute("update jobs set run_after = null where id = ?", [job.id])
     worker.run(exit_when_idle=0)
     assert worker.queue.get(job.id).state == "done" and len(worker.store.accepted_selfies("88")) == 3
+
+
+def test_a_restarted_worker_takes_back_at_once_the_jobs_of_a_dead_worker_of_its_host(worker, worker_settings):
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_id = f"{socket.gethostname()}-{gone.stdout.strip()}"  # its process has exited
+    alive_id = f"{socket.gethostname()}-{os.getpid()}"
+    queue = worker.queue
+    orphan, busy, elsewhere = (queue.enqueue("generate", user, {"style": "anime"}) for user in ("a", "b", "c"))
+    for job, owner in ((orphan, dead_id), (busy, alive_id), (elsewhere, "other-host-123")):
+        queue.store.db.execute("update jobs set state = 'running', lease_owner = ?, lease_expires_at = '9999' "
+                               "where id = ?", [owner, job.id])
+    assert worker.reclaim_dead_leases() == 1
+    assert queue.get(orphan.id).state == "queued"  # no waiting out its lease
+    assert queue.get(busy.id).state == "running" and queue.get(elsewhere.id).state == "running"

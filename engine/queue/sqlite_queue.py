@@ -304,6 +304,22 @@ class SqliteJobQueue:
         with self.store.transaction():
             return self._reap(now())
 
+    def reclaim_leases(self, owners: list[str]) -> int:
+        """Put the running jobs leased to `owners` (workers known to be gone) back in the queue now,
+        instead of after their lease runs out."""
+        if not owners:
+            return 0
+        marks = ", ".join("?" for _ in owners)
+        with self.store.transaction():
+            return self.db.execute(
+                "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+                f"progress_text = 'queued (worker stopped)' where state = 'running' and lease_owner in ({marks})",
+                owners).rowcount
+
+    def lease_owners(self) -> list[str]:
+        return [owner for (owner,) in self.db.execute(
+            "select distinct lease_owner from jobs where state = 'running' and lease_owner is not null")]
+
     def _reap(self, moment: datetime) -> int:
         """Running jobs whose worker stopped heartbeating go back to the queue."""
         return self.db.execute(
