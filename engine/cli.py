@@ -319,6 +319,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from engine.train import train_user
 
     store = open_store(settings)
+    if args.queue:  # for the worker (or the bot's) to run; the result lands in the data folder
+        from engine.queue import open_queue
+
+        if not store.accepted_selfies(args.user):
+            raise FaceChainError(f"User {args.user} has no enrolled selfies: run `facechain enroll` first.")
+        job = open_queue(settings, store).enqueue("train", args.user, {"steps": args.steps} if args.steps else {})
+        report(args, {"job_id": job.id}, f"Training of {args.user} queued as job {job.id} "
+                                         "(`facechain worker` runs it; `facechain jobs list` shows it).")
+        return 0
     base = load_base_pipeline(settings, on_progress=download_bar())
     with Progress(TextColumn("training {task.fields[user]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
@@ -384,6 +393,23 @@ def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def queue_portrait(args: argparse.Namespace, settings: Settings, store, catalogue) -> int:
+    """Put a portrait request on the queue, as the bot does; it waits for the user's queued training."""
+    from engine.portrait_request import check_prompt_words, check_request
+    from engine.queue import open_queue
+
+    queue = open_queue(settings, store)
+    training = any(job.kind == "train" for job in queue.active_jobs(user_id=args.user))
+    has_model = store.ready_face_model(args.user) is not None
+    check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not training)
+    params = {"style": args.style, "count": args.count, "seed": args.seed, "fast": args.fast,
+              "prompt": check_prompt_words(args.prompt or ""), "wait_for_training": not has_model}
+    job = queue.enqueue("generate", args.user, params)
+    report(args, {"job_id": job.id}, f"Portraits of {args.user} queued as job {job.id}"
+                                     + (", after the training queued for them" if not has_model else "") + ".")
+    return 0
+
+
 def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     from engine.base_model import load_base_pipeline
     from engine.faces import get_analyzer
@@ -395,6 +421,10 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
 
     store = open_store(settings)
     catalogue = load_styles(settings.styles_dir)
+    if args.queue:
+        return queue_portrait(args, settings, store, catalogue)
+    if args.out is None:
+        raise FaceChainError("Say where the portraits go with --out DIR (or queue them with --queue).")
     # Before the slow model load; a preview needs enrolled selfies only, no face model.
     check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not args.preview)
     if args.preview and not store.accepted_selfies(args.user):
@@ -589,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = command(commands, "train", cmd_train, "train a user's face LoRA from their enrolled selfies")
     train.add_argument("--user", required=True)
     train.add_argument("--steps", type=int, help="training steps (default: scaled with the number of photos)")
+    train.add_argument("--queue", action="store_true", help="queue it for the worker instead (JSON: the job id)")
 
     fuse = command(commands, "fuse", cmd_fuse, "put the face from selfies onto a template photo")
     fuse.add_argument("--face", nargs="+", required=True, metavar="SELFIE")
@@ -612,7 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
     portrait.add_argument("--style", required=True)
     portrait.add_argument("--count", type=int, default=4)
     portrait.add_argument("--seed", type=int)
-    portrait.add_argument("--out", required=True, metavar="DIR")
+    portrait.add_argument("--out", metavar="DIR", help="where the portraits go (not needed with --queue)")
+    portrait.add_argument("--queue", action="store_true",
+                          help="queue the request for the worker instead (JSON: the job id); it waits for a queued "
+                               "training; results land in the data folder")
     portrait.add_argument("--prompt", metavar="WORDS", help="your own words, added to the style's prompt (at most 200 "
                                                              "characters)")
     portrait.add_argument("--preview", action="store_true",

@@ -232,3 +232,24 @@ def test_the_installed_console_scripts_run(tmp_path):
     bot = subprocess.run([shutil.which("facechain-bot", path=str(BIN)) or "facechain-bot", "--check"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bot.returncode == 2 and "FACECHAIN_DISCORD_TOKEN" in bot.stderr
+
+
+def test_train_and_portrait_can_be_queued_for_the_worker(capsys, data_dir):
+    main(["enroll", "--user", "1234", "--subject", "man", *OBAMA, "--json"])
+    capsys.readouterr()
+    code, train = run_json(capsys, "train", "--user", "1234", "--steps", "3", "--queue")
+    assert code == 0 and isinstance(train["job_id"], int)
+    code, portrait = run_json(capsys, "portrait", "--user", "1234", "--style", "anime", "--count", "2", "--queue",
+                              "--prompt", "holding a guitar")
+    assert code == 0 and portrait["job_id"] > train["job_id"]
+    code, jobs = run_json(capsys, "jobs", "list", "--user", "1234")
+    by_id = {job["id"]: job for job in jobs}
+    assert by_id[train["job_id"]]["params"] == {"steps": 3}
+    queued = by_id[portrait["job_id"]]["params"]
+    assert queued["wait_for_training"] is True and queued["prompt"] == "holding a guitar" and queued["count"] == 2
+    assert main(["portrait", "--user", "ghost", "--style", "anime", "--queue"]) == 2
+    assert "no trained face model yet" in capsys.readouterr().err
+    assert main(["train", "--user", "ghost", "--queue"]) == 2
+    assert "no enrolled selfies" in capsys.readouterr().err
+    assert main(["portrait", "--user", "1234", "--style", "anime"]) == 2
+    assert "--out DIR" in capsys.readouterr().err
