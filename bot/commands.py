@@ -24,8 +24,8 @@ from bot.replies import reply, report_error
 from bot.views import ConfirmView, MeView, PagerView, age_restricted, client
 from engine.errors import FaceChainError
 from engine.members import describe_member, remove_photo
-from engine.safety import POLICY_MEANINGS
-from engine.store.community import NSFW_POLICIES, rotate_web_token, update_guild_settings
+from engine.nsfw_policy import NSFW_POLICIES, POLICY_MEANINGS
+from engine.store.community import rotate_web_token, update_guild_settings
 from engine.store.setup_problems import open_setup_problems
 from engine.style_previews import shown_preview
 

@@ -16,7 +16,7 @@ from bot.replies import reply
 from bot.views import OwnerView, age_restricted, client, guarded
 from engine.collage import render_collage
 from engine.errors import FaceChainError
-from engine.safety import may_show_flagged
+from engine.nsfw_policy import may_show_flagged
 from engine.store.community import (
     GalleryItem,
     GuildSettings,

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from PIL import Image
 
-from engine.safety import may_show_flagged
+from engine.nsfw_policy import may_show_flagged
 from engine.store.community import GalleryItem, browse_gallery, gallery_item, gallery_styles, guild_for_web_token
 
 if TYPE_CHECKING:

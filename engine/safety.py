@@ -20,20 +20,10 @@ from engine.base_model import BasePipeline, quiet_loaders
 from engine.config import Settings
 from engine.errors import ModelMissing
 from engine.models import ModelReference, parse_model_reference, resolve_model_folder
+from engine.nsfw_policy import POLICY_MEANINGS, may_show_flagged  # noqa: F401 - the policy, re-exported
 
 log = logging.getLogger(__name__)
 SETTING = "FACECHAIN_SAFETY_CHECKER"
-POLICY_MEANINGS = {
-    "block": "flagged portraits are never shown",
-    "age_restricted_only": "flagged portraits only in age-restricted channels",
-    "allow": "flagged portraits are shown anywhere",
-}
-
-
-def may_show_flagged(policy: str, age_restricted: bool) -> bool:
-    """Whether a server's NSFW policy lets a flagged portrait be shown in a channel that is (or is not)
-    age-restricted. Unknown policies count as "block"."""
-    return policy == "allow" or (policy == "age_restricted_only" and age_restricted)
 
 
 @dataclass

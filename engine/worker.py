@@ -400,7 +400,7 @@ def run_teaser(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     if worker.store.ready_face_model(job.user_id) is not None:
         return {"skipped": "the face model is ready", "portraits": []}
     worker._fit_memory(job)
-    from engine.safety import may_show_flagged
+    from engine.nsfw_policy import may_show_flagged
 
     result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings,
                             load_styles(worker.settings.styles_dir), job.user_id, job.params["style"],
@@ -429,7 +429,7 @@ def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
 def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     from engine.portrait import make_portraits
     from engine.portrait_request import check_request
-    from engine.safety import may_show_flagged
+    from engine.nsfw_policy import may_show_flagged
     from engine.store.community import guild_settings
     from engine.styles import load_styles
 
@@ -468,7 +468,7 @@ def run_swap(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     from engine.portrait import save_portraits, screen
     from engine.postprocess import RankedPortrait
     from engine.preprocess import UploadedPhoto
-    from engine.safety import may_show_flagged
+    from engine.nsfw_policy import may_show_flagged
     from engine.swap import SeveralFaces, swap_face
 
     upload = Path(job.params.get("upload", "")).resolve()
@@ -501,7 +501,7 @@ def run_upscale(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     from PIL import Image
 
     from engine.portrait import ALL_HELD_BACK
-    from engine.safety import may_show_flagged
+    from engine.nsfw_policy import may_show_flagged
     from engine.styles import load_styles
     from engine.upscale import upscale
 

@@ -47,7 +47,8 @@ def test_the_subject_choices_are_the_engines():
 def test_the_bot_never_loads_the_heavy_libraries():
     code = ("import sys, bot.client, bot.main; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'diffusers', 'cv2', 'dlib', 'transformers', 'peft', 'accelerate')))")
+            "('torch', 'diffusers', 'cv2', 'dlib', 'transformers', 'peft', 'accelerate', 'ray'))"
+            " + sorted(m for m in ('engine.safety', 'engine.base_model', 'engine.generate') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
 

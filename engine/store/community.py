@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from engine.errors import FaceChainError
+from engine.nsfw_policy import NSFW_POLICIES
 from engine.store.store import Store, equal_to, utc_now
 
-NSFW_POLICIES = ("block", "age_restricted_only", "allow")
 SETTING_COLUMNS = ("gallery_channel_id", "daily_quota", "allowed_styles", "nsfw_policy", "highlight_day",
                    "highlight_hour", "last_highlight_at", "web_token", "blocked_words")
 SORTS = ("new", "top")
