@@ -474,11 +474,11 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
         print_json(listed)
         return 0
     table = Table(title=f"{len(jobs)} job(s)")
-    for column in ("id", "kind", "user", "state", "progress", "attempts", "created", "error"):
+    for column in ("id", "kind", "user", "state", "progress", "attempts", "ran on", "created", "error"):
         table.add_column(column)
     for job in jobs:
         table.add_row(str(job.id), job.kind, job.user_id, job.state, job.progress_text, str(job.attempts),
-                      job.created_at[:19], job.error or "")
+                      job.ran_on or "", job.created_at[:19], job.error or "")
     console.print(table)
     return 0
 

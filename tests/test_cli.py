@@ -244,6 +244,7 @@ def test_train_and_portrait_can_be_queued_for_the_worker(capsys, data_dir):
     assert code == 0 and portrait["job_id"] > train["job_id"]
     code, jobs = run_json(capsys, "jobs", "list", "--user", "1234")
     by_id = {job["id"]: job for job in jobs}
+    assert by_id[train["job_id"]]["ran_on"] is None  # not run yet
     assert by_id[train["job_id"]]["params"] == {"steps": 3}
     queued = by_id[portrait["job_id"]]["params"]
     assert queued["wait_for_training"] is True and queued["prompt"] == "holding a guitar" and queued["count"] == 2

@@ -53,6 +53,7 @@ def test_enroll_train_and_portrait_jobs_run_end_to_end(worker, worker_settings):
     portrait = queue.enqueue("generate", "42", {"style": "anime", "count": 1, "seed": 3, "wait_for_training": True})
     worker.run(exit_when_idle=0)
     assert queue.get(train.id).state == "done" and queue.get(train.id).result["version"] == 1
+    assert queue.get(train.id).ran_on == "test-worker"  # where it ran, for `facechain jobs list`
     result = queue.get(portrait.id)
     assert result.state == "done" and result.progress == 1.0
     [saved] = result.result["portraits"]

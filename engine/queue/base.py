@@ -42,6 +42,7 @@ class Job:
     started_at: str | None
     finished_at: str | None
     delivered_at: str | None
+    ran_on: str | None = None  # the worker that last ran it (host-pid, or a name)
 
     @property
     def finished(self) -> bool:

@@ -110,9 +110,9 @@ class SqliteJobQueue:
             moment = now()
             self.db.execute(
                 """update jobs set state = 'running', lease_owner = ?, lease_expires_at = ?, heartbeat_at = ?,
-                   attempts = attempts + 1, started_at = coalesce(started_at, ?), progress_text = 'starting'
-                   where id = ? and state = 'queued'""",
-                [worker_id, stamp(moment + self._lease()), stamp(moment), stamp(moment), job_id],
+                   attempts = attempts + 1, started_at = coalesce(started_at, ?), progress_text = 'starting',
+                   ran_on = ? where id = ? and state = 'queued'""",
+                [worker_id, stamp(moment + self._lease()), stamp(moment), stamp(moment), worker_id, job_id],
             )
         return self.get(job_id)
 
@@ -337,6 +337,7 @@ def _job(row: dict) -> Job:
         error=row["error"], result=json.loads(row["result"]) if row["result"] else None,
         cancel_requested=bool(row["cancel_requested"]), created_at=row["created_at"],
         started_at=row["started_at"], finished_at=row["finished_at"], delivered_at=row["delivered_at"],
+        ran_on=row.get("ran_on"),
     )
 
 

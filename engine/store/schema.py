@@ -176,5 +176,10 @@ def _blocked_words(db: sqlite_utils.Database) -> None:
     db["guild_settings"].add_column("blocked_words", str)
 
 
+def _ran_on(db: sqlite_utils.Database) -> None:
+    """Which worker last ran each job (`facechain jobs list` shows it)."""
+    db["jobs"].add_column("ran_on", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
-                                                             _queue_speed, _setup_problems, _blocked_words]
+                                                             _queue_speed, _setup_problems, _blocked_words, _ran_on]
