@@ -36,6 +36,15 @@ async def queue_again(interaction: discord.Interaction, job: Job, heading: str, 
     await bot.deliveries.follow(new_job, interaction, heading)
 
 
+async def queue_and_follow(interaction: discord.Interaction, job: Job, kind: str, params: dict, heading: str) -> None:
+    """Queue a new `kind` job for `job`'s owner, where `job` was asked, and show its progress in a new message."""
+    bot = client(interaction)
+    await interaction.response.defer(ephemeral=bool(job.params.get("private")), thinking=True)
+    new_job = await bot.backend.run(bot.backend.queue.enqueue, kind, job.user_id, params, guild_id=job.guild_id,
+                                    channel_id=job.channel_id)
+    await bot.deliveries.follow(new_job, interaction, heading)
+
+
 class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:(?P<action>reroll|delete):(?P<job>[0-9]+)"):
     """Re-roll (the same request on new seeds) and Delete (the request's portraits) on a result."""
 
@@ -94,12 +103,9 @@ class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select],
             if self.what == "more":
                 await queue_again(interaction, job, "More like this", seed=None, variation_of=portrait["seed"])
             elif self.what == "sharper":
-                await interaction.response.defer(ephemeral=bool(job.params.get("private")), thinking=True)
                 params = {"portrait_id": portrait["id"], "style": portrait["style"], "count": 1,
                           "private": job.params.get("private"), "age_restricted": job.params.get("age_restricted")}
-                sharper = await bot.backend.run(bot.backend.queue.enqueue, "upscale", job.user_id, params,
-                                                guild_id=job.guild_id, channel_id=job.channel_id)
-                await bot.deliveries.follow(sharper, interaction, "Sharper x2")
+                await queue_and_follow(interaction, job, "upscale", params, "Sharper x2")
             else:
                 await gallery.share(interaction, portrait)
         await guarded(interaction, action)
@@ -149,14 +155,9 @@ class SwapFaceButton(discord.ui.DynamicItem[discord.ui.Button],
     async def callback(self, interaction: discord.Interaction) -> None:
         async def action() -> None:
             job = await owned_job(interaction, self.job_id)
-            if job is None:
-                return
-            bot = client(interaction)
-            await interaction.response.defer(ephemeral=bool(job.params.get("private")), thinking=True)
-            chosen = await bot.backend.run(bot.backend.queue.enqueue, "swap", job.user_id,
-                                           {**job.params, "face": self.face}, guild_id=job.guild_id,
-                                           channel_id=job.channel_id)
-            await bot.deliveries.follow(chosen, interaction, f"Your face on face {self.face}")
+            if job is not None:
+                await queue_and_follow(interaction, job, "swap", {**job.params, "face": self.face},
+                                       f"Your face on face {self.face}")
         await guarded(interaction, action)
 
 
