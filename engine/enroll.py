@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
@@ -29,14 +31,20 @@ class EnrollReport:
         }
 
 
-def enroll_user(
-    store: Store,
-    analyzer: FaceAnalyzer,
-    settings: Settings,
-    user_id: str,
-    photos: list[UploadedPhoto],
-    subject: str | None = None,
-) -> EnrollReport:
+@dataclass
+class EnrollInputs:
+    """What enrolling needs of the store, as plain values: the new photos and what the member has."""
+
+    user_id: str
+    photos: list[UploadedPhoto]
+    subject: str | None
+    known_hashes: set[str]
+    known_embeddings: list[tuple[str, np.ndarray]]  # (face backend, embedding) of the enrolled selfies
+
+
+def enrollment_inputs(store: Store, settings: Settings, user_id: str, photos: list[UploadedPhoto],
+                      subject: str | None = None) -> EnrollInputs:
+    """Check the request and read what the member already has (no face work: that is `check_photos`)."""
     if not photos:
         raise FaceChainError("No photos given: attach at least one selfie.")
     if len(photos) > settings.max_photos_per_enroll:
@@ -47,14 +55,20 @@ def enroll_user(
     if subject is not None:
         trigger_for_subject(subject)  # reject a wrong subject before any work
     store.user_dir(user_id)  # validates the id
+    return EnrollInputs(user_id, photos, subject, store.selfie_hashes(user_id),
+                        [(s.embedding_backend, s.embedding) for s in store.accepted_selfies(user_id)])
 
-    previous = [s for s in store.accepted_selfies(user_id) if s.embedding_backend == analyzer.name]
-    result = preprocess_photos(
-        photos, analyzer, settings,
-        known_hashes=store.selfie_hashes(user_id),
-        known_embeddings=[selfie.embedding for selfie in previous],
+
+def check_photos(analyzer: FaceAnalyzer, settings: Settings, inputs: EnrollInputs) -> PreprocessResult:
+    """The face work of an enrollment (anywhere: no store): every photo accepted or rejected."""
+    return preprocess_photos(
+        inputs.photos, analyzer, settings, known_hashes=inputs.known_hashes,
+        known_embeddings=[embedding for backend, embedding in inputs.known_embeddings if backend == analyzer.name],
     )
 
+
+def record_enrollment(store: Store, analyzer_name: str, inputs: EnrollInputs, result: PreprocessResult) -> EnrollReport:
+    user_id, subject = inputs.user_id, inputs.subject
     existing = store.get_user(user_id)
     if subject is not None:
         chosen_subject, trigger = subject, trigger_for_subject(subject)
@@ -68,8 +82,20 @@ def enroll_user(
     for photo in result.accepted:
         store.add_selfie(
             user_id, photo.sha256, photo.name, photo.crop_jpeg(), photo.quality.score,
-            photo.embedding, analyzer.name,
+            photo.embedding, analyzer_name,
         )
     for photo in result.rejected:
         store.add_rejected_selfie(user_id, photo.sha256, photo.name, photo.reason.value, photo.detail)
     return EnrollReport(user_id, trigger, result, enrolled_total=len(store.accepted_selfies(user_id)))
+
+
+def enroll_user(
+    store: Store,
+    analyzer: FaceAnalyzer,
+    settings: Settings,
+    user_id: str,
+    photos: list[UploadedPhoto],
+    subject: str | None = None,
+) -> EnrollReport:
+    inputs = enrollment_inputs(store, settings, user_id, photos, subject)
+    return record_enrollment(store, analyzer.name, inputs, check_photos(analyzer, settings, inputs))

@@ -154,8 +154,10 @@ def train_face_lora(
     options: TrainOptions,
     on_progress: Callable[[TrainProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
-    """Train a face LoRA into `output` (created whole at the end; `output.partial` meanwhile)."""
+    """Train a face LoRA into `output` (created whole at the end; `output.partial` meanwhile). A run
+    resumes from `output.partial/checkpoint.pt`; `on_checkpoint` is told of each one written."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
@@ -213,6 +215,8 @@ def train_face_lora(
             "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
             "scaler": scaler.state_dict(),
         })
+        if on_checkpoint is not None:
+            on_checkpoint(checkpoint_path)
 
     try:
         with _offload_paused(base) as device:

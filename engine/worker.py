@@ -21,8 +21,10 @@ from pathlib import Path
 
 from engine.config import Settings
 from engine.errors import FaceChainError, ModelUnavailable
+from engine.job_runners import RUNNERS, ComputeLost, JobCancelled, training_cancelled, run_locally
+from engine.loaded_models import LoadedModels
 from engine.memory import peak_rss_mb
-from engine.queue import Job, LeaseLost, QueueLimit, SqliteJobQueue
+from engine.queue import Job, LeaseLost, SqliteJobQueue
 from engine.store import Store
 from engine.store.setup_problems import report_setup_problem, resolve_setup_problems
 
@@ -31,10 +33,6 @@ log = logging.getLogger(__name__)
 MIN_FREE_GPU_GIB = 2.0
 # The incident key of the models every job needs (the base model and its VAE).
 MODELS_PROBLEM = "models"
-
-
-class JobCancelled(Exception):
-    """The job's owner cancelled it while it ran."""
 
 
 class GpuBusy(Exception):
@@ -91,48 +89,31 @@ class Worker:
         self.store = Store(settings.data_dir)
         self.queue = SqliteJobQueue(self.store, settings)
         self.stopping = threading.Event()
-        self._base = None
-        self._generator = None
-        self._safety = None
+        self.models = LoadedModels(settings, on_base_loaded=lambda: resolve_setup_problems(self.store, MODELS_PROBLEM))
+        self.models.on_download = self._download_progress
         self._beat: Heartbeat | None = None  # the running job's, which downloads report to
 
     # --- the models, loaded once ---------------------------------------------------------------
 
     @property
     def base(self):
-        if self._base is None:
-            from engine.base_model import load_base_pipeline
+        return self.models.base
 
-            self._base = load_base_pipeline(self.settings, on_progress=self._download_progress)
-            resolve_setup_problems(self.store, MODELS_PROBLEM)
-        return self._base
+    @property
+    def generator(self):
+        return self.models.generator
+
+    @property
+    def safety(self):
+        return self.models.safety
+
+    @property
+    def analyzer(self):
+        return self.models.analyzer
 
     def _download_progress(self, what: str, done: int, total: int) -> None:
         if self._beat is not None:
             self._beat.update(0.0, f"getting {what}: {done / 1e9:.1f} of {total / 1e9:.1f} GB")
-
-    @property
-    def generator(self):
-        if self._generator is None:
-            from engine.generate import PortraitGenerator
-
-            self._generator = PortraitGenerator(self.base, fast_lora=self.settings.fast_lora)
-        return self._generator
-
-    @property
-    def safety(self):
-        """The optional safety checker (None when FACECHAIN_SAFETY_CHECKER is empty), beside the base model."""
-        if self._safety is None and self.settings.safety_checker:
-            from engine.safety import load_safety_checker
-
-            self._safety = load_safety_checker(self.settings, self.base)
-        return self._safety
-
-    @property
-    def analyzer(self):
-        from engine.faces import get_analyzer
-
-        return get_analyzer(self.settings)
 
     def stop_with_parent(self, parent_pid: int, poll_seconds: float = 1.0) -> None:
         """Stop when the process that started this worker is gone (e.g. the bot was killed), so a
@@ -197,21 +178,34 @@ class Worker:
 
     def run_job(self, job: Job) -> None:
         beat = self._beat = Heartbeat(self.settings, job.id, self.worker_id)
-        handler = HANDLERS[job.kind]
         try:
-            self._check_gpu_memory()
-            result = handler(self, job, beat)
-            self.queue.complete(job.id, self.worker_id, result)
+            self.settle(job, beat, lambda: self._run_here(job, beat))
+        finally:
+            self._beat = None
+            beat.stop()
+            release_cached_memory()
+
+    def _run_here(self, job: Job, beat: Heartbeat) -> dict:
+        self._check_gpu_memory()
+        return HANDLERS[job.kind](self, job, beat)
+
+    def settle(self, job: Job, beat: Heartbeat, run: Callable[[], dict]) -> None:
+        """Run a job (here, or on a cluster actor) and record how it ended in the queue."""
+        try:
+            self.queue.complete(job.id, self.worker_id, run())
         except ModelUnavailable as problem:  # the owner's to fix: the job waits, the member is not failed
             self._wait_for_setup(job, problem.key, str(problem))
         except LeaseLost:
             log.warning("job %s: lease lost to another worker; result dropped", job.id)
-        except (JobCancelled, _training_cancelled()) as stopped:
+        except (JobCancelled, training_cancelled()) as stopped:
             if beat.cancel_requested.is_set():
                 self.queue.mark_cancelled(job.id, self.worker_id)
             else:  # shutting down: the next worker resumes it
                 self.queue.release(job.id, self.worker_id)
                 log.info("job %s released for later: %s", job.id, stopped)
+        except ComputeLost as lost:  # a cluster machine went away: retried, the attempt counted
+            log.warning("job %s: %s", job.id, lost)
+            self.queue.fail(job.id, self.worker_id, str(lost), transient=True)
         except FaceChainError as error:  # bad input or a missing model: retrying would not help
             if detail := getattr(error, "detail", None):  # e.g. a style's LoRA: the owner is told too
                 self._report_setup_problem(f"style {job.params.get('style')}", detail)
@@ -220,10 +214,6 @@ class Worker:
             self.queue.fail(job.id, self.worker_id, str(busy), transient=True)
         except Exception as error:
             self._fail_transient(job, error)
-        finally:
-            self._beat = None
-            beat.stop()
-            release_cached_memory()
 
     def _report_setup_problem(self, key: str, message: str) -> None:
         if report_setup_problem(self.store, key, message):
@@ -269,14 +259,7 @@ class Worker:
                               "the job will be retried.")
 
     def _fit_memory(self, job: Job) -> None:
-        """Memory savers for this job: what the memory this process may use asks for, and all of them
-        for a retry after running out of memory. The next job plans afresh."""
-        from engine.base_model import MemoryPlan, apply_memory_savers, current_plan
-
-        plan = current_plan(self.base.device)
-        if job.params.get("low_memory"):
-            plan = MemoryPlan(plan.dtype_name, True, True, self.base.device == "cuda", "retry after running out of memory")
-        apply_memory_savers(self.base, plan)
+        self.models.fit_memory(bool(job.params.get("low_memory")))
 
     def should_stop(self, beat: Heartbeat) -> Callable[[], bool]:
         return lambda: self.stopping.is_set() or beat.cancel_requested.is_set() or beat.lease_lost.is_set()
@@ -321,144 +304,7 @@ def release_cached_memory() -> None:
         release()
 
 
-def _training_cancelled():
-    """Imported late: engine.lora_training pulls in torch, which the queue side of this module avoids."""
-    from engine.lora_training import TrainingCancelled
-
-    return TrainingCancelled
-
-
 # --- job handlers: (worker, job, heartbeat) -> result dict -------------------------------------------
-
-def run_enroll(worker: Worker, job: Job, beat: Heartbeat) -> dict:
-    """Preprocess uploaded photos (saved under <data>/tmp/ by the bot) and enroll the good ones."""
-    from engine.enroll import enroll_user
-    from engine.preprocess import UploadedPhoto
-
-    uploads_root = (worker.settings.data_dir / "tmp").resolve()
-    photos, paths = [], []
-    for upload in job.params.get("uploads", []):
-        path = Path(upload["path"]).resolve()
-        if not path.is_relative_to(uploads_root) or not path.is_file():
-            raise FaceChainError(f"Upload {upload.get('name', '?')} is missing; send the photos again.")
-        photos.append(UploadedPhoto(upload.get("name") or path.name, path.read_bytes()))
-        paths.append(path)
-    beat.update(0.1, "checking photos")
-    try:
-        report = enroll_user(worker.store, worker.analyzer, worker.settings, job.user_id, photos,
-                             job.params.get("subject"))
-    except FaceChainError:  # final: the photos will not be needed again
-        _delete(paths)
-        raise
-    _delete(paths)  # after any other error they stay for the retry (maintenance clears old ones)
-    result = report.to_json()
-    if job.params.get("train_after") and report.result.accepted:
-        first_model = worker.store.ready_face_model(job.user_id) is None
-        if first_model and worker.settings.training_previews:  # queued first: it runs before the training
-            try:
-                result["teaser_job_id"] = _queue_teaser(worker, job)
-            except QueueLimit:
-                pass
-        try:
-            result["train_job_id"] = _queue_training(worker, job)
-        except QueueLimit as limit:  # the photos are enrolled; training can be asked for later
-            result["train_error"] = str(limit)
-    return result
-
-
-def _delete(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
-def _queue_training(worker: Worker, job: Job) -> int:
-    """Queue a training on the new photos. A queued one reads the photos when it starts, so it is
-    reused; a running one (only with several workers) finishes on the photos it has."""
-    active = [j for j in worker.queue.active_jobs(user_id=job.user_id) if j.kind == "train"]
-    if active:
-        return active[0].id
-    return worker.queue.enqueue("train", job.user_id, {}, guild_id=job.guild_id, channel_id=job.channel_id).id
-
-
-def _queue_teaser(worker: Worker, job: Job) -> int | None:
-    """Two preview portraits while the first face model trains (behind trained members' portraits)."""
-    from engine.styles import load_styles
-
-    style = worker.settings.training_preview_style
-    if load_styles(worker.settings.styles_dir).get(style) is None:
-        log.warning("FACECHAIN_TRAINING_PREVIEW_STYLE=%s is not a style: no preview portraits", style)
-        return None
-    return worker.queue.enqueue("teaser", job.user_id, {"style": style, "count": 2}, guild_id=job.guild_id,
-                                channel_id=job.channel_id).id
-
-
-def run_teaser(worker: Worker, job: Job, beat: Heartbeat) -> dict:
-    """The preview portraits: skipped when the face model finished first (the real ones are better)."""
-    from engine.portrait import make_portraits
-    from engine.styles import load_styles
-
-    if worker.store.ready_face_model(job.user_id) is not None:
-        return {"skipped": "the face model is ready", "portraits": []}
-    worker._fit_memory(job)
-    from engine.nsfw_policy import may_show_flagged
-
-    result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings,
-                            load_styles(worker.settings.styles_dir), job.user_id, job.params["style"],
-                            count=int(job.params.get("count", 2)), job_id=job.id, safety=worker.safety, teaser=True,
-                            show_flagged=may_show_flagged(server_policy(worker, job), False),
-                            on_step=lambda step, total: beat.update(0.9 * step / total, "drawing your preview"))
-    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
-            "held_back": result.held_back}
-
-
-def run_train(worker: Worker, job: Job, beat: Heartbeat) -> dict:
-    from engine.train import train_user
-
-    beat.update(0.0, "loading the model")
-    worker._fit_memory(job)
-    model = train_user(
-        worker.store, worker.base, worker.settings, job.user_id, steps=job.params.get("steps"),
-        on_progress=lambda p: beat.update(p.step / p.total, f"training {p.step}/{p.total}, about {p.eta_seconds:.0f} s left"),
-        should_cancel=worker.should_stop(beat),
-    )
-    worker.generator.forget_adapter(model.path)  # a retrained user gets the new weights
-    return {"version": model.version, "path": str(model.path), "steps": model.meta["steps"],
-            "final_loss": model.meta["final_loss"], "resumed_from_step": model.meta["resumed_from_step"]}
-
-
-def run_generate(worker: Worker, job: Job, beat: Heartbeat) -> dict:
-    from engine.portrait import make_portraits
-    from engine.portrait_request import check_request
-    from engine.nsfw_policy import may_show_flagged
-    from engine.store.community import guild_settings
-    from engine.styles import load_styles
-
-    params = job.params
-    catalogue = load_styles(worker.settings.styles_dir)
-    count = int(params.get("count", 4))
-    check_request(worker.store, worker.settings, catalogue, job.user_id, params.get("style", ""), count)
-    worker._fit_memory(job)
-    # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
-    server = guild_settings(worker.store, job.guild_id) if job.guild_id else None
-    policy = server.nsfw_policy if server else "block"
-
-    def on_step(step: int, total: int) -> None:
-        if beat.cancel_requested.is_set():
-            raise JobCancelled(f"cancelled at step {step}")
-        beat.update(0.9 * step / total, "ranking by likeness" if step == total else f"generating {100 * step // total}%")
-
-    result = make_portraits(worker.store, worker.generator, worker.analyzer, worker.settings, catalogue, job.user_id,
-                            params["style"], count=count, seed=params.get("seed"), on_step=on_step, job_id=job.id,
-                            variation_of=params.get("variation_of"), safety=worker.safety, fast=params.get("fast"),
-                            words=params.get("prompt") or "", blocked_words=server.blocked_words if server else (),
-                            show_flagged=may_show_flagged(policy, bool(params.get("age_restricted"))))
-    if params.get("fast"):
-        from engine.generate import FAST_PROBLEM
-
-        resolve_setup_problems(worker.store, FAST_PROBLEM)  # it loaded: an open incident is over
-    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
-            "held_back": result.held_back}
-
 
 def run_swap(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     """The member's face on the photo they sent (saved by the bot under <data>/tmp/). With several faces
@@ -530,8 +376,8 @@ def run_preview(worker: Worker, job: Job, beat: Heartbeat) -> dict:
     return {"path": str(draw_preview(worker.generator, worker.settings, style))}
 
 
+# Enroll, train and the portraits run through their three-step runners (engine/job_runners.py), which a
+# cluster actor runs too; the others need the data folder and run only on a worker that has it.
 HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {
-    "enroll": run_enroll, "train": run_train, "generate": run_generate, "swap": run_swap, "upscale": run_upscale,
-    "teaser": run_teaser,
-    "preview": run_preview,
+    **{kind: run_locally for kind in RUNNERS}, "swap": run_swap, "upscale": run_upscale, "preview": run_preview,
 }

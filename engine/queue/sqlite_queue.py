@@ -159,6 +159,15 @@ class SqliteJobQueue:
             raise LeaseLost(f"Job {job_id} is no longer leased to {worker_id}.")
         return row
 
+    def check_lease(self, job_id: int, worker_id: str) -> None:
+        """LeaseLost unless the job is still leased to `worker_id` (cancelled, expired or forgotten meanwhile)."""
+        self._owned(job_id, worker_id)
+
+    def record_ran_on(self, job_id: int, where: str) -> None:
+        """Where a claimed job runs (a cluster actor and its node), shown by `facechain jobs list`."""
+        with self.store.transaction():
+            self.db["jobs"].update(job_id, {"ran_on": where[:200]})
+
     def heartbeat(self, job_id: int, worker_id: str, progress: float | None = None, text: str | None = None) -> bool:
         """Extend the lease and record progress; True when the job's cancellation was requested."""
         with self.store.transaction():

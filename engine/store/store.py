@@ -348,6 +348,9 @@ class Store:
             where, params = where + " and status = ?", params + [status]
         return [self._face_model(row) for row in self.db["face_models"].rows_where(where, params, order_by="version desc")]
 
+    def face_model(self, model_id: int) -> FaceModelRecord:
+        return self._face_model(self.db["face_models"].get(model_id))
+
     def ready_face_model(self, user_id: str) -> FaceModelRecord | None:
         ready = self.face_models(user_id, status="ready")
         return ready[0] if ready else None
