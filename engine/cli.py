@@ -451,12 +451,51 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
 # --- queue and worker ------------------------------------------------------------------------------------
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.worker import Worker
+    """The local worker, or with FACECHAIN_RAY_ADDRESS set, the dispatcher of the Ray cluster."""
+    if settings.ray_address:
+        from engine.cluster.status import require_ray
 
-    worker = Worker(settings, args.id)
+        require_ray()
+        from engine.cluster.dispatcher import Dispatcher
+
+        runner = Dispatcher(settings, args.id)
+        worker = runner.worker
+    else:
+        from engine.worker import Worker
+
+        runner = worker = Worker(settings, args.id)
     if args.parent_pid:
         worker.stop_with_parent(args.parent_pid)
-    worker.run(exit_when_idle=args.exit_when_idle)
+    runner.run(exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.cluster.status import cluster_status
+    from engine.store import Store
+
+    status = cluster_status(settings, Store(settings.data_dir))
+    if args.json:
+        print_json(status)
+        return 0
+    if not status["enabled"]:
+        console.print("The cluster is off (FACECHAIN_RAY_ADDRESS is empty): jobs run on this machine's worker.")
+    else:
+        console.print(f"Ray cluster at {status['address']}: {len(status['nodes'])} nodes, {status['gpus']:g} GPUs")
+        table = Table("node", "ip", "alive", "GPUs", "CPUs")
+        for node in status["nodes"]:
+            table.add_row(node["node_id"][:8], node["ip"], "yes" if node["alive"] else "no", f"{node['gpus']:g}",
+                          f"{node['cpus']:g}")
+        console.print(table)
+        table = Table("actor", "node", "job", "model loaded", "adapters")
+        for actor in status["actors"]:
+            table.add_row(actor["name"], (actor.get("node_id") or "")[:8], str(actor.get("job") or "idle"),
+                          "yes" if actor.get("model_loaded") else "no", ", ".join(actor.get("adapters", [])) or "-")
+        console.print(table if status["actors"] else "No actors yet: the dispatcher starts them (facechain worker).")
+    table = Table("job", "kind", "user", "runs on", "progress")
+    for job in status["jobs_running"]:
+        table.add_row(str(job["job"]), job["kind"], job["user"], job["ran_on"] or "", f"{100 * job['progress']:.0f}% {job['text']}")
+    console.print(table if status["jobs_running"] else "No job running.")
     return 0
 
 
@@ -663,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="stop once the queue stays empty this long")
 
     jobs = commands.add_parser("jobs", help="the job queue").add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    cluster = commands.add_parser("cluster", help="the Ray cluster of GPU machines (FACECHAIN_RAY_ADDRESS)").add_subparsers(
+        dest="cluster_command", required=True, metavar="ACTION")
+    command(cluster, "status", cmd_cluster_status, "nodes, GPUs, actors, the adapters they hold, and jobs in flight")
     jobs_list = command(jobs, "list", cmd_jobs_list, "list jobs, newest first")
     jobs_list.add_argument("--state", choices=["queued", "running", "done", "failed", "cancelled"])
     jobs_list.add_argument("--user")

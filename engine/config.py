@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     # Jobs a server (guild) may start per UTC day; 0 = no limit.
     guild_daily_quota: int = Field(default=0, ge=0)
 
+    # More than one GPU machine: the Ray cluster's address (host:port from `ray start --head`, or auto);
+    # empty = jobs run on this machine's worker. Ray has no authentication: a public address is refused
+    # unless allowed here. Actors: one per GPU in the cluster (0), or this many.
+    ray_address: str = ""
+    ray_allow_public: bool = False
+    ray_actors: int = Field(default=0, ge=0)
+
     # Retention in days (0 = keep): portraits not shared to a gallery, and enrolled selfies.
     portrait_retention_days: float = Field(default=0, ge=0)
     selfie_retention_days: float = Field(default=0, ge=0)

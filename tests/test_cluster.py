@@ -1,0 +1,213 @@
+"""The cluster with a real Ray cluster: a head and two worker nodes that each declare one GPU (CUDA is
+absent here, so the actors draw on the CPU with the tiny model). The dispatcher runs as `facechain
+worker` with FACECHAIN_RAY_ADDRESS set, in its own process, as the bot would start it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the cluster extra: pip install -e '.[cluster]'")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from engine.config import load_settings  # noqa: E402
+from engine.enroll import enroll_user  # noqa: E402
+from engine.queue import SqliteJobQueue  # noqa: E402
+from engine.store import Store  # noqa: E402
+from tests.conftest import DATA, TEST_MODEL_SETTINGS, photo  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 2,
+            "JOB_LEASE_SECONDS": 5, "JOB_RETRY_SECONDS": 0, "TRAINING_PREVIEWS": "false"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head (no GPU) and two GPU nodes, one CPU each (this machine has two cores)."""
+    started = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        started.add_node(num_cpus=1, num_gpus=1)
+    started.wait_for_nodes()
+    yield started
+    started.shutdown()
+
+
+@pytest.fixture
+def two_gpu_nodes(cluster):
+    """The cluster with exactly two live GPU nodes (a test may remove one; the next one gets it back)."""
+    while len(gpu_nodes(cluster)) < 2:
+        cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def gpu_nodes(cluster) -> list:
+    return list(cluster.worker_nodes)  # every node but the head declares one GPU
+
+
+@pytest.fixture
+def setup(two_gpu_nodes, tiny_model, tmp_path):
+    values = {**SETTINGS, "DATA_DIR": tmp_path / "data", "BASE_MODEL": str(tiny_model),
+              "RAY_ADDRESS": two_gpu_nodes.address}
+    settings = load_settings(_env_file=None, **{k.lower(): v for k, v in values.items()})
+    store = Store(settings.data_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
+    env.update({f"FACECHAIN_{k}": str(v) for k, v in {**TEST_MODEL_SETTINGS, **values}.items()})
+    env["PYTHONPATH"] = str(ROOT)
+    yield settings, SqliteJobQueue(store, settings), env, two_gpu_nodes
+    store.close()
+
+
+def dispatcher(env, name: str | None = None, idle: float | None = None, **extra: str) -> subprocess.Popen:
+    """`facechain worker` (a dispatcher, as FACECHAIN_RAY_ADDRESS is set); unnamed, it is <host>-<pid>."""
+    command = [sys.executable, "-m", "engine.cli", "worker", *(["--id", name] if name else [])]
+    if idle is not None:
+        command += ["--exit-when-idle", str(idle)]
+    return subprocess.Popen(command, env={**env, **extra}, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def uploads(settings, user: str, names: list[str]) -> list[dict]:
+    folder = settings.data_dir / "tmp" / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name in names:
+        target = folder / f"{user}-{name.replace('/', '_')}"
+        shutil.copy(DATA / name, target)
+        entries.append({"name": name, "path": str(target)})
+    return entries
+
+
+def node_of(ran_on: str) -> str:
+    """The node id in a job's ran_on ("<actor>@<ip> node <id>")."""
+    return ran_on.rsplit("node ", 1)[1]
+
+
+def enrolled(settings, queue, analyzer, *users: str) -> None:
+    for user in users:
+        enroll_user(queue.store, analyzer, settings, user, [photo(p) for p in OBAMA], subject="man")
+
+
+def test_three_members_enroll_train_and_get_portraits_across_both_nodes(setup):
+    settings, queue, env, cluster = setup
+    users = ("ann", "bob", "cy")
+    enrolls = {user: queue.enqueue("enroll", user, {"uploads": uploads(settings, user, OBAMA), "subject": "man",
+                                                    "train_after": True}) for user in users}
+    portraits = {user: queue.enqueue("generate", user, {"style": "anime", "count": 1, "seed": 5,
+                                                        "wait_for_training": True}) for user in users}
+    again = queue.enqueue("generate", "ann", {"style": "anime", "count": 1, "seed": 6, "wait_for_training": True})
+    finish(dispatcher(env, idle=6))
+
+    jobs = queue.jobs(limit=100)
+    assert {job.kind for job in jobs} == {"enroll", "train", "generate"}
+    for job in jobs:
+        assert job.state == "done" and job.attempts == 1, job  # each ran once, nothing failed
+    for user in users:
+        assert len(queue.get(enrolls[user].id).result["accepted"]) == 3
+        [model] = queue.store.face_models(user)
+        assert model.status == "ready" and (model.path / "pytorch_lora_weights.safetensors").is_file()
+        [saved] = queue.get(portraits[user].id).result["portraits"]
+        assert Path(saved["path"]).is_file() and Path(saved["path"]).is_relative_to(settings.data_dir)
+        rows = list(queue.store.db["portraits"].rows_where("job_id = ?", [portraits[user].id]))
+        assert len(rows) == 1  # recorded once
+    assert not list((settings.data_dir / "tmp").rglob("*.jpg"))  # the uploads were consumed
+    assert len({node_of(job.ran_on) for job in jobs}) == 2, [job.ran_on for job in jobs]  # both GPU nodes worked
+    # The second portrait of ann went where her face model already was (adapter affinity).
+    assert queue.get(again.id).ran_on == queue.get(portraits["ann"].id).ran_on
+
+
+def test_a_node_lost_mid_training_resumes_on_the_other_node_from_its_checkpoint(setup, analyzer):
+    settings, queue, env, cluster = setup
+    enrolled(settings, queue, analyzer, "ann")
+    job = queue.enqueue("train", "ann", {"steps": 150})
+    process = dispatcher(env, idle=6)
+    running = wait_for(lambda: (j := queue.get(job.id)).progress >= 0.4 and j, 180, "the training to pass 40%")
+    lost_node = next(node for node in gpu_nodes(cluster) if node.node_id.startswith(node_of(running.ran_on)))
+    cluster.remove_node(lost_node)
+    finish(process)
+
+    done = queue.get(job.id)
+    assert done.state == "done" and done.attempts == 2, done  # the lost run counts as an attempt
+    assert done.result["resumed_from_step"] >= 0.3 * 150  # its step count went on from the last checkpoint
+    assert node_of(done.ran_on) != node_of(running.ran_on)
+    assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(1, "ready")]
+
+
+def test_a_dispatcher_killed_mid_job_loses_nothing(setup, analyzer):
+    settings, queue, env, cluster = setup
+    enrolled(settings, queue, analyzer, "ann", "bob")
+    training = queue.enqueue("train", "ann", {"steps": 600})
+    first = dispatcher(env)
+    wait_for(lambda: queue.get(training.id).progress >= 0.3, 180, "the training to pass 30%")
+    first.send_signal(signal.SIGKILL)  # no checkpoint on the way out, its actors die with it
+    first.wait(timeout=30)
+    assert queue.get(training.id).state == "running"  # still leased to the dead dispatcher
+    other = queue.enqueue("train", "bob", {"steps": 5})
+
+    finish(dispatcher(env, idle=6))  # takes the dead one's job back at once (same host, its pid gone)
+    done = queue.get(training.id)
+    assert done.state == "done" and done.attempts == 2
+    assert done.result["resumed_from_step"] >= 0.2 * 600  # from the checkpoint the dead one had sent back
+    assert queue.get(other.id).state == "done"
+    assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(1, "ready")]
+
+
+def test_cancelling_a_running_job_stops_it_and_frees_the_actor(setup, analyzer):
+    settings, queue, env, cluster = setup
+    enrolled(settings, queue, analyzer, "ann", "bob")
+    long_training = queue.enqueue("train", "ann", {"steps": 5000})
+    next_job = queue.enqueue("train", "bob", {"steps": 5})
+    process = dispatcher(env, idle=6, FACECHAIN_RAY_ACTORS="1")  # one actor: bob waits for it
+    wait_for(lambda: queue.get(long_training.id).progress > 0.002, 180, "the long training to start")
+    queue.cancel(long_training.id, "ann")
+    finish(process)
+
+    cancelled = queue.get(long_training.id)
+    assert cancelled.state == "cancelled", cancelled
+    assert queue.get(next_job.id).state == "done"  # the actor was free again
+    assert queue.get(next_job.id).ran_on.split("@")[0] == cancelled.ran_on.split("@")[0]
+
+
+def test_cluster_status_lists_nodes_gpus_actors_and_jobs(setup, analyzer):
+    settings, queue, env, cluster = setup
+    enrolled(settings, queue, analyzer, "ann")
+    job = queue.enqueue("train", "ann", {"steps": 400})
+    process = dispatcher(env, idle=4)
+    wait_for(lambda: queue.get(job.id).progress > 0.05, 180, "the training to start")
+    status = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--json"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    listed = json.loads(status.stdout)
+    assert listed["enabled"] and listed["gpus"] == 2 and len([n for n in listed["nodes"] if n["alive"]]) >= 3
+    assert len(listed["actors"]) == 2 and {a["job"] for a in listed["actors"]} == {job.id, None}
+    assert [j["job"] for j in listed["jobs_running"]] == [job.id] and "node" in listed["jobs_running"][0]["ran_on"]
+    shown = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "2 GPUs" in shown.stdout and "facechain-gpu-" in shown.stdout
+    queue.cancel(job.id)
+    finish(process)
+
