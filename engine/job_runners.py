@@ -76,7 +76,7 @@ class Runner:
     # Writes a checkpoint the computation sent (training), and cleans up after a computation that failed
     # for good (a passing failure is retried and resumes: a training from its last checkpoint).
     keep_checkpoint: Callable[[Worker, Any, bytes], None] | None = None
-    abandon: Callable[[Worker, Any, Exception], None] | None = None
+    abandon: Callable[[Worker, Job, Any, Exception], None] | None = None
 
 
 class ComputeLost(Exception):
@@ -105,7 +105,7 @@ def run_job_with(worker: Worker, job: Job, beat: Heartbeat,
         outputs = compute(inputs, context)
     except FaceChainError as error:  # final (bad input, a damaged file): the runner cleans up
         if runner.abandon is not None and not isinstance(error, (ModelUnavailable, training_cancelled())):
-            runner.abandon(worker, inputs, error)
+            runner.abandon(worker, job, inputs, error)
         raise
     worker.queue.check_lease(job.id, worker.worker_id)  # a result for a job no longer ours is thrown away
     return runner.record(worker, job, inputs, outputs)
@@ -233,7 +233,7 @@ def _train_keep_checkpoint(worker: Worker, inputs, data: bytes) -> None:
     save_checkpoint(worker.store, inputs.model_id, data)
 
 
-def _train_abandon(worker: Worker, inputs, error: Exception) -> None:
+def _train_abandon(worker: Worker, job: Job, inputs, error: Exception) -> None:
     worker.store.fail_face_model(inputs.model_id, f"{type(error).__name__}: {error}")
 
 
@@ -296,10 +296,141 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
             "held_back": result.held_back}
 
 
+def _show_flagged(worker: Worker, job: Job) -> bool:
+    from engine.nsfw_policy import may_show_flagged
+    from engine.worker import server_policy
+
+    return may_show_flagged(server_policy(worker, job), bool(job.params.get("age_restricted")))
+
+
+# --- swap ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SwapInputs:
+    photo: Any  # UploadedPhoto
+    face_number: int | None
+    face: Any  # MemberFace
+    show_flagged: bool
+
+
+@dataclass
+class SwapOutputs:
+    drawn: Any = None  # DrawnPortraits: the swapped photo, screened
+    face: int = 0
+    faces_found: int = 0
+    choose: int = 0  # several faces and none chosen: how many, and their numbered preview
+    preview: bytes = b""
+
+
+def _upload(job: Job, worker: Worker) -> Path:
+    upload = Path(job.params.get("upload", "")).resolve()
+    if not upload.is_relative_to((worker.settings.data_dir / "tmp").resolve()) or not upload.is_file():
+        raise FaceChainError("That photo is no longer here: send it again with `/facechain swap`.")
+    return upload
+
+
+def _swap_gather(worker: Worker, job: Job):
+    """The photo the member sent (saved by the bot under <data>/tmp/) and their enrolled face."""
+    from engine.portrait import member_face
+    from engine.preprocess import UploadedPhoto
+
+    upload = _upload(job, worker)
+    return SwapInputs(UploadedPhoto(job.params.get("name") or upload.name, upload.read_bytes()),
+                      job.params.get("face"), member_face(worker.store, job.user_id), _show_flagged(worker, job))
+
+
+def _swap_compute(models: LoadedModels, inputs: SwapInputs, context: JobContext) -> SwapOutputs:
+    from PIL import Image
+
+    from engine.portrait import DrawnPortraits, enrolled_face_from, screen
+    from engine.postprocess import RankedPortrait
+    from engine.swap import SeveralFaces, swap_face_on
+
+    context.update(0.2, "putting your face on the photo")
+    enrolled = enrolled_face_from(models.analyzer, inputs.face)
+    try:
+        result = swap_face_on(models.analyzer, models.settings, enrolled, inputs.photo, inputs.face_number)
+    except SeveralFaces as several:
+        return SwapOutputs(choose=several.count, preview=several.preview)
+    kept, held_back = screen(models.safety, [RankedPortrait(Image.fromarray(result.image), 0, result.similarity)],
+                             inputs.show_flagged)
+    notice = "This server's safety filter held the result back." if held_back else None
+    return SwapOutputs(DrawnPortraits(kept, notice, held_back), result.face, result.faces_found)
+
+
+def _swap_record(worker: Worker, job: Job, inputs: SwapInputs, outputs: SwapOutputs) -> dict:
+    from engine.portrait import save_portraits
+
+    if outputs.choose:  # the photo stays for the member's choice
+        preview = worker.store.private_dir(job.user_id, "portraits") / f"swap-choose-job{job.id}.jpg"
+        worker.store.write_private_file(preview, outputs.preview)
+        return {"choose": outputs.choose, "preview": worker.store.relative(preview)}
+    saved = save_portraits(worker.store, job.user_id, "swap", outputs.drawn.portraits, None, job.id)
+    _upload(job, worker).unlink(missing_ok=True)
+    return {"portraits": [p.to_json() for p in saved], "face": outputs.face, "faces_found": outputs.faces_found,
+            "held_back": outputs.drawn.held_back, "notice": outputs.drawn.notice}
+
+
+def _swap_abandon(worker: Worker, job: Job, inputs: SwapInputs, error: Exception) -> None:
+    Path(job.params["upload"]).unlink(missing_ok=True)  # the photo can't be used: it is not kept
+
+
+# --- Sharper x2 and style previews ------------------------------------------------------------------
+
+def _upscale_gather(worker: Worker, job: Job):
+    from engine.styles import load_styles
+    from engine.upscale import upscale_inputs
+
+    return upscale_inputs(worker.store, worker.settings, load_styles(worker.settings.styles_dir), job.user_id,
+                          int(job.params["portrait_id"]), show_flagged=_show_flagged(worker, job))
+
+
+def _upscale_compute(models: LoadedModels, inputs, context: JobContext):
+    from engine.upscale import draw_upscaled
+
+    return draw_upscaled(models.generator, models.analyzer, models.settings, inputs, models.safety,
+                         on_step=lambda step, total: context.update(0.9 * step / total, "sharpening"))
+
+
+def _upscale_record(worker: Worker, job: Job, inputs, drawn) -> dict:
+    from engine.portrait import record_portraits
+
+    result = record_portraits(worker.store, inputs.portrait, drawn, job_id=job.id)
+    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
+            "held_back": result.held_back}
+
+
+def _preview_gather(worker: Worker, job: Job):
+    from engine.styles import load_styles
+
+    style = load_styles(worker.settings.styles_dir).get(job.params.get("style", ""))
+    if style is None:
+        raise FaceChainError(f"No style {job.params.get('style')!r} to draw a preview of (removed meanwhile).")
+    return style
+
+
+def _preview_compute(models: LoadedModels, style, context: JobContext) -> bytes:
+    """One style's preview image (the base model, no face), as PNG bytes."""
+    from engine.style_previews import draw_preview_image
+
+    context.update(0.0, f"drawing the {style.name} preview")
+    return draw_preview_image(models.generator, models.settings.portrait_size, style)
+
+
+def _preview_record(worker: Worker, job: Job, style, png: bytes) -> dict:
+    from engine.style_previews import save_preview
+
+    return {"path": str(save_preview(worker.settings, style.id, png))}
+
+
 RUNNERS: dict[str, Runner] = {
     "enroll": Runner(_enroll_gather, _enroll_compute, _enroll_record, uses_gpu=False),
     "train": Runner(_train_gather, _train_compute, _train_record, keep_checkpoint=_train_keep_checkpoint,
                     abandon=_train_abandon),
     "generate": Runner(_generate_gather, _portraits_compute, _portraits_record),
     "teaser": Runner(_teaser_gather, _portraits_compute, _portraits_record),
+    # The face analysis of a swap runs on the CPU; on a cluster it still goes to an actor, which has the models.
+    "swap": Runner(_swap_gather, _swap_compute, _swap_record, uses_gpu=False, abandon=_swap_abandon),
+    "upscale": Runner(_upscale_gather, _upscale_compute, _upscale_record),
+    "preview": Runner(_preview_gather, _preview_compute, _preview_record),
 }

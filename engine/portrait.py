@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import logging
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager

@@ -7,6 +7,7 @@ job per missing style when it starts, at the lowest priority (members' jobs alwa
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from engine.config import Settings
@@ -35,16 +36,28 @@ def missing_previews(settings: Settings, catalogue: StyleCatalogue) -> list[Styl
     return [style for style in catalogue.styles.values() if shown_preview(settings, catalogue, style) is None]
 
 
-def draw_preview(generator, settings: Settings, style: Style) -> Path:
-    """One sample of `style` on the base model, saved (atomically) as its cached preview."""
+def draw_preview_image(generator, size: int, style: Style) -> bytes:
+    """One sample of `style` on the base model, as PNG bytes (anywhere: no data folder)."""
     from engine.generate import PortraitRequest
 
     request = PortraitRequest(style=style, trigger=PREVIEW_TRIGGER, face_model=None, count=1, seed=PREVIEW_SEED,
-                              size=settings.portrait_size)
+                              size=size)
     [candidate] = generator.generate(request)
-    path = preview_file(settings, style.id)
+    buffer = io.BytesIO()
+    candidate.image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def save_preview(settings: Settings, style_id: str, png: bytes) -> Path:
+    """Keep a drawn preview as the style's cached one (written whole)."""
+    path = preview_file(settings, style_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(".tmp.png")
-    candidate.image.save(scratch)
+    scratch.write_bytes(png)
     scratch.replace(path)
     return path
+
+
+def draw_preview(generator, settings: Settings, style: Style) -> Path:
+    """Draw a style's preview and keep it as the cached one."""
+    return save_preview(settings, style.id, draw_preview_image(generator, settings.portrait_size, style))

@@ -19,7 +19,7 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import Face, FaceAnalyzer
 from engine.portrait import enrolled_face
-from engine.postprocess import make_fuser
+from engine.postprocess import EnrolledFace, make_fuser
 from engine.postprocess.rank import similarity
 from engine.preprocess import UploadedPhoto
 from engine.preprocess.decode import decode_photo
@@ -77,10 +77,9 @@ def numbered_preview(image: np.ndarray, faces: list[Face]) -> bytes:
     return buffer.getvalue()
 
 
-def swap_face(store: Store, analyzer: FaceAnalyzer, settings: Settings, user_id: str, photo: UploadedPhoto,
-              face_number: int | None = None) -> SwapResult:
-    """The member's face on `photo`'s face `face_number` (from 1, left to right; None when only one)."""
-    enrolled = enrolled_face(store, analyzer, user_id)  # the member's own face, nobody else's
+def swap_face_on(analyzer: FaceAnalyzer, settings: Settings, enrolled: EnrolledFace, photo: UploadedPhoto,
+                 face_number: int | None = None) -> SwapResult:
+    """The enrolled face on `photo`'s face `face_number` (from 1, left to right; None when only one)."""
     image, faces = photo_faces(analyzer, settings, photo)
     if face_number is None:
         if len(faces) > 1:
@@ -95,6 +94,12 @@ def swap_face(store: Store, analyzer: FaceAnalyzer, settings: Settings, user_id:
     nearest = min(found, key=lambda f: abs(f.box[0] - face.box[0]) + abs(f.box[1] - face.box[1])) if found else face
     score = similarity(analyzer, analyzer.embed(fused, nearest), enrolled.embeddings)
     return SwapResult(fused, face_number, len(faces), score)
+
+
+def swap_face(store: Store, analyzer: FaceAnalyzer, settings: Settings, user_id: str, photo: UploadedPhoto,
+              face_number: int | None = None) -> SwapResult:
+    """The member's own enrolled face (nobody else's) on `photo`'s face `face_number`."""
+    return swap_face_on(analyzer, settings, enrolled_face(store, analyzer, user_id), photo, face_number)
 
 
 def save_swap(result: SwapResult, out: Path) -> Path:

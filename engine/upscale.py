@@ -4,8 +4,9 @@ fused and ranked again. No extra model to download."""
 
 from __future__ import annotations
 
+import io
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -13,10 +14,11 @@ from PIL import Image
 from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
-from engine.generate import Candidate, PortraitGenerator, PortraitRequest, build_negative_prompt, build_prompt
-from engine.portrait import SavedPortrait, enrolled_face, save_portraits
-from engine.portrait_request import check_request
+from engine.generate import Candidate, PortraitGenerator, build_negative_prompt, build_prompt
+from engine.portrait import (ALL_HELD_BACK, DrawnPortraits, PortraitInputs, SavedPortrait, enrolled_face_from,
+                             face_model_folder, portrait_inputs, record_portraits, screen)
 from engine.postprocess import RankedPortrait, make_fuser, rank_candidates
+from engine.safety import SafetyChecker
 from engine.store import Store
 from engine.styles import StyleCatalogue
 
@@ -38,49 +40,70 @@ def find_portrait(store: Store, user_id: str, portrait: str | int) -> dict:
     return row
 
 
-def upscale(store: Store, generator: PortraitGenerator, analyzer: FaceAnalyzer, settings: Settings,
-            catalogue: StyleCatalogue, user_id: str, portrait: str | int, out_dir: Path | None = None,
-            job_id: int | None = None, on_step=None) -> SavedPortrait:
-    import torch
-    from diffusers import StableDiffusionImg2ImgPipeline
+@dataclass
+class UpscaleInputs:
+    portrait: PortraitInputs  # the portrait's style, trigger, face model and the member's enrolled face
+    image: bytes  # the portrait as drawn
+    seed: int
 
+
+def upscale_inputs(store: Store, settings: Settings, catalogue: StyleCatalogue, user_id: str, portrait: str | int,
+                   show_flagged: bool = False) -> UpscaleInputs:
     row = find_portrait(store, user_id, portrait)
     source = Path(row["path"]) if Path(row["path"]).is_absolute() else store.absolute(row["path"])
     if not source.is_file():
         raise FaceChainError("That portrait's file is gone: ask for new portraits.")
     if catalogue.get(row["style"]) is None:
         raise FaceChainError(f"The style {row['style']!r} of that portrait no longer exists.")
-    checked = check_request(store, settings, catalogue, user_id, row["style"], 1)
-    image = Image.open(source).convert("RGB")
-    size = (image.width * FACTOR, image.height * FACTOR)
-    request = PortraitRequest(style=checked.style, trigger=checked.trigger, face_model=checked.face_model, count=1,
-                              seed=row["seed"], size=size[0])
-    generator._activate(request)  # the same face and style LoRAs, and the style's sampler
-    base = generator.base
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*safety checker.*")
-        img2img = StableDiffusionImg2ImgPipeline(**base.pipeline.components, requires_safety_checker=False)
-    img2img.set_progress_bar_config(disable=True)
-    vae = base.pipeline.vae
-    vae.enable_tiling()  # a 1024 px decode in tiles keeps the memory of a 512 px one
-    steps = checked.style.sampler.steps
-    callback = None
-    if on_step is not None:
-        def callback(pipe, step, timestep, kwargs):
-            on_step(step + 1, max(1, int(steps * STRENGTH)))
-            return kwargs
-    try:
-        drawn = img2img(prompt=build_prompt(checked.trigger, checked.style),
-                        negative_prompt=build_negative_prompt(checked.style),
-                        image=image.resize(size, Image.Resampling.LANCZOS), strength=STRENGTH,
-                        num_inference_steps=steps, guidance_scale=checked.style.sampler.guidance,
-                        generator=torch.Generator().manual_seed(row["seed"]), callback_on_step_end=callback).images[0]
-    finally:
-        if not base.plan.vae_tiling:
-            vae.disable_tiling()
-    enrolled = enrolled_face(store, analyzer, user_id)
-    ranked = rank_candidates(analyzer, [Candidate(drawn, row["seed"])], enrolled, make_fuser(settings, analyzer))
-    portrait_out = ranked[0] if ranked else RankedPortrait(drawn, row["seed"], None)
-    [saved] = save_portraits(store, user_id, row["style"], [portrait_out], out_dir, job_id)
-    return replace(saved, prompt=build_prompt(checked.trigger, checked.style))
+    request = portrait_inputs(store, settings, catalogue, user_id, row["style"], count=1, seed=row["seed"],
+                              show_flagged=show_flagged, fast=False)
+    return UpscaleInputs(request, source.read_bytes(), row["seed"])
 
+
+def draw_upscaled(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings: Settings, inputs: UpscaleInputs,
+                  safety: SafetyChecker | None = None, on_step=None) -> DrawnPortraits:
+    """The portrait drawn again at twice the size, fused, ranked and screened (anywhere: no store)."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    image = Image.open(io.BytesIO(inputs.image)).convert("RGB")
+    size = (image.width * FACTOR, image.height * FACTOR)
+    style, trigger = inputs.portrait.request.style, inputs.portrait.request.trigger
+    base = generator.base
+    with face_model_folder(inputs.portrait.face_model) as folder:
+        generator._activate(replace(inputs.portrait.request, face_model=folder, size=size[0]))  # same LoRAs, sampler
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*safety checker.*")
+            img2img = StableDiffusionImg2ImgPipeline(**base.pipeline.components, requires_safety_checker=False)
+        img2img.set_progress_bar_config(disable=True)
+        vae = base.pipeline.vae
+        vae.enable_tiling()  # a 1024 px decode in tiles keeps the memory of a 512 px one
+        steps = style.sampler.steps
+        callback = None
+        if on_step is not None:
+            def callback(pipe, step, timestep, kwargs):
+                on_step(step + 1, max(1, int(steps * STRENGTH)))
+                return kwargs
+        try:
+            drawn = img2img(prompt=build_prompt(trigger, style), negative_prompt=build_negative_prompt(style),
+                            image=image.resize(size, Image.Resampling.LANCZOS), strength=STRENGTH,
+                            num_inference_steps=steps, guidance_scale=style.sampler.guidance,
+                            generator=torch.Generator().manual_seed(inputs.seed),
+                            callback_on_step_end=callback).images[0]
+        finally:
+            if not base.plan.vae_tiling:
+                vae.disable_tiling()
+    enrolled = enrolled_face_from(analyzer, inputs.portrait.face)
+    ranked = rank_candidates(analyzer, [Candidate(drawn, inputs.seed)], enrolled, make_fuser(settings, analyzer))
+    kept, held_back = screen(safety, ranked[:1] or [RankedPortrait(drawn, inputs.seed, None)],
+                             inputs.portrait.show_flagged)
+    return DrawnPortraits(kept, ALL_HELD_BACK if held_back else None, held_back)
+
+
+def upscale(store: Store, generator: PortraitGenerator, analyzer: FaceAnalyzer, settings: Settings,
+            catalogue: StyleCatalogue, user_id: str, portrait: str | int, out_dir: Path | None = None,
+            job_id: int | None = None, on_step=None) -> SavedPortrait:
+    inputs = upscale_inputs(store, settings, catalogue, user_id, portrait)
+    drawn = draw_upscaled(generator, analyzer, settings, inputs, on_step=on_step)
+    [saved] = record_portraits(store, inputs.portrait, drawn, out_dir, job_id).portraits
+    return saved

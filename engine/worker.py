@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from engine.config import Settings
 from engine.errors import FaceChainError, ModelUnavailable
@@ -304,80 +303,5 @@ def release_cached_memory() -> None:
         release()
 
 
-# --- job handlers: (worker, job, heartbeat) -> result dict -------------------------------------------
-
-def run_swap(worker: Worker, job: Job, beat: Heartbeat) -> dict:
-    """The member's face on the photo they sent (saved by the bot under <data>/tmp/). With several faces
-    and none chosen, a numbered preview to choose from (the photo is kept for the choice)."""
-    from PIL import Image
-
-    from engine.portrait import save_portraits, screen
-    from engine.postprocess import RankedPortrait
-    from engine.preprocess import UploadedPhoto
-    from engine.nsfw_policy import may_show_flagged
-    from engine.swap import SeveralFaces, swap_face
-
-    upload = Path(job.params.get("upload", "")).resolve()
-    if not upload.is_relative_to((worker.settings.data_dir / "tmp").resolve()) or not upload.is_file():
-        raise FaceChainError("That photo is no longer here: send it again with `/facechain swap`.")
-    beat.update(0.2, "putting your face on the photo")
-    try:
-        result = swap_face(worker.store, worker.analyzer, worker.settings, job.user_id,
-                           UploadedPhoto(job.params.get("name") or upload.name, upload.read_bytes()),
-                           job.params.get("face"))
-    except SeveralFaces as several:
-        preview = worker.store.private_dir(job.user_id, "portraits") / f"swap-choose-job{job.id}.jpg"
-        worker.store.write_private_file(preview, several.preview)
-        return {"choose": several.count, "preview": worker.store.relative(preview)}
-    except FaceChainError:
-        upload.unlink(missing_ok=True)
-        raise
-    policy = server_policy(worker, job)
-    ranked, held_back = screen(worker.safety, [RankedPortrait(Image.fromarray(result.image), 0, result.similarity)],
-                               may_show_flagged(policy, bool(job.params.get("age_restricted"))))
-    saved = save_portraits(worker.store, job.user_id, "swap", ranked, None, job.id)
-    upload.unlink(missing_ok=True)
-    return {"portraits": [p.to_json() for p in saved], "face": result.face, "faces_found": result.faces_found,
-            "held_back": held_back,
-            "notice": "This server's safety filter held the result back." if held_back else None}
-
-
-def run_upscale(worker: Worker, job: Job, beat: Heartbeat) -> dict:
-    """Sharper x2 of one of the member's portraits: a new portrait at twice the size."""
-    from PIL import Image
-
-    from engine.portrait import ALL_HELD_BACK
-    from engine.nsfw_policy import may_show_flagged
-    from engine.styles import load_styles
-    from engine.upscale import upscale
-
-    worker._fit_memory(job)
-    saved = upscale(worker.store, worker.generator, worker.analyzer, worker.settings,
-                    load_styles(worker.settings.styles_dir), job.user_id, int(job.params["portrait_id"]),
-                    job_id=job.id, on_step=lambda step, total: beat.update(0.9 * step / total, "sharpening"))
-    if worker.safety is not None and worker.safety.flags([Image.open(saved.path)])[0]:
-        worker.store.db.execute("update portraits set nsfw = 1 where job_id = ?", [job.id])
-        if not may_show_flagged(server_policy(worker, job), bool(job.params.get("age_restricted"))):
-            worker.store.delete_portraits([row["id"] for row in worker.store.job_portraits(job.id)])
-            return {"portraits": [], "notice": ALL_HELD_BACK, "held_back": 1}
-    return {"portraits": [saved.to_json()], "notice": None, "held_back": 0}
-
-
-def run_preview(worker: Worker, job: Job, beat: Heartbeat) -> dict:
-    """Draw one style's preview image (the base model, no face)."""
-    from engine.style_previews import draw_preview
-    from engine.styles import load_styles
-
-    style = load_styles(worker.settings.styles_dir).get(job.params.get("style", ""))
-    if style is None:
-        raise FaceChainError(f"No style {job.params.get('style')!r} to draw a preview of (removed meanwhile).")
-    beat.update(0.0, f"drawing the {style.name} preview")
-    worker._fit_memory(job)
-    return {"path": str(draw_preview(worker.generator, worker.settings, style))}
-
-
-# Enroll, train and the portraits run through their three-step runners (engine/job_runners.py), which a
-# cluster actor runs too; the others need the data folder and run only on a worker that has it.
-HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {
-    **{kind: run_locally for kind in RUNNERS}, "swap": run_swap, "upscale": run_upscale, "preview": run_preview,
-}
+# Every job runs through its three-step runner (engine/job_runners.py), which a cluster actor runs too.
+HANDLERS: dict[str, Callable[[Worker, Job, Heartbeat], dict]] = {kind: run_locally for kind in RUNNERS}

@@ -4,7 +4,6 @@ It claims jobs from the SQLite queue in the queue's fair order (only while an ac
 fairness holds across the cluster), keeps their leases with the same heartbeat as the local
 worker, gathers each job's inputs, runs the model work on a Ray actor and records the outputs.
 Routing prefers the actor that already holds the member's face model, then the one idle longest.
-Swaps, Sharper x2 and style previews need the data folder, so the dispatcher runs them itself.
 """
 
 from __future__ import annotations
@@ -24,16 +23,13 @@ from ray.exceptions import RayError, TaskCancelledError
 from engine.cluster.actor import ACTOR_PREFIX, NAMESPACE, GpuActor
 from engine.cluster.address import check_address
 from engine.config import Settings
-from engine.job_runners import RUNNERS, ComputeLost, JobCancelled, JobContext, run_job_with
+from engine.job_runners import ComputeLost, JobCancelled, JobContext, run_job_with
 from engine.memory import peak_rss_mb
 from engine.queue import Job
-from engine.queue.sqlite_queue import KINDS
 from engine.store.setup_problems import report_setup_problem, resolve_setup_problems
 from engine.worker import Heartbeat, Worker
 
 log = logging.getLogger(__name__)
-CLUSTER_KINDS = tuple(RUNNERS)  # their model work runs on the actors
-HERE_KINDS = tuple(kind for kind in KINDS if kind not in RUNNERS)  # they need the data folder
 NO_GPU_PROBLEM = "cluster"
 PING_SECONDS = 2.0
 LOST_TEXT = "The GPU machine running this went away; it will be retried."
@@ -159,7 +155,6 @@ class Dispatcher:
         self.stopping = self.worker.stopping
         self.pool: ActorPool | None = None
         self._threads: dict[int, threading.Thread] = {}
-        self._here_busy = threading.Event()
 
     def connect(self) -> None:
         if not ray.is_initialized():
@@ -199,38 +194,21 @@ class Dispatcher:
             log.error("cluster: no GPU in the cluster; jobs wait")
 
     def _claim_next(self) -> bool:
-        """Claim one job if something can run it: an actor is free, or (for the jobs that run here) this
-        process is. True when a job was started."""
-        kinds = CLUSTER_KINDS if self.pool.free() else ()
-        if not self._here_busy.is_set():
-            kinds += HERE_KINDS
-        if not kinds:
+        """Claim the next job in the queue's order while an actor is free; True when one was started."""
+        if not self.pool.free():
             return False
-        job = self.worker.queue.claim(self.worker_id, kinds)
+        job = self.worker.queue.claim(self.worker_id)
         if job is None:
             return False
-        if job.kind in HERE_KINDS:
-            self._here_busy.set()
-            self._start(job, self._run_here)
-            return True
         slot = self.pool.take(job.user_id, portrait=job.kind == "generate")
         if slot is None:  # every actor went away meanwhile: back to the queue, untouched
             self.worker.queue.release(job.id, self.worker_id)
             return False
         slot.busy_with = job.id
-        self._start(job, lambda j: self._run_on_actor(j, slot))
-        return True
-
-    def _start(self, job: Job, target) -> None:
-        thread = threading.Thread(target=target, args=(job,), name=f"job-{job.id}", daemon=True)
+        thread = threading.Thread(target=self._run_on_actor, args=(job, slot), name=f"job-{job.id}", daemon=True)
         self._threads[job.id] = thread
         thread.start()
-
-    def _run_here(self, job: Job) -> None:
-        try:
-            self.worker.run_job(job)
-        finally:
-            self._here_busy.clear()
+        return True
 
     def _run_on_actor(self, job: Job, slot: ActorSlot) -> None:
         beat = Heartbeat(self.settings, job.id, self.worker_id)
