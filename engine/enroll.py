@@ -59,16 +59,22 @@ def enrollment_inputs(store: Store, settings: Settings, user_id: str, photos: li
                         [(s.embedding_backend, s.embedding) for s in store.accepted_selfies(user_id)])
 
 
-def check_photos(analyzer: FaceAnalyzer, settings: Settings, inputs: EnrollInputs) -> PreprocessResult:
+@dataclass
+class CheckedPhotos:
+    result: PreprocessResult
+    backend: str  # the face backend that made the embeddings
+
+
+def check_photos(analyzer: FaceAnalyzer, settings: Settings, inputs: EnrollInputs) -> CheckedPhotos:
     """The face work of an enrollment (anywhere: no store): every photo accepted or rejected."""
-    return preprocess_photos(
+    return CheckedPhotos(preprocess_photos(
         inputs.photos, analyzer, settings, known_hashes=inputs.known_hashes,
         known_embeddings=[embedding for backend, embedding in inputs.known_embeddings if backend == analyzer.name],
-    )
+    ), analyzer.name)
 
 
-def record_enrollment(store: Store, analyzer_name: str, inputs: EnrollInputs, result: PreprocessResult) -> EnrollReport:
-    user_id, subject = inputs.user_id, inputs.subject
+def record_enrollment(store: Store, inputs: EnrollInputs, checked: CheckedPhotos) -> EnrollReport:
+    user_id, subject, result = inputs.user_id, inputs.subject, checked.result
     existing = store.get_user(user_id)
     if subject is not None:
         chosen_subject, trigger = subject, trigger_for_subject(subject)
@@ -82,7 +88,7 @@ def record_enrollment(store: Store, analyzer_name: str, inputs: EnrollInputs, re
     for photo in result.accepted:
         store.add_selfie(
             user_id, photo.sha256, photo.name, photo.crop_jpeg(), photo.quality.score,
-            photo.embedding, analyzer_name,
+            photo.embedding, checked.backend,
         )
     for photo in result.rejected:
         store.add_rejected_selfie(user_id, photo.sha256, photo.name, photo.reason.value, photo.detail)
@@ -98,4 +104,4 @@ def enroll_user(
     subject: str | None = None,
 ) -> EnrollReport:
     inputs = enrollment_inputs(store, settings, user_id, photos, subject)
-    return record_enrollment(store, analyzer.name, inputs, check_photos(analyzer, settings, inputs))
+    return record_enrollment(store, inputs, check_photos(analyzer, settings, inputs))

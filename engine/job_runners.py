@@ -154,7 +154,7 @@ def _enroll_compute(models: LoadedModels, inputs, context: JobContext):
 def _enroll_record(worker: Worker, job: Job, inputs, checked) -> dict:
     from engine.enroll import record_enrollment
 
-    report = record_enrollment(worker.store, worker.analyzer.name, inputs, checked)
+    report = record_enrollment(worker.store, inputs, checked)
     _delete_uploads(job)  # after any other error they stay for the retry (maintenance clears old ones)
     result = report.to_json()
     if job.params.get("train_after") and report.result.accepted:

@@ -82,12 +82,13 @@ class Heartbeat:
 
 
 class Worker:
-    def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, worker_id: str | None = None,
+                 stopping: threading.Event | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.store = Store(settings.data_dir)
+        self.store = Store(settings.data_dir)  # a connection of its own: one Worker per thread
         self.queue = SqliteJobQueue(self.store, settings)
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self.models = LoadedModels(settings, on_base_loaded=lambda: resolve_setup_problems(self.store, MODELS_PROBLEM))
         self.models.on_download = self._download_progress
         self._beat: Heartbeat | None = None  # the running job's, which downloads report to

@@ -17,13 +17,15 @@ from tests.conftest import files_under
 from tests.fake_discord import Message
 
 
+# The deployment's settings besides the model (tests/test_cluster.py runs the story with them too).
+SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50, "PORTRAIT_SIZE": 64,
+            "PORTRAIT_CANDIDATES": 4, "ATTACHMENT_HOSTS": "cdn.discordapp.com,http://127.0.0.1", "JOB_LEASE_SECONDS": 6,
+            "JOB_RETRY_SECONDS": 0, "MAX_QUEUED_PORTRAITS_PER_USER": 5}
+
+
 @pytest.fixture(scope="module")
 def deployment(tiny_model, tmp_path_factory):
-    with running_bot(tmp_path_factory.mktemp("deployment"), {
-        "BASE_MODEL": tiny_model, "DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50,
-        "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 4, "ATTACHMENT_HOSTS": "cdn.discordapp.com,http://127.0.0.1", "JOB_LEASE_SECONDS": 6,
-        "JOB_RETRY_SECONDS": 0, "MAX_QUEUED_PORTRAITS_PER_USER": 5,
-    }) as deployment:
+    with running_bot(tmp_path_factory.mktemp("deployment"), {**SETTINGS, "BASE_MODEL": tiny_model}) as deployment:
         yield deployment
 
 

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="the cluster extra: pip install -e '.[cluster]'")
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray.cluster_utils import Cluster  # the cluster extra, which the test command installs
 
-from engine.config import load_settings  # noqa: E402
-from engine.enroll import enroll_user  # noqa: E402
-from engine.queue import SqliteJobQueue  # noqa: E402
-from engine.store import Store  # noqa: E402
-from tests.conftest import DATA, TEST_MODEL_SETTINGS, photo  # noqa: E402
+from engine.config import load_settings
+from engine.enroll import enroll_user
+from engine.queue import SqliteJobQueue
+from engine.store import Store
+from tests.conftest import DATA, TEST_MODEL_SETTINGS, photo
 
 ROOT = Path(__file__).parent.parent
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
@@ -210,4 +209,21 @@ def test_cluster_status_lists_nodes_gpus_actors_and_jobs(setup, analyzer):
     assert shown.returncode == 0 and "2 GPUs" in shown.stdout and "facechain-gpu-" in shown.stdout
     queue.cancel(job.id)
     finish(process)
+
+
+
+def test_the_bot_end_to_end_with_the_cluster_on(two_gpu_nodes, tiny_model, tmp_path):
+    """The bot's story (enroll, train, portraits with progress and buttons) with its worker as the
+    cluster's dispatcher: the same checks as tests/test_bot.py, on the cluster."""
+    from tests import test_bot as story
+    from tests.bot_harness import running_bot
+
+    with running_bot(tmp_path / "run", {**story.SETTINGS, "BASE_MODEL": tiny_model,
+                                        "RAY_ADDRESS": two_gpu_nodes.address}) as deployment:
+        story.test_enroll_asks_consent_checks_each_photo_and_trains(deployment)
+        story.test_portrait_shows_progress_then_ranked_results_with_buttons(deployment)
+        ran_on = deployment.rows("select kind, ran_on from jobs where state = 'done'")
+        assert {kind for kind, _ in ran_on} >= {"enroll", "train", "generate"}
+        assert all(" node " in where for _, where in ran_on), ran_on  # every job ran on a cluster actor
+        story.test_every_interaction_was_acknowledged_in_time_and_nothing_crashed(deployment)
 

@@ -130,6 +130,22 @@ def queue_section(figures: dict) -> list[str]:
     ])
 
 
+def cluster_section(figures: dict) -> list[str]:
+    if "skipped" in figures:
+        return ["## Ray cluster", "", f"Not measured: {figures['skipped']}.", ""]
+    rows = [[f"{run['actors']} actor(s)", f"{run['jobs_per_min']} jobs/min",
+             "-" if run["affinity_hit_rate"] is None else f"{100 * run['affinity_hit_rate']:.0f}%"]
+            for run in figures["runs"]]
+    return ["## Ray cluster", "",
+            f"{figures['jobs_per_run']} one-portrait jobs from {figures['members']} members on the tiny model "
+            f"({figures['size_px']} px), one actor per node of a local cluster, on {figures['cores']} cores: more "
+            "actors than cores cannot scale.", ""] + table(
+        ["run", "throughput", "adapter-affinity hits"],
+        [["local worker", f"{figures['local_jobs_per_min']} jobs/min", "-"], *rows]) + [
+        f"Dispatch overhead (1 actor against the local worker): {figures['dispatch_overhead_ms']} ms per job; "
+        f"3 actors against 1: {figures['scaling_3_vs_1']}x.", ""]
+
+
 def bot_section(figures: dict, charts: Charts) -> list[str]:
     figure, (latency, memory) = charts.figure(columns=2)
     for offset, (prefix, label) in enumerate((("ack", "interaction ack"), ("loop_lag", "event-loop lag"))):
@@ -224,7 +240,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
              "Timings on shared machines are noisy: compare ratios within one run, not numbers across runs.", ""]
     sections = [
         ("preprocess", lambda f: preprocess_section(f, charts)), ("engine_tiny", lambda f: engine_section(f, charts)),
-        ("queue_speed", queue_section), ("bot_load", lambda f: bot_section(f, charts)),
+        ("queue_speed", queue_section), ("bot_load", lambda f: bot_section(f, charts)), ("cluster", cluster_section),
         ("gpu_sd15", lambda f: gpu_section(f, charts)),
     ]
     lines += throughput_section(results) + hot_spots_section(results, charts)

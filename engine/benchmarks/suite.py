@@ -18,7 +18,7 @@ from engine.errors import FaceChainError
 
 ROOT = Path(__file__).resolve().parents[2]
 # In the order they run: the cheap ones first, so a broken setup shows early.
-SCRIPTS = ("preprocess", "engine_tiny", "queue_speed", "bot_load")
+SCRIPTS = ("preprocess", "engine_tiny", "queue_speed", "bot_load", "cluster")
 GPU_SCRIPT = "gpu_sd15"
 TIMEOUT_SECONDS = {"quick": 600, "full": 3600}
 console = Console(stderr=True)

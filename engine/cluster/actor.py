@@ -95,16 +95,19 @@ class GpuActor:
         runtime = ray.get_runtime_context()
         try:
             while True:
+                if runtime.is_canceled():  # ray.cancel() only sets a flag on a running actor task
+                    context.cancel.set()
                 try:
                     event = events.get(timeout=0.2)
                 except queue.Empty:
-                    if runtime.is_canceled():  # ray.cancel() only sets a flag on a running actor task
-                        context.cancel.set()
                     continue
                 yield event
                 if event[0] in ("done", "error"):
                     break
         finally:
+            # ray.cancel may also close this generator at a yield: the work stops too (at its next step).
+            if thread.is_alive():
+                context.cancel.set()
             thread.join()
             self.job_id = None
             self._stops.pop(job_id, None)

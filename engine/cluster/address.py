@@ -10,19 +10,41 @@ from urllib.parse import urlsplit
 from engine.errors import SettingsError
 
 ADDRESS_SETTING = "FACECHAIN_RAY_ADDRESS"
+GCS_PORT, CLIENT_PORT = 6379, 10001  # Ray's defaults: `ray start --head`, and the ray:// client server
 
 
 def address_host(address: str) -> str | None:
     """The host in a Ray address (`host:port`, `ray://host:port`); None for `auto` (the cluster this
     machine is part of, started with `ray start`)."""
+    host, _ = _host_and_port(address)
+    return host
+
+
+def _host_and_port(address: str) -> tuple[str | None, int]:
     address = address.strip()
     if address in ("auto", "local"):
-        return None
-    parts = urlsplit(address if "://" in address else f"ray://{address}")
-    if not parts.hostname:
+        return None, 0
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        port = parts.port or (CLIENT_PORT if parts.scheme == "ray" else GCS_PORT)
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
         raise SettingsError(f"{ADDRESS_SETTING}={address!r} is not a Ray address: use host:port (e.g. "
                             "10.0.0.2:6379, printed by `ray start --head`) or auto.")
-    return parts.hostname
+    return parts.hostname, port
+
+
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """SettingsError unless something listens at the address (ray.init itself would wait for minutes)."""
+    host, port = _host_and_port(address)
+    if host is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise SettingsError(f"No Ray cluster answers at {address} ({error.strerror or type(error).__name__}): "
+                            "start it with `ray start --head` (see the README).") from None
 
 
 def check_address(address: str, allow_public: bool) -> None:

@@ -21,8 +21,9 @@ import ray
 from ray.exceptions import RayError, TaskCancelledError
 
 from engine.cluster.actor import ACTOR_PREFIX, NAMESPACE, GpuActor
-from engine.cluster.address import check_address
+from engine.cluster.address import check_address, check_reachable
 from engine.config import Settings
+from engine.errors import SettingsError
 from engine.job_runners import ComputeLost, JobCancelled, JobContext, run_job_with
 from engine.memory import peak_rss_mb
 from engine.queue import Job
@@ -30,7 +31,8 @@ from engine.store.setup_problems import report_setup_problem, resolve_setup_prob
 from engine.worker import Heartbeat, Worker
 
 log = logging.getLogger(__name__)
-NO_GPU_PROBLEM = "cluster"
+NO_GPU_PROBLEM, UNREACHABLE_PROBLEM = "cluster", "cluster address"
+RECONNECT_SECONDS = 10.0
 PING_SECONDS = 2.0
 LOST_TEXT = "The GPU machine running this went away; it will be retried."
 # An actor's adapter cache holds this many models (engine.generate.PortraitGenerator's default).
@@ -156,16 +158,28 @@ class Dispatcher:
         self.pool: ActorPool | None = None
         self._threads: dict[int, threading.Thread] = {}
 
-    def connect(self) -> None:
-        if not ray.is_initialized():
-            ray.init(address=self.settings.ray_address, namespace=NAMESPACE, logging_level=logging.WARNING)
+    def connect(self) -> bool:
+        """Join the cluster; while it does not answer, the owner is told once and jobs wait. False when
+        stopped before it answered."""
+        while not ray.is_initialized():
+            try:
+                check_reachable(self.settings.ray_address)
+                ray.init(address=self.settings.ray_address, namespace=NAMESPACE, logging_level=logging.WARNING)
+            except (SettingsError, ConnectionError) as error:
+                if report_setup_problem(self.worker.store, UNREACHABLE_PROBLEM, str(error)):
+                    log.error("cluster: %s", error)
+                if self.stopping.wait(RECONNECT_SECONDS):
+                    return False
+        resolve_setup_problems(self.worker.store, UNREACHABLE_PROBLEM)
         self.pool = ActorPool(self.settings)
+        return True
 
     def run(self, exit_when_idle: float | None = None, poll_seconds: float = 0.2) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stopping.set())
-        self.connect()
+        if not self.connect():
+            return
         log.info("dispatcher %s started on the Ray cluster at %s", self.worker_id, self.settings.ray_address)
         self.worker.reclaim_dead_leases()
         idle_since = time.monotonic()
@@ -211,10 +225,12 @@ class Dispatcher:
         return True
 
     def _run_on_actor(self, job: Job, slot: ActorSlot) -> None:
+        # This thread's own view of the store (SQLite connections are not shared between threads).
+        worker = Worker(self.settings, self.worker_id, stopping=self.stopping)
         beat = Heartbeat(self.settings, job.id, self.worker_id)
         lost = False
         try:
-            self.worker.queue.record_ran_on(job.id, slot.where or slot.name)
+            worker.queue.record_ran_on(job.id, slot.where or slot.name)
 
             def compute(inputs: Any, context: JobContext) -> Any:
                 stream = slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory")))
@@ -223,18 +239,19 @@ class Dispatcher:
             def run() -> dict:
                 nonlocal lost
                 try:
-                    result = run_job_with(self.worker, job, beat, compute)
+                    result = run_job_with(worker, job, beat, compute)
                 except ComputeLost:
                     lost = True
                     raise
                 if job.kind == "generate":
                     self.pool.remember_face(slot, job.user_id)
-                resolve_setup_problems(self.worker.store, "models")  # the actor had the models it needed
+                resolve_setup_problems(worker.store, "models")  # the actor had the models it needed
                 return result
 
-            self.worker.settle(job, beat, run)
+            worker.settle(job, beat, run)
         finally:
             beat.stop()
+            worker.store.close()
             slot.jobs_run += 1
             self.pool.give_back(slot, lost=lost)
 

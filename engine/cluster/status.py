@@ -23,10 +23,11 @@ def cluster_status(settings: Settings, store: Store, timeout: float = 5.0) -> di
                for row in store.db["jobs"].rows_where("state = 'running'", order_by="id")]
     if not settings.ray_address:
         return {"enabled": False, "jobs_running": running}
-    from engine.cluster.address import check_address
+    from engine.cluster.address import check_address, check_reachable
 
     check_address(settings.ray_address, settings.ray_allow_public)
     require_ray()
+    check_reachable(settings.ray_address)
     import ray
     from ray.exceptions import GetTimeoutError, RayError
 

@@ -1,0 +1,141 @@
+"""The cluster on the tiny model (any machine with the cluster extra): portrait jobs per minute with
+1, 2 and 3 Ray actors, the dispatch overhead per job against the local worker, and how often a
+portrait went to the actor that already held the member's face model (adapter affinity).
+
+    python bench/cluster.py [--quick] [--jobs N] [--json FILE]
+
+A local Ray cluster (`ray.cluster_utils.Cluster`): a head and three nodes declaring one GPU and one
+CPU each; the actors draw where torch can (the CPU here). They share this machine's cores, so more
+actors than cores cannot scale: the report states the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from engine.benchmarks.common import bench_arguments, write_figures
+from engine.config import Settings, load_settings
+from engine.enroll import enroll_user
+from engine.faces import get_analyzer
+from engine.preprocess import UploadedPhoto
+from engine.queue import SqliteJobQueue
+from engine.random_models import make_tiny_model
+from engine.store import Store
+from engine.train import train_user
+from engine.worker import Worker
+
+PHOTOS = Path(__file__).parent.parent / "tests" / "data" / "obama"
+MEMBERS = ("a", "b", "c", "d")
+ACTORS = (1, 2, 3)
+SETTINGS = {"device": "cpu", "vae": "", "train_resolution": 64, "portrait_size": 64, "portrait_candidates": 2,
+            "job_lease_seconds": 30, "job_retry_seconds": 0, "training_previews": False}
+
+
+def queue_portraits(queue: SqliteJobQueue, jobs: int, first_seed: int) -> list[int]:
+    """`jobs` one-portrait requests, the members taking turns (as a busy evening interleaves them)."""
+    return [queue.enqueue("generate", MEMBERS[n % len(MEMBERS)], {"style": "anime", "count": 1,
+                                                                  "seed": first_seed + n}).id for n in range(jobs)]
+
+
+def wait_done(queue: SqliteJobQueue, ids: list[int], timeout: float = 1800) -> float:
+    start = time.perf_counter()
+    while any(queue.get(job_id).state != "done" for job_id in ids):
+        failed = [queue.get(job_id) for job_id in ids if queue.get(job_id).state in ("failed", "cancelled")]
+        if failed:
+            raise SystemExit(f"job {failed[0].id} {failed[0].state}: {failed[0].error}")
+        if time.perf_counter() - start > timeout:
+            raise SystemExit("the jobs did not finish in time")
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def local_seconds_per_job(settings: Settings, jobs: int) -> float:
+    """The same portrait jobs on the local worker (warm: the model loaded by a first job)."""
+    worker = Worker(settings, "bench-local")
+    wait = threading.Thread(target=worker.run, kwargs={"poll_seconds": 0.05}, daemon=True)
+    wait.start()
+    queue = worker.queue
+    wait_done(queue, queue_portraits(queue, 1, 9000))
+    seconds = wait_done(queue, queue_portraits(queue, jobs, 9100))
+    worker.stopping.set()
+    wait.join()
+    return seconds / jobs
+
+
+def cluster_run(settings: Settings, actors: int, jobs: int) -> dict:
+    import ray
+
+    from engine.cluster.dispatcher import Dispatcher
+
+    dispatcher = Dispatcher(settings.model_copy(update={"ray_actors": actors}), f"bench-{actors}")
+    loop = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 0.05}, daemon=True)
+    loop.start()
+    queue = dispatcher.worker.queue
+    wait_done(queue, queue_portraits(queue, 2 * actors, 1000 * actors))  # every actor loads its model first
+    hits_before = dispatcher.pool.stats.affinity_hits, dispatcher.pool.stats.portraits
+    seconds = wait_done(queue, queue_portraits(queue, jobs, 1000 * actors + 100))
+    stats = dispatcher.pool.stats
+    hits, portraits = stats.affinity_hits - hits_before[0], stats.portraits - hits_before[1]
+    dispatcher.stopping.set()
+    loop.join()
+    ray.shutdown()  # the actors go with this driver
+    return {"actors": actors, "jobs": jobs, "seconds": round(seconds, 2),
+            "jobs_per_min": round(60 * jobs / seconds, 1), "seconds_per_job": seconds / jobs,
+            "affinity_hit_rate": round(hits / portraits, 2) if portraits else None}
+
+
+def main() -> None:
+    parser = bench_arguments(__doc__)
+    parser.add_argument("--jobs", type=int, help="portrait jobs per run (default 24, quick 8)")
+    args = parser.parse_args()
+    jobs = args.jobs or (8 if args.quick else 24)
+    try:
+        from ray.cluster_utils import Cluster
+    except ModuleNotFoundError:
+        print("skipped: needs the cluster extra (pip install -e '.[cluster]')")
+        write_figures(args.json, {"skipped": "Ray is not installed (pip install -e '.[cluster]')"})
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="facechain-bench-cluster-"))
+    model = make_tiny_model(scratch / "tiny")
+    settings = load_settings(_env_file=None, data_dir=scratch / "data", base_model=str(model), **SETTINGS)
+    store = Store(settings.data_dir)
+    photos = [UploadedPhoto(p.name, p.read_bytes()) for p in sorted(PHOTOS.glob("obama[123].jpg"))]
+    worker = Worker(settings, "bench-setup")
+    for member in MEMBERS:
+        enroll_user(store, get_analyzer(settings), settings, member, photos, subject="man")
+        train_user(store, worker.base, settings, member, steps=5)
+    local = local_seconds_per_job(settings, jobs)
+    cores = os.cpu_count() or 1
+    print(f"{cores} cores; local worker: {local * 1000:.0f} ms per portrait job ({60 / local:.1f} jobs/min)")
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in ACTORS:
+        cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    runs = []
+    try:
+        for actors in ACTORS:
+            run = cluster_run(settings.model_copy(update={"ray_address": cluster.address}), actors, jobs)
+            runs.append(run)
+            print(f"{actors} actor(s): {run['jobs_per_min']} jobs/min ({run['seconds']} s for {jobs} jobs), "
+                  f"affinity hits {run['affinity_hit_rate']}")
+    finally:
+        cluster.shutdown()
+    overhead_ms = (runs[0]["seconds_per_job"] - local) * 1000
+    print(f"dispatch overhead: {overhead_ms:.0f} ms per job (1 actor against the local worker)")
+    scaling = runs[-1]["jobs_per_min"] / runs[0]["jobs_per_min"]
+    print(f"{ACTORS[-1]} actors against 1: {scaling:.2f}x on {cores} cores")
+    write_figures(args.json, {
+        "cores": cores, "jobs_per_run": jobs, "members": len(MEMBERS), "size_px": SETTINGS["portrait_size"],
+        "local_ms_per_job": round(local * 1000, 1), "local_jobs_per_min": round(60 / local, 1),
+        "runs": [{key: value for key, value in run.items() if key != "seconds_per_job"} for run in runs],
+        "dispatch_overhead_ms": round(overhead_ms, 1), "scaling_3_vs_1": round(scaling, 2),
+    })
+
+
+if __name__ == "__main__":
+    main()

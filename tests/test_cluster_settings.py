@@ -1,0 +1,90 @@
+"""The cluster's settings and the owner's messages, without starting a Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from engine.cli import main
+from engine.cluster.address import check_address
+from engine.errors import SettingsError
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:6379", "localhost:6379", "10.1.2.3:6379", "ray://192.168.0.7:10001",
+                                     "172.16.0.2:6379", "100.101.102.103:6379", "[::1]:6379", "auto"])
+def test_loopback_private_and_vpn_addresses_are_accepted(address):
+    check_address(address, allow_public=False)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8:6379", "ray://1.1.1.1:10001"])
+def test_a_public_address_is_refused_unless_allowed(address):
+    with pytest.raises(SettingsError, match="not a private address.*FACECHAIN_RAY_ALLOW_PUBLIC=true"):
+        check_address(address, allow_public=False)
+    check_address(address, allow_public=True)
+
+
+def test_an_address_that_is_not_one_says_what_to_write():
+    with pytest.raises(SettingsError, match="not a Ray address: use host:port"):
+        check_address("://", allow_public=False)
+    with pytest.raises(SettingsError, match="does not resolve"):
+        check_address("no-such-host.invalid:6379", allow_public=False)
+
+
+def test_the_worker_refuses_a_public_cluster_address_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FACECHAIN_RAY_ADDRESS", "8.8.8.8:6379")
+    assert main(["worker", "--exit-when-idle", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: FACECHAIN_RAY_ADDRESS=8.8.8.8:6379") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_without_ray_installed_the_owner_is_told_how_to_install_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FACECHAIN_RAY_ADDRESS", "127.0.0.1:6379")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the cluster extra were not installed
+    for command in (["worker"], ["cluster", "status"]):
+        assert main(command) == 2
+        assert "pip install -e '.[cluster]'" in capsys.readouterr().err
+
+
+def test_cluster_status_with_the_cluster_off(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
+    assert main(["cluster", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"enabled": False, "jobs_running": []}
+    assert main(["cluster", "status"]) == 0
+    assert "The cluster is off" in capsys.readouterr().out
+
+
+def test_cluster_status_says_when_no_cluster_answers(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FACECHAIN_RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there
+    assert main(["cluster", "status"]) == 2
+    err = capsys.readouterr().err
+    assert "No Ray cluster answers at 127.0.0.1:1" in err and "ray start --head" in err
+
+
+def test_a_dispatcher_whose_cluster_does_not_answer_tells_the_owner_and_jobs_wait(tmp_path):
+    import threading
+    import time
+
+    from engine.cluster.dispatcher import Dispatcher
+    from engine.config import load_settings
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data", ray_address="127.0.0.1:1")
+    dispatcher = Dispatcher(settings, "dispatcher")
+    job = dispatcher.worker.queue.enqueue("train", "ann", {})
+    loop = threading.Thread(target=dispatcher.run, daemon=True)
+    loop.start()
+    store = dispatcher.worker.store
+    deadline = time.monotonic() + 30
+    while not list(store.db["setup_problems"].rows_where("resolved_at is null")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [problem] = store.db["setup_problems"].rows_where("resolved_at is null")
+    assert "No Ray cluster answers at 127.0.0.1:1" in problem["message"] and "ray start --head" in problem["message"]
+    assert dispatcher.worker.queue.get(job.id).state == "queued"  # the member's job waits for the owner's fix
+    dispatcher.stopping.set()
+    loop.join(timeout=15)
+    assert not loop.is_alive()
