@@ -12,6 +12,8 @@ actors than cores cannot scale: the report states the cores.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,11 +30,13 @@ from engine.store import Store
 from engine.train import train_user
 from engine.worker import Worker
 
-PHOTOS = Path(__file__).parent.parent / "tests" / "data" / "obama"
+ROOT = Path(__file__).parent.parent
+PHOTOS = ROOT / "tests" / "data" / "obama"
 MEMBERS = ("a", "b", "c", "d")
 ACTORS = (1, 2, 3)
 SETTINGS = {"device": "cpu", "vae": "", "train_resolution": 64, "portrait_size": 64, "portrait_candidates": 2,
-            "job_lease_seconds": 30, "job_retry_seconds": 0, "training_previews": False}
+            "job_lease_seconds": 30, "job_retry_seconds": 0, "training_previews": False,
+            "max_queued_portraits_per_user": 1000}
 
 
 def queue_portraits(queue: SqliteJobQueue, jobs: int, first_seed: int) -> list[int]:
@@ -54,16 +58,21 @@ def wait_done(queue: SqliteJobQueue, ids: list[int], timeout: float = 1800) -> f
 
 
 def local_seconds_per_job(settings: Settings, jobs: int) -> float:
-    """The same portrait jobs on the local worker (warm: the model loaded by a first job)."""
-    worker = Worker(settings, "bench-local")
-    wait = threading.Thread(target=worker.run, kwargs={"poll_seconds": 0.05}, daemon=True)
-    wait.start()
-    queue = worker.queue
-    wait_done(queue, queue_portraits(queue, 1, 9000))
-    seconds = wait_done(queue, queue_portraits(queue, jobs, 9100))
-    worker.stopping.set()
-    wait.join()
-    return seconds / jobs
+    """The same portrait jobs on the local worker process, as the bot starts it (warm: a first job
+    loads the model). One torch thread, as Ray gives each of its workers (OMP_NUM_THREADS=1)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("FACECHAIN_")}
+    env.update({f"FACECHAIN_{name.upper()}": str(value) for name, value in SETTINGS.items()})
+    env.update({"FACECHAIN_DATA_DIR": str(settings.data_dir), "FACECHAIN_BASE_MODEL": settings.base_model,
+                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    worker = subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--id", "bench-local"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        queue = SqliteJobQueue(Store(settings.data_dir), settings)
+        wait_done(queue, queue_portraits(queue, 1, 9000))
+        return wait_done(queue, queue_portraits(queue, jobs, 9100)) / jobs
+    finally:
+        worker.terminate()
+        worker.wait()
 
 
 def cluster_run(settings: Settings, actors: int, jobs: int) -> dict:
@@ -74,7 +83,7 @@ def cluster_run(settings: Settings, actors: int, jobs: int) -> dict:
     dispatcher = Dispatcher(settings.model_copy(update={"ray_actors": actors}), f"bench-{actors}")
     loop = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 0.05}, daemon=True)
     loop.start()
-    queue = dispatcher.worker.queue
+    queue = SqliteJobQueue(Store(settings.data_dir), settings)  # this thread's own connection
     wait_done(queue, queue_portraits(queue, 2 * actors, 1000 * actors))  # every actor loads its model first
     hits_before = dispatcher.pool.stats.affinity_hits, dispatcher.pool.stats.portraits
     seconds = wait_done(queue, queue_portraits(queue, jobs, 1000 * actors + 100))

@@ -165,10 +165,33 @@ def check_token(settings: Settings) -> Check:
     return Check("discord token", "ok", "set")
 
 
+def check_cluster(settings: Settings) -> Check:
+    """With FACECHAIN_RAY_ADDRESS set: Ray installed, the address private and answering, GPUs in the cluster."""
+    from engine.cluster.status import cluster_status
+    from engine.errors import FaceChainError
+    from engine.store import Store
+
+    if not settings.ray_address:
+        return Check("cluster", "ok", "off: jobs run on this machine's worker")
+    store = Store(settings.data_dir)
+    try:
+        status = cluster_status(settings, store)
+    except FaceChainError as error:
+        return Check("cluster", "fail", str(error), "see the README's \"More than one GPU machine\"")
+    finally:
+        store.close()
+    nodes = sum(node["alive"] for node in status["nodes"])
+    detail = f"{settings.ray_address}: {nodes} nodes, {status['gpus']:g} GPUs, {len(status['actors'])} actors"
+    if not status["gpus"]:
+        return Check("cluster", "fail", detail, "on each GPU machine: ray start --address <this machine>:6379 --num-gpus 1")
+    return Check("cluster", "ok", detail)
+
+
 def run_checks(settings: Settings) -> list[Check]:
     return [
         check_packages(), check_device(settings), *check_models(settings), check_face_models(settings),
         check_safety_checker(settings), check_data_dir(settings), check_setup_problems(settings), check_token(settings),
+        check_cluster(settings),
     ]
 
 

@@ -4,6 +4,7 @@ generator with its adapter cache, the optional safety checker and the face analy
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from engine.config import Settings
 
@@ -60,7 +61,10 @@ class LoadedModels:
         return get_analyzer(self.settings)
 
     def loaded_adapters(self) -> list[str]:
-        return self._generator.loaded_adapters if self._generator is not None else []
+        """The adapters in the generator's cache: face models by their key (member, version, weights),
+        style and fast-mode LoRAs by their reference."""
+        keys = self._generator.loaded_adapters if self._generator is not None else []
+        return [Path(key).name if key.startswith("/") else key for key in keys]
 
     def fit_memory(self, low_memory: bool = False) -> None:
         """Memory savers for the next job: what the memory this process may use asks for, and all of

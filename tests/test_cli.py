@@ -176,12 +176,13 @@ def test_doctor_reports_each_check_with_a_fix(capsys, data_dir, tmp_path, monkey
     by_name = {check["name"]: check for check in checks}
     styles = {name for name in by_name if name.startswith("style ")}
     assert set(by_name) - styles == {"python packages", "torch device", "base model", "fast-mode LoRA",
-                                     "face models", "safety check", "data dir", "worker", "discord token"}
+                                     "face models", "safety check", "data dir", "worker", "discord token", "cluster"}
     assert "style polaroid LoRA" in styles and all(by_name[name]["status"] == "warn" for name in styles)
     assert by_name["fast-mode LoRA"]["status"] == "warn" and "models pull" in by_name["fast-mode LoRA"]["fix"]
     assert by_name["python packages"]["status"] == "ok"
     assert by_name["face models"]["status"] == "ok"
     assert by_name["data dir"]["status"] == "ok"
+    assert by_name["cluster"]["status"] == "ok" and "off" in by_name["cluster"]["detail"]
     assert by_name["torch device"]["status"] in {"ok", "warn"}
     for failing in ("base model", "discord token"):
         assert by_name[failing]["status"] == "fail" and by_name[failing]["fix"]

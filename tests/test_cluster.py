@@ -207,6 +207,10 @@ def test_cluster_status_lists_nodes_gpus_actors_and_jobs(setup, analyzer):
     shown = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "2 GPUs" in shown.stdout and "facechain-gpu-" in shown.stdout
+    doctor = subprocess.run([sys.executable, "-m", "engine.cli", "doctor", "--json"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "cluster"]
+    assert check["status"] == "ok" and "2 GPUs, 2 actors" in check["detail"]
     queue.cancel(job.id)
     finish(process)
 

@@ -58,12 +58,15 @@ def test_cluster_status_with_the_cluster_off(monkeypatch, tmp_path, capsys):
     assert "The cluster is off" in capsys.readouterr().out
 
 
-def test_cluster_status_says_when_no_cluster_answers(monkeypatch, tmp_path, capsys):
+def test_cluster_status_and_doctor_say_when_no_cluster_answers(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("FACECHAIN_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("FACECHAIN_RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there
     assert main(["cluster", "status"]) == 2
     err = capsys.readouterr().err
     assert "No Ray cluster answers at 127.0.0.1:1" in err and "ray start --head" in err
+    main(["doctor", "--json"])
+    [cluster] = [check for check in json.loads(capsys.readouterr().out) if check["name"] == "cluster"]
+    assert cluster["status"] == "fail" and "No Ray cluster answers" in cluster["detail"] and cluster["fix"]
 
 
 def test_a_dispatcher_whose_cluster_does_not_answer_tells_the_owner_and_jobs_wait(tmp_path):
