@@ -60,7 +60,8 @@ def main() -> None:
     # a text-encoder pass over the caption.
     crop = store.accepted_selfies("a")[0].path
     options = TrainOptions(steps=1, resolution=SIZE)
-    encode = best_seconds(lambda: _cache_inputs(base, [crop], "<fcsks>, a man", options), rounds) / 2  # + mirror
+    encode = best_seconds(lambda: _cache_inputs(base, [crop], "<fcsks>, a man", options, base.execution_device),
+                          rounds) / 2  # + mirror
     step = train_seconds / train_steps
 
     generator = PortraitGenerator(base)

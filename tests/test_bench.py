@@ -4,6 +4,7 @@ every section as Markdown plus PNG charts. (Speed itself is never asserted: see 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -114,3 +115,14 @@ def test_peak_memory_is_the_programs_own():
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     start, peak = json.loads(run.stdout)
     assert start < 200 and peak - start > 280
+
+
+def test_the_tiny_engine_benchmark_runs(tmp_path):
+    """It calls engine internals directly, so a change there must not break it unnoticed."""
+    figures_file = tmp_path / "figures.json"
+    finished = subprocess.run([sys.executable, str(ROOT / "bench" / "engine_tiny.py"), "--quick", "--json",
+                               str(figures_file)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    figures = json.loads(figures_file.read_text())
+    assert figures["train_steps_per_s"] > 0 and figures["images_per_s"] > 0 and len(figures["hot_spots"]) == 4

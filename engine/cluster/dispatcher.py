@@ -182,6 +182,8 @@ class Dispatcher:
             return
         log.info("dispatcher %s started on the Ray cluster at %s", self.worker_id, self.settings.ray_address)
         self.worker.reclaim_dead_leases()
+        if self.settings.device in ("auto", "cuda") and self.pool.wanted():  # the cluster's GPUs draw them
+            self.worker.queue_missing_previews(force=True)
         idle_since = time.monotonic()
         while not self.stopping.is_set():
             if self.pool.refresh():
