@@ -8,6 +8,9 @@ from pathlib import Path
 
 from engine.config import Settings
 
+# Face and style adapters the generator keeps loaded (the cluster's routing counts on the same number).
+MAX_ADAPTERS = 8
+
 
 class LoadedModels:
     def __init__(self, settings: Settings, on_base_loaded: Callable[[], None] | None = None) -> None:
@@ -42,7 +45,7 @@ class LoadedModels:
         if self._generator is None:
             from engine.generate import PortraitGenerator
 
-            self._generator = PortraitGenerator(self.base, fast_lora=self.settings.fast_lora)
+            self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora)
         return self._generator
 
     @property

@@ -51,11 +51,12 @@ def test_bench_runs_the_chosen_scripts_and_writes_results_and_a_report(tmp_path,
 
 def test_the_committed_report_renders_again_from_its_results(tmp_path):
     results = json.loads(COMMITTED.read_text())
-    assert set(results["benchmarks"]) >= {"preprocess", "engine_tiny", "queue_speed", "bot_load"}
+    assert set(results["benchmarks"]) >= {"preprocess", "engine_tiny", "queue_speed", "bot_load", "cluster"}
     assert all("error" not in run for run in results["benchmarks"].values())
     report = write_report(results, tmp_path)
     text = report.read_text()
-    for section in ("Hot spots", "Selfie preprocessing", "Portrait engine", "Job queue", "The bot under load"):
+    for section in ("Hot spots", "Selfie preprocessing", "Portrait engine", "Job queue", "The bot under load",
+                    "Ray cluster"):
         assert f"## {section}" in text
     assert {"hot_spots.png", "bot_load.png", "adapter_swap.png", "preprocess_stages.png"} <= {
         p.name for p in charts_in(report)}

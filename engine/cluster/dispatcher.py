@@ -25,6 +25,7 @@ from engine.cluster.address import check_address, check_reachable
 from engine.config import Settings
 from engine.errors import SettingsError
 from engine.job_runners import ComputeLost, JobCancelled, JobContext, run_job_with
+from engine.loaded_models import MAX_ADAPTERS
 from engine.memory import peak_rss_mb
 from engine.queue import Job
 from engine.store.setup_problems import report_setup_problem, resolve_setup_problems
@@ -35,8 +36,6 @@ NO_GPU_PROBLEM, UNREACHABLE_PROBLEM = "cluster", "cluster address"
 RECONNECT_SECONDS = 10.0
 PING_SECONDS = 2.0
 LOST_TEXT = "The GPU machine running this went away; it will be retried."
-# An actor's adapter cache holds this many models (engine.generate.PortraitGenerator's default).
-ADAPTERS_PER_ACTOR = 8
 
 
 @dataclass
@@ -52,17 +51,12 @@ class ActorSlot:
     faces: OrderedDict = field(default_factory=OrderedDict)  # users whose face model it holds, LRU order
     ping: Any = None
     pinged_at: float = 0.0
-    jobs_run: int = 0
 
 
 @dataclass
 class RoutingStats:
     portraits: int = 0  # portrait jobs of members with a face model
     affinity_hits: int = 0  # ... sent to an actor that already held that face model
-
-    @property
-    def hit_rate(self) -> float | None:
-        return self.affinity_hits / self.portraits if self.portraits else None
 
 
 class ActorPool:
@@ -141,7 +135,7 @@ class ActorPool:
     def remember_face(self, slot: ActorSlot, user_id: str) -> None:
         slot.faces[user_id] = True
         slot.faces.move_to_end(user_id)
-        while len(slot.faces) > ADAPTERS_PER_ACTOR:
+        while len(slot.faces) > MAX_ADAPTERS:
             slot.faces.popitem(last=False)
 
     def free(self) -> bool:
@@ -254,7 +248,6 @@ class Dispatcher:
         finally:
             beat.stop()
             worker.store.close()
-            slot.jobs_run += 1
             self.pool.give_back(slot, lost=lost)
 
 
