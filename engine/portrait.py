@@ -220,23 +220,15 @@ def make_portraits(
     catalogue: StyleCatalogue,
     user_id: str,
     style_id: str,
-    count: int = 4,
-    seed: int | None = None,
     out_dir: Path | None = None,
     on_step=None,
     job_id: int | None = None,
-    variation_of: int | None = None,
     safety: SafetyChecker | None = None,
-    show_flagged: bool = False,
-    fast: bool | None = None,
-    words: str = "",
-    blocked_words: list[str] | tuple[str, ...] = (),
-    teaser: bool = False,
+    **request,
 ) -> PortraitResult:
-    """Generate, rank and save up to `count` portraits. `fast` draws with the LCM-LoRA in a few steps
-    (None: the FACECHAIN_FAST_BY_DEFAULT setting)."""
-    inputs = portrait_inputs(store, settings, catalogue, user_id, style_id, count, seed, variation_of, show_flagged,
-                             fast, words, blocked_words, teaser)
+    """Generate, rank and save portraits here, in one go; `request` holds `portrait_inputs`' keywords
+    (count, seed, fast, words, ...)."""
+    inputs = portrait_inputs(store, settings, catalogue, user_id, style_id, **request)
     drawn = draw_portraits(generator, analyzer, settings, inputs, safety, on_step)
     return record_portraits(store, inputs, drawn, out_dir, job_id)
 

@@ -196,3 +196,31 @@ def test_a_restarted_worker_takes_back_at_once_the_jobs_of_a_dead_worker_of_its_
     assert worker.reclaim_dead_leases() == 1
     assert queue.get(orphan.id).state == "queued"  # no waiting out its lease
     assert queue.get(busy.id).state == "running" and queue.get(elsewhere.id).state == "running"
+
+
+def test_a_result_for_a_job_no_longer_leased_to_the_worker_is_thrown_away(worker, worker_settings, analyzer,
+                                                                          monkeypatch):
+    """The job's lease ran out while it was drawn (the worker stalled) and another worker took it: the
+    first one's portraits are not recorded and the job stays the other's."""
+    from dataclasses import replace
+
+    from engine import job_runners
+
+    enroll_user(worker.store, analyzer, worker_settings, "42", [photo(p) for p in OBAMA], subject="man")
+    worker.queue.enqueue("train", "42", {"steps": 4})
+    worker.run(exit_when_idle=0)
+    job = worker.queue.enqueue("generate", "42", {"style": "anime", "count": 1, "seed": 3})
+    runner = job_runners.RUNNERS["generate"]
+
+    def compute_then_lose_the_lease(models, inputs, context):
+        drawn = runner.compute(models, inputs, context)
+        other = SqliteJobQueue(worker.store, worker_settings)
+        other.reclaim_leases([worker.worker_id])
+        assert other.claim("other-worker").id == job.id
+        return drawn
+
+    monkeypatch.setitem(job_runners.RUNNERS, "generate", replace(runner, compute=compute_then_lose_the_lease))
+    worker.run(exit_when_idle=0)
+    taken = worker.queue.get(job.id)
+    assert taken.state == "running" and taken.ran_on == "other-worker"
+    assert list(worker.store.db["portraits"].rows_where("job_id = ?", [job.id])) == []
