@@ -25,8 +25,8 @@ from tests.conftest import DATA, TEST_MODEL_SETTINGS, photo
 
 ROOT = Path(__file__).parent.parent
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
-SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 2,
-            "JOB_LEASE_SECONDS": 5, "JOB_RETRY_SECONDS": 0, "TRAINING_PREVIEWS": "false"}
+SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 20, "PORTRAIT_SIZE": 64,
+            "PORTRAIT_CANDIDATES": 2, "JOB_LEASE_SECONDS": 5, "JOB_RETRY_SECONDS": 0, "TRAINING_PREVIEWS": "false"}
 
 
 @pytest.fixture(scope="module")
