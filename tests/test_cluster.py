@@ -75,6 +75,15 @@ def dispatcher(env, name: str | None = None, idle: float | None = None, **extra:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def actors_ready(process: subprocess.Popen, count: int, timeout: float = 120) -> None:
+    """Read the dispatcher's log until `count` actors said they are ready."""
+    ready, deadline = 0, time.monotonic() + timeout
+    while ready < count:
+        line = process.stdout.readline()
+        assert line and time.monotonic() < deadline, f"only {ready} actors became ready"
+        ready += "cluster: actor ready" in line
+
+
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output
@@ -113,13 +122,22 @@ def enrolled(settings, queue, analyzer, *users: str) -> None:
 
 def test_three_members_enroll_train_and_get_portraits_across_both_nodes(setup):
     settings, queue, env, cluster = setup
+    process = dispatcher(env)
+    actors_ready(process, 2)  # then the first two enrollments go one to each actor
     users = ("ann", "bob", "cy")
     enrolls = {user: queue.enqueue("enroll", user, {"uploads": uploads(settings, user, OBAMA), "subject": "man",
                                                     "train_after": True}) for user in users}
     portraits = {user: queue.enqueue("generate", user, {"style": "anime", "count": 1, "seed": 5,
                                                         "wait_for_training": True}) for user in users}
-    again = queue.enqueue("generate", "ann", {"style": "anime", "count": 1, "seed": 6, "wait_for_training": True})
-    finish(dispatcher(env, idle=6))
+    wait_for(lambda: all(job.finished for job in queue.jobs(limit=100)) and len(queue.jobs()) == 9, 300,
+             "every enrollment, training and portrait")
+    # One more portrait each, while both actors are free: each goes to the actor holding that face model.
+    again = {}
+    for user in users:
+        again[user] = queue.enqueue("generate", user, {"style": "anime", "count": 1, "seed": 6})
+        wait_for(lambda: queue.get(again[user].id).finished, 120, f"{user}'s second portrait")
+    process.send_signal(signal.SIGTERM)
+    finish(process)
 
     jobs = queue.jobs(limit=100)
     assert {job.kind for job in jobs} == {"enroll", "train", "generate"}
@@ -133,10 +151,9 @@ def test_three_members_enroll_train_and_get_portraits_across_both_nodes(setup):
         assert Path(saved["path"]).is_file() and Path(saved["path"]).is_relative_to(settings.data_dir)
         rows = list(queue.store.db["portraits"].rows_where("job_id = ?", [portraits[user].id]))
         assert len(rows) == 1  # recorded once
+        assert queue.get(again[user].id).ran_on == queue.get(portraits[user].id).ran_on  # adapter affinity
     assert not list((settings.data_dir / "tmp").rglob("*.jpg"))  # the uploads were consumed
     assert len({node_of(job.ran_on) for job in jobs}) == 2, [job.ran_on for job in jobs]  # both GPU nodes worked
-    # The second portrait of ann went where her face model already was (adapter affinity).
-    assert queue.get(again.id).ran_on == queue.get(portraits["ann"].id).ran_on
 
 
 def test_a_node_lost_mid_training_resumes_on_the_other_node_from_its_checkpoint(setup, analyzer):
@@ -173,6 +190,20 @@ def test_a_dispatcher_killed_mid_job_loses_nothing(setup, analyzer):
     assert done.result["resumed_from_step"] >= 0.2 * 600  # from the checkpoint the dead one had sent back
     assert queue.get(other.id).state == "done"
     assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(1, "ready")]
+
+
+def test_sigterm_stops_the_dispatcher_with_the_training_checkpointed_and_handed_back(setup, analyzer):
+    settings, queue, env, cluster = setup
+    enrolled(settings, queue, analyzer, "ann")
+    training = queue.enqueue("train", "ann", {"steps": 600})
+    process = dispatcher(env)
+    wait_for(lambda: queue.get(training.id).progress >= 0.3, 180, "the training to pass 30%")
+    process.send_signal(signal.SIGTERM)  # as the bot stops its worker
+    finish(process, timeout=60)
+    handed_back = queue.get(training.id)
+    assert handed_back.state == "queued" and handed_back.attempts == 0, handed_back  # no attempt used
+    [model] = queue.store.face_models("ann")
+    assert model.status == "training" and (model.path.parent / "v1.partial" / "checkpoint.pt").is_file()
 
 
 def test_cancelling_a_running_job_stops_it_and_frees_the_actor(setup, analyzer):

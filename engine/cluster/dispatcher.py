@@ -106,8 +106,10 @@ class ActorPool:
             return
         try:
             info = ray.get(slot.ping)
-            slot.ready = True
             slot.where = f"{slot.name}@{info['ip']} node {info['node_id'][:8]}"
+            if not slot.ready:
+                log.info("cluster: actor ready: %s", slot.where)
+            slot.ready = True
         except RayError:
             slot.ready = False
         slot.ping = None
@@ -169,11 +171,10 @@ class Dispatcher:
         return True
 
     def run(self, exit_when_idle: float | None = None, poll_seconds: float = 0.2) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self.stopping.set())
+        self._stop_on_signals()
         if not self.connect():
             return
+        self._stop_on_signals()  # again: ray.init installs a SIGTERM handler that exits at once
         log.info("dispatcher %s started on the Ray cluster at %s", self.worker_id, self.settings.ray_address)
         self.worker.reclaim_dead_leases()
         if self.settings.device in ("auto", "cuda") and self.pool.wanted():  # the cluster's GPUs draw them
@@ -193,6 +194,12 @@ class Dispatcher:
         for thread in list(self._threads.values()):  # trainings checkpoint and go back; portraits finish
             thread.join(timeout=self.settings.job_lease_seconds)
         log.info("dispatcher %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
+
+    def _stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT stop the loop: trainings checkpoint and go back, portraits finish."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stopping.set())
 
     def _check_gpus(self) -> None:
         """With no GPU in the cluster, the owner is told (jobs wait: nothing is claimed)."""
