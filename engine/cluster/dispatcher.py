@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 NO_GPU_PROBLEM, UNREACHABLE_PROBLEM = "cluster", "cluster address"
 RECONNECT_SECONDS = 10.0
 PING_SECONDS = 2.0
+EMPTY_QUEUE_SECONDS = 1.0  # as often as the local worker looks at an empty queue
 LOST_TEXT = "The GPU machine running this went away; it will be retried."
 
 
@@ -153,6 +154,7 @@ class Dispatcher:
         self.stopping = self.worker.stopping
         self.pool: ActorPool | None = None
         self._threads: dict[int, threading.Thread] = {}
+        self._next_claim_at = 0.0
 
     def connect(self) -> bool:
         """Join the cluster; while it does not answer, the owner is told once and jobs wait. False when
@@ -183,7 +185,10 @@ class Dispatcher:
         while not self.stopping.is_set():
             if self.pool.refresh():
                 self._check_gpus()
-            self._threads = {job_id: t for job_id, t in self._threads.items() if t.is_alive()}
+            running = {job_id: t for job_id, t in self._threads.items() if t.is_alive()}
+            if len(running) < len(self._threads):
+                self._next_claim_at = 0.0  # an actor came free: look at the queue now
+            self._threads = running
             if self._claim_next():
                 idle_since = time.monotonic()
             elif self._threads:
@@ -211,11 +216,13 @@ class Dispatcher:
             log.error("cluster: no GPU in the cluster; jobs wait")
 
     def _claim_next(self) -> bool:
-        """Claim the next job in the queue's order while an actor is free; True when one was started."""
-        if not self.pool.free():
+        """Claim the next job in the queue's order while an actor is free; True when one was started.
+        An empty queue is looked at again after a second (a claim takes the database's write lock)."""
+        if not self.pool.free() or time.monotonic() < self._next_claim_at:
             return False
         job = self.worker.queue.claim(self.worker_id)
         if job is None:
+            self._next_claim_at = time.monotonic() + EMPTY_QUEUE_SECONDS
             return False
         slot = self.pool.take(job.user_id, portrait=job.kind == "generate")
         if slot is None:  # every actor went away meanwhile: back to the queue, untouched
