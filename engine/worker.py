@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 MIN_FREE_GPU_GIB = 2.0
 # The incident key of the models every job needs (the base model and its VAE).
 MODELS_PROBLEM = "models"
+# The jobs that need those models (enroll and swap need only the face analyzer).
+MODEL_KINDS = tuple(kind for kind, runner in RUNNERS.items() if runner.uses_gpu)
 
 
 class GpuBusy(Exception):
@@ -224,7 +226,7 @@ class Worker:
     def _wait_for_setup(self, job: Job, key: str, message: str) -> None:
         self._report_setup_problem(key, message)
         wait = max(1.0, 6 * self.settings.job_retry_seconds)
-        self.queue.wait_for_setup(job.id, self.worker_id, wait)
+        self.queue.wait_for_setup(job.id, self.worker_id, wait, also_kinds=MODEL_KINDS)
         log.info("job %s waits %.0f s for the setup to be fixed", job.id, wait)
 
     def _fail_transient(self, job: Job, error: Exception) -> None:

@@ -226,3 +226,21 @@ def test_a_long_reader_never_blocks_the_queue_and_a_long_writer_only_delays_it(s
     started = time.monotonic()
     queue.enqueue("generate", "bob", {})  # waits for the lock (up to 30 s), then goes through
     assert 0.8 < time.monotonic() - started < 10
+
+
+def test_jobs_waiting_for_the_setup_are_tried_again_together_in_the_queues_order(queue):
+    """A member's preview (queued first) hits a missing model: their training, which needs the same
+    model, waits with it, so once the model is there the preview still goes first."""
+    first, second = queue.enqueue("teaser", "u", {"style": "anime"}), queue.enqueue("train", "u")
+    enroll = queue.enqueue("enroll", "u", {})  # needs no model: it does not wait
+    time.sleep(2.0 - time.time() % 2.0 + 0.05)  # just past a 2 s boundary: the retry is 4 s away
+    assert queue.claim("w").id == first.id
+    queue.wait_for_setup(first.id, "w", 2.0, also_kinds=("teaser", "train"))
+    waiting = [queue.get(job.id) for job in (first, second)]
+    assert [job.progress_text for job in waiting] == ["waiting for the bot's setup"] * 2
+    assert waiting[0].attempts == 0  # waiting uses no attempt
+    run_after = [row["run_after"] for row in queue.db["jobs"].rows_where("id in (?, ?)", [first.id, second.id])]
+    assert run_after[0] == run_after[1]  # one moment for both
+    assert queue.claim("w").id == enroll.id and queue.claim("w") is None
+    time.sleep(4.1)
+    assert queue.claim("w").id == first.id

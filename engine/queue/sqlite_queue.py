@@ -12,6 +12,7 @@ requests wait behind everybody else's first one; a user's own jobs run in order.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from itertools import zip_longest
@@ -217,15 +218,25 @@ class SqliteJobQueue:
                 "attempts = attempts - 1, progress_text = 'queued (worker restarted)' where id = ?", [job_id])
         return self.get(job_id)
 
-    def wait_for_setup(self, job_id: int, worker_id: str, seconds: float) -> Job:
+    def wait_for_setup(self, job_id: int, worker_id: str, seconds: float, also_kinds: tuple[str, ...] = ()) -> Job:
         """Put a job back to wait for the owner to fix the setup: no attempt is used, and it is tried
-        again after `seconds` (and again, until the setup works)."""
+        again after about `seconds` (and again, until the setup works). The same member's queued jobs of
+        `also_kinds` (those that need the same models) wait with it until the same moment, so once the
+        setup works the member's jobs run in their order, not in the order they happened to fail in."""
+        retry_at = stamp(datetime.fromtimestamp(math.ceil((now().timestamp() + seconds) / seconds) * seconds,
+                                                timezone.utc))
         with self.store.transaction():
-            self._owned(job_id, worker_id)
+            row = self._owned(job_id, worker_id)
             self.db.execute(
                 "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
                 "attempts = attempts - 1, run_after = ?, progress = 0, progress_text = ? where id = ?",
-                [stamp(now() + timedelta(seconds=seconds)), WAITING_FOR_SETUP, job_id])
+                [retry_at, WAITING_FOR_SETUP, job_id])
+            if also_kinds:
+                marks = ", ".join("?" for _ in also_kinds)
+                self.db.execute(
+                    f"update jobs set run_after = ?, progress_text = ? where user_id = ? and state = 'queued' "
+                    f"and id != ? and kind in ({marks})", [retry_at, WAITING_FOR_SETUP, row["user_id"], job_id,
+                                                          *also_kinds])
         return self.get(job_id)
 
     def _finish(self, job_id: int, state: str, **changes) -> None:
