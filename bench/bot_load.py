@@ -18,7 +18,7 @@ ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.benchmarks.common import bench_arguments, percentile, write_figures  # noqa: E402
-from engine.random_models import make_tiny_model  # noqa: E402
+from engine.models.random_models import make_tiny_model  # noqa: E402
 from tests.bot_harness import SOAK_SETTINGS, running_bot, soak  # noqa: E402
 
 TARGETS = {"ack_p99_ms": 100.0, "loop_lag_p99_ms": 50.0}

@@ -21,14 +21,14 @@ from pathlib import Path
 
 from engine.benchmarks.common import bench_arguments, write_figures
 from engine.config import Settings, load_settings
-from engine.enroll import enroll_user
 from engine.faces import get_analyzer
+from engine.jobs.queue import SqliteJobQueue
+from engine.jobs.worker import Worker
+from engine.models.random_models import make_tiny_model
 from engine.preprocess import UploadedPhoto
-from engine.queue import SqliteJobQueue
-from engine.random_models import make_tiny_model
+from engine.preprocess.enroll import enroll_user
 from engine.store import Store
-from engine.train import train_user
-from engine.worker import Worker
+from engine.training.train import train_user
 
 ROOT = Path(__file__).parent.parent
 PHOTOS = ROOT / "tests" / "data" / "obama"
@@ -78,7 +78,7 @@ def local_seconds_per_job(settings: Settings, jobs: int) -> float:
 def cluster_run(settings: Settings, actors: int, jobs: int) -> dict:
     import ray
 
-    from engine.cluster.dispatcher import Dispatcher
+    from engine.jobs.cluster.dispatcher import Dispatcher
 
     dispatcher = Dispatcher(settings.model_copy(update={"ray_actors": actors}), f"bench-{actors}")
     loop = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 0.05}, daemon=True)

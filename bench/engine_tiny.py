@@ -15,18 +15,18 @@ from pathlib import Path
 
 import torch
 
-from engine.base_model import load_base_pipeline
 from engine.benchmarks.common import bench_arguments, best_seconds, seconds, write_figures
 from engine.config import load_settings
-from engine.enroll import enroll_user
 from engine.faces import get_analyzer
-from engine.generate import PortraitGenerator, PortraitRequest
-from engine.lora_training import TrainOptions, _cache_inputs
+from engine.generation.generate import PortraitGenerator, PortraitRequest
+from engine.models.base_model import load_base_pipeline
+from engine.models.random_models import make_tiny_model
 from engine.preprocess import UploadedPhoto
-from engine.random_models import make_tiny_model
+from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from engine.styles import load_styles
-from engine.train import train_user
+from engine.training.lora import TrainOptions, _cache_inputs
+from engine.training.train import train_user
 
 PHOTOS = Path(__file__).parent.parent / "tests" / "data" / "obama"
 IMAGES, SIZE = 4, 64

@@ -23,14 +23,14 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.base_model import BasePipeline, apply_memory_savers, load_base_pipeline, native_bf16, plan_memory
 from engine.benchmarks.common import bench_arguments, write_figures
 from engine.benchmarks.machine import machine_facts
 from engine.config import load_settings
-from engine.generate import PortraitGenerator, PortraitRequest
-from engine.lora_training import WEIGHTS_FILE, TrainOptions, train_face_lora
-from engine.random_models import make_random_lora, make_sd15_shaped_model, make_tiny_model
+from engine.generation.generate import PortraitGenerator, PortraitRequest
+from engine.models.base_model import BasePipeline, apply_memory_savers, load_base_pipeline, native_bf16, plan_memory
+from engine.models.random_models import make_random_lora, make_sd15_shaped_model, make_tiny_model
 from engine.styles import load_styles
+from engine.training.lora import WEIGHTS_FILE, TrainOptions, train_face_lora
 
 PHOTOS = Path(__file__).parent.parent / "tests" / "data" / "obama"
 TARGETS = {"train_5_photos_s": 45.0, "train_5_photos_peak_gib": 8.0, "portraits_4x40_s": 3.0, "fast_4_s": 1.0}

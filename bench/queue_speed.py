@@ -15,11 +15,11 @@ from pathlib import Path
 
 from engine.benchmarks.common import bench_arguments, percentile, write_figures
 from engine.config import load_settings
-from engine.enroll import enroll_user
 from engine.faces import get_analyzer
+from engine.jobs.queue import SqliteJobQueue
+from engine.models.random_models import make_tiny_model
 from engine.preprocess import UploadedPhoto
-from engine.queue import SqliteJobQueue
-from engine.random_models import make_tiny_model
+from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 
 ROOT = Path(__file__).parent.parent

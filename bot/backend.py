@@ -19,8 +19,8 @@ from typing import TypeVar
 
 from engine.config import Settings
 from engine.errors import FaceChainError
-from engine.portrait_request import check_prompt_words, check_request
-from engine.queue import Job, SqliteJobQueue
+from engine.generation.requests import check_prompt_words, check_request
+from engine.jobs.queue import Job, SqliteJobQueue
 from engine.store import ForgetReport, Store
 from engine.store.community import GuildSettings, guild_settings, user_gallery_posts
 from engine.styles import STYLES_DIR, StyleCatalogue, load_styles

@@ -20,9 +20,9 @@ from bot.loop_lag import LoopLag
 from bot.setup_notices import notify_owner_forever
 from bot.web import WebGallery
 from engine.config import Settings
-from engine.maintenance import build_scheduler
+from engine.jobs.worker_process import WorkerProcess
 from engine.memory import peak_rss_mb
-from engine.worker_process import WorkerProcess
+from engine.store.maintenance import build_scheduler
 
 log = logging.getLogger("bot")
 WORKER_CHECK_SECONDS = 5

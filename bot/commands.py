@@ -23,11 +23,11 @@ from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_l
 from bot.replies import reply, report_error
 from bot.views import ConfirmView, MeView, PagerView, age_restricted, client
 from engine.errors import FaceChainError
-from engine.members import describe_member, remove_photo
+from engine.generation.previews import shown_preview
 from engine.nsfw_policy import NSFW_POLICIES, POLICY_MEANINGS
 from engine.store.community import rotate_web_token, update_guild_settings
+from engine.store.members import describe_member, remove_photo
 from engine.store.setup_problems import open_setup_problems
-from engine.style_previews import shown_preview
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot

@@ -13,7 +13,7 @@ from bot import gallery
 from bot.replies import not_yours, reply
 from bot.views import client, guarded
 from engine.errors import FaceChainError
-from engine.queue import Job
+from engine.jobs.queue import Job
 
 
 async def owned_job(interaction: discord.Interaction, job_id: int) -> Job | None:

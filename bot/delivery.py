@@ -23,7 +23,7 @@ import discord
 
 from bot.components import face_choices, portrait_actions, swap_actions
 from bot.messages import enroll_card, job_title, portrait_lines, progress_line, thumbnail_grid, with_training_line
-from engine.queue import Job
+from engine.jobs.queue import Job
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot

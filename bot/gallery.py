@@ -14,9 +14,9 @@ import discord
 from bot.messages import COLOUR
 from bot.replies import reply
 from bot.views import OwnerView, age_restricted, client, guarded
-from engine.collage import render_collage
 from engine.errors import FaceChainError
 from engine.nsfw_policy import may_show_flagged
+from engine.store.collage import render_collage
 from engine.store.community import (
     GalleryItem,
     GuildSettings,

@@ -9,7 +9,7 @@ import discord
 from PIL import Image, ImageDraw
 
 from engine.errors import ModelUnavailable
-from engine.queue import WAITING_FOR_SETUP, Job, QueuePosition
+from engine.jobs.queue import WAITING_FOR_SETUP, Job, QueuePosition
 
 COLOUR = discord.Colour.from_rgb(88, 101, 242)
 CONSENT_TEXT = (

@@ -1,5 +1,5 @@
 """Each server's NSFW policy: what happens to a portrait the safety check flags. A light module (no
-model, no numpy) that the bot reads; the check itself is engine/safety.py."""
+model, no numpy) that the bot reads; the check itself is engine/models/safety.py."""
 
 from __future__ import annotations
 

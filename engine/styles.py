@@ -9,12 +9,11 @@ fails validation is reported with its path and field; the other styles still loa
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
@@ -41,7 +40,7 @@ class StyleLora(BaseModel):
 
     @model_validator(mode="after")
     def _hub_needs_a_file(self) -> StyleLora:
-        from engine.models import parse_model_reference
+        from engine.models.references import parse_model_reference
 
         if parse_model_reference(self.reference).kind != "local" and not self.weight_name:
             raise ValueError("weight_name is needed for a hub reference (only that one file is downloaded)")

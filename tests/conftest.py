@@ -80,7 +80,7 @@ def files_under(folder: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random SD pipeline written once per test session."""
-    from engine.random_models import make_tiny_model
+    from engine.models.random_models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
 
@@ -88,7 +88,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def safety_checkers(tmp_path_factory) -> dict[str, Path]:
     """Tiny random safety checkers saved like the real one: "flags_all" flags every image, "flags_none" none."""
-    from engine.random_models import make_tiny_safety_checker
+    from engine.models.random_models import make_tiny_safety_checker
 
     folder = tmp_path_factory.mktemp("checkers")
     return {"flags_all": make_tiny_safety_checker(folder / "flags_all", flags_everything=True),

@@ -26,8 +26,8 @@ from bot.downloads import (
 )
 from bot.logs import JsonFormatter
 from bot.messages import enroll_card, eta, portrait_lines, progress_line
+from engine.jobs.queue import WAITING_FOR_SETUP, Job, QueuePosition
 from engine.preprocess.trigger import SUBJECTS as ENGINE_SUBJECTS
-from engine.queue import WAITING_FOR_SETUP, Job, QueuePosition
 from tests.fake_discord import APP_ID, FakeDiscord
 
 ROOT = Path(__file__).parent.parent
@@ -45,8 +45,8 @@ def test_the_subject_choices_are_the_engines():
 
 
 # Engine modules that load models or reach the cluster: the bot needs none of them.
-HEAVY_ENGINE_MODULES = ("engine.safety", "engine.base_model", "engine.generate", "engine.job_runners",
-                        "engine.cluster.dispatcher", "engine.cluster.actor")
+HEAVY_ENGINE_MODULES = ("engine.models.safety", "engine.models.base_model", "engine.generation.generate",
+                        "engine.jobs.runners", "engine.jobs.cluster.dispatcher", "engine.jobs.cluster.actor")
 
 
 def test_the_bot_never_loads_the_heavy_libraries():

@@ -207,7 +207,7 @@ def test_doctor_names_an_unwritable_data_dir(capsys, tmp_path, monkeypatch):
 
 
 def test_model_references_are_told_apart(tmp_path):
-    from engine.models import parse_model_reference
+    from engine.models.references import parse_model_reference
 
     assert parse_model_reference("modelscope:ly261666/cv_portrait_model").kind == "modelscope"
     assert parse_model_reference("SG161222/Realistic_Vision_V5.1_noVAE").kind == "huggingface"

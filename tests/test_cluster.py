@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ray.cluster_utils import Cluster  # the cluster extra, which the test command installs
 
 from engine.config import load_settings
-from engine.enroll import enroll_user
-from engine.queue import SqliteJobQueue
+from engine.jobs.queue import SqliteJobQueue
+from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from tests.conftest import DATA, TEST_MODEL_SETTINGS, photo
 

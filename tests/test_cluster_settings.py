@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from engine.cli import main
-from engine.cluster.address import check_address
 from engine.errors import SettingsError
+from engine.jobs.cluster.address import check_address
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:6379", "localhost:6379", "10.1.2.3:6379", "ray://192.168.0.7:10001",
@@ -73,8 +73,8 @@ def test_a_dispatcher_whose_cluster_does_not_answer_tells_the_owner_and_jobs_wai
     import threading
     import time
 
-    from engine.cluster.dispatcher import Dispatcher
     from engine.config import load_settings
+    from engine.jobs.cluster.dispatcher import Dispatcher
 
     settings = load_settings(_env_file=None, data_dir=tmp_path / "data", ray_address="127.0.0.1:1")
     dispatcher = Dispatcher(settings, "dispatcher")

@@ -3,7 +3,7 @@
 import pytest
 
 from engine.errors import FaceChainError
-from engine.queue import QueueLimit, SqliteJobQueue
+from engine.jobs.queue import QueueLimit, SqliteJobQueue
 from engine.store.community import (
     add_gallery_entry,
     guild_settings,
@@ -142,7 +142,7 @@ def test_the_collage_is_a_captioned_grid(tmp_path):
 
     from PIL import Image
 
-    from engine.collage import render_collage
+    from engine.store.collage import render_collage
 
     paths = []
     for index, colour in enumerate(("red", "green", "blue")):

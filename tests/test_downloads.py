@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ModelUnavailable
-from engine.models import check_disk_space, select_files
+from engine.models.references import check_disk_space, select_files
 from tests.fake_hub import REALISTIC_VISION_CHECKPOINTS, FakeHub, realistic_vision_layout
 
 ROOT = Path(__file__).parent.parent
@@ -36,8 +36,8 @@ def pipeline_files(folder: Path) -> set[str]:
 
 @pytest.fixture
 def hub(tmp_path, tiny_model):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     served = FakeHub(tmp_path / "hub")
     realistic_vision_layout(served, tiny_model, BASE)
@@ -102,7 +102,7 @@ def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path,
     script = (
         "import json\n"
         "from engine.config import load_settings\n"
-        "from engine.base_model import load_base_pipeline\n"
+        "from engine.models.base_model import load_base_pipeline\n"
         "seen = []\n"
         "base = load_base_pipeline(load_settings(_env_file=None), on_progress=lambda *a: seen.append(a))\n"
         "print(json.dumps({'seen': seen, 'vae': base.vae_reference,"
@@ -165,7 +165,7 @@ def test_a_copy_fetched_before_serves_when_the_hub_is_out_of_reach(hub, tmp_path
     env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="")
     assert facechain(env, tmp_path, "models", "pull").returncode == 0
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # later, offline (HF_HUB_OFFLINE not set)
-    script = ("from engine.config import load_settings\nfrom engine.base_model import load_base_pipeline\n"
+    script = ("from engine.config import load_settings\nfrom engine.models.base_model import load_base_pipeline\n"
               "print(load_base_pipeline(load_settings(_env_file=None)).folder)")
     loaded = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from engine.config import load_settings
-from engine.enroll import enroll_user
 from engine.errors import ModelMissing
 from engine.faces import get_analyzer
 from engine.faces.insightface_backend import ARCFACE_TEMPLATE, arcface_matrix, five_points
+from engine.preprocess.enroll import enroll_user
 from tests.conftest import image_array, photo
 
 # The legacy exporter is all the tiny models need; its own deprecation notices are not ours.

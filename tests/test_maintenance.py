@@ -4,8 +4,8 @@ import sqlite3
 import time
 
 from engine.cli import main
-from engine.maintenance import backup_database, build_scheduler, delete_temp_files, enforce_retention, run_all
-from engine.queue import SqliteJobQueue
+from engine.jobs.queue import SqliteJobQueue
+from engine.store.maintenance import backup_database, build_scheduler, delete_temp_files, enforce_retention, run_all
 from tests.test_store import add
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.base_model import load_base_pipeline, plan_memory
 from engine.cli import main
 from engine.errors import ModelMissing
-from engine.models import parse_model_reference, resolve_model_folder
+from engine.models.base_model import load_base_pipeline, plan_memory
+from engine.models.references import parse_model_reference, resolve_model_folder
 
 GIB = 2**30
 
@@ -93,7 +93,7 @@ def test_memory_plans_fit_an_8gb_card(device, free_gib, expected):
 
 def test_memory_savers_follow_each_plan_on_and_off(tiny_model, settings):
     """Savers are set per job to what the plan asks: an out-of-memory retry's savers do not outlive it."""
-    from engine.base_model import apply_memory_savers
+    from engine.models.base_model import apply_memory_savers
 
     base = load_base_pipeline(settings.model_copy(update={"base_model": str(tiny_model), "device": "cpu"}))
     assert not base.plan.attention_slicing
@@ -112,7 +112,7 @@ def test_an_8gb_card_plans_from_what_this_process_may_use(monkeypatch):
     an 8 GB card with the pipeline loaded still gets the no-offload plan."""
     import torch
 
-    from engine import base_model
+    from engine.models import base_model
 
     total, others, ours = int(7.6 * GIB), int(0.3 * GIB), int(2.4 * GIB)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (total - others - ours, total))
@@ -128,7 +128,7 @@ def test_bf16_only_where_the_card_has_it_natively(monkeypatch, native, capabilit
     """T4 / V100 / RTX 20xx report bf16 through emulation: they get fp16."""
     import torch
 
-    from engine import base_model
+    from engine.models import base_model
 
     def is_bf16_supported(including_emulation=True):
         return True if including_emulation else native

@@ -6,17 +6,23 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from engine import lora_training
-from engine.base_model import load_base_pipeline
 from engine.cli import main
 from engine.config import load_settings
-from engine.enroll import enroll_user
 from engine.errors import FaceChainError, ModelMissing
-from engine.generate import NEGATIVE_PROMPT, PortraitGenerator, PortraitRequest, build_negative_prompt, build_prompt
-from engine.lora_training import WEIGHTS_FILE, TrainingCancelled
+from engine.generation.generate import (
+    NEGATIVE_PROMPT,
+    PortraitGenerator,
+    PortraitRequest,
+    build_negative_prompt,
+    build_prompt,
+)
+from engine.models.base_model import load_base_pipeline
+from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from engine.styles import Style, StyleLora, load_styles
-from engine.train import train_user
+from engine.training import lora as lora_training
+from engine.training.lora import WEIGHTS_FILE, TrainingCancelled
+from engine.training.train import train_user
 from tests.conftest import photo
 
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
@@ -191,7 +197,7 @@ def test_train_cli(capsys, engine_settings, engine_store, monkeypatch):
 
 def test_a_members_own_words_join_the_prompt_within_limits():
     from engine.errors import FaceChainError
-    from engine.portrait_request import check_prompt_words
+    from engine.generation.requests import check_prompt_words
 
     anime = load_styles().get("anime")
     assert check_prompt_words("  holding   a guitar ") == "holding a guitar"

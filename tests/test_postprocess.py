@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from engine.cli import main
-from engine.generate import Candidate
-from engine.portrait import UNRANKED_NOTICE, make_portraits
+from engine.generation.generate import Candidate
+from engine.generation.portrait import UNRANKED_NOTICE, make_portraits
 from engine.postprocess import EnrolledFace, fuse_face, rank_candidates
 from engine.postprocess.fusion import face_mask
 from engine.styles import load_styles
@@ -112,7 +112,7 @@ class PhotoGenerator:
 
 @pytest.fixture
 def obama_user(store, analyzer, settings):
-    from engine.enroll import enroll_user
+    from engine.preprocess.enroll import enroll_user
     from tests.conftest import photo
 
     enroll_user(store, analyzer, settings, "obama", [photo(p) for p in SELFIES], subject="man")
@@ -179,9 +179,9 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_pat
     assert all(Path(p["path"]).is_file() and p["style"] == "cyberpunk" for p in portraits)
     assert "not ranked by likeness" in captured.err  # the tiny model draws noise, never a face
 
-    from engine.base_model import load_base_pipeline
     from engine.config import load_settings
-    from engine.random_models import make_random_lora
+    from engine.models.base_model import load_base_pipeline
+    from engine.models.random_models import make_random_lora
 
     unet = load_base_pipeline(load_settings()).pipeline.unet
     monkeypatch.setenv("FACECHAIN_FAST_LORA", str(make_random_lora(unet, tmp_path / "lcm.safetensors", kohya=True)))

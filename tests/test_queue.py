@@ -6,7 +6,7 @@ import time
 import pytest
 
 from engine.errors import FaceChainError
-from engine.queue import LeaseLost, QueueLimit, SqliteJobQueue
+from engine.jobs.queue import LeaseLost, QueueLimit, SqliteJobQueue
 from engine.store import Store
 
 

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine.base_model import apply_memory_savers, load_base_pipeline, plan_memory
 from engine.cli import main
 from engine.config import load_settings
-from engine.enroll import enroll_user
-from engine.generate import PortraitGenerator, PortraitRequest, StyleUnavailable
-from engine.lora_training import WEIGHTS_FILE, TrainOptions, train_face_lora
-from engine.queue import Job
-from engine.random_models import make_random_lora, make_tiny_model
+from engine.generation.generate import PortraitGenerator, PortraitRequest, StyleUnavailable
+from engine.jobs.queue import Job
+from engine.jobs.worker import Worker
+from engine.models.base_model import apply_memory_savers, load_base_pipeline, plan_memory
+from engine.models.random_models import make_random_lora, make_tiny_model
+from engine.preprocess.enroll import enroll_user
 from engine.styles import StyleLora, load_styles
-from engine.worker import Worker
+from engine.training.lora import WEIGHTS_FILE, TrainOptions, train_face_lora
 from tests.conftest import DATA, photo
 
 GIB = 2**30
@@ -192,7 +192,7 @@ def test_a_download_shows_in_the_jobs_progress(tiny_settings):
     worker = Worker(tiny_settings.model_copy(update={"data_dir": tiny_settings.data_dir.parent / "progress"}), "dl")
     job = worker.queue.enqueue("train", "u", {})
     worker.queue.claim("dl")
-    from engine.worker import Heartbeat
+    from engine.jobs.heartbeat import Heartbeat
 
     worker._beat = Heartbeat(worker.settings, job.id, "dl")
     try:

@@ -10,10 +10,11 @@ from PIL import Image
 
 from engine.cli import main
 from engine.config import load_settings
-from engine.enroll import enroll_user
 from engine.errors import ModelMissing
-from engine.portrait import ALL_HELD_BACK, make_portraits
-from engine.safety import load_safety_checker, may_show_flagged
+from engine.generation.portrait import ALL_HELD_BACK, make_portraits
+from engine.jobs.worker import Worker
+from engine.models.safety import load_safety_checker, may_show_flagged
+from engine.preprocess.enroll import enroll_user
 from engine.store.community import (
     add_gallery_entry,
     browse_gallery,
@@ -22,8 +23,7 @@ from engine.store.community import (
     week_winners,
 )
 from engine.styles import load_styles
-from engine.train import train_user
-from engine.worker import Worker
+from engine.training.train import train_user
 from tests.conftest import DATA, files_under, photo
 from tests.test_postprocess import SELFIES, PhotoGenerator, obama_user  # noqa: F401 - obama_user is a fixture
 

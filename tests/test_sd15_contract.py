@@ -14,17 +14,17 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from engine.base_model import load_base_pipeline
 from engine.config import load_settings
-from engine.enroll import enroll_user
-from engine.generate import Candidate, PortraitGenerator
-from engine.lora_training import WEIGHTS_FILE
-from engine.portrait import enrolled_face, make_portraits
+from engine.generation.generate import Candidate, PortraitGenerator
+from engine.generation.portrait import enrolled_face, make_portraits
+from engine.models.base_model import load_base_pipeline
+from engine.models.random_models import make_random_lora, make_sd15_shaped_model
 from engine.postprocess import make_fuser, rank_candidates
-from engine.random_models import make_random_lora, make_sd15_shaped_model
+from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from engine.styles import load_styles
-from engine.train import train_user
+from engine.training.lora import WEIGHTS_FILE
+from engine.training.train import train_user
 from tests.conftest import DATA, photo
 
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]

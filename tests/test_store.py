@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from engine.errors import FaceChainError
-from engine.store import SCHEMA_VERSION, Store
-from engine.store import schema
+from engine.store import SCHEMA_VERSION, Store, schema
 from tests.conftest import files_under
 
 EMBEDDING = np.arange(128, dtype=np.float32) / 128

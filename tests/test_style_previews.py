@@ -8,10 +8,10 @@ from PIL import Image
 
 from engine.cli import main
 from engine.config import load_settings
-from engine.queue import SqliteJobQueue
+from engine.generation.previews import PREVIEW_USER, preview_file
+from engine.jobs.queue import SqliteJobQueue
+from engine.jobs.worker import Worker
 from engine.store import Store
-from engine.style_previews import PREVIEW_USER, preview_file
-from engine.worker import Worker
 
 
 def tiny_settings(tiny_model, tmp_path, **changes):
@@ -72,8 +72,8 @@ def test_a_new_members_preview_portraits_wait_behind_trained_members_and_run_bef
 
 def test_preview_portraits_use_the_base_model_and_the_enrolled_face_and_skip_once_trained(
         tiny_model, tmp_path, analyzer):
-    from engine.enroll import enroll_user
-    from engine.portrait import TEASER_NOTICE
+    from engine.generation.portrait import TEASER_NOTICE
+    from engine.preprocess.enroll import enroll_user
     from tests.conftest import photo
 
     settings = tiny_settings(tiny_model, tmp_path, portrait_candidates=2, train_resolution=64)

@@ -147,7 +147,7 @@ def test_a_style_may_own_its_frame_and_a_look_that_fights_itself_is_refused(styl
     (styles_copy / "lost.toml").write_text('name = "L"\ndescription = "d"\nprompt = "p"\nfamily = "sculpture"\n')
     catalogue = load_styles(styles_copy)
     own = catalogue.get("own")
-    from engine.generate import build_negative_prompt, build_prompt
+    from engine.generation.generate import build_negative_prompt, build_prompt
 
     assert build_prompt("a man", own).endswith("charcoal sketch, bust, charcoal on paper")
     assert build_negative_prompt(own) == "nsfw, nude, naked, colour"

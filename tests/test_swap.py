@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.cli import main
-from engine.swap import SeveralFaces, swap_face
+from engine.generation.swap import SeveralFaces, swap_face
 from tests.conftest import DATA, photo
 
 ARTIFACTS = Path(__file__).parent / "artifacts"

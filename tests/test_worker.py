@@ -8,9 +8,9 @@ import time
 import pytest
 
 from engine.config import load_settings
-from engine.enroll import enroll_user
-from engine.queue import SqliteJobQueue
-from engine.worker import HANDLERS, Worker
+from engine.jobs.queue import SqliteJobQueue
+from engine.jobs.worker import HANDLERS, Worker
+from engine.preprocess.enroll import enroll_user
 from tests.conftest import DATA, files_under, photo
 
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
@@ -141,7 +141,7 @@ def test_out_of_memory_is_retried_once_with_memory_savers_then_fails_in_plain_wo
 
 
 def test_a_damaged_face_model_fails_once_with_a_plain_reason(worker, worker_settings):
-    from engine.lora_training import WEIGHTS_FILE
+    from engine.training.lora import WEIGHTS_FILE
 
     enroll_user(worker.store, worker.analyzer, worker_settings, "77", [photo(p) for p in OBAMA], subject="man")
     worker.queue.enqueue("train", "77", {"steps": 2})
@@ -204,7 +204,7 @@ def test_a_result_for_a_job_no_longer_leased_to_the_worker_is_thrown_away(worker
     first one's portraits are not recorded and the job stays the other's."""
     from dataclasses import replace
 
-    from engine import job_runners
+    from engine.jobs import runners as job_runners
 
     enroll_user(worker.store, analyzer, worker_settings, "42", [photo(p) for p in OBAMA], subject="man")
     worker.queue.enqueue("train", "42", {"steps": 4})

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.config import load_settings
-from engine.enroll import enroll_user
-from engine.queue import SqliteJobQueue
+from engine.jobs.queue import SqliteJobQueue
+from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from tests.conftest import TEST_MODEL_SETTINGS, photo
 
@@ -93,7 +93,7 @@ def test_sigterm_checkpoints_releases_and_a_new_worker_resumes(setup):
 
 
 def test_the_bot_side_supervisor_restarts_a_dead_worker_and_stops_it_cleanly(setup):
-    from engine.worker_process import WorkerProcess
+    from engine.jobs.worker_process import WorkerProcess
 
     settings, queue, env = setup
     supervisor = WorkerProcess(env={k: v for k, v in env.items() if k.startswith(("FACECHAIN_", "PYTHONPATH"))},

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from engine.faces import Face, FaceAnalyzer
-from engine.generate import Candidate
+from engine.generation.generate import Candidate
 from engine.postprocess.fusers import EnrolledFace, Fuser, classical_fuser
 
 log = logging.getLogger(__name__)

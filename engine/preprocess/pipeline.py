@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from engine.config import Settings
-from engine.faces import FaceAnalyzer
 from engine.errors import NoUsableFace
+from engine.faces import FaceAnalyzer
 from engine.preprocess.align import FoundFace, align_face, find_face
 from engine.preprocess.decode import decode_photo
 from engine.preprocess.identity import identity_outliers, near_duplicates

@@ -48,6 +48,11 @@ def guild_settings(store: Store, guild_id: str) -> GuildSettings:
     )
 
 
+def server_nsfw_policy(store: Store, guild_id: str | None) -> str:
+    """The NSFW policy of the server a request came from; DMs and the CLI count as block."""
+    return guild_settings(store, guild_id).nsfw_policy if guild_id else "block"
+
+
 def update_guild_settings(store: Store, guild_id: str, **changes: object) -> GuildSettings:
     """Change some settings of a guild; the others keep their values."""
     unknown = set(changes) - set(SETTING_COLUMNS)

@@ -1,0 +1,209 @@
+"""`facechain faces`, `portrait`, `upscale`, `swap` and `fuse`: the commands that look at or make pictures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.cli.common import command, console, download_bar, open_store, print_json, read_photo, report
+from engine.config import Settings
+from engine.errors import FaceChainError
+
+
+def cmd_faces_analyze(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.faces import get_analyzer
+    from engine.preprocess.decode import decode_photo
+    from engine.preprocess.reasons import PhotoRejected
+
+    analyzer = get_analyzer(settings)
+    results = []
+    for path in args.paths:
+        entry: dict = {"path": path, "faces": [], "error": None}
+        try:
+            image = decode_photo(read_photo(path).data, settings.max_photo_megapixels)
+            entry["faces"] = [face.to_json() for face in analyzer.detect(image)]
+        except PhotoRejected as rejection:
+            entry["error"] = f"{rejection.reason.value}: {rejection.detail}"
+        except FaceChainError as error:
+            entry["error"] = str(error)
+        results.append(entry)
+    if args.json:
+        print_json(results)
+    else:
+        for entry in results:
+            found = entry["error"] or f"{len(entry['faces'])} face(s) " + " ".join(
+                f"[box {face['box']} score {face['score']}]" for face in entry["faces"]
+            )
+            console.print(f"{entry['path']}: {found}")
+    return 0
+
+
+def embed_largest_face(path: str, settings: Settings):
+    from engine.faces import get_analyzer
+    from engine.preprocess.pipeline import find_usable_face
+
+    analyzer = get_analyzer(settings)
+    found = find_usable_face(analyzer, settings, read_photo(path))
+    return analyzer.embed(found.image, found.face)
+
+
+def cmd_faces_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.faces import get_analyzer, same_person
+
+    analyzer = get_analyzer(settings)
+    first, second = embed_largest_face(args.a, settings), embed_largest_face(args.b, settings)
+    distance = analyzer.distance(first, second)
+    result = {"distance": round(distance, 4), "same_person": same_person(analyzer, first, second),
+              "threshold": analyzer.threshold}
+    verdict = "same person" if result["same_person"] else "different people"
+    report(args, result, f"{verdict}: distance {distance:.3f} (threshold {analyzer.threshold:g})")
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace, settings: Settings) -> int:
+    from PIL import Image
+
+    from engine.faces import get_analyzer
+    from engine.postprocess.fuse_photos import fuse_photos
+
+    result = fuse_photos(get_analyzer(settings), settings, [read_photo(p) for p in args.face], read_photo(args.template))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.image).save(out)
+    summary = {"path": str(out), "distance_before": result.distance_before, "distance_after": result.distance_after}
+    report(args, summary, f"Wrote {out}: identity distance to the selfies {result.distance_before:.3f} -> "
+                          f"{result.distance_after:.3f} (lower is more alike)")
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.faces import get_analyzer
+    from engine.generation.generate import PortraitGenerator
+    from engine.generation.upscale import find_portrait, upscale
+    from engine.models.base_model import load_base_pipeline
+    from engine.styles import load_styles
+
+    store = open_store(settings)
+    find_portrait(store, args.user, args.portrait)  # before the slow model load
+    generator = PortraitGenerator(load_base_pipeline(settings, on_progress=download_bar()))
+    saved = upscale(store, generator, get_analyzer(settings), settings, load_styles(settings.styles_dir), args.user,
+                    args.portrait, out_dir=Path(args.out))
+    report(args, saved.to_json(), f"Wrote {saved.path} at twice the size"
+           + (f", likeness {saved.similarity:.0%}." if saved.similarity is not None else "."))
+    return 0
+
+
+def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.faces import get_analyzer
+    from engine.generation.swap import save_swap, swap_face
+
+    result = swap_face(open_store(settings), get_analyzer(settings), settings, args.user, read_photo(args.photo),
+                       args.face)
+    out = save_swap(result, Path(args.out))
+    report(args, {"path": str(out), "face": result.face, "faces_found": result.faces_found,
+                  "similarity": result.similarity},
+           f"Wrote {out}: face {result.face} of {result.faces_found}, likeness {result.similarity:.0%}.")
+    return 0
+
+
+def queue_portrait(args: argparse.Namespace, settings: Settings, store, catalogue) -> int:
+    """Put a portrait request on the queue, as the bot does; it waits for the user's queued training."""
+    from engine.generation.requests import check_prompt_words, check_request
+    from engine.jobs.queue import open_queue
+
+    queue = open_queue(settings, store)
+    training = any(job.kind == "train" for job in queue.active_jobs(user_id=args.user))
+    has_model = store.ready_face_model(args.user) is not None
+    check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not training)
+    params = {"style": args.style, "count": args.count, "seed": args.seed, "fast": args.fast,
+              "prompt": check_prompt_words(args.prompt or ""), "wait_for_training": not has_model}
+    job = queue.enqueue("generate", args.user, params)
+    report(args, {"job_id": job.id}, f"Portraits of {args.user} queued as job {job.id}"
+                                     + (", after the training queued for them" if not has_model else "") + ".")
+    return 0
+
+
+def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.faces import get_analyzer
+    from engine.generation.generate import PortraitGenerator
+    from engine.generation.portrait import make_portraits
+    from engine.generation.requests import check_prompt_words, check_request
+    from engine.models.base_model import load_base_pipeline
+    from engine.models.safety import load_safety_checker
+    from engine.styles import load_styles
+
+    store = open_store(settings)
+    catalogue = load_styles(settings.styles_dir)
+    if args.queue:
+        return queue_portrait(args, settings, store, catalogue)
+    if args.out is None:
+        raise FaceChainError("Say where the portraits go with --out DIR (or queue them with --queue).")
+    # Before the slow model load; a preview needs enrolled selfies only, no face model.
+    check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not args.preview)
+    if args.preview and not store.accepted_selfies(args.user):
+        raise FaceChainError(f"User {args.user} has no enrolled selfies: run `facechain enroll` first.")
+    words = check_prompt_words(args.prompt or "")
+    base = load_base_pipeline(settings, on_progress=download_bar())
+    safety = load_safety_checker(settings, base)
+    generator = PortraitGenerator(base, fast_lora=settings.fast_lora)
+    result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user,
+                            args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
+                            show_flagged=args.show_flagged, fast=args.fast, words=words, teaser=args.preview)
+    if result.notice:
+        print(f"notice: {result.notice}", file=sys.stderr)
+    if args.json:
+        print_json([portrait.to_json() for portrait in result.portraits])
+    else:
+        for portrait in result.portraits:
+            score = "unranked" if portrait.similarity is None else f"similarity {portrait.similarity:.3f}"
+            flagged = ", flagged by the safety check" if portrait.nsfw else ""
+            console.print(f"{portrait.path} ({score}, seed {portrait.seed}{flagged})")
+    return 0
+
+
+# --- the commands --------------------------------------------------------------------------------
+
+def register(commands) -> None:
+    faces = commands.add_parser("faces", help="detect and compare faces").add_subparsers(
+        dest="faces_command", required=True, metavar="ACTION")
+    command(faces, "analyze", cmd_faces_analyze, "list the faces in photos").add_argument("paths", nargs="+", metavar="PATH")
+    compare = command(faces, "compare", cmd_faces_compare, "are two photos the same person?")
+    compare.add_argument("a", metavar="A")
+    compare.add_argument("b", metavar="B")
+
+    fuse = command(commands, "fuse", cmd_fuse, "put the face from selfies onto a template photo")
+    fuse.add_argument("--face", nargs="+", required=True, metavar="SELFIE")
+    fuse.add_argument("--template", required=True, metavar="T")
+    fuse.add_argument("--out", required=True, metavar="O")
+
+    sharper = command(commands, "upscale", cmd_upscale,
+                      "a portrait again at twice the size, same style and face (img2img), fused and ranked again")
+    sharper.add_argument("--user", required=True)
+    sharper.add_argument("portrait", metavar="PORTRAIT", help="a path from `facechain portrait --json`")
+    sharper.add_argument("--out", required=True, metavar="OUT", help="folder for the bigger portrait")
+
+    swap = command(commands, "swap", cmd_swap, "put a user's enrolled face on a photo (no trained model needed)")
+    swap.add_argument("--user", required=True)
+    swap.add_argument("photo", metavar="PHOTO")
+    swap.add_argument("--face", type=int, metavar="N", help="which face, numbered left to right (needed when several)")
+    swap.add_argument("--out", required=True, metavar="OUT")
+
+    portrait = command(commands, "portrait", cmd_portrait, "draw a user's portraits in a style, ranked by likeness")
+    portrait.add_argument("--user", required=True)
+    portrait.add_argument("--style", required=True)
+    portrait.add_argument("--count", type=int, default=4)
+    portrait.add_argument("--seed", type=int)
+    portrait.add_argument("--out", metavar="DIR", help="where the portraits go (not needed with --queue)")
+    portrait.add_argument("--queue", action="store_true",
+                          help="queue the request for the worker instead (JSON: the job id); it waits for a queued "
+                               "training; results land in the data folder")
+    portrait.add_argument("--prompt", metavar="WORDS", help="your own words, added to the style's prompt (at most 200 "
+                                                             "characters)")
+    portrait.add_argument("--preview", action="store_true",
+                          help="before the face model is trained: the base model with the enrolled face fused on")
+    portrait.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                          help="fast mode: the LCM-LoRA in a few steps (default: FACECHAIN_FAST_BY_DEFAULT)")
+    portrait.add_argument("--show-flagged", action="store_true",
+                          help="keep portraits the safety check (FACECHAIN_SAFETY_CHECKER) flags, marked, "
+                               "instead of dropping them")

@@ -1,0 +1,113 @@
+"""`facechain doctor`, `models pull`, `make-tiny-model` and `bench`: getting a machine ready."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from engine.cli.common import command, console, download_bar, print_json, report
+from engine.config import Settings
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.cli.doctor import checks_to_json, run_checks
+
+    checks = run_checks(settings)
+    if args.json:
+        print_json(checks_to_json(checks))
+    else:
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        table = Table(title="facechain doctor")
+        for column in ("check", "status", "detail", "fix"):
+            table.add_column(column)
+        for check in checks:
+            table.add_row(check.name, f"[{colours[check.status]}]{check.status}[/]", check.detail, check.fix)
+        console.print(table)
+    return 1 if any(check.status == "fail" for check in checks) else 0
+
+
+def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.errors import ModelUnavailable
+    from engine.models.base_model import current_plan
+    from engine.models.device import resolve_device
+    from engine.models.files import disk_size, fetch, named_models, where_is
+
+    half = args.fp16 or current_plan(resolve_device(settings.device)).dtype_name != "float32"
+    progress = None if args.json else download_bar()
+    rows, failed = [], 0
+    for model in named_models(settings):
+        row = {"name": model.name, "reference": model.reference, "status": "present", "path": None, "bytes": 0,
+               "error": None}
+        path = where_is(model)
+        if path is None:
+            try:
+                path = fetch(model, half, (lambda d, t, name=model.name: progress(name, d, t)) if progress else None)
+                row["status"] = "downloaded"
+            except ModelUnavailable as error:
+                row.update(status="failed", error=str(error))
+                failed += 1
+        if path is not None:
+            row.update(path=str(path), bytes=disk_size(path))
+        rows.append(row)
+        if not args.json:
+            said = {"present": "already here", "downloaded": "downloaded", "failed": "not available"}[row["status"]]
+            where = f" ({row['bytes'] / 1e9:.2f} GB at {row['path']})" if path is not None else f": {row['error']}"
+            console.print(f"{model.name} {model.reference}: {said}{where}", soft_wrap=True)
+    if args.json:
+        print_json(rows)
+    return 1 if failed else 0
+
+
+def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.models.random_models import make_tiny_model
+
+    folder = make_tiny_model(Path(args.folder))
+    report(args, {"path": str(folder)},
+           f"Tiny random model written to {folder} (set FACECHAIN_BASE_MODEL={folder} to use it).")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.benchmarks.report import write_report
+    from engine.benchmarks.suite import run_suite
+
+    out = Path(args.out)
+    results = run_suite(out, quick=args.quick, gpu=args.gpu, only=args.only,
+                        gpu_results=Path(args.gpu_results) if args.gpu_results else None)
+    report_path = write_report(results, out)
+    failed = [name for name, run in results["benchmarks"].items() if "error" in run]
+    report(args, {"results": str(out / "results.json"), "report": str(report_path), "failed": failed},
+           f"Report: {report_path} (figures in {out / 'results.json'})"
+           + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+# --- the commands --------------------------------------------------------------------------------
+
+def register(commands) -> None:
+    command(commands, "doctor", cmd_doctor, "check that this machine is ready, with a fix for each problem")
+
+    models = commands.add_parser("models", help="the models the settings name").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION")
+    pull = command(models, "pull", cmd_models_pull,
+                   "download every model the settings name (base, VAE, safety checker, fast-mode and style LoRAs); "
+                   "only the files loading reads")
+    pull.add_argument("--fp16", action="store_true",
+                      help="fetch half-precision weights where offered (default: when this machine would use them)")
+
+    tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
+                   "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")
+    tiny.add_argument("folder", metavar="DIR")
+
+    bench = command(commands, "bench", cmd_bench,
+                    "run the benchmarks in bench/ and write results.json and a Markdown report with charts")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (a few minutes)")
+    bench.add_argument("--gpu", action="store_true",
+                       help="also the SD1.5-architecture GPU benchmark (needs CUDA; about 10 minutes)")
+    bench.add_argument("--only", metavar="NAMES", help="comma-separated: preprocess, engine_tiny, queue_speed, "
+                                                       "bot_load, gpu_sd15")
+    bench.add_argument("--out", default="bench/results", metavar="DIR", help="where results.json and report.md go")
+    bench.add_argument("--gpu-results", metavar="FILE",
+                       help="report the figures of a `bench/gpu_sd15.py --json FILE` run made on a GPU machine")

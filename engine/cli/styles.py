@@ -1,0 +1,136 @@
+"""`facechain styles`: list, show, check and draw previews of the portrait styles."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.table import Table
+
+from engine.cli.common import command, console, download_bar, print_json, report
+from engine.config import Settings
+from engine.errors import FaceChainError
+
+
+def cmd_styles_list(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.styles import load_styles
+
+    catalogue = load_styles(settings.styles_dir)
+    if args.json:
+        print_json([style.model_dump(mode="json") for style in catalogue.styles.values()])
+        return 0
+    table = Table(title=f"{len(catalogue.styles)} styles")
+    for column in ("id", "name", "description"):
+        table.add_column(column)
+    for style in catalogue.styles.values():
+        table.add_row(style.id, style.name, style.description)
+    console.print(table)
+    return 0
+
+
+def style_recipe(style, settings: Settings) -> dict:
+    """Exactly what generation uses for a style: prompts, sampler, LoRAs and weights, what is downloaded."""
+    from engine.generation.generate import build_negative_prompt, build_prompt
+    from engine.models.files import NamedModel, where_is
+    from engine.training.lora import WEIGHTS_FILE
+
+    loras = [{"role": "face", "reference": "the member's face model", "weight": style.face_weight}]
+    if style.lora is not None:
+        model = NamedModel("style LoRA", style.lora.reference, f"style {style.id}", "file",
+                           style.lora.weight_name or WEIGHTS_FILE, style.lora.revision)
+        loras.append({"role": "style", "reference": style.lora.reference, "file": model.filename,
+                      "revision": style.lora.revision, "weight": style.lora.weight,
+                      "downloaded": where_is(model) is not None})
+    fast = NamedModel("fast-mode LoRA", settings.fast_lora, "FACECHAIN_FAST_LORA", "file", WEIGHTS_FILE)
+    return {
+        "id": style.id, "name": style.name, "family": style.family,
+        "prompt": build_prompt("{trigger}", style), "negative_prompt": build_negative_prompt(style),
+        "sampler": style.sampler.model_dump(), "loras": loras,
+        "fast_mode": {"sampler": "lcm", "steps": settings.fast_steps, "guidance": settings.fast_guidance,
+                      "lora": settings.fast_lora, "weight": 1.0,
+                      "downloaded": bool(settings.fast_lora.strip()) and where_is(fast) is not None},
+    }
+
+
+def cmd_styles_show(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.styles import load_styles
+
+    catalogue = load_styles(settings.styles_dir)
+    style = catalogue.get(args.style)
+    if style is None:
+        close = catalogue.suggest(args.style)
+        raise FaceChainError(f"Unknown style {args.style!r}" + (f": did you mean {close[0]}?" if close else "."))
+    recipe = style_recipe(style, settings)
+    if args.json:
+        print_json(recipe)
+        return 0
+    sampler = recipe["sampler"]
+    console.print(f"[bold]{style.name}[/] ({style.id}, {style.family} family)", soft_wrap=True)
+    console.print(f"prompt: {recipe['prompt']}", soft_wrap=True, markup=False)
+    console.print(f"negative: {recipe['negative_prompt']}", soft_wrap=True, markup=False)
+    console.print(f"sampler: {sampler['name']}, {sampler['steps']} steps, guidance {sampler['guidance']:g}")
+    for lora in recipe["loras"]:
+        where = "" if "downloaded" not in lora else (" (downloaded)" if lora["downloaded"] else " (not downloaded yet)")
+        file = f" {lora['file']}" if lora.get("file") else ""
+        console.print(f"{lora['role']} LoRA: {lora['reference']}{file} at {lora['weight']:g}{where}", soft_wrap=True)
+    fast = recipe["fast_mode"]
+    console.print(f"fast mode: {fast['lora']} at 1, LCM, {fast['steps']} steps, guidance {fast['guidance']:g}"
+                  f"{' (downloaded)' if fast['downloaded'] else ' (not downloaded yet)'}", soft_wrap=True)
+    return 0
+
+
+def cmd_styles_previews(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.generation.generate import PortraitGenerator
+    from engine.generation.preview_drawing import draw_preview
+    from engine.generation.previews import preview_file, shown_preview
+    from engine.models.base_model import load_base_pipeline
+    from engine.styles import load_styles
+
+    catalogue = load_styles(settings.styles_dir)
+    wanted = [part.strip() for part in args.only.split(",")] if args.only else list(catalogue.styles)
+    unknown = [style_id for style_id in wanted if catalogue.get(style_id) is None]
+    if unknown:
+        raise FaceChainError(f"Unknown style(s): {', '.join(unknown)}: see `facechain styles list`.")
+    todo = [catalogue.get(style_id) for style_id in wanted
+            if args.force or shown_preview(settings, catalogue, catalogue.get(style_id)) is None]
+    rows = [{"style": style_id, "path": str(shown_preview(settings, catalogue, catalogue.get(style_id))),
+             "drawn": False} for style_id in wanted if catalogue.get(style_id) not in todo]
+    if todo:
+        generator = PortraitGenerator(load_base_pipeline(settings, on_progress=download_bar()))
+        for style in todo:
+            rows.append({"style": style.id, "path": str(draw_preview(generator, settings, style)), "drawn": True})
+            if not args.json:
+                console.print(f"drew {style.id}: {preview_file(settings, style.id)}")
+    report(args, rows, f"{sum(r['drawn'] for r in rows)} preview(s) drawn, "
+                       f"{sum(not r['drawn'] for r in rows)} already there.")
+    return 0
+
+
+def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.models.files import style_lora_problems
+    from engine.styles import load_styles
+
+    catalogue = load_styles(settings.styles_dir)
+    problems = [*catalogue.problems, *style_lora_problems(catalogue)]
+    if args.json:
+        print_json({"styles": len(catalogue.styles),
+                    "problems": [{"path": str(p.path), "field": p.field, "message": p.message} for p in problems]})
+    else:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        console.print(f"{len(catalogue.styles)} styles loaded, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+# --- the commands --------------------------------------------------------------------------------
+
+def register(commands) -> None:
+    styles = commands.add_parser("styles", help="the portrait styles").add_subparsers(
+        dest="styles_command", required=True, metavar="ACTION")
+    command(styles, "list", cmd_styles_list, "list the styles")
+    command(styles, "check", cmd_styles_check, "validate every style file and LoRA reference; exit 1 on a problem")
+    command(styles, "show", cmd_styles_show, "exactly what generation uses for a style").add_argument("style")
+    previews = command(styles, "previews", cmd_styles_previews,
+                       "draw a sample per style with the base model (no face), cached for /facechain styles")
+    previews.add_argument("--only", metavar="IDS", help="comma-separated style ids (default: every style)")
+    previews.add_argument("--force", action="store_true", help="draw again even where a preview exists")

@@ -1,0 +1,1 @@
+"""Generation: portraits in a style and their requests, style previews, Sharper x2 and face swap."""

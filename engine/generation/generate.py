@@ -1,0 +1,295 @@
+"""Styled portrait generation: one base pipeline per worker, face and style LoRAs as named adapters.
+
+Adapters are loaded once and kept in a small LRU cache, so switching between users and styles
+costs a `set_adapters` call instead of a base-model reload.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from engine.errors import ModelMissing, ModelUnavailable
+from engine.models.base_model import BasePipeline
+from engine.models.references import hub_file, parse_model_reference
+from engine.preprocess.trigger import TRIGGER_TOKEN
+from engine.styles import Style
+from engine.training.lora import WEIGHTS_FILE
+
+log = logging.getLogger(__name__)
+# FaceChain's portrait prompt, minus A1111 weight syntax that diffusers would read as plain text.
+PORTRAIT_PROMPT = ("upper_body, raw photo, masterpiece, solo, medium shot, high detail face, photorealistic, "
+                   "best quality")
+# The NSFW terms always lead, so truncation to the text encoder's 77 tokens never drops them.
+NSFW_TERMS = "nsfw, nude, naked"
+# For a style built without a catalogue (no family filled in): FaceChain's photo negative.
+QUALITY_NEGATIVE = ("paintings, sketches, worst quality, low quality, normal quality, lowres, monochrome, grayscale, "
+                    "logo, text, watermark, signature, username, bad anatomy, bad hands, extra fingers, missing "
+                    "fingers, extra limbs, deformed, disfigured, blurry, multiple people")
+NEGATIVE_PROMPT = f"{NSFW_TERMS}, {QUALITY_NEGATIVE}"
+MAX_SEED = 2**31 - 1
+# Adapter names are unique in the process: generators may share one base pipeline.
+_adapter_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class PortraitRequest:
+    style: Style
+    trigger: str
+    face_model: Path | None  # folder of a trained face LoRA; None draws the base model alone
+    count: int = 4
+    seed: int | None = None  # candidates use seed, seed+1, ...; None picks one at random
+    steps: int | None = None  # None: the style's sampler hint
+    guidance: float | None = None
+    size: int = 512
+    # "More like this": start every candidate from the noise of this seed, mixed with a little of
+    # its own (spherical interpolation), so they are variations of that picture.
+    variation_of: int | None = None
+    variation_strength: float = 0.3
+    # Fast mode: the LCM-LoRA beside the face and style LoRAs, with the LCM scheduler (give it its
+    # few steps and low guidance in `steps` and `guidance`).
+    fast: bool = False
+    words: str = ""  # the member's own words, added after the style's prompt (checked before)
+
+
+@dataclass
+class Candidate:
+    image: Image.Image
+    seed: int
+
+
+def build_prompt(trigger: str, style: Style, words: str = "") -> str:
+    """Trigger, the member's phrase, the style's prompt and the member's own words, then the style's
+    frame (its family's, from the catalogue)."""
+    parts = [TRIGGER_TOKEN, trigger, style.prompt, words, style.frame or PORTRAIT_PROMPT]
+    return ", ".join(part for part in parts if part)
+
+
+def build_negative_prompt(style: Style) -> str:
+    """The NSFW terms first (77-token truncation never drops them), then the style's look."""
+    parts = [NSFW_TERMS, style.negative_frame or QUALITY_NEGATIVE, style.negative_prompt]
+    return ", ".join(part for part in parts if part)
+
+
+FAST_SETTING = "FACECHAIN_FAST_LORA"
+FAST_PROBLEM = "fast-mode LoRA"  # its setup-problem key
+
+
+def make_scheduler(name: str, config: dict):
+    """A scheduler by sampler name (styles.SAMPLERS, or "lcm" for fast mode) from the base model's config."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        LCMScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    makers = {
+        "dpmpp_2m_karras": lambda: DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True),
+        "dpmpp_2m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++",
+                                                                    solver_order=2),
+        "euler_a": lambda: EulerAncestralDiscreteScheduler.from_config(config),
+        "euler": lambda: EulerDiscreteScheduler.from_config(config),
+        "ddim": lambda: DDIMScheduler.from_config(config),
+        "unipc": lambda: UniPCMultistepScheduler.from_config(config),
+        "lcm": lambda: LCMScheduler.from_config(config),
+    }
+    return makers[name]()
+
+
+def lora_file(reference: str, weight_name: str | None, setting: str, revision: str | None = None) -> Path:
+    """The one .safetensors file a LoRA reference names: a file, a file in a folder, or one hub file."""
+    parsed = parse_model_reference(reference)
+    if parsed.kind == "local":
+        path = Path(parsed.value).expanduser()
+        path = path / (weight_name or WEIGHTS_FILE) if path.is_dir() else path
+        if not path.is_file():
+            raise ModelUnavailable(f"{setting}: {path} does not exist: download the LoRA there, or fix the reference.")
+        return path
+    return hub_file(parsed, weight_name or WEIGHTS_FILE, setting, revision)
+
+
+class StyleUnavailable(ModelMissing):
+    """A style's LoRA cannot be loaded: the job fails at once (no retry) with words for the member;
+    the owner's detail is in `detail`."""
+
+    def __init__(self, style: Style, detail: str) -> None:
+        super().__init__(f"The {style.name} style can't be drawn right now: its style model is missing or "
+                         "damaged, and the bot's owner has been told. Try another style.")
+        self.detail = detail
+
+
+class PortraitGenerator:
+    def __init__(self, base: BasePipeline, max_adapters: int = 8, fast_lora: str = "") -> None:
+        self.base = base
+        self.max_adapters = max_adapters
+        self.fast_lora = fast_lora  # the LCM-LoRA reference (FACECHAIN_FAST_LORA)
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # source key -> adapter name
+        self._schedulers: dict[str, object] = {}
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def _adapter(self, key: str, load: Callable[[str], None]) -> str:
+        if key in self._adapters:
+            self._adapters.move_to_end(key)
+            return self._adapters[key]
+        while len(self._adapters) >= self.max_adapters:
+            _, evicted = self._adapters.popitem(last=False)
+            self.base.pipeline.delete_adapters(evicted)
+        name = f"adapter_{next(_adapter_ids)}"
+        with warnings.catch_warnings():  # several adapters on one UNet is the point of this cache
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            load(name)
+        self._adapters[key] = name
+        return name
+
+    def forget_adapter(self, key: str) -> None:
+        """Unload a face model that was retrained or deleted."""
+        name = self._adapters.pop(str(key), None)
+        if name is not None:
+            self.base.pipeline.delete_adapters(name)
+
+    def _face_adapter(self, folder: Path) -> str:
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise ModelMissing(f"The face model at {folder} has no {WEIGHTS_FILE}: train it again.")
+
+        def load(name: str) -> None:
+            try:
+                self.base.pipeline.load_lora_weights(folder, weight_name=WEIGHTS_FILE, adapter_name=name)
+            except Exception as error:  # noqa: BLE001 - a truncated or garbled file fails in many ways
+                self._discard_partial(name)
+                raise ModelMissing(f"The face model file is damaged ({type(error).__name__}): enroll again to "
+                                   "retrain it, or run `facechain train` for this user.") from None
+        return self._adapter(str(folder), load)
+
+    def _discard_partial(self, name: str) -> None:
+        """Remove what a failed load may have left on the UNet under `name`."""
+        try:
+            self.base.pipeline.delete_adapters(name)
+        except (ValueError, KeyError):
+            pass
+
+    def _file_adapter(self, key: str, path_of: Callable[[], Path]) -> str:
+        def load(name: str) -> None:
+            path = path_of()
+            try:
+                self.base.pipeline.load_lora_weights(path.parent, weight_name=path.name, adapter_name=name)
+            except Exception:
+                self._discard_partial(name)
+                raise
+        return self._adapter(key, load)
+
+    def _style_adapter(self, style: Style) -> str:
+        lora = style.lora
+        try:
+            return self._file_adapter(
+                f"style:{lora.reference}:{lora.weight_name}:{lora.revision}",
+                lambda: lora_file(lora.reference, lora.weight_name, f"style {style.id}", lora.revision))
+        except Exception as error:  # noqa: BLE001 - a missing, unreachable or garbled LoRA says the same
+            detail = str(error) if isinstance(error, ModelMissing) else f"{type(error).__name__}: {str(error)[:200]}"
+            raise StyleUnavailable(style, f"style {style.id}: its LoRA {lora.reference} could not be loaded "
+                                          f"({detail}); `facechain styles check` validates it.") from None
+
+    def _fast_adapter(self) -> str:
+        if not self.fast_lora.strip():
+            raise ModelUnavailable(f"Fast mode was asked for but {FAST_SETTING} is empty: set it to "
+                                   "latent-consistency/lcm-lora-sdv1-5 (or a local copy).", FAST_PROBLEM)
+        try:
+            return self._file_adapter(f"fast:{self.fast_lora}",
+                                      lambda: lora_file(self.fast_lora, None, FAST_SETTING))
+        except ModelUnavailable as error:
+            raise ModelUnavailable(str(error), FAST_PROBLEM) from None
+        except Exception as error:  # noqa: BLE001
+            raise ModelUnavailable(f"The fast-mode LoRA {self.fast_lora} could not be loaded ({type(error).__name__}):"
+                                   f" re-download it or fix {FAST_SETTING}.", FAST_PROBLEM) from None
+
+    def _activate(self, request: PortraitRequest) -> None:
+        names, weights = [], []
+        if request.face_model is not None:
+            names.append(self._face_adapter(request.face_model))
+            weights.append(request.style.face_weight)
+        if request.style.lora is not None:
+            names.append(self._style_adapter(request.style))
+            weights.append(request.style.lora.weight)
+        if request.fast:
+            names.append(self._fast_adapter())
+            weights.append(1.0)
+        pipeline = self.base.pipeline
+        if names:
+            pipeline.enable_lora()
+            pipeline.set_adapters(names, adapter_weights=weights)
+        elif self._adapters:
+            pipeline.disable_lora()
+        sampler = "lcm" if request.fast else request.style.sampler.name
+        if sampler not in self._schedulers:
+            self._schedulers[sampler] = make_scheduler(sampler, self.base.scheduler_config
+                                                       or dict(pipeline.scheduler.config))
+        pipeline.scheduler = self._schedulers[sampler]
+
+    def generate(self, request: PortraitRequest, on_step: Callable[[int, int], None] | None = None) -> list[Candidate]:
+        import torch
+
+        self._activate(request)
+        first_seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED - request.count)
+        seeds = [first_seed + index for index in range(request.count)]
+        steps = request.steps or request.style.sampler.steps
+        callback = None
+        if on_step is not None:
+            def callback(pipe, step, timestep, kwargs):
+                on_step(step + 1, steps)
+                return kwargs
+        images = self.base.pipeline(
+            prompt=[build_prompt(request.trigger, request.style, request.words)] * request.count,
+            negative_prompt=[build_negative_prompt(request.style)] * request.count,
+            num_inference_steps=steps,
+            guidance_scale=request.guidance if request.guidance is not None else request.style.sampler.guidance,
+            height=request.size, width=request.size,
+            # One CPU generator per image: a seed gives the same picture alone or in a batch (to float rounding).
+            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+            latents=self._variation_latents(request, seeds),
+            callback_on_step_end=callback,
+        ).images
+        return [Candidate(image, seed) for image, seed in zip(images, seeds)]
+
+    def _variation_latents(self, request: PortraitRequest, seeds: list[int]):
+        """Starting noise near `request.variation_of`'s, or None for the pipeline's own."""
+        if request.variation_of is None:
+            return None
+        import torch
+
+        pipeline = self.base.pipeline
+        side = request.size // pipeline.vae_scale_factor
+        shape = (pipeline.unet.config.in_channels, side, side)
+
+        def noise(seed: int):
+            return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+        anchor = noise(request.variation_of)
+        latents = torch.stack([slerp(request.variation_strength, anchor, noise(seed)) for seed in seeds])
+        return latents.to(self.base.device, pipeline.unet.dtype)
+
+
+def slerp(t: float, start, end):
+    """Spherical interpolation between two noise tensors: the mix keeps the norm Gaussian noise has."""
+    import torch
+
+    start_flat, end_flat = start.flatten(), end.flatten()
+    cosine = torch.dot(start_flat / start_flat.norm(), end_flat / end_flat.norm()).clamp(-1, 1)
+    angle = torch.acos(cosine)
+    if angle.abs() < 1e-4:
+        return (1 - t) * start + t * end
+    return (torch.sin((1 - t) * angle) * start + torch.sin(t * angle) * end) / torch.sin(angle)
+

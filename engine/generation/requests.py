@@ -1,0 +1,56 @@
+"""Checking a portrait request, with no model loaded: the bot calls this before it queues a job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import Settings
+from engine.errors import FaceChainError
+from engine.store import Store
+from engine.styles import Style, StyleCatalogue, mentions
+
+MAX_PROMPT_CHARS = 200
+# Refused in members' own words everywhere (each server adds its own): the negative prompt and the
+# safety check guard results, these keep the asking out.
+ALWAYS_BLOCKED = ("nsfw", "nude", "naked", "nudity", "topless", "porn", "porno", "pornographic", "sex", "sexual",
+                  "explicit", "hentai", "lingerie", "genitals", "nipples")
+
+
+def check_prompt_words(words: str, blocked: list[str] | tuple[str, ...] = ()) -> str:
+    """A member's own prompt words, tidied; FaceChainError names what is wrong (too long, a blocked word)."""
+    words = " ".join(words.split())
+    if len(words) > MAX_PROMPT_CHARS:
+        raise FaceChainError(f"Keep your own words to {MAX_PROMPT_CHARS} characters (got {len(words)}).")
+    found = mentions(words, [*ALWAYS_BLOCKED, *blocked])
+    if found:
+        raise FaceChainError(f"The word {found[0]!r} is not allowed in portrait prompts here.")
+    return words
+
+
+@dataclass
+class CheckedRequest:
+    style: Style
+    trigger: str
+    face_model: Path | None  # None: the base model alone (a preview while the face model trains)
+
+
+def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, user_id: str, style_id: str,
+                  count: int, need_model: bool = True) -> CheckedRequest | None:
+    """Everything that can be wrong with a portrait request, checked before any model loads.
+    With `need_model` false (a portrait that waits for a training), only the style and count."""
+    style = catalogue.get(style_id)
+    if style is None:
+        close = catalogue.suggest(style_id)
+        hint = f"did you mean {' or '.join(close)}?" if close else "see `facechain styles list`."
+        raise FaceChainError(f"Unknown style {style_id!r}: {hint}")
+    if not 1 <= count <= settings.portrait_candidates:
+        raise FaceChainError(f"Ask for 1 to {settings.portrait_candidates} portraits (got {count}).")
+    if not need_model:
+        return None
+    user = store.get_user(user_id)
+    model = store.ready_face_model(user_id)
+    if user is None or model is None:
+        raise FaceChainError(
+            f"User {user_id} has no trained face model yet: enroll selfies, then `facechain train --user {user_id}`.")
+    return CheckedRequest(style, user.trigger, model.path)

@@ -1,0 +1,129 @@
+"""The Ray actor that runs jobs' model work on one GPU of the cluster.
+
+It loads the base pipeline once and keeps the generator's adapter cache, like the local worker.
+It never sees the database or the data folder: a job's inputs arrive as bytes and plain values,
+and `run` streams back what happens (progress, training checkpoints) and then the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.config import Settings
+from engine.errors import FaceChainError
+from engine.jobs.runners import compute_job
+from engine.models.loaded import LoadedModels
+
+log = logging.getLogger(__name__)
+NAMESPACE = "facechain"
+ACTOR_PREFIX = "facechain-gpu-"
+
+
+@dataclass
+class ActorContext:
+    """A JobContext on a GPU machine: events go back to the dispatcher through the stream."""
+
+    events: queue.Queue
+    stop: threading.Event  # the dispatcher asks the job to stop (it is shutting down or lost the lease)
+    cancel: threading.Event  # the owner cancelled (ray.cancel on the stream)
+
+    def update(self, progress: float, text: str) -> None:
+        self.events.put(("progress", progress, text))
+
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.stop.is_set()
+
+    def save_checkpoint(self, data: bytes) -> None:
+        self.events.put(("checkpoint", data))
+
+
+class GpuActor:
+    def __init__(self, settings_values: dict, name: str) -> None:
+        scratch = Path(tempfile.mkdtemp(prefix="facechain-actor-"))  # nothing of the bot's data folder here
+        self.settings = Settings(**{**settings_values, "data_dir": scratch})
+        self.models = LoadedModels(self.settings)
+        self.name = name
+        self.job_id: int | None = None
+        self._stops: dict[int, threading.Event] = {}
+
+    def info(self) -> dict:
+        """Where this actor runs and what it holds (for routing and `facechain cluster status`)."""
+        import ray
+
+        context = ray.get_runtime_context()
+        return {"name": self.name, "node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address(),
+                "pid": os.getpid(), "job": self.job_id, "model_loaded": self.models.loaded,
+                "adapters": self.models.loaded_adapters()}
+
+    def stop_job(self, job_id: int) -> None:
+        if job_id in self._stops:
+            self._stops[job_id].set()
+
+    def run(self, job_id: int, kind: str, inputs: Any, low_memory: bool = False):
+        """The model work of one job, as a stream of events: ("progress", fraction, text),
+        ("checkpoint", bytes), then ("done", outputs) or ("error", exception)."""
+        import ray
+
+        from engine.jobs.worker import release_cached_memory
+
+        events: queue.Queue = queue.Queue()
+        stop = self._stops[job_id] = threading.Event()
+        context = ActorContext(events, stop, threading.Event())
+        self.models.on_download = lambda what, done, total: context.update(
+            0.0, f"getting {what}: {done / 1e9:.1f} of {total / 1e9:.1f} GB")
+
+        def work() -> None:
+            try:
+                events.put(("done", compute_job(kind, self.models, inputs, context, low_memory)))
+            except BaseException as error:  # noqa: BLE001 - every ending goes back to the dispatcher
+                events.put(("error", portable(error)))
+
+        self.job_id = job_id
+        thread = threading.Thread(target=work, name=f"job-{job_id}", daemon=True)
+        thread.start()
+        runtime = ray.get_runtime_context()
+        try:
+            while True:
+                if runtime.is_canceled():  # ray.cancel() only sets a flag on a running actor task
+                    context.cancel.set()
+                try:
+                    event = events.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                yield event
+                if event[0] in ("done", "error"):
+                    break
+        finally:
+            # ray.cancel may also close this generator at a yield: the work stops too (at its next step).
+            if thread.is_alive():
+                context.cancel.set()
+            thread.join()
+            self.job_id = None
+            self._stops.pop(job_id, None)
+            self.models.on_download = None
+            release_cached_memory()
+
+
+def portable(error: BaseException) -> BaseException:
+    """The error itself when it survives pickling (the dispatcher handles it as the local worker
+    would); otherwise a FaceChainError with its message (and its owner detail, if any)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - an exception whose __init__ takes other arguments than its args
+        stand_in = FaceChainError(str(error)) if isinstance(error, FaceChainError) else RuntimeError(
+            f"{type(error).__name__}: {error}")
+        if detail := getattr(error, "detail", None):
+            stand_in.detail = detail
+        return stand_in

@@ -1,0 +1,298 @@
+"""The dispatcher: the worker loop of a cluster. It runs where the data folder is.
+
+It claims jobs from the SQLite queue in the queue's fair order (only while an actor is free, so
+fairness holds across the cluster), keeps their leases with the same heartbeat as the local
+worker, gathers each job's inputs, runs the model work on a Ray actor and records the outputs.
+Routing prefers the actor that already holds the member's face model, then the one idle longest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayError, TaskCancelledError
+
+from engine.config import Settings
+from engine.errors import SettingsError
+from engine.jobs.cluster.actor import ACTOR_PREFIX, NAMESPACE, GpuActor
+from engine.jobs.cluster.address import check_address, check_reachable
+from engine.jobs.heartbeat import Heartbeat
+from engine.jobs.queue import Job
+from engine.jobs.runners import ComputeLost, JobCancelled, JobContext, run_job_with
+from engine.jobs.worker import Worker
+from engine.memory import peak_rss_mb
+from engine.models.loaded import MAX_ADAPTERS
+from engine.store.setup_problems import report_setup_problem, resolve_setup_problems
+
+log = logging.getLogger(__name__)
+NO_GPU_PROBLEM, UNREACHABLE_PROBLEM = "cluster", "cluster address"
+RECONNECT_SECONDS = 10.0
+PING_SECONDS = 2.0
+EMPTY_QUEUE_SECONDS = 1.0  # as often as the local worker looks at an empty queue
+LOST_TEXT = "The GPU machine running this went away; it will be retried."
+
+
+@dataclass
+class ActorSlot:
+    """One actor of the pool, as the dispatcher sees it."""
+
+    name: str
+    handle: Any
+    ready: bool = False  # answered its last ping (a restarting actor does not)
+    busy_with: int | None = None  # the job it runs
+    where: str = ""  # "<name>@<ip> node <id>", written to the job's ran_on
+    idle_since: float = field(default_factory=time.monotonic)
+    faces: OrderedDict = field(default_factory=OrderedDict)  # users whose face model it holds, LRU order
+    ping: Any = None
+    pinged_at: float = 0.0
+
+
+@dataclass
+class RoutingStats:
+    portraits: int = 0  # portrait jobs of members with a face model
+    affinity_hits: int = 0  # ... sent to an actor that already held that face model
+
+
+class ActorPool:
+    """One actor per GPU of the cluster (or FACECHAIN_RAY_ACTORS), created as GPUs appear."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.slots: list[ActorSlot] = []
+        self.lock = threading.Lock()
+        self.stats = RoutingStats()
+        self._checked_size_at = 0.0
+
+    def wanted(self) -> int:
+        return self.settings.ray_actors or int(ray.cluster_resources().get("GPU", 0))
+
+    def refresh(self) -> bool:
+        """Ping the actors; now and then, start actors for GPUs that joined. True when it sized the pool."""
+        now = time.monotonic()
+        sized = now - self._checked_size_at > 5 * PING_SECONDS
+        if sized:
+            self._checked_size_at = now
+            while len(self.slots) < self.wanted():
+                self._add()
+        for slot in self.slots:
+            self._check(slot, now)
+        return sized
+
+    def _add(self) -> None:
+        # The dispatcher's pid in the name: a restarted dispatcher's actors never meet the old ones' names.
+        name = f"{ACTOR_PREFIX}{len(self.slots)}-{os.getpid()}"
+        values = self.settings.model_dump(exclude={"discord_token", "data_dir"})
+        actor = ray.remote(GpuActor).options(
+            name=name, namespace=NAMESPACE, num_gpus=1, num_cpus=0, max_restarts=-1, max_concurrency=4,
+        ).remote(values, name)
+        self.slots.append(ActorSlot(name, actor))
+        log.info("cluster: started actor %s", name)
+
+    def _check(self, slot: ActorSlot, now: float) -> None:
+        if slot.ping is None:
+            if now - slot.pinged_at >= (PING_SECONDS if slot.ready else 0.5):
+                slot.ping, slot.pinged_at = slot.handle.info.remote(), now
+            return
+        done, _ = ray.wait([slot.ping], timeout=0)
+        if not done:
+            if now - slot.pinged_at > 3 * PING_SECONDS and slot.busy_with is None:
+                slot.ready = False  # restarting, or its node is gone
+            return
+        try:
+            info = ray.get(slot.ping)
+            slot.where = f"{slot.name}@{info['ip']} node {info['node_id'][:8]}"
+            if not slot.ready:
+                log.info("cluster: actor ready: %s", slot.where)
+            slot.ready = True
+        except RayError:
+            slot.ready = False
+        slot.ping = None
+
+    def take(self, user_id: str | None, portrait: bool) -> ActorSlot | None:
+        """A free actor for a job of `user_id`: one holding their face model, else the one idle longest."""
+        with self.lock:
+            free = [slot for slot in self.slots if slot.ready and slot.busy_with is None]
+            if not free:
+                return None
+            holding = [slot for slot in free if user_id in slot.faces]
+            slot = (holding or sorted(free, key=lambda s: s.idle_since))[0]
+            if portrait:
+                self.stats.portraits += 1
+                self.stats.affinity_hits += bool(holding)
+            slot.busy_with = -1  # taken; the job id follows once claimed
+            return slot
+
+    def give_back(self, slot: ActorSlot, lost: bool = False) -> None:
+        with self.lock:
+            slot.busy_with, slot.idle_since = None, time.monotonic()
+            if lost:
+                slot.ready, slot.faces = False, OrderedDict()  # a restarted actor holds nothing
+
+    def remember_face(self, slot: ActorSlot, user_id: str) -> None:
+        slot.faces[user_id] = True
+        slot.faces.move_to_end(user_id)
+        while len(slot.faces) > MAX_ADAPTERS:
+            slot.faces.popitem(last=False)
+
+    def free(self) -> bool:
+        return any(slot.ready and slot.busy_with is None for slot in self.slots)
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
+        check_address(settings.ray_address, settings.ray_allow_public)
+        self.settings = settings
+        self.worker = Worker(settings, worker_id)  # the store, the queue, and how a job's ending is recorded
+        self.worker_id = self.worker.worker_id
+        self.stopping = self.worker.stopping
+        self.pool: ActorPool | None = None
+        self._threads: dict[int, threading.Thread] = {}
+        self._next_claim_at = 0.0
+
+    def connect(self) -> bool:
+        """Join the cluster; while it does not answer, the owner is told once and jobs wait. False when
+        stopped before it answered."""
+        while not ray.is_initialized():
+            try:
+                check_reachable(self.settings.ray_address)
+                ray.init(address=self.settings.ray_address, namespace=NAMESPACE, logging_level=logging.WARNING)
+            except (SettingsError, ConnectionError) as error:
+                if report_setup_problem(self.worker.store, UNREACHABLE_PROBLEM, str(error)):
+                    log.error("cluster: %s", error)
+                if self.stopping.wait(RECONNECT_SECONDS):
+                    return False
+        resolve_setup_problems(self.worker.store, UNREACHABLE_PROBLEM)
+        self.pool = ActorPool(self.settings)
+        return True
+
+    def run(self, exit_when_idle: float | None = None, poll_seconds: float = 0.2) -> None:
+        self._stop_on_signals()
+        if not self.connect():
+            return
+        self._stop_on_signals()  # again: ray.init installs a SIGTERM handler that exits at once
+        log.info("dispatcher %s started on the Ray cluster at %s", self.worker_id, self.settings.ray_address)
+        self.worker.reclaim_dead_leases()
+        if self.settings.device in ("auto", "cuda") and self.pool.wanted():  # the cluster's GPUs draw them
+            self.worker.queue_missing_previews(force=True)
+        idle_since = time.monotonic()
+        while not self.stopping.is_set():
+            if self.pool.refresh():
+                self._check_gpus()
+            running = {job_id: t for job_id, t in self._threads.items() if t.is_alive()}
+            if len(running) < len(self._threads):
+                self._next_claim_at = 0.0  # an actor came free: look at the queue now
+            self._threads = running
+            if self._claim_next():
+                idle_since = time.monotonic()
+            elif self._threads:
+                idle_since = time.monotonic()
+            elif exit_when_idle is not None and time.monotonic() - idle_since > exit_when_idle:
+                break
+            self.stopping.wait(poll_seconds)
+        for thread in list(self._threads.values()):  # trainings checkpoint and go back; portraits finish
+            thread.join(timeout=self.settings.job_lease_seconds)
+        log.info("dispatcher %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
+
+    def _stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT stop the loop: trainings checkpoint and go back, portraits finish."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stopping.set())
+
+    def _check_gpus(self) -> None:
+        """With no GPU in the cluster, the owner is told (jobs wait: nothing is claimed)."""
+        if self.pool.slots:
+            resolve_setup_problems(self.worker.store, NO_GPU_PROBLEM)
+        elif report_setup_problem(self.worker.store, NO_GPU_PROBLEM, (
+                f"The Ray cluster at {self.settings.ray_address} has no GPU: on each GPU machine run "
+                "`ray start --address <head>:6379 --num-gpus 1` (see the README).")):
+            log.error("cluster: no GPU in the cluster; jobs wait")
+
+    def _claim_next(self) -> bool:
+        """Claim the next job in the queue's order while an actor is free; True when one was started.
+        An empty queue is looked at again after a second (a claim takes the database's write lock)."""
+        if not self.pool.free() or time.monotonic() < self._next_claim_at:
+            return False
+        job = self.worker.queue.claim(self.worker_id)
+        if job is None:
+            self._next_claim_at = time.monotonic() + EMPTY_QUEUE_SECONDS
+            return False
+        slot = self.pool.take(job.user_id, portrait=job.kind == "generate")
+        if slot is None:  # every actor went away meanwhile: back to the queue, untouched
+            self.worker.queue.release(job.id, self.worker_id)
+            return False
+        slot.busy_with = job.id
+        thread = threading.Thread(target=self._run_on_actor, args=(job, slot), name=f"job-{job.id}", daemon=True)
+        self._threads[job.id] = thread
+        thread.start()
+        return True
+
+    def _run_on_actor(self, job: Job, slot: ActorSlot) -> None:
+        # This thread's own view of the store (SQLite connections are not shared between threads).
+        worker = Worker(self.settings, self.worker_id, stopping=self.stopping)
+        beat = Heartbeat(self.settings, job.id, self.worker_id)
+        lost = False
+        try:
+            worker.queue.record_ran_on(job.id, slot.where or slot.name)
+
+            def compute(inputs: Any, context: JobContext) -> Any:
+                stream = slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory")))
+                return follow(stream, context, lambda: slot.handle.stop_job.remote(job.id), slot.where)
+
+            def run() -> dict:
+                nonlocal lost
+                try:
+                    result = run_job_with(worker, job, beat, compute)
+                except ComputeLost:
+                    lost = True
+                    raise
+                if job.kind == "generate":
+                    self.pool.remember_face(slot, job.user_id)
+                resolve_setup_problems(worker.store, "models")  # the actor had the models it needed
+                return result
+
+            worker.settle(job, beat, run)
+        finally:
+            beat.stop()
+            worker.store.close()
+            self.pool.give_back(slot, lost=lost)
+
+
+def follow(stream, context: JobContext, ask_to_stop, where: str) -> Any:
+    """Read an actor's event stream: progress to the heartbeat, checkpoints to the store; the outputs
+    at the end. The owner's cancel becomes ray.cancel; a stop request, the actor's stop_job."""
+    cancel_sent = stop_sent = False
+    while True:
+        if context.cancelled() and not cancel_sent:
+            ray.cancel(stream)
+            cancel_sent = True
+        elif context.should_stop() and not stop_sent:
+            ask_to_stop()
+            stop_sent = True
+        ready, _ = ray.wait([stream], timeout=0.5)
+        if not ready:
+            continue
+        try:
+            event = ray.get(next(stream))
+        except TaskCancelledError:
+            raise JobCancelled("cancelled") from None
+        except (StopIteration, RayError) as error:
+            log.warning("cluster: %s lost its job (%s)", where, type(error).__name__)
+            raise ComputeLost(LOST_TEXT) from None
+        match event:
+            case ("progress", fraction, text):
+                context.update(fraction, text)
+            case ("checkpoint", data):
+                context.save_checkpoint(data)
+            case ("done", outputs):
+                return outputs
+            case ("error", error):
+                raise error

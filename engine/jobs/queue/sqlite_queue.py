@@ -1,0 +1,368 @@
+"""The job queue in the store's SQLite file.
+
+A claim happens inside `BEGIN IMMEDIATE`, which takes the database's write lock before reading,
+so two workers (threads or processes) can never take the same job. A claim is a lease: the
+worker heartbeats to keep it, and a job whose lease ran out (its worker was killed) goes back
+to the queue and is resumed by the next worker.
+
+Fairness: the next job belongs to the user served least recently, so one member's twenty
+requests wait behind everybody else's first one; a user's own jobs run in order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from itertools import zip_longest
+
+from engine.config import Settings
+from engine.errors import FaceChainError
+from engine.jobs.queue.base import FINISHED, WAITING_FOR_SETUP, Job, LeaseLost, QueueLimit, QueuePosition
+from engine.store import Store, equal_to
+from engine.store.community import guild_settings
+
+KINDS = ("enroll", "train", "generate", "swap", "upscale", "teaser", "preview")
+# Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while
+# their first face model trains ("teaser", queued before that training: behind trained members'
+# portraits, before the member's own training); then the styles browser's preview images.
+TIERS = (("enroll", "train", "generate", "swap", "upscale"), ("teaser",), ("preview",))
+LOWEST_PRIORITY = ("teaser", "preview")
+# Used for ETAs until the server has finished jobs of its own to measure.
+TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "upscale": 30.0, "teaser": 20.0, "preview": 5.0}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def stamp(moment: datetime) -> str:
+    """Microsecond ISO times: they sort as strings in the same order as in time."""
+    return moment.isoformat(timespec="microseconds")
+
+
+class SqliteJobQueue:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.db = store.db
+
+    def _row(self, job_id: int) -> dict | None:
+        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        return rows[0] if rows else None
+
+    def get(self, job_id: int) -> Job | None:
+        row = self._row(job_id)
+        return _job(row) if row else None
+
+    # --- enqueue ----------------------------------------------------------------------------------
+
+    def enqueue(self, kind: str, user_id: str, params: dict | None = None, guild_id: str | None = None,
+                channel_id: str | None = None) -> Job:
+        if kind not in KINDS:
+            raise FaceChainError(f"Unknown job kind {kind!r}: one of {', '.join(KINDS)}.")
+        with self.store.transaction():
+            self.store.touch_user(user_id)
+            self._check_limits(kind, user_id, guild_id)
+            job_id = self.db["jobs"].insert({
+                "kind": kind, "user_id": user_id, "guild_id": guild_id, "channel_id": channel_id,
+                "params": json.dumps(params or {}), "state": "queued", "attempts": 0, "progress": 0.0,
+                "progress_text": "queued", "cancel_requested": 0, "created_at": stamp(now()),
+            }).last_pk
+        return self.get(job_id)
+
+    def _check_limits(self, kind: str, user_id: str, guild_id: str | None) -> None:
+        def count(where: str, params: list) -> int:
+            return self.db.execute(f"select count(*) from jobs where {where}", params).fetchone()[0]
+
+        active = "state in ('queued', 'running')"
+        if kind == "train" and count(f"user_id = ? and kind = 'train' and {active}", [user_id]):
+            raise QueueLimit("Your face model is already training: wait for it to finish (or cancel it) first.")
+        limit = self.settings.max_queued_portraits_per_user
+        # Every request that makes pictures counts towards the waiting limit (portraits, swaps, sharper x2).
+        pictures = "kind in ('generate', 'swap', 'upscale')"
+        if kind in ("generate", "swap", "upscale") and count(f"user_id = ? and {pictures} and {active}",
+                                                             [user_id]) >= limit:
+            raise QueueLimit(f"You already have {limit} portrait requests waiting: wait for one to finish.")
+        quota = self.settings.guild_daily_quota
+        if guild_id is not None:
+            override = guild_settings(self.store, guild_id).daily_quota
+            quota = quota if override is None else override
+        if quota and guild_id is not None:
+            midnight = stamp(now().replace(hour=0, minute=0, second=0, microsecond=0))
+            if count("guild_id = ? and created_at >= ? and state != 'cancelled'", [guild_id, midnight]) >= quota:
+                raise QueueLimit(f"This server has used its {quota} jobs for today: try again after midnight UTC.")
+
+    # --- claiming -------------------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None:
+        """The next job in fair order, leased to `worker_id`; None when nothing is ready."""
+        kinds = kinds or KINDS
+        with self.store.transaction():
+            self._reap(now())
+            # Each user's next job, then the first tier that has any: a user whose next job is a lower tier
+            # waits (their later jobs too) until no user's next job is of a higher one.
+            ready = self._ready_heads(kinds)
+            heads = next((found for tier in TIERS if (found := [h for h in ready if h["kind"] in tier])), [])
+            if not heads:
+                return None
+            job_id = self._fair_order(heads)[0]["id"]  # the same order position() reports
+            moment = now()
+            self.db.execute(
+                """update jobs set state = 'running', lease_owner = ?, lease_expires_at = ?, heartbeat_at = ?,
+                   attempts = attempts + 1, started_at = coalesce(started_at, ?), progress_text = 'starting',
+                   ran_on = ? where id = ? and state = 'queued'""",
+                [worker_id, stamp(moment + self._lease()), stamp(moment), stamp(moment), worker_id, job_id],
+            )
+        return self.get(job_id)
+
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.job_lease_seconds)
+
+    def _ready_heads(self, kinds: tuple[str, ...]) -> list[dict]:
+        """Each user's oldest job of `kinds` that may run now (the fair order's first job is one of these).
+        A portrait that chose to wait for a training in progress waits."""
+        if not kinds:
+            return []
+        marks = ", ".join("?" for _ in kinds)
+        return list(self.db.query(
+            f"""select min(j.id) as id, j.user_id, j.kind from jobs j where j.state = 'queued' and j.kind in ({marks})
+                and (j.run_after is null or j.run_after <= ?)
+                and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
+                         and j.user_id in (select user_id from jobs where kind = 'train'
+                                           and state in ('queued', 'running')))
+                group by j.user_id""",
+            [*kinds, stamp(now())],
+        ))
+
+    def _fair_order(self, queued: list[dict]) -> list[dict]:
+        """Round-robin across users, least recently served first; FIFO within a user (`queued` in id order)."""
+        # One index seek per queued user (jobs_last_served), however long the job history is.
+        served = dict(self.db.execute(
+            "select u.user_id, (select max(coalesce(heartbeat_at, started_at)) from jobs where user_id = u.user_id) "
+            "from (select distinct user_id from jobs where state = 'queued') u").fetchall())
+        served = {user: at for user, at in served.items() if at is not None}
+        by_user: dict[str, list[dict]] = defaultdict(list)
+        for row in queued:
+            by_user[row["user_id"]].append(row)
+        # Users never served go first (in order of their first request), then by last service time.
+        users = sorted(by_user, key=lambda u: (served.get(u) is not None, served.get(u) or "", by_user[u][0]["id"]))
+        # Round r takes each user's r-th job, in user order.
+        rounds = zip_longest(*(by_user[user] for user in users))
+        return [row for round_ in rounds for row in round_ if row is not None]
+
+    # --- the worker's side ----------------------------------------------------------------------------
+
+    def _owned(self, job_id: int, worker_id: str) -> dict:
+        row = self._row(job_id)
+        if row is None or row["state"] != "running" or row["lease_owner"] != worker_id:
+            raise LeaseLost(f"Job {job_id} is no longer leased to {worker_id}.")
+        return row
+
+    def check_lease(self, job_id: int, worker_id: str) -> None:
+        """LeaseLost unless the job is still leased to `worker_id` (cancelled, expired or forgotten meanwhile)."""
+        self._owned(job_id, worker_id)
+
+    def record_ran_on(self, job_id: int, where: str) -> None:
+        """Where a claimed job runs (a cluster actor and its node), shown by `facechain jobs list`."""
+        with self.store.transaction():
+            self.db["jobs"].update(job_id, {"ran_on": where[:200]})
+
+    def heartbeat(self, job_id: int, worker_id: str, progress: float | None = None, text: str | None = None) -> bool:
+        """Extend the lease and record progress; True when the job's cancellation was requested."""
+        with self.store.transaction():
+            row = self._owned(job_id, worker_id)
+            moment = now()
+            changes = {"lease_expires_at": stamp(moment + self._lease()), "heartbeat_at": stamp(moment)}
+            if progress is not None:
+                changes["progress"] = max(0.0, min(1.0, float(progress)))
+            if text is not None:
+                changes["progress_text"] = text[:200]
+            self.db["jobs"].update(job_id, changes)
+        return bool(row["cancel_requested"])
+
+    def complete(self, job_id: int, worker_id: str, result: dict) -> Job:
+        with self.store.transaction():
+            self._owned(job_id, worker_id)
+            self._finish(job_id, "done", result=json.dumps(result), progress=1.0, progress_text="done")
+        return self.get(job_id)
+
+    def fail(self, job_id: int, worker_id: str, error: str, transient: bool = False,
+             params_update: dict | None = None) -> Job:
+        """A transient failure is retried with backoff while attempts last; anything else fails now."""
+        with self.store.transaction():
+            row = self._owned(job_id, worker_id)
+            changes: dict = {}
+            if params_update:
+                changes["params"] = json.dumps({**json.loads(row["params"] or "{}"), **params_update})
+            if transient and row["attempts"] < self.settings.job_max_attempts:
+                delay = self.settings.job_retry_seconds * 2 ** (row["attempts"] - 1)
+                self.db["jobs"].update(job_id, {
+                    **changes, "state": "queued", "lease_owner": None, "lease_expires_at": None,
+                    "run_after": stamp(now() + timedelta(seconds=delay)), "error": error[:1000],
+                    "progress_text": f"retrying in {delay:.0f} s",
+                })
+            else:
+                if changes:
+                    self.db["jobs"].update(job_id, changes)
+                self._finish(job_id, "failed", error=error[:1000], progress_text="failed")
+        return self.get(job_id)
+
+    def release(self, job_id: int, worker_id: str) -> Job:
+        """Give a job back untouched (the worker is shutting down); it does not count as an attempt."""
+        with self.store.transaction():
+            self._owned(job_id, worker_id)
+            self.db.execute(
+                "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+                "attempts = attempts - 1, progress_text = 'queued (worker restarted)' where id = ?", [job_id])
+        return self.get(job_id)
+
+    def wait_for_setup(self, job_id: int, worker_id: str, seconds: float, also_kinds: tuple[str, ...] = ()) -> Job:
+        """Put a job back to wait for the owner to fix the setup: no attempt is used, and it is tried
+        again after about `seconds` (and again, until the setup works). The same member's queued jobs of
+        `also_kinds` (those that need the same models) wait with it until the same moment, so once the
+        setup works the member's jobs run in their order, not in the order they happened to fail in."""
+        retry_at = stamp(datetime.fromtimestamp(math.ceil((now().timestamp() + seconds) / seconds) * seconds,
+                                                timezone.utc))
+        with self.store.transaction():
+            row = self._owned(job_id, worker_id)
+            self.db.execute(
+                "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+                "attempts = attempts - 1, run_after = ?, progress = 0, progress_text = ? where id = ?",
+                [retry_at, WAITING_FOR_SETUP, job_id])
+            if also_kinds:
+                marks = ", ".join("?" for _ in also_kinds)
+                self.db.execute(
+                    f"update jobs set run_after = ?, progress_text = ? where user_id = ? and state = 'queued' "
+                    f"and id != ? and kind in ({marks})", [retry_at, WAITING_FOR_SETUP, row["user_id"], job_id,
+                                                          *also_kinds])
+        return self.get(job_id)
+
+    def _finish(self, job_id: int, state: str, **changes) -> None:
+        self.db["jobs"].update(job_id, {"state": state, "lease_owner": None, "lease_expires_at": None,
+                                        "finished_at": stamp(now()), **changes})
+
+    # --- users and admins -----------------------------------------------------------------------------
+
+    def cancel(self, job_id: int, user_id: str | None = None) -> Job:
+        """Cancel a waiting job at once; ask a running one to stop. `user_id` must own the job if given."""
+        with self.store.transaction():
+            row = self._row(job_id)
+            if row is None or (user_id is not None and row["user_id"] != user_id):
+                raise FaceChainError(f"No job {job_id} of yours to cancel." if user_id else f"No job {job_id}.")
+            if row["state"] in FINISHED:
+                raise FaceChainError(f"Job {job_id} has already finished ({row['state']}).")
+            if row["state"] == "queued":
+                self._finish(job_id, "cancelled", progress_text="cancelled")
+            else:
+                self.db["jobs"].update(job_id, {"cancel_requested": 1, "progress_text": "cancelling"})
+        return self.get(job_id)
+
+    def mark_cancelled(self, job_id: int, worker_id: str) -> Job:
+        with self.store.transaction():
+            self._owned(job_id, worker_id)
+            self._finish(job_id, "cancelled", progress_text="cancelled")
+        return self.get(job_id)
+
+    def mark_delivered(self, job_id: int) -> None:
+        with self.store.transaction():
+            self.db["jobs"].update(job_id, {"delivered_at": stamp(now())})
+
+    def undelivered(self) -> list[Job]:
+        """Finished jobs whose result has not reached the user yet (the bot delivers them on start)."""
+        rows = self.db["jobs"].rows_where("state in ('done', 'failed') and delivered_at is null", order_by="id")
+        return [_job(row) for row in rows]
+
+    def awaiting_delivery(self) -> list[Job]:
+        """Jobs a chat user is waiting on (they carry a channel) whose outcome has not reached them."""
+        rows = self.db["jobs"].rows_where("channel_id is not null and delivered_at is null", order_by="id")
+        return [_job(row) for row in rows]
+
+    def jobs(self, state: str | None = None, user_id: str | None = None, limit: int = 100) -> list[Job]:
+        where, params = equal_to({"state": state, "user_id": user_id})
+        rows = self.db["jobs"].rows_where(" and ".join(where) or None, params, order_by="id desc", limit=limit)
+        return [_job(row) for row in rows]
+
+    def active_jobs(self, user_id: str | None = None, guild_id: str | None = None) -> list[Job]:
+        """Queued and running jobs, oldest first, of a user or a guild (or all)."""
+        where, params = equal_to({"user_id": user_id, "guild_id": guild_id})
+        where.append("state in ('queued', 'running')")
+        return [_job(row) for row in self.db["jobs"].rows_where(" and ".join(where), params, order_by="id")]
+
+    # --- position and ETA -----------------------------------------------------------------------------
+
+    def typical_seconds(self, kind: str) -> float:
+        """Mean run time of the last 20 finished jobs of a kind, or a typical figure before any."""
+        rows = self.db.execute(
+            "select started_at, finished_at from jobs where kind = ? and state = 'done' and started_at is not null "
+            "order by id desc limit 20", [kind]).fetchall()
+        spans = [(datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds() for start, end in rows]
+        return sum(spans) / len(spans) if spans else TYPICAL_SECONDS[kind]
+
+    def position(self, job_id: int) -> QueuePosition | None:
+        row = self._row(job_id)
+        if row is None or row["state"] in FINISHED:
+            return None
+        if row["state"] == "running":
+            left = (1.0 - (row["progress"] or 0.0)) * self.typical_seconds(row["kind"])
+            return QueuePosition(0, left)
+        # Members' jobs never wait behind the lowest-priority ones.
+        skipped = tuple(k for k in LOWEST_PRIORITY if k != row["kind"])
+        marks = ", ".join("?" for _ in skipped) or "''"
+        order = self._fair_order(list(self.db.query(f"select id, user_id, kind from jobs where state = 'queued' "
+                                                    f"and kind not in ({marks}) order by id", list(skipped))))
+        ahead = next(index for index, queued in enumerate(order) if queued["id"] == job_id)
+        running = list(self.db["jobs"].rows_where("state = 'running'"))
+        busy = sum((1.0 - (r["progress"] or 0.0)) * self.typical_seconds(r["kind"]) for r in running)
+        waiting = sum(self.typical_seconds(queued["kind"]) for queued in order[:ahead])
+        return QueuePosition(ahead + 1, busy + waiting + self.typical_seconds(row["kind"]))
+
+    # --- leases -----------------------------------------------------------------------------------------
+
+    def reap_expired(self) -> int:
+        with self.store.transaction():
+            return self._reap(now())
+
+    def reclaim_leases(self, owners: list[str]) -> int:
+        """Put the running jobs leased to `owners` (workers known to be gone) back in the queue now,
+        instead of after their lease runs out."""
+        if not owners:
+            return 0
+        marks = ", ".join("?" for _ in owners)
+        with self.store.transaction():
+            return self.db.execute(
+                "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+                f"progress_text = 'queued (worker stopped)' where state = 'running' and lease_owner in ({marks})",
+                owners).rowcount
+
+    def lease_owners(self) -> list[str]:
+        return [owner for (owner,) in self.db.execute(
+            "select distinct lease_owner from jobs where state = 'running' and lease_owner is not null")]
+
+    def _reap(self, moment: datetime) -> int:
+        """Running jobs whose worker stopped heartbeating go back to the queue."""
+        return self.db.execute(
+            "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+            "progress_text = 'queued (worker stopped)' where state = 'running' and lease_expires_at < ?",
+            [stamp(moment)],
+        ).rowcount
+
+
+def _job(row: dict) -> Job:
+    return Job(
+        id=row["id"], kind=row["kind"], user_id=row["user_id"], guild_id=row["guild_id"],
+        channel_id=row["channel_id"], params=json.loads(row["params"] or "{}"), state=row["state"],
+        attempts=row["attempts"] or 0, progress=row["progress"] or 0.0, progress_text=row["progress_text"] or "",
+        error=row["error"], result=json.loads(row["result"]) if row["result"] else None,
+        cancel_requested=bool(row["cancel_requested"]), created_at=row["created_at"],
+        started_at=row["started_at"], finished_at=row["finished_at"], delivered_at=row["delivered_at"],
+        ran_on=row.get("ran_on"),
+    )
+
+
+def open_queue(settings: Settings, store: Store | None = None) -> SqliteJobQueue:
+    return SqliteJobQueue(store or Store(settings.data_dir), settings)
+
+
+

@@ -1,0 +1,438 @@
+"""What a job does, in three steps, so it can run where the store is not.
+
+`gather` reads the store (on the machine that has it) and returns the job's inputs as plain values
+and bytes; `compute` does the model work from those inputs anywhere (the local worker, or a Ray
+actor on another GPU machine) and returns bytes and plain values; `record` writes them through the
+store and returns the job's result. The local worker calls the three in a row; the cluster's
+dispatcher calls `gather` and `record` and ships `compute` to an actor. No step is written twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engine.errors import FaceChainError, ModelUnavailable
+from engine.jobs.queue import Job, QueueLimit
+from engine.models.loaded import LoadedModels
+
+if TYPE_CHECKING:  # types only: the worker runs the runners, they never run it
+    from engine.jobs.heartbeat import Heartbeat
+    from engine.jobs.worker import Worker
+
+
+class JobCancelled(Exception):
+    """The job's owner cancelled it while it ran."""
+
+
+class JobContext(Protocol):
+    """What a running job's model work talks to: progress out, stop requests and checkpoints."""
+
+    def update(self, progress: float, text: str) -> None: ...
+
+    def cancelled(self) -> bool: ...  # the owner cancelled the job
+
+    def should_stop(self) -> bool: ...  # cancelled, shutting down, or the lease was lost
+
+    def save_checkpoint(self, data: bytes) -> None: ...
+
+
+@dataclass
+class HeartbeatContext:
+    """A JobContext on the machine with the store: progress and stop requests through the lease's heartbeat."""
+
+    beat: Heartbeat
+    stopping: threading.Event
+    keep_checkpoint: Callable[[bytes], None] = lambda data: None
+
+    def update(self, progress: float, text: str) -> None:
+        self.beat.update(progress, text)
+
+    def cancelled(self) -> bool:
+        return self.beat.cancel_requested.is_set()
+
+    def should_stop(self) -> bool:
+        return self.stopping.is_set() or self.beat.cancel_requested.is_set() or self.beat.lease_lost.is_set()
+
+    def save_checkpoint(self, data: bytes) -> None:
+        self.keep_checkpoint(data)
+
+
+@dataclass
+class Finished:
+    """`gather` found nothing to compute: this is the job's result."""
+
+    result: dict
+
+
+@dataclass(frozen=True)
+class Runner:
+    gather: Callable[[Worker, Job], Any]
+    compute: Callable[[LoadedModels, Any, JobContext], Any]
+    record: Callable[[Worker, Job, Any, Any], dict]
+    uses_gpu: bool = True
+    # Writes a checkpoint the computation sent (training), and cleans up after a computation that failed
+    # for good (a passing failure is retried and resumes: a training from its last checkpoint).
+    keep_checkpoint: Callable[[Worker, Any, bytes], None] | None = None
+    abandon: Callable[[Worker, Job, Any, Exception], None] | None = None
+
+
+class ComputeLost(Exception):
+    """The computation's machine went away mid-job (a cluster node or actor died); the job is retried,
+    and nothing about its inputs was wrong."""
+
+
+def compute_job(kind: str, models: LoadedModels, inputs: Any, context: JobContext, low_memory: bool = False) -> Any:
+    """The model work of a job, on whatever machine runs it."""
+    runner = RUNNERS[kind]
+    if runner.uses_gpu:
+        models.fit_memory(low_memory)
+    return runner.compute(models, inputs, context)
+
+
+def run_job_with(worker: Worker, job: Job, beat: Heartbeat,
+                 compute: Callable[[Any, JobContext], Any]) -> dict:
+    """Gather, compute (with `compute`: here, or on a cluster actor) and record one job."""
+    runner = RUNNERS[job.kind]
+    inputs = runner.gather(worker, job)
+    if isinstance(inputs, Finished):
+        return inputs.result
+    keep = (lambda data: runner.keep_checkpoint(worker, inputs, data)) if runner.keep_checkpoint else (lambda data: None)
+    context = HeartbeatContext(beat, worker.stopping, keep)
+    try:
+        outputs = compute(inputs, context)
+    except FaceChainError as error:  # final (bad input, a damaged file): the runner cleans up
+        if runner.abandon is not None and not isinstance(error, (ModelUnavailable, training_cancelled())):
+            runner.abandon(worker, job, inputs, error)
+        raise
+    worker.queue.check_lease(job.id, worker.worker_id)  # a result for a job no longer ours is thrown away
+    return runner.record(worker, job, inputs, outputs)
+
+
+def run_locally(worker: Worker, job: Job, beat: Heartbeat) -> dict:
+    return run_job_with(worker, job, beat, lambda inputs, context: compute_job(
+        job.kind, worker.models, inputs, context, bool(job.params.get("low_memory"))))
+
+
+def training_cancelled() -> type:
+    """Imported late: engine.training.lora pulls in torch."""
+    from engine.training.lora import TrainingCancelled
+
+    return TrainingCancelled
+
+
+# --- enroll ------------------------------------------------------------------------------------------
+
+def _enroll_gather(worker: Worker, job: Job):
+    """The photos the bot saved under <data>/tmp/, and what the member has enrolled."""
+    from engine.preprocess import UploadedPhoto
+    from engine.preprocess.enroll import enrollment_inputs
+
+    uploads_root = (worker.settings.data_dir / "tmp").resolve()
+    photos = []
+    for upload in job.params.get("uploads", []):
+        path = Path(upload["path"]).resolve()
+        if not path.is_relative_to(uploads_root) or not path.is_file():
+            raise FaceChainError(f"Upload {upload.get('name', '?')} is missing; send the photos again.")
+        photos.append(UploadedPhoto(upload.get("name") or path.name, path.read_bytes()))
+    try:
+        return enrollment_inputs(worker.store, worker.settings, job.user_id, photos, job.params.get("subject"))
+    except FaceChainError:
+        _delete_uploads(job)
+        raise
+
+
+def _enroll_compute(models: LoadedModels, inputs, context: JobContext):
+    from engine.preprocess.enroll import check_photos
+
+    context.update(0.1, "checking photos")
+    return check_photos(models.analyzer, models.settings, inputs)
+
+
+def _enroll_record(worker: Worker, job: Job, inputs, checked) -> dict:
+    from engine.preprocess.enroll import record_enrollment
+
+    report = record_enrollment(worker.store, inputs, checked)
+    _delete_uploads(job)  # after any other error they stay for the retry (maintenance clears old ones)
+    result = report.to_json()
+    if job.params.get("train_after") and report.result.accepted:
+        first_model = worker.store.ready_face_model(job.user_id) is None
+        if first_model and worker.settings.training_previews:  # queued first: it runs before the training
+            try:
+                result["teaser_job_id"] = _queue_teaser(worker, job)
+            except QueueLimit:
+                pass
+        try:
+            result["train_job_id"] = _queue_training(worker, job)
+        except QueueLimit as limit:  # the photos are enrolled; training can be asked for later
+            result["train_error"] = str(limit)
+    return result
+
+
+def _delete_uploads(job: Job) -> None:
+    for upload in job.params.get("uploads", []):
+        Path(upload["path"]).unlink(missing_ok=True)
+
+
+def _queue_training(worker: Worker, job: Job) -> int:
+    """Queue a training on the new photos. A queued one reads the photos when it starts, so it is
+    reused; a running one (only with several workers) finishes on the photos it has."""
+    active = [j for j in worker.queue.active_jobs(user_id=job.user_id) if j.kind == "train"]
+    if active:
+        return active[0].id
+    return worker.queue.enqueue("train", job.user_id, {}, guild_id=job.guild_id, channel_id=job.channel_id).id
+
+
+def _queue_teaser(worker: Worker, job: Job) -> int | None:
+    """Two preview portraits while the first face model trains (behind trained members' portraits)."""
+    import logging
+
+    from engine.styles import load_styles
+
+    style = worker.settings.training_preview_style
+    if load_styles(worker.settings.styles_dir).get(style) is None:
+        logging.getLogger(__name__).warning(
+            "FACECHAIN_TRAINING_PREVIEW_STYLE=%s is not a style: no preview portraits", style)
+        return None
+    return worker.queue.enqueue("teaser", job.user_id, {"style": style, "count": 2}, guild_id=job.guild_id,
+                                channel_id=job.channel_id).id
+
+
+# --- train ---------------------------------------------------------------------------------------------
+
+def _train_gather(worker: Worker, job: Job):
+    from engine.training.train import training_inputs
+
+    return training_inputs(worker.store, worker.settings, job.user_id, worker.settings.base_model, job.params.get("steps"))
+
+
+def _train_compute(models: LoadedModels, inputs, context: JobContext):
+    from engine.training.train import train_from_inputs
+
+    context.update(0.0, "loading the model")
+    return train_from_inputs(
+        models.base, inputs,
+        on_progress=lambda p: context.update(p.step / p.total,
+                                             f"training {p.step}/{p.total}, about {p.eta_seconds:.0f} s left"),
+        should_cancel=context.should_stop, on_checkpoint=context.save_checkpoint)
+
+
+def _train_record(worker: Worker, job: Job, inputs, trained) -> dict:
+    from engine.training.train import record_training
+
+    model = record_training(worker.store, inputs, trained)
+    return {"version": model.version, "path": str(model.path), "steps": model.meta["steps"],
+            "final_loss": model.meta["final_loss"], "resumed_from_step": model.meta["resumed_from_step"]}
+
+
+def _train_keep_checkpoint(worker: Worker, inputs, data: bytes) -> None:
+    from engine.training.train import save_checkpoint
+
+    save_checkpoint(worker.store, inputs.model_id, data)
+
+
+def _train_abandon(worker: Worker, job: Job, inputs, error: Exception) -> None:
+    worker.store.fail_face_model(inputs.model_id, f"{type(error).__name__}: {error}")
+
+
+# --- generate and teaser -------------------------------------------------------------------------------
+
+def _generate_gather(worker: Worker, job: Job):
+    from engine.generation.portrait import portrait_inputs
+    from engine.nsfw_policy import may_show_flagged
+    from engine.store.community import guild_settings
+    from engine.styles import load_styles
+
+    params = job.params
+    # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
+    server = guild_settings(worker.store, job.guild_id) if job.guild_id else None
+    return portrait_inputs(
+        worker.store, worker.settings, load_styles(worker.settings.styles_dir), job.user_id, params.get("style", ""),
+        count=int(params.get("count", 4)), seed=params.get("seed"), variation_of=params.get("variation_of"),
+        show_flagged=may_show_flagged(server.nsfw_policy if server else "block", bool(params.get("age_restricted"))),
+        fast=params.get("fast"), words=params.get("prompt") or "", blocked_words=server.blocked_words if server else ())
+
+
+def _teaser_gather(worker: Worker, job: Job):
+    """The preview portraits: skipped when the face model finished first (the real ones are better)."""
+    from engine.generation.portrait import portrait_inputs
+    from engine.nsfw_policy import may_show_flagged
+    from engine.store.community import server_nsfw_policy
+    from engine.styles import load_styles
+
+    if worker.store.ready_face_model(job.user_id) is not None:
+        return Finished({"skipped": "the face model is ready", "portraits": []})
+    policy = server_nsfw_policy(worker.store, job.guild_id)
+    return portrait_inputs(worker.store, worker.settings, load_styles(worker.settings.styles_dir), job.user_id,
+                           job.params["style"], count=int(job.params.get("count", 2)),
+                           show_flagged=may_show_flagged(policy, False), teaser=True)
+
+
+def _portraits_compute(models: LoadedModels, inputs, context: JobContext):
+    from engine.generation.portrait import draw_portraits
+
+    def on_step(step: int, total: int) -> None:
+        if context.cancelled():
+            raise JobCancelled(f"cancelled at step {step}")
+        if inputs.teaser:
+            context.update(0.9 * step / total, "drawing your preview")
+        else:
+            context.update(0.9 * step / total, "ranking by likeness" if step == total else f"generating {100 * step // total}%")
+
+    return draw_portraits(models.generator, models.analyzer, models.settings, inputs, models.safety, on_step)
+
+
+def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
+    from engine.generation.portrait import record_portraits
+
+    result = record_portraits(worker.store, inputs, drawn, job_id=job.id)
+    if inputs.request.fast:
+        from engine.generation.generate import FAST_PROBLEM
+        from engine.store.setup_problems import resolve_setup_problems
+
+        resolve_setup_problems(worker.store, FAST_PROBLEM)  # it loaded: an open incident is over
+    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
+            "held_back": result.held_back}
+
+
+def _show_flagged(worker: Worker, job: Job) -> bool:
+    from engine.nsfw_policy import may_show_flagged
+    from engine.store.community import server_nsfw_policy
+
+    return may_show_flagged(server_nsfw_policy(worker.store, job.guild_id), bool(job.params.get("age_restricted")))
+
+
+# --- swap ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SwapInputs:
+    photo: Any  # UploadedPhoto
+    face_number: int | None
+    face: Any  # MemberFace
+    show_flagged: bool
+
+
+@dataclass
+class SwapOutputs:
+    drawn: Any = None  # DrawnPortraits: the swapped photo, screened
+    face: int = 0
+    faces_found: int = 0
+    choose: int = 0  # several faces and none chosen: how many, and their numbered preview
+    preview: bytes = b""
+
+
+def _upload(job: Job, worker: Worker) -> Path:
+    upload = Path(job.params.get("upload", "")).resolve()
+    if not upload.is_relative_to((worker.settings.data_dir / "tmp").resolve()) or not upload.is_file():
+        raise FaceChainError("That photo is no longer here: send it again with `/facechain swap`.")
+    return upload
+
+
+def _swap_gather(worker: Worker, job: Job):
+    """The photo the member sent (saved by the bot under <data>/tmp/) and their enrolled face."""
+    from engine.generation.portrait import member_face
+    from engine.preprocess import UploadedPhoto
+
+    upload = _upload(job, worker)
+    return SwapInputs(UploadedPhoto(job.params.get("name") or upload.name, upload.read_bytes()),
+                      job.params.get("face"), member_face(worker.store, job.user_id), _show_flagged(worker, job))
+
+
+def _swap_compute(models: LoadedModels, inputs: SwapInputs, context: JobContext) -> SwapOutputs:
+    from PIL import Image
+
+    from engine.generation.portrait import DrawnPortraits, enrolled_face_from, screen
+    from engine.generation.swap import SeveralFaces, swap_face_on
+    from engine.postprocess import RankedPortrait
+
+    context.update(0.2, "putting your face on the photo")
+    enrolled = enrolled_face_from(models.analyzer, inputs.face)
+    try:
+        result = swap_face_on(models.analyzer, models.settings, enrolled, inputs.photo, inputs.face_number)
+    except SeveralFaces as several:
+        return SwapOutputs(choose=several.count, preview=several.preview)
+    kept, held_back = screen(models.safety, [RankedPortrait(Image.fromarray(result.image), 0, result.similarity)],
+                             inputs.show_flagged)
+    notice = "This server's safety filter held the result back." if held_back else None
+    return SwapOutputs(DrawnPortraits(kept, notice, held_back), result.face, result.faces_found)
+
+
+def _swap_record(worker: Worker, job: Job, inputs: SwapInputs, outputs: SwapOutputs) -> dict:
+    from engine.generation.portrait import save_portraits
+
+    if outputs.choose:  # the photo stays for the member's choice
+        preview = worker.store.private_dir(job.user_id, "portraits") / f"swap-choose-job{job.id}.jpg"
+        worker.store.write_private_file(preview, outputs.preview)
+        return {"choose": outputs.choose, "preview": worker.store.relative(preview)}
+    saved = save_portraits(worker.store, job.user_id, "swap", outputs.drawn.portraits, None, job.id)
+    _upload(job, worker).unlink(missing_ok=True)
+    return {"portraits": [p.to_json() for p in saved], "face": outputs.face, "faces_found": outputs.faces_found,
+            "held_back": outputs.drawn.held_back, "notice": outputs.drawn.notice}
+
+
+def _swap_abandon(worker: Worker, job: Job, inputs: SwapInputs, error: Exception) -> None:
+    Path(job.params["upload"]).unlink(missing_ok=True)  # the photo can't be used: it is not kept
+
+
+# --- Sharper x2 and style previews ------------------------------------------------------------------
+
+def _upscale_gather(worker: Worker, job: Job):
+    from engine.generation.upscale import upscale_inputs
+    from engine.styles import load_styles
+
+    return upscale_inputs(worker.store, worker.settings, load_styles(worker.settings.styles_dir), job.user_id,
+                          int(job.params["portrait_id"]), show_flagged=_show_flagged(worker, job))
+
+
+def _upscale_compute(models: LoadedModels, inputs, context: JobContext):
+    from engine.generation.upscale import draw_upscaled
+
+    return draw_upscaled(models.generator, models.analyzer, models.settings, inputs, models.safety,
+                         on_step=lambda step, total: context.update(0.9 * step / total, "sharpening"))
+
+
+def _upscale_record(worker: Worker, job: Job, inputs, drawn) -> dict:
+    from engine.generation.portrait import record_portraits
+
+    result = record_portraits(worker.store, inputs.portrait, drawn, job_id=job.id)
+    return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
+            "held_back": result.held_back}
+
+
+def _preview_gather(worker: Worker, job: Job):
+    from engine.styles import load_styles
+
+    style = load_styles(worker.settings.styles_dir).get(job.params.get("style", ""))
+    if style is None:
+        raise FaceChainError(f"No style {job.params.get('style')!r} to draw a preview of (removed meanwhile).")
+    return style
+
+
+def _preview_compute(models: LoadedModels, style, context: JobContext) -> bytes:
+    """One style's preview image (the base model, no face), as PNG bytes."""
+    from engine.generation.preview_drawing import draw_preview_image
+
+    context.update(0.0, f"drawing the {style.name} preview")
+    return draw_preview_image(models.generator, models.settings.portrait_size, style)
+
+
+def _preview_record(worker: Worker, job: Job, style, png: bytes) -> dict:
+    from engine.generation.previews import save_preview
+
+    return {"path": str(save_preview(worker.settings, style.id, png))}
+
+
+RUNNERS: dict[str, Runner] = {
+    "enroll": Runner(_enroll_gather, _enroll_compute, _enroll_record, uses_gpu=False),
+    "train": Runner(_train_gather, _train_compute, _train_record, keep_checkpoint=_train_keep_checkpoint,
+                    abandon=_train_abandon),
+    "generate": Runner(_generate_gather, _portraits_compute, _portraits_record),
+    "teaser": Runner(_teaser_gather, _portraits_compute, _portraits_record),
+    # The face analysis of a swap runs on the CPU; on a cluster it still goes to an actor, which has the models.
+    "swap": Runner(_swap_gather, _swap_compute, _swap_record, uses_gpu=False, abandon=_swap_abandon),
+    "upscale": Runner(_upscale_gather, _upscale_compute, _upscale_record),
+    "preview": Runner(_preview_gather, _preview_compute, _preview_record),
+}

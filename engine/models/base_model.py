@@ -1,0 +1,206 @@
+"""Load the base Stable Diffusion pipeline once, with precision and memory savers fit for the device.
+
+The memory plan is made from the memory this process may use on the card (free memory plus what
+it already holds), so loading the pipeline does not make the next plan think the card is small.
+Savers are set per job to exactly what the plan asks: an out-of-memory retry's savers last for
+that job only.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.config import Settings
+from engine.errors import ModelUnavailable
+from engine.models.device import resolve_device
+from engine.models.references import parse_model_reference, resolve_model_folder, weights_variant
+
+log = logging.getLogger(__name__)
+GIB = 2**30
+# SD1.5 at 512x512 in fp16 runs in ~4 GiB with the savers off; below these, turn them on. An 8 GB
+# card (7.6 GiB usable) lands on the middle plan: slicing and tiling, everything on the GPU.
+ROOMY_GIB = 10.0
+TIGHT_GIB = 6.0
+VAE_SETTING = "FACECHAIN_VAE"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    dtype_name: str  # "float16", "bfloat16" or "float32"
+    attention_slicing: bool
+    vae_tiling: bool  # the VAE decodes in tiles and one image at a time (slices)
+    cpu_offload: bool
+    reason: str
+
+
+NO_SAVERS = MemoryPlan("float32", False, False, False, "nothing applied yet")
+
+
+def plan_memory(device: str, budget_bytes: int | None = None, bf16: bool = False) -> MemoryPlan:
+    """Choose precision and memory savers from the device and the GPU memory this process may use."""
+    if device == "cpu":
+        return MemoryPlan("float32", False, False, False, "cpu: full precision")
+    if device == "mps":
+        return MemoryPlan("float16", True, False, False, "apple mps: fp16 with attention slicing")
+    dtype = "bfloat16" if bf16 else "float16"
+    gib = (budget_bytes or 0) / GIB
+    if gib >= ROOMY_GIB:
+        return MemoryPlan(dtype, False, False, False, f"{gib:.1f} GiB usable: everything on the GPU")
+    if gib >= TIGHT_GIB:
+        return MemoryPlan(dtype, True, True, False, f"{gib:.1f} GiB usable: attention slicing and VAE tiling")
+    return MemoryPlan(dtype, True, True, True, f"{gib:.1f} GiB usable: model CPU offload")
+
+
+def native_bf16() -> bool:
+    """bf16 only where the card computes it natively (Ampere and newer): T4, V100 and RTX 20xx
+    report support through emulation, which is far slower than fp16."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.4 has no including_emulation
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
+def usable_gpu_bytes() -> int:
+    """Memory this process may use on the GPU: what is free plus what it already holds (its loaded
+    models and torch's cache), which is the card's total less what other programs hold."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info()
+    return free + torch.cuda.memory_reserved()
+
+
+@dataclass
+class BasePipeline:
+    pipeline: object  # diffusers StableDiffusionPipeline
+    device: str
+    plan: MemoryPlan
+    folder: Path
+    reference: str
+    scheduler_config: dict | None = None  # the repository's scheduler, before any sampler choice
+    vae_reference: str = ""
+
+    @property
+    def execution_device(self):
+        """Where the models compute (the UNet's own `.device` reads cpu under offload)."""
+        return self.pipeline._execution_device
+
+
+def current_plan(device: str) -> MemoryPlan:
+    if device != "cuda":
+        return plan_memory(device)
+    return plan_memory(device, usable_gpu_bytes(), bf16=native_bf16())
+
+
+def quiet_loaders() -> None:
+    """Loading progress bars and notices belong to our own progress reporting, not stderr."""
+    import transformers  # before diffusers, whose pipeline imports already log through transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
+def apply_memory_savers(base: BasePipeline, plan: MemoryPlan) -> BasePipeline:
+    """Set the savers to exactly what `plan` asks, turning on and off (the precision stays as loaded)."""
+    pipeline, current = base.pipeline, base.plan
+    if plan.cpu_offload != current.cpu_offload:
+        if plan.cpu_offload:
+            pipeline.enable_model_cpu_offload(device=base.device)
+        else:
+            pipeline.remove_all_hooks()
+            pipeline.to(base.device)
+    if plan.attention_slicing != current.attention_slicing:
+        if plan.attention_slicing:
+            pipeline.enable_attention_slicing()
+        else:
+            pipeline.disable_attention_slicing()
+    if plan.vae_tiling != current.vae_tiling:
+        if plan.vae_tiling:  # 8 candidates decoded at once is a memory spike: one at a time, in tiles
+            pipeline.vae.enable_tiling()
+            pipeline.vae.enable_slicing()
+        else:
+            pipeline.vae.disable_tiling()
+            pipeline.vae.disable_slicing()
+    base.plan = replace(plan, dtype_name=current.dtype_name)
+    return base
+
+
+def release_cached_memory() -> None:
+    """Give torch's cached GPU memory back between jobs, so the next plan and other programs see it."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_vae(settings: Settings, dtype, half: bool, on_progress: Callable[[int, int], None] | None = None):
+    """The separate VAE the settings name (FACECHAIN_VAE), or None for the base model's own."""
+    if not settings.vae.strip():
+        return None
+    from diffusers import AutoencoderKL
+
+    folder = resolve_model_folder(parse_model_reference(settings.vae), setting=VAE_SETTING, kind="component",
+                                  half=half, what="the VAE", on_progress=on_progress)
+    variant = "fp16" if half and any(".fp16." in p.name for p in folder.glob("*.safetensors")) else None
+    try:
+        return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, variant=variant)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelUnavailable(
+            f"The VAE at {folder} could not be loaded ({type(error).__name__}: {str(error)[:200]}): re-download it, "
+            f"or set {VAE_SETTING} to another VAE (empty = the base model's own)."
+        ) from None
+
+
+def load_base_pipeline(settings: Settings, reference: str | None = None,
+                       on_progress: Callable[[str, int, int], None] | None = None) -> BasePipeline:
+    """The base pipeline on its device. `on_progress(what, bytes done, bytes in all)` reports downloads."""
+    quiet_loaders()
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    reference = reference or settings.base_model
+    device = resolve_device(settings.device)
+    plan = current_plan(device)  # before anything is loaded: the whole card is ours to plan
+    half = plan.dtype_name != "float32"
+
+    def progress_of(what: str):
+        return (lambda done, total: on_progress(what, done, total)) if on_progress else None
+
+    folder = resolve_model_folder(parse_model_reference(reference), half=half,
+                                  on_progress=progress_of("the base model"))
+    dtype = getattr(torch, plan.dtype_name)
+    vae = load_vae(settings, dtype, half, progress_of("the VAE"))
+    extra = {"vae": vae} if vae is not None else {}
+    try:
+        with warnings.catch_warnings():  # torch_dtype= still works across our diffusers range
+            warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+            pipeline = StableDiffusionPipeline.from_pretrained(
+                folder, torch_dtype=dtype, variant=weights_variant(folder, half), safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False, **extra,
+            )
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelUnavailable(
+            f"The base model at {folder} could not be loaded ({type(error).__name__}: {str(error)[:200]}): "
+            "re-download it or set FACECHAIN_BASE_MODEL to another model."
+        ) from None
+    pipeline.set_progress_bar_config(disable=True)
+    if not plan.cpu_offload:  # offload keeps the models on the CPU until each runs
+        pipeline.to(device)
+    base = BasePipeline(pipeline, device, replace(NO_SAVERS, dtype_name=plan.dtype_name), folder, reference,
+                        dict(pipeline.scheduler.config), settings.vae.strip())
+    apply_memory_savers(base, plan)
+    log.info("base model %s loaded on %s (%s)%s", reference, device, plan.reason,
+             f" with the VAE {base.vae_reference}" if base.vae_reference else "")
+    return base

@@ -1,0 +1,133 @@
+"""Every model the settings name, where each one is on this machine, and fetching the missing ones.
+
+`facechain models pull` and `doctor` read this list: the base pipeline, its separate VAE, the
+safety checker, the fast-mode LoRA and each style's LoRA. Only the files loading reads are fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from engine.config import Settings
+from engine.errors import ModelUnavailable
+from engine.models.references import hub_file, local_copy, parse_model_reference, resolve_model_folder, size_on_disk
+from engine.training.lora import WEIGHTS_FILE
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    name: str  # what it is, for people: "base model", "style anime LoRA"
+    reference: str
+    setting: str  # where it is set, for the fix
+    kind: Literal["pipeline", "component", "file"] = "pipeline"  # "file": one LoRA file of a repository
+    filename: str | None = None  # for one-file models
+    revision: str | None = None
+
+    @property
+    def one_file(self) -> bool:
+        return self.kind == "file"
+
+
+def named_models(settings: Settings, include_styles: bool = True) -> list[NamedModel]:
+    models = [NamedModel("base model", settings.base_model, "FACECHAIN_BASE_MODEL", "pipeline")]
+    if settings.vae.strip():
+        models.append(NamedModel("VAE", settings.vae, "FACECHAIN_VAE", "component"))
+    if settings.safety_checker.strip():
+        models.append(NamedModel("safety checker", settings.safety_checker, "FACECHAIN_SAFETY_CHECKER", "component"))
+    if settings.fast_lora.strip():
+        models.append(NamedModel("fast-mode LoRA", settings.fast_lora, "FACECHAIN_FAST_LORA", "file", WEIGHTS_FILE))
+    if include_styles:
+        from engine.styles import load_styles
+
+        for style in load_styles(settings.styles_dir).styles.values():
+            if style.lora is not None:
+                models.append(NamedModel(f"style {style.id} LoRA", style.lora.reference, f"style {style.id}", "file",
+                                         style.lora.weight_name or WEIGHTS_FILE, style.lora.revision))
+    return models
+
+
+def where_is(model: NamedModel) -> Path | None:
+    """The model's folder or file on this machine, or None when it is not here (no network)."""
+    reference = parse_model_reference(model.reference)
+    if model.one_file:
+        if reference.kind == "local":
+            path = Path(reference.value).expanduser()
+            path = path / model.filename if path.is_dir() else path
+            return path if path.is_file() else None
+        if reference.kind == "huggingface":
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(reference.value, model.filename, revision=model.revision)
+            return Path(found) if isinstance(found, str) else None
+        found = local_copy(reference, model.filename)
+        return found / model.filename if found else None
+    if model.setting == "FACECHAIN_SAFETY_CHECKER" and reference.kind == "local":
+        folder = Path(reference.value).expanduser()
+        return folder if any((folder / sub / "config.json").is_file() for sub in ("", "safety_checker")) else None
+    return local_copy(reference, "model_index.json" if model.kind == "pipeline" else "config.json")
+
+
+def fetch(model: NamedModel, half: bool, on_progress: Callable[[int, int], None] | None = None) -> Path:
+    """Fetch the model (only what loading reads); ModelUnavailable says why it could not be had."""
+    reference = parse_model_reference(model.reference)
+    if model.one_file:
+        return hub_file(reference, model.filename, model.setting, model.revision) if reference.kind != "local" \
+            else _local_file(model)
+    return resolve_model_folder(reference, setting=model.setting, kind=model.kind, half=half, what=model.name,
+                                on_progress=on_progress)
+
+
+def _local_file(model: NamedModel) -> Path:
+    path = where_is(model)
+    if path is None:
+        raise ModelUnavailable(f"{model.setting}: {model.reference} does not exist: download the file there.")
+    return path
+
+
+def disk_size(path: Path | None) -> int:
+    if path is None:
+        return 0
+    # A hub snapshot links to blobs: count what the links point at.
+    if path.is_dir():
+        return sum(p.resolve().stat().st_size for p in path.rglob("*") if p.is_file())
+    return size_on_disk(path.resolve())
+
+
+def style_lora_problems(catalogue) -> list:
+    """Problems with the styles' LoRA references that can be seen without a network: a local file
+    that is not there or is no LoRA, a downloaded file that is no LoRA. Hub files not downloaded yet
+    are fine (`facechain models pull` fetches them)."""
+    from engine.styles import StyleProblem
+
+    problems = []
+    for style in catalogue.styles.values():
+        if style.lora is None:
+            continue
+        model = NamedModel(f"style {style.id} LoRA", style.lora.reference, f"style {style.id}", "file",
+                           style.lora.weight_name or WEIGHTS_FILE, style.lora.revision)
+        path = where_is(model)
+        where = catalogue.folder / f"{style.id}.toml"
+        if path is None:
+            if parse_model_reference(model.reference).kind == "local":
+                problems.append(StyleProblem(where, "lora.reference", f"{model.reference} does not exist"))
+            continue
+        if reason := not_a_lora(path):
+            problems.append(StyleProblem(where, "lora.reference", f"{path} {reason}"))
+    return problems
+
+
+def not_a_lora(path: Path) -> str | None:
+    """Why `path` is not a LoRA file (None when it is one): a .safetensors whose tensors are LoRA pairs."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as weights:
+            keys = list(weights.keys())
+    except Exception as error:  # noqa: BLE001 - any unreadable file gives the same answer
+        return f"is not a readable .safetensors file ({type(error).__name__})"
+    if not any(marker in key for key in keys for marker in ("lora_down", "lora_A", "lora.down")):
+        return "holds no LoRA weights (no lora_down / lora_A tensors)"
+    return None

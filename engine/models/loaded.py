@@ -1,0 +1,80 @@
+"""The models a worker (or a cluster actor) loads once and keeps: the base pipeline, the portrait
+generator with its adapter cache, the optional safety checker and the face analyzer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.config import Settings
+
+# Face and style adapters the generator keeps loaded (the cluster's routing counts on the same number).
+MAX_ADAPTERS = 8
+
+
+class LoadedModels:
+    def __init__(self, settings: Settings, on_base_loaded: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.on_base_loaded = on_base_loaded
+        # Told of model downloads (what, bytes done, bytes in all) while the running job waits on them.
+        self.on_download: Callable[[str, int, int], None] | None = None
+        self._base = None
+        self._generator = None
+        self._safety = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._base is not None
+
+    @property
+    def base(self):
+        if self._base is None:
+            from engine.models.base_model import load_base_pipeline
+
+            self._base = load_base_pipeline(self.settings, on_progress=self._download_progress)
+            if self.on_base_loaded is not None:
+                self.on_base_loaded()
+        return self._base
+
+    def _download_progress(self, what: str, done: int, total: int) -> None:
+        if self.on_download is not None:
+            self.on_download(what, done, total)
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from engine.generation.generate import PortraitGenerator
+
+            self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora)
+        return self._generator
+
+    @property
+    def safety(self):
+        """The optional safety checker (None when FACECHAIN_SAFETY_CHECKER is empty), beside the base model."""
+        if self._safety is None and self.settings.safety_checker:
+            from engine.models.safety import load_safety_checker
+
+            self._safety = load_safety_checker(self.settings, self.base)
+        return self._safety
+
+    @property
+    def analyzer(self):
+        from engine.faces import get_analyzer
+
+        return get_analyzer(self.settings)
+
+    def loaded_adapters(self) -> list[str]:
+        """The adapters in the generator's cache: face models by their key (member, version, weights),
+        style and fast-mode LoRAs by their reference."""
+        keys = self._generator.loaded_adapters if self._generator is not None else []
+        return [Path(key).name if key.startswith("/") else key for key in keys]
+
+    def fit_memory(self, low_memory: bool = False) -> None:
+        """Memory savers for the next job: what the memory this process may use asks for, and all of
+        them for a retry after running out of memory. The job after plans afresh."""
+        from engine.models.base_model import MemoryPlan, apply_memory_savers, current_plan
+
+        plan = current_plan(self.base.device)
+        if low_memory:
+            plan = MemoryPlan(plan.dtype_name, True, True, self.base.device == "cuda", "retry after running out of memory")
+        apply_memory_savers(self.base, plan)

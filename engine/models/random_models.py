@@ -1,0 +1,166 @@
+"""Random-weight Stable Diffusion 1.5-shaped pipelines the project writes itself (no hub needed).
+
+- `make_tiny_model`: a few MB, same component types and layout as SD1.5 (tokenizer, CLIP text
+  encoder, UNet, VAE with an 8x downscale, DPM-Solver scheduler). Tests and CI use it.
+- `make_sd15_shaped_model`: the real SD1.5 architecture at full size, so GPU benchmarks see
+  the real FLOPs and memory.
+
+Both are saved with `save_pretrained` and loaded back through the production loader. Their
+pictures are noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A character-level vocabulary: every prompt tokenizes, with no merges to ship.
+SYMBOLS = list("abcdefghijklmnopqrstuvwxyz0123456789") + list("<>,()[]:_-.'!?/&+")
+
+
+def write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in SYMBOLS:
+        vocab.setdefault(symbol, len(vocab))
+        vocab.setdefault(symbol + "</w>", len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder / "vocab.json", folder / "merges.txt"
+
+
+def _tokenizer():
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab_file, merges_file = write_tokenizer_files(Path(scratch))
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+
+
+def _save(folder: Path, tokenizer, text_encoder, unet, vae, dtype=None) -> Path:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    if dtype is not None:
+        pipeline.to(dtype=dtype)
+    folder = Path(folder)
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_model(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.models.base_model import quiet_loaders
+
+    quiet_loaders()
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64,
+        layers_per_block=1,
+    )
+    return _save(folder, tokenizer, text_encoder, unet, vae)
+
+
+def make_sd15_shaped_model(folder: Path, seed: int = 0, half: bool = True) -> Path:
+    """Stable Diffusion 1.5's architecture and sizes (860M-parameter UNet) with random weights."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.models.base_model import quiet_loaders
+
+    quiet_loaders()
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                                block_out_channels=(320, 640, 1280, 1280))
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
+    )
+    return _save(folder, tokenizer, text_encoder, unet, vae, dtype=torch.float16 if half else None)
+
+
+def make_tiny_safety_checker(folder: Path, flags_everything: bool, seed: int = 0) -> Path:
+    """A tiny random StableDiffusionSafetyChecker with its image processor, saved like the real one.
+
+    Its concept thresholds are set so that it flags every image (or none), which lets tests drive
+    the whole safety path through the real model class."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    # A concept fires when cosine similarity - threshold > 0; cosines lie in [-1, 1].
+    with torch.no_grad():
+        threshold = -10.0 if flags_everything else 10.0
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    folder = Path(folder)
+    checker.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def make_random_lora(unet, path: Path, rank: int = 4, kohya: bool = False, seed: int = 0,
+                     targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")) -> Path:
+    """A LoRA file with random weights of the right shapes for `unet`'s attention projections: in
+    diffusers' format (`unet.<module>.lora_A.weight`), or in kohya's (`lora_unet_<module>.lora_down.weight`
+    and `.alpha`, as style LoRAs and the LCM-LoRA are published). It stands in for a downloaded one."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        module = getattr(module, "base_layer", module)  # a layer peft has wrapped (adapters loaded before)
+        if not isinstance(module, torch.nn.Linear) or not name.endswith(targets):
+            continue
+        down = torch.randn(rank, module.in_features, generator=generator) * 0.01
+        up = torch.randn(module.out_features, rank, generator=generator) * 0.01
+        if kohya:
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                        f"{key}.alpha": torch.tensor(float(rank))}
+        else:
+            tensors |= {f"unet.{name}.lora_A.weight": down, f"unet.{name}.lora_B.weight": up}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path

@@ -1,7 +1,0 @@
-"""The persistent job queue: training and portrait requests from many users, run by GPU workers."""
-
-from engine.queue.base import FINISHED, WAITING_FOR_SETUP, Job, JobQueue, LeaseLost, QueueLimit, QueuePosition
-from engine.queue.sqlite_queue import SqliteJobQueue, open_queue
-
-__all__ = ["FINISHED", "WAITING_FOR_SETUP", "Job", "JobQueue", "LeaseLost", "QueueLimit", "QueuePosition",
-           "SqliteJobQueue", "open_queue"]

@@ -1,0 +1,63 @@
+"""What a member can see and change of their own data: their enrolled photos (numbered), their face
+model, removing one photo (then a retrain on the rest). `facechain users show/remove-photo` and
+`/facechain me` use these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import FaceChainError
+from engine.jobs.queue import QueueLimit, SqliteJobQueue
+from engine.store import SelfieRecord, Store
+
+
+@dataclass
+class RemovedPhoto:
+    number: int
+    name: str
+    remaining: int
+    train_job_id: int | None  # the retraining on the remaining photos (None when none remain)
+
+
+def numbered_photos(store: Store, user_id: str) -> list[tuple[int, SelfieRecord]]:
+    """The member's enrolled photos as the contact sheet numbers them (best quality first, from 1)."""
+    return list(enumerate(store.accepted_selfies(user_id), start=1))
+
+
+def describe_member(store: Store, user_id: str) -> dict:
+    user = store.get_user(user_id)
+    if user is None:
+        raise FaceChainError(f"Nothing is stored for {user_id}.")
+    model = store.ready_face_model(user_id)
+    return {
+        "id": user_id, "subject": user.subject, "trigger": user.trigger, "consent_at": user.consent_at,
+        "photos": [{"number": number, "name": selfie.original_name, "path": str(selfie.path),
+                    "quality": round(selfie.quality, 3), "created_at": selfie.created_at}
+                   for number, selfie in numbered_photos(store, user_id)],
+        "face_model": None if model is None else {
+            "version": model.version, "created_at": model.created_at, "finished_at": model.finished_at,
+            "photos": len(model.meta.get("photos", [])), "steps": model.meta.get("steps")},
+    }
+
+
+def remove_photo(store: Store, queue: SqliteJobQueue, user_id: str, number: int,
+                 guild_id: str | None = None, channel_id: str | None = None) -> RemovedPhoto:
+    """Delete enrolled photo `number` (file and row) and retrain on the rest: a queued training is
+    reused (it reads the photos when it starts)."""
+    photos = numbered_photos(store, user_id)
+    if not photos:
+        raise FaceChainError("You have no enrolled photos.")
+    if not 1 <= number <= len(photos):
+        raise FaceChainError(f"There is no photo {number}: you have {len(photos)} (1 to {len(photos)}).")
+    selfie = photos[number - 1][1]
+    store.delete_selfie(selfie.id)
+    remaining = len(photos) - 1
+    train_job_id = None
+    if remaining:
+        active = [job for job in queue.active_jobs(user_id=user_id) if job.kind == "train"]
+        try:
+            train_job_id = active[0].id if active else queue.enqueue(
+                "train", user_id, {}, guild_id=guild_id, channel_id=channel_id).id
+        except QueueLimit:  # a quota: the photo is gone all the same; training can be asked for later
+            train_job_id = None
+    return RemovedPhoto(number, selfie.original_name, remaining, train_job_id)

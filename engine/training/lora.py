@@ -1,0 +1,297 @@
+"""Face LoRA training on a base Stable Diffusion pipeline (diffusers + peft).
+
+FaceChain's recipe: LoRA on the UNet attention projections, text encoder frozen, cosine
+learning rate, batch 1, random flip. What is faster here: every photo (and its mirror) goes
+through the VAE once and the caption through the text encoder once; each step then samples
+from the cached latent distribution and crop-jitters in latent space.
+
+Randomness is drawn per step from (seed, step), so a run resumed from a checkpoint continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engine.errors import FaceChainError
+from engine.models.base_model import BasePipeline
+
+log = logging.getLogger(__name__)
+ADAPTER = "facechain_training"
+TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+META_FILE = "meta.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class TrainingCancelled(FaceChainError):
+    """Training stopped on request; a checkpoint was saved, so it resumes where it stopped."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    steps: int
+    rank: int = 4
+    alpha: float = 4.0
+    learning_rate: float = 1.5e-4
+    resolution: int = 512
+    seed: int = 0
+    checkpoint_every: int = 50
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    step: int  # steps done
+    total: int
+    loss: float
+    eta_seconds: float
+
+
+@dataclass
+class TrainResult:
+    folder: Path
+    meta: dict
+
+
+def fingerprint(photos: list[Path], caption: str, options: TrainOptions, base_reference: str) -> str:
+    """Identifies a training run; a checkpoint is only resumed by the same run."""
+    digest = hashlib.sha256()
+    for photo in photos:
+        digest.update(hashlib.sha256(photo.read_bytes()).digest())
+    digest.update(json.dumps([caption, asdict(options), base_reference], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _image_tensor(path: Path, size: int, flip: bool) -> torch.Tensor:
+    image = Image.open(path).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+@torch.no_grad()
+def _cache_inputs(base: BasePipeline, photos: list[Path], caption: str, options: TrainOptions, device: torch.device):
+    """Latent mean/std per photo and mirror, plus the caption's text embedding, on `device`. The text
+    encoder and the VAE visit `device` only for this (they stay on the CPU under offload)."""
+    pipe = base.pipeline
+    dtype = pipe.unet.dtype
+    with _visiting(pipe.text_encoder, device):
+        ids = pipe.tokenizer(caption, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(device)
+        text_embedding = pipe.text_encoder(ids)[0].to(device, dtype)
+    jitter = options.resolution // 16  # pixels of crop jitter each side
+    latents = []
+    with _visiting(pipe.vae, device):
+        for photo in photos:
+            for flip in (False, True):
+                pixels = _image_tensor(photo, options.resolution + 2 * jitter, flip).to(device, pipe.vae.dtype)
+                distribution = pipe.vae.encode(pixels).latent_dist
+                latents.append((distribution.mean.to(device, dtype), distribution.std.to(device, dtype)))
+    return latents, text_embedding
+
+
+@contextmanager
+def _visiting(module: torch.nn.Module, device: torch.device):
+    """`module` on `device` inside the block, back where it was after."""
+    home = next(module.parameters()).device
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
+@contextmanager
+def _offload_paused(base: BasePipeline):
+    """Training needs the UNet to stay on the execution device: take model offload's hooks off for
+    the run (the UNet alone then lives on the GPU) and put them back after."""
+    if not base.plan.cpu_offload:
+        yield base.execution_device
+        return
+    device = base.execution_device
+    base.pipeline.remove_all_hooks()
+    base.pipeline.unet.to(device)
+    try:
+        yield device
+    finally:
+        base.pipeline.enable_model_cpu_offload(device=base.device)
+
+
+def adapter_metadata(options: TrainOptions) -> dict:
+    """The LoRA config a loader needs to rebuild the adapter at its trained scale (alpha / rank),
+    kept to the keys every peft version knows."""
+    return {"r": options.rank, "lora_alpha": options.alpha, "target_modules": TARGET_MODULES,
+            "init_lora_weights": "gaussian"}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    scratch = path.with_suffix(".tmp")
+    torch.save(state, scratch)
+    os.replace(scratch, path)  # never a half-written checkpoint
+
+
+def train_face_lora(
+    base: BasePipeline,
+    photos: list[Path],
+    caption: str,
+    output: Path,
+    options: TrainOptions,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
+) -> TrainResult:
+    """Train a face LoRA into `output` (created whole at the end; `output.partial` meanwhile). A run
+    resumes from `output.partial/checkpoint.pt`; `on_checkpoint` is told of each one written."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    if not photos:
+        raise FaceChainError("No accepted selfies to train on: enroll some photos first.")
+    pipe = base.pipeline
+    unet = pipe.unet
+    work = output.with_name(output.name + ".partial")
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    checkpoint_path = work / CHECKPOINT_FILE
+    run_id = fingerprint(photos, caption, options, base.reference)
+
+    for module in (unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    if ADAPTER in getattr(unet, "peft_config", {}):
+        unet.delete_adapters(ADAPTER)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(options.seed)  # the initial LoRA weights follow the run's seed too
+        # Face and style adapters of the generator live on the same UNet by design.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        unet.add_adapter(LoraConfig(r=options.rank, lora_alpha=options.alpha, init_lora_weights="gaussian",
+                                    target_modules=TARGET_MODULES), adapter_name=ADAPTER)
+    unet.set_adapters([ADAPTER])
+    cast_training_params(unet, dtype=torch.float32)  # LoRA weights train in fp32 even on an fp16 base
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=1e-2)
+    lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=options.steps)
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config or pipe.scheduler.config)
+    # fp16 weights train with fp32 LoRA parameters and a loss scale (bf16 and fp32 need none).
+    scaler = torch.amp.GradScaler("cuda", enabled=pipe.unet.dtype == torch.float16 and
+                                  base.execution_device.type == "cuda")
+
+    start, losses = 0, []
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == run_id:
+            set_peft_model_state_dict(unet, state["lora"], adapter_name=ADAPTER)
+            optimizer.load_state_dict(state["optimizer"])
+            lr_schedule.load_state_dict(state["lr_schedule"])
+            if "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+            start, losses = state["step"], state["losses"]
+            log.info("resuming training of %s at step %d of %d", output, start, options.steps)
+        else:
+            log.info("checkpoint in %s is for other photos or settings: starting over", work)
+
+    def checkpoint(step: int) -> None:
+        _save_checkpoint(checkpoint_path, {
+            "fingerprint": run_id, "step": step, "losses": losses,
+            "lora": get_peft_model_state_dict(unet, adapter_name=ADAPTER),
+            "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+        })
+        if on_checkpoint is not None:
+            on_checkpoint(checkpoint_path)
+
+    try:
+        with _offload_paused(base) as device:
+            latents, text_embedding = _cache_inputs(base, photos, caption, options, device)
+            if base.plan.attention_slicing:  # memory is short: trade compute for activations
+                unet.enable_gradient_checkpointing()
+            unet.train()
+            _loop(unet, device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text_embedding,
+                  options, pipe.vae.config.scaling_factor, start, losses, checkpoint, on_progress, should_cancel)
+        weights = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
+        # The adapter's config (rank and alpha) travels in the file: without it a loader assumes
+        # alpha = rank and the face model comes back at the wrong scale.
+        StableDiffusionPipeline.save_lora_weights(work, unet_lora_layers=weights, safe_serialization=True,
+                                                  unet_lora_adapter_metadata=adapter_metadata(options))
+    finally:
+        unet.eval()
+        if base.plan.attention_slicing:
+            unet.disable_gradient_checkpointing()
+        unet.delete_adapters(ADAPTER)
+
+    meta = {
+        "base_model": base.reference, "caption": caption, "photos": [p.name for p in photos],
+        "steps": options.steps, "rank": options.rank, "alpha": options.alpha,
+        "learning_rate": options.learning_rate, "resolution": options.resolution, "seed": options.seed,
+        "resumed_from_step": start, "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        "loss_curve": [round(float(v), 5) for v in losses[:: max(1, len(losses) // 200)]],
+    }
+    (work / META_FILE).write_text(json.dumps(meta, indent=2))
+    checkpoint_path.unlink(missing_ok=True)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(work, output)
+    return TrainResult(output, meta)
+
+
+def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
+          text_embedding, options: TrainOptions, scaling: float, start: int, losses: list[float], checkpoint,
+          on_progress, should_cancel) -> None:
+    dtype = unet.dtype
+    autocast = device.type == "cuda" and dtype != torch.float32
+    latent_size = options.resolution // 8
+    pad = (latents[0][0].shape[-1] - latent_size)
+    timesteps = noise_scheduler.config.num_train_timesteps
+    began = time.perf_counter()
+    for step in range(start, options.steps):
+        if should_cancel is not None and should_cancel():
+            checkpoint(step)
+            raise TrainingCancelled(f"Training stopped at step {step} of {options.steps}; it will resume from there.")
+        rng = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
+        pick = int(torch.randint(len(latents), (1,), generator=rng))
+        x, y = (int(v) for v in torch.randint(pad + 1, (2,), generator=rng))
+        mean, std = (t[..., y:y + latent_size, x:x + latent_size] for t in latents[pick])
+        sample = mean + std * torch.randn(mean.shape, generator=rng).to(device, dtype)
+        clean = sample * scaling
+        noise = torch.randn(clean.shape, generator=rng).to(device, dtype)
+        t = torch.randint(timesteps, (1,), generator=rng).to(device)
+        noisy = noise_scheduler.add_noise(clean, noise, t)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(clean, noise, t)
+        else:
+            target = noise
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            prediction = unet(noisy, t, text_embedding).sample
+        loss = F.mse_loss(prediction.float(), target.float())
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        done = step + 1
+        if on_progress is not None:
+            rate = (time.perf_counter() - began) / (done - start)
+            on_progress(TrainProgress(done, options.steps, losses[-1], rate * (options.steps - done)))
+        if done % options.checkpoint_every == 0 and done < options.steps:
+            checkpoint(done)
