@@ -38,7 +38,7 @@ def throughput(settings, count: int) -> dict:
         queue.enqueue("generate", f"u{n % 50}", {"n": n})
     enqueued = time.perf_counter()
     while (job := queue.claim("bench")) is not None:
-        queue.complete(job.id, "bench", {})
+        queue.complete(job.lease, {})
     done = time.perf_counter()
     figures = {"jobs": count, "enqueue_per_s": round(count / (enqueued - start)),
                "claim_complete_per_s": round(count / (done - enqueued)), "jobs_per_s": round(count / (done - start))}
@@ -64,7 +64,7 @@ def claim_with_a_long_history(settings, queued: int, history: int, claims: int =
     start = time.perf_counter()
     for _ in range(claims):
         job = queue.claim("bench")
-        queue.complete(job.id, "bench", {})
+        queue.complete(job.lease, {})
     per_claim = (time.perf_counter() - start) / claims * 1000
     print(f"claim+complete with {queued} queued and {history} finished jobs: {per_claim:.1f} ms")
     return {"claim_queued": queued, "claim_history": history, "claim_ms_long_history": round(per_claim, 2)}

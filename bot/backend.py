@@ -20,7 +20,7 @@ from typing import TypeVar
 from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.generation.requests import check_prompt_words, check_request
-from engine.jobs.queue import Job, SqliteJobQueue
+from engine.jobs.queue import Job, QueuePosition, SqliteJobQueue
 from engine.store import ForgetReport, Store
 from engine.store.community import GuildSettings, guild_settings, user_gallery_posts
 from engine.styles import STYLES_DIR, StyleCatalogue, load_styles
@@ -118,12 +118,19 @@ class Backend:
 
     def status(self, user_id: str) -> dict:
         jobs = self.queue.active_jobs(user_id=user_id)
+        positions = self.queue.positions(job.id for job in jobs)
         return {
             "user": self.store.get_user(user_id),
             "photos": len(self.store.accepted_selfies(user_id)),
             "models": self.store.face_models(user_id),
-            "jobs": [(job, self.queue.position(job.id)) for job in jobs],
+            "jobs": [(job, positions.get(job.id)) for job in jobs],
         }
+
+    def active_with_positions(self, guild_id: str) -> list[tuple[Job, QueuePosition | None]]:
+        """A server's queued and running jobs with where each stands, from one pass over the queue."""
+        jobs = self.queue.active_jobs(guild_id=guild_id)
+        positions = self.queue.positions(job.id for job in jobs)
+        return [(job, positions.get(job.id)) for job in jobs]
 
     def cancel_all(self, user_id: str) -> int:
         """Cancel the user's queued jobs and ask running ones to stop; returns how many are still running."""

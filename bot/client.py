@@ -44,7 +44,7 @@ class FaceChainBot(discord.Client):
         self.loop_lag = LoopLag()
 
     async def setup_hook(self) -> None:
-        install(self.tree)
+        install(self.tree, self.settings)
         self.add_dynamic_items(*DYNAMIC_ITEMS, gallery.GalleryButton)
         self.http_session = download_session(allowed_sources(self.settings.attachment_hosts))
         await self._sync_commands()

@@ -31,10 +31,12 @@ from engine.store.setup_problems import open_setup_problems
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot
+    from engine.config import Settings
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SUBJECTS = ("man", "woman", "boy", "girl", "person")  # engine.preprocess.trigger.SUBJECTS (tested)
-MAX_PORTRAITS = 10
+MAX_PORTRAITS = 16  # the most FACECHAIN_PORTRAIT_CANDIDATES allows; install() narrows it
+DEFAULT_PORTRAITS = 4
 FORGET_WAIT_SECONDS = 30  # Discord allows 10 files per message
 EVERYWHERE = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
 FOR_SERVERS = app_commands.AppInstallationType(guild=True, user=False)
@@ -398,11 +400,10 @@ def parse_style_list(bot: FaceChainBot, text: str) -> list[str]:
 async def admin_queue(interaction: discord.Interaction) -> None:
     require_manage_guild(interaction)
     bot = client(interaction)
-    jobs = await bot.backend.run(bot.backend.queue.active_jobs, None, str(interaction.guild_id))
+    jobs = await bot.backend.run(bot.backend.active_with_positions, str(interaction.guild_id))
     view = discord.ui.View(timeout=None)
     lines = []
-    for job in jobs:
-        position = await bot.backend.run(bot.backend.queue.position, job.id)
+    for job, position in jobs:
         lines.append(f"`{job.id}` <@{job.user_id}> {job_title(job)}: {progress_line(job, position)}")
         if len(view.children) < 20:
             view.add_item(CancelButton(job.id, f"Cancel {job.id}", admin=True))
@@ -436,7 +437,12 @@ async def admin_gallery_link(interaction: discord.Interaction, rotate: bool = Fa
 
 # --- wiring --------------------------------------------------------------------------------------------
 
-def install(tree: app_commands.CommandTree) -> None:
+def install(tree: app_commands.CommandTree, settings: Settings) -> None:
+    # Discord offers what the engine accepts: 1 to the candidates drawn per request.
+    count = portrait._params["count"]
+    count.max_value = settings.portrait_candidates
+    count.default = min(DEFAULT_PORTRAITS, settings.portrait_candidates)
+    count.description = f"How many portraits (default {count.default})"
     tree.add_command(facechain)
     tree.add_command(admin)
     tree.on_error = on_command_error

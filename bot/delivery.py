@@ -23,7 +23,7 @@ import discord
 
 from bot.components import face_choices, portrait_actions, swap_actions
 from bot.messages import enroll_card, job_title, portrait_lines, progress_line, thumbnail_grid, with_training_line
-from engine.jobs.queue import Job
+from engine.jobs.queue import Job, QueuePosition
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot
@@ -112,6 +112,7 @@ class Deliveries:
 
     async def tick(self) -> None:
         backend = self.bot.backend
+        due: list[tuple[Job, Watch]] = []
         for job in await backend.run(backend.queue.awaiting_delivery):
             if job.id in self._busy:
                 continue
@@ -119,7 +120,11 @@ class Deliveries:
                 if time.monotonic() >= self._retry_at.get(job.id, 0.0):
                     self._start(job, self._deliver(job))
             elif (watch := self.watches.get(job.id)) and time.monotonic() - watch.last_edit >= EDIT_EVERY_SECONDS:
-                self._start(job, self._show_progress(job, watch))
+                due.append((job, watch))
+        if due:  # every watched job's place from one pass over the queue
+            positions = await backend.run(backend.queue.positions, [job.id for job, _ in due])
+            for job, watch in due:
+                self._start(job, self._show_progress(job, watch, positions.get(job.id)))
 
     def _start(self, job: Job, work) -> None:
         self._busy.add(job.id)
@@ -129,8 +134,7 @@ class Deliveries:
 
     # --- progress --------------------------------------------------------------------------------
 
-    async def _show_progress(self, job: Job, watch: Watch) -> None:
-        position = await self.bot.backend.run(self.bot.backend.queue.position, job.id)
+    async def _show_progress(self, job: Job, watch: Watch, position: QueuePosition | None) -> None:
         line = progress_line(job, position)
         watch.last_edit = time.monotonic()
         if line == watch.last_line:

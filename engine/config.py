@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from engine.errors import SettingsError
 
 ENV_PREFIX = "FACECHAIN_"
+DEFAULT_BASE_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
+# The VAE the default base model's card asks for.
+DEFAULT_BASE_VAE = "stabilityai/sd-vae-ft-mse"
 
 
 class Settings(BaseSettings):
@@ -35,10 +38,11 @@ class Settings(BaseSettings):
     attachment_hosts: str = "cdn.discordapp.com,media.discordapp.net"
 
     # Stable Diffusion 1.5-family base: a local folder, a Hugging Face id, or `modelscope:<id>`.
-    base_model: str = "SG161222/Realistic_Vision_V5.1_noVAE"
-    # Separate VAE passed to the base pipeline (the default base ships without a good one): a local
-    # folder, a Hugging Face id or modelscope:<id>; empty = the base model's own VAE.
-    vae: str = "stabilityai/sd-vae-ft-mse"
+    base_model: str = DEFAULT_BASE_MODEL
+    # Separate VAE passed to the base pipeline: a local folder, a Hugging Face id or modelscope:<id>;
+    # empty = the base model's own. Unset = the one the base model needs: sd-vae-ft-mse for the default
+    # base (which ships without a good one, its card says), the model's own for any other.
+    vae: str | None = None
     # Fast mode: an LCM-LoRA for SD1.5 (a .safetensors file, a folder holding
     # pytorch_lora_weights.safetensors, a Hugging Face id or modelscope:<id>), drawn in few steps.
     fast_lora: str = "latent-consistency/lcm-lora-sdv1-5"
@@ -122,6 +126,10 @@ class Settings(BaseSettings):
     ray_address: str = ""
     ray_allow_public: bool = False
     ray_actors: int = Field(default=0, ge=0)
+    # A cluster job whose GPU machine stops answering (a hung driver, a CUDA deadlock) is handed back
+    # after this many minutes, and its actor restarted: trainings, and every other kind of job.
+    train_time_limit_minutes: float = Field(default=180, gt=0)
+    job_time_limit_minutes: float = Field(default=30, gt=0)
 
     # Retention in days (0 = keep): portraits not shared to a gallery, and enrolled selfies.
     portrait_retention_days: float = Field(default=0, ge=0)
@@ -144,6 +152,21 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "facechain.db"
+
+    @property
+    def vae_reference(self) -> str:
+        return self.vae_for(self.base_model)
+
+    def vae_for(self, base_model: str) -> str:
+        """The separate VAE to load beside `base_model` ("" = the base model's own): the setting, or when
+        it is unset, the one that base model needs."""
+        if self.vae is not None:
+            return self.vae.strip()
+        return DEFAULT_BASE_VAE if base_model.strip() == DEFAULT_BASE_MODEL else ""
+
+    def time_limit_seconds(self, kind: str) -> float:
+        """How long a cluster job of `kind` may run before its machine is taken to be hung."""
+        return 60 * (self.train_time_limit_minutes if kind == "train" else self.job_time_limit_minutes)
 
 
 def _one_line(error: ValidationError) -> str:

@@ -75,6 +75,12 @@ class Style(BaseModel):
     sampler: Sampler = Sampler()
     preview: Path | None = None  # image shown in /facechain styles, relative to the styles folder
     tags: list[str] = []
+    file: Path | None = Field(default=None, exclude=True)  # the file it was read from (not written in it)
+
+    @property
+    def lora_setting(self) -> str:
+        """Where an owner changes this style's LoRA reference, for messages that tell them to."""
+        return f"the `reference` under [lora] in {self.file or f'the style file {self.id}.toml'}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,8 @@ class StyleCatalogue:
 def load_style(path: Path) -> Style:
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     data.setdefault("id", path.stem)
-    style = Style.model_validate(data)
+    data.pop("file", None)  # not a field a style file sets
+    style = Style.model_validate(data).model_copy(update={"file": path})
     if style.preview is not None and not (path.parent / style.preview).is_file():
         raise ValueError(f"preview: file {style.preview} not found next to the style")
     return style

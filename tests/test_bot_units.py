@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import discord
 import pytest
 from aiohttp.abc import AbstractResolver
 
@@ -129,6 +130,26 @@ def test_a_dev_guild_gets_the_commands_at_once(tmp_path):
         assert [o["name"] for o in enroll_options] == [f"photo{i}" for i in range(1, 11)]
         style = next(o for o in subcommands["portrait"]["options"] if o["name"] == "style")
         assert style["autocomplete"] is True
+        count = next(o for o in subcommands["portrait"]["options"] if o["name"] == "count")
+        assert (count["min_value"], count["max_value"]) == (1, 8)  # what the engine accepts (8 candidates)
+
+
+def test_the_count_offered_follows_the_candidates_drawn():
+    from discord import app_commands
+
+    from bot.commands import install, portrait
+    from engine.config import load_settings
+
+    def installed(**settings):
+        install(app_commands.CommandTree(discord.Client(intents=discord.Intents.none())),
+                load_settings(_env_file=None, **settings))
+        return portrait._params["count"]
+
+    count = installed(portrait_candidates=2)
+    assert (count.min_value, count.max_value, count.default) == (1, 2, 2)
+    assert count.description == "How many portraits (default 2)"
+    count = installed()  # as the bot installs it by default
+    assert (count.max_value, count.default) == (8, 4)
 
 
 @pytest.mark.parametrize(("url", "refusal"), [

@@ -9,20 +9,56 @@ import pytest
 
 from engine.cli import main
 from engine.errors import SettingsError
-from engine.jobs.cluster.address import check_address
+from engine.jobs.cluster import address
+from engine.jobs.cluster.address import check_address, check_node_addresses
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:6379", "localhost:6379", "10.1.2.3:6379", "ray://192.168.0.7:10001",
-                                     "172.16.0.2:6379", "100.101.102.103:6379", "[::1]:6379", "auto"])
-def test_loopback_private_and_vpn_addresses_are_accepted(address):
-    check_address(address, allow_public=False)
+@pytest.fixture(autouse=True)
+def no_local_ray_cluster(monkeypatch, tmp_path):
+    """`auto` as on a machine that joined no cluster, whatever this one did before."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(address, "CURRENT_CLUSTER_FILE", tmp_path / "ray_current_cluster")
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8:6379", "ray://1.1.1.1:10001"])
-def test_a_public_address_is_refused_unless_allowed(address):
-    with pytest.raises(SettingsError, match="not a private address.*FACECHAIN_RAY_ALLOW_PUBLIC=true"):
-        check_address(address, allow_public=False)
-    check_address(address, allow_public=True)
+@pytest.mark.parametrize("value", ["127.0.0.1:6379", "localhost:6379", "10.1.2.3:6379", "172.16.0.2:6379",
+                                   "100.101.102.103:6379", "[::1]:6379", "auto"])
+def test_loopback_private_and_vpn_addresses_are_accepted(value):
+    check_address(value, allow_public=False)
+
+
+def test_a_public_address_is_refused_unless_allowed():
+    with pytest.raises(SettingsError, match="not a private address.*RAY_AUTH_MODE=token.*FACECHAIN_RAY_ALLOW_PUBLIC"):
+        check_address("8.8.8.8:6379", allow_public=False)
+    check_address("8.8.8.8:6379", allow_public=True)
+
+
+@pytest.mark.parametrize("value", ["ray://192.168.0.7:10001", "ray://1.1.1.1:10001"])
+def test_a_ray_client_address_is_refused_saying_why(value):
+    for allow_public in (False, True):
+        with pytest.raises(SettingsError, match=r"Ray Client address \(ray://\), which cannot stream.*host:port"):
+            check_address(value, allow_public=allow_public)
+
+
+def test_auto_is_checked_as_the_address_ray_will_use(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_ADDRESS", "8.8.8.8:6379")
+    with pytest.raises(SettingsError, match=r"auto \(which is 8.8.8.8:6379\) reaches 8.8.8.8"):
+        check_address("auto", allow_public=False)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://10.0.0.2:10001")
+    with pytest.raises(SettingsError, match="Ray Client address"):
+        check_address("auto", allow_public=False)
+    monkeypatch.delenv("RAY_ADDRESS")
+    address.CURRENT_CLUSTER_FILE.write_text("1.1.1.1:6379")  # what `ray start --address` wrote here
+    with pytest.raises(SettingsError, match="reaches 1.1.1.1"):
+        check_address("auto", allow_public=False)
+    address.CURRENT_CLUSTER_FILE.write_text("10.0.0.2:6379")
+    check_address("auto", allow_public=False)
+
+
+def test_nodes_at_public_addresses_are_refused_after_connecting():
+    check_node_addresses(["10.0.0.2", "127.0.0.1", "100.64.1.2"], allow_public=False)
+    with pytest.raises(SettingsError, match="nodes at 8.8.4.4, which are not private.*no job is sent"):
+        check_node_addresses(["10.0.0.2", "8.8.4.4"], allow_public=False)
+    check_node_addresses(["8.8.4.4"], allow_public=True)
 
 
 def test_an_address_that_is_not_one_says_what_to_write():

@@ -55,3 +55,24 @@ def test_env_example_lists_every_setting_with_a_comment():
     for index, line in enumerate(lines):
         if re.match(r"^#?\s*FACECHAIN_", line):
             assert lines[index - 1].startswith("#") and not re.match(r"^#\s*FACECHAIN_", lines[index - 1]), line
+
+
+def test_the_vae_follows_the_base_model_unless_set(monkeypatch):
+    from engine.config import DEFAULT_BASE_VAE
+
+    monkeypatch.delenv("FACECHAIN_VAE", raising=False)  # the tests' default; here, as a fresh .env leaves it
+    assert load_settings(_env_file=None).vae_reference == DEFAULT_BASE_VAE  # the default base's card asks for it
+    assert load_settings(_env_file=None, base_model="/models/tiny-sd").vae_reference == ""  # its own
+    assert load_settings(_env_file=None, base_model="/models/tiny-sd", vae="org/vae").vae_reference == "org/vae"
+    assert load_settings(_env_file=None, vae="").vae_reference == ""  # empty: the base model's own
+
+
+def test_a_tiny_model_loads_with_only_the_base_model_set(monkeypatch, tiny_model):
+    """`facechain make-tiny-model` says to set FACECHAIN_BASE_MODEL: that alone must do (no hub VAE)."""
+    from engine.models.base_model import load_base_pipeline
+
+    monkeypatch.delenv("FACECHAIN_VAE", raising=False)
+    monkeypatch.setenv("FACECHAIN_BASE_MODEL", str(tiny_model))
+    monkeypatch.setenv("FACECHAIN_DEVICE", "cpu")
+    base = load_base_pipeline(load_settings(_env_file=None))
+    assert base.vae_reference == ""

@@ -8,10 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from engine.config import load_settings
 from engine.errors import ModelUnavailable
 from engine.models.references import check_disk_space, select_files
 from tests.fake_hub import REALISTIC_VISION_CHECKPOINTS, FakeHub, realistic_vision_layout
@@ -124,14 +126,54 @@ def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path,
 
 def test_an_unreachable_hub_is_the_owners_problem_in_one_line(hub, tmp_path):
     (tmp_path / "no-styles").mkdir()
-    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="",  # the base alone: each model retries ~25 s
-                  STYLES_DIR=str(tmp_path / "no-styles"))
-    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: connection refused
+    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="", STYLES_DIR=str(tmp_path / "no-styles"))
+    env["HF_ENDPOINT"] = hub.url  # the hub answers, but not for this model: the loader's own message
+    env["FACECHAIN_BASE_MODEL"] = "someone/not-on-this-hub"
     pulled = facechain(env, tmp_path, "models", "pull")
     assert pulled.returncode == 1
     lines = [line for line in pulled.stdout.splitlines() if line.startswith("base model")]
-    assert len(lines) == 1 and f"Could not get {BASE} from Hugging Face" in lines[0]
+    assert len(lines) == 1 and "Could not get someone/not-on-this-hub from Hugging Face" in lines[0]
     assert "FACECHAIN_BASE_MODEL" in lines[0] and "Traceback" not in pulled.stderr
+    assert pulled.stderr.strip() == "error: not fetched: base model."
+
+
+def test_models_pull_with_no_network_says_so_within_seconds_and_names_what_was_not_fetched(hub, tmp_path):
+    """No hub answers (no network): each is asked once, what comes from it is skipped, and the owner
+    reads which models are missing, instead of minutes of the clients' own retries."""
+    env = hub_env(hub, tmp_path / "cache")  # base, VAE and fast LoRA on Hugging Face
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: connection refused
+    env["MODELSCOPE_DOMAIN"] = "127.0.0.1:9"
+    env["FACECHAIN_STYLES_DIR"] = str(ROOT / "styles")  # the shipped styles: their LoRAs are on ModelScope
+    started = time.monotonic()
+    pulled = facechain(env, tmp_path, "models", "pull")
+    took = time.monotonic() - started
+    assert pulled.returncode == 1 and took < 60, took
+    assert pulled.stdout.count("Hugging Face (127.0.0.1) does not answer") == 1 + 3  # said once, then per model
+    assert pulled.stdout.count("ModelScope (127.0.0.1) does not answer") >= 2
+    not_fetched = pulled.stderr.strip()
+    assert not_fetched.startswith("error: not fetched: base model, VAE, fast-mode LoRA, style ")
+    assert "Traceback" not in pulled.stderr
+
+
+def test_a_style_lora_that_cannot_be_had_names_the_file_to_edit(tmp_path, monkeypatch):
+    from importlib import import_module
+
+    from engine.models.files import fetch, named_models
+    from engine.styles import load_styles
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(import_module("modelscope.hub.file_download"), "model_file_download", unreachable)
+    style = load_styles(None).get("fantasy-elf")
+    assert style.lora_setting == f"the `reference` under [lora] in {ROOT / 'styles' / 'fantasy-elf.toml'}"
+    settings = load_settings(_env_file=None, vae="", fast_lora="", base_model=str(tmp_path))
+    [model] = [m for m in named_models(settings) if m.name == "style fantasy-elf LoRA"]
+    with pytest.raises(ModelUnavailable) as refused:
+        fetch(model, half=False)
+    message = str(refused.value)
+    assert "set the `reference` under [lora] in" in message and "fantasy-elf.toml to the downloaded" in message
+    assert "set style fantasy-elf" not in message
 
 
 def test_selection_prefers_safetensors_and_takes_fp16_only_when_every_part_has_it():

@@ -174,6 +174,11 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_pat
     bigger = json.loads(capsys.readouterr().out)
     assert Image.open(bigger["path"]).size == (128, 128) and bigger["seed"] == portraits[0]["seed"]
     assert bigger["path"] != portraits[0]["path"] and bigger["style"] == "cyberpunk"
+    # --out ending in an image extension is that file (a folder otherwise, as above).
+    assert main(["upscale", "--user", "u", portraits[1]["path"], "--out", str(tmp_path / "sharp.png"), "--json"]) == 0
+    named = json.loads(capsys.readouterr().out)
+    assert named["path"] == str(tmp_path / "sharp.png") and (tmp_path / "sharp.png").is_file()
+    assert Image.open(tmp_path / "sharp.png").size == (128, 128)
     assert main(["upscale", "--user", "u", str(tmp_path / "nope.png"), "--out", str(tmp_path / "up")]) == 2
     assert "No portrait" in capsys.readouterr().err
     assert all(Path(p["path"]).is_file() and p["style"] == "cyberpunk" for p in portraits)

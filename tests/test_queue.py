@@ -2,11 +2,12 @@
 
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from engine.errors import FaceChainError
-from engine.jobs.queue import LeaseLost, QueueLimit, SqliteJobQueue
+from engine.jobs.queue import LeaseLost, QueueLimit, SqliteJobQueue, sqlite_queue
 from engine.store import Store
 
 
@@ -15,11 +16,31 @@ def queue(store, settings) -> SqliteJobQueue:
     return SqliteJobQueue(store, settings.model_copy(update={"max_queued_portraits_per_user": 10}))
 
 
+class Clock:
+    """The queue's clock, moved by hand: leases and backoffs expire without a test sleeping for them."""
+
+    def __init__(self) -> None:
+        self.moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(sqlite_queue, "now", clock)
+    return clock
+
+
 def drain(queue, worker="w"):
     order = []
     while (job := queue.claim(worker)) is not None:
         order.append((job.user_id, job.params.get("n")))
-        queue.complete(job.id, worker, {})
+        queue.complete(job.lease, {})
     return order
 
 
@@ -80,7 +101,7 @@ def test_two_workers_never_claim_the_same_job(settings):
         claimed[name] = []
         while (job := queue.claim(name)) is not None:
             claimed[name].append(job.id)
-            queue.complete(job.id, name, {})
+            queue.complete(job.lease, {})
 
     threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(3)]
     for thread in threads:
@@ -91,59 +112,85 @@ def test_two_workers_never_claim_the_same_job(settings):
     assert sorted(every) == sorted(set(every)) and len(every) == 60
 
 
-def test_an_expired_lease_returns_the_job_and_the_old_worker_loses_it(queue, settings):
+def test_an_expired_lease_returns_the_job_and_the_old_worker_loses_it(queue, settings, clock):
     queue.settings = settings.model_copy(update={"job_lease_seconds": 2})
     job = queue.enqueue("train", "ann")
-    assert queue.claim("dead").id == job.id
+    dead = queue.claim("dead")
+    assert dead.id == job.id
     assert queue.claim("alive") is None
-    time.sleep(2.1)
+    clock.advance(2.1)
     again = queue.claim("alive")
     assert again.id == job.id and again.attempts == 2 and again.started_at == queue.get(job.id).started_at
     with pytest.raises(LeaseLost):
-        queue.complete(job.id, "dead", {})
-    assert queue.complete(job.id, "alive", {"ok": True}).state == "done"
+        queue.complete(dead.lease, {})
+    assert queue.complete(again.lease, {"ok": True}).state == "done"
 
 
-def test_heartbeats_keep_the_lease_and_carry_progress(queue, settings):
+def test_heartbeats_keep_the_lease_and_carry_progress(queue, settings, clock):
     queue.settings = settings.model_copy(update={"job_lease_seconds": 2})
     job = queue.enqueue("train", "ann")
-    queue.claim("w")
+    lease = queue.claim("w").lease
     for step in range(3):
-        time.sleep(0.8)
-        assert queue.heartbeat(job.id, "w", progress=step / 3, text=f"training {step}") is False
+        clock.advance(1.5)
+        assert queue.heartbeat(lease, progress=step / 3, text=f"training {step}") is False
     assert queue.reap_expired() == 0
     assert queue.get(job.id).progress_text == "training 2"
 
 
-def test_transient_failures_retry_with_backoff_then_fail(queue, settings):
+def test_transient_failures_retry_with_backoff_then_fail(queue, settings, clock):
     queue.settings = settings.model_copy(update={"job_max_attempts": 2, "job_retry_seconds": 0.5})
     job = queue.enqueue("generate", "ann")
-    queue.claim("w")
-    retried = queue.fail(job.id, "w", "CUDA out of memory", transient=True, params_update={"low_memory": True})
+    first = queue.claim("w")
+    assert first.id == job.id
+    retried = queue.fail(first.lease, "The GPU ran out of memory.", transient=True, params_update={"low_memory": True})
     assert retried.state == "queued" and retried.params["low_memory"] is True
+    assert retried.progress_text == "retrying in 0 s"
     assert queue.claim("w") is None  # waiting out the backoff
-    time.sleep(0.6)
-    assert queue.claim("w").attempts == 2
-    final = queue.fail(job.id, "w", "CUDA out of memory", transient=True)
-    assert final.state == "failed" and final.error == "CUDA out of memory"
+    clock.advance(0.6)
+    second = queue.claim("w")
+    assert second.attempts == 2
+    final = queue.fail(second.lease, "The GPU ran out of memory.", transient=True)
+    assert final.state == "failed"
+    assert final.error == "The GPU ran out of memory. It failed 2 times, so it was stopped: please ask again later."
+
+
+def test_a_stale_claim_can_do_nothing_even_under_the_same_worker_id(queue, settings, clock):
+    """A dispatcher frozen past its lease claims the job again under its one worker id: the frozen
+    thread's claim can no longer heartbeat, record, finish, fail or release it."""
+    queue.settings = settings.model_copy(update={"job_lease_seconds": 2})
+    job = queue.enqueue("train", "ann")
+    stale = queue.claim("dispatcher")
+    clock.advance(3)  # frozen past the lease
+    current = queue.claim("dispatcher")
+    assert current.id == stale.id == job.id and current.lease.token != stale.lease.token
+    for act in (lambda: queue.heartbeat(stale.lease), lambda: queue.check_lease(stale.lease),
+                lambda: queue.keep_result(stale.lease, {}), lambda: queue.complete(stale.lease, {}),
+                lambda: queue.fail(stale.lease, "x", transient=True), lambda: queue.release(stale.lease),
+                lambda: queue.mark_cancelled(stale.lease), lambda: queue.wait_for_setup(stale.lease, 1.0)):
+        with pytest.raises(LeaseLost):
+            act()
+    assert queue.get(job.id).state == "running"  # still the current claim's, untouched
+    assert queue.complete(current.lease, {"version": 1}).state == "done"
 
 
 def test_bad_input_is_never_retried(queue):
     job = queue.enqueue("train", "ann")
-    queue.claim("w")
-    assert queue.fail(job.id, "w", "User ann has no enrolled selfies").state == "failed"
+    claimed = queue.claim("w")
+    assert claimed.id == job.id
+    assert queue.fail(claimed.lease, "User ann has no enrolled selfies").state == "failed"
 
 
 def test_cancel_waiting_and_running_jobs(queue):
     waiting = queue.enqueue("generate", "ann")
     assert queue.cancel(waiting.id, user_id="ann").state == "cancelled"
     running = queue.enqueue("train", "ann")
-    queue.claim("w")
+    lease = queue.claim("w").lease
     with pytest.raises(FaceChainError, match="No job .* of yours"):
         queue.cancel(running.id, user_id="bob")
     assert queue.cancel(running.id, user_id="ann").cancel_requested
-    assert queue.heartbeat(running.id, "w") is True  # the worker learns it on its next heartbeat
-    assert queue.mark_cancelled(running.id, "w").state == "cancelled"
+    assert queue.cancel_was_requested(running.id)  # the worker's heartbeat thread looks every second
+    assert queue.heartbeat(lease) is True
+    assert queue.mark_cancelled(lease).state == "cancelled"
     with pytest.raises(FaceChainError, match="already finished"):
         queue.cancel(running.id)
 
@@ -152,10 +199,11 @@ def test_a_portrait_can_wait_for_the_training_in_progress(queue):
     train = queue.enqueue("train", "ann")
     waits = queue.enqueue("generate", "ann", {"wait_for_training": True})
     now = queue.enqueue("generate", "ann", {"wait_for_training": False})
-    assert queue.claim("w").id == train.id
+    training = queue.claim("w")
+    assert training.id == train.id
     assert queue.claim("w").id == now.id  # uses the latest finished model at once
     assert queue.claim("w") is None
-    queue.complete(train.id, "w", {})
+    queue.complete(training.lease, {})
     assert queue.claim("w").id == waits.id
 
 
@@ -163,24 +211,22 @@ def test_position_and_eta(queue):
     jobs = [queue.enqueue("generate", user) for user in ("ann", "bob", "cy")]
     assert [queue.position(j.id).position for j in jobs] == [1, 2, 3]
     assert queue.position(jobs[2].id).eta_seconds == pytest.approx(90)  # 3 x the typical 30 s
-    queue.claim("w")
+    lease = queue.claim("w").lease
     assert queue.position(jobs[0].id).position == 0
     assert queue.position(jobs[1].id).position == 1
-    queue.complete(jobs[0].id, "w", {})
+    queue.complete(lease, {})
     assert queue.position(jobs[0].id) is None
 
 
 def test_release_on_shutdown_does_not_count_as_an_attempt(queue):
     job = queue.enqueue("train", "ann")
-    queue.claim("w")
-    released = queue.release(job.id, "w")
-    assert released.state == "queued" and released.attempts == 0
+    released = queue.release(queue.claim("w").lease)
+    assert released.id == job.id and released.state == "queued" and released.attempts == 0
 
 
 def test_undelivered_results_are_listed_until_marked(queue):
     job = queue.enqueue("generate", "ann")
-    queue.claim("w")
-    queue.complete(job.id, "w", {"portraits": []})
+    queue.complete(queue.claim("w").lease, {"portraits": []})
     assert [j.id for j in queue.undelivered()] == [job.id]
     queue.mark_delivered(job.id)
     assert queue.undelivered() == []
@@ -216,7 +262,7 @@ def test_a_long_reader_never_blocks_the_queue_and_a_long_writer_only_delays_it(s
     started = time.monotonic()
     job = queue.enqueue("generate", "ann", {})
     claimed = queue.claim("w")
-    queue.complete(claimed.id, "w", {})
+    queue.complete(claimed.lease, {})
     assert queue.get(job.id).state == "done" and time.monotonic() - started < 1.0
     reader.execute("commit")
 
@@ -228,19 +274,50 @@ def test_a_long_reader_never_blocks_the_queue_and_a_long_writer_only_delays_it(s
     assert 0.8 < time.monotonic() - started < 10
 
 
-def test_jobs_waiting_for_the_setup_are_tried_again_together_in_the_queues_order(queue):
+def test_jobs_waiting_for_the_setup_are_tried_again_together_in_the_queues_order(queue, clock):
     """A member's preview (queued first) hits a missing model: their training, which needs the same
     model, waits with it, so once the model is there the preview still goes first."""
     first, second = queue.enqueue("teaser", "u", {"style": "anime"}), queue.enqueue("train", "u")
     enroll = queue.enqueue("enroll", "u", {})  # needs no model: it does not wait
-    time.sleep(2.0 - time.time() % 2.0 + 0.05)  # just past a 2 s boundary: the retry is 4 s away
-    assert queue.claim("w").id == first.id
-    queue.wait_for_setup(first.id, "w", 2.0, also_kinds=("teaser", "train"))
+    clock.advance(0.05)  # just past a 2 s boundary: the retry is 4 s away
+    claimed = queue.claim("w")
+    assert claimed.id == first.id
+    queue.wait_for_setup(claimed.lease, 2.0, also_kinds=("teaser", "train"))
     waiting = [queue.get(job.id) for job in (first, second)]
     assert [job.progress_text for job in waiting] == ["waiting for the bot's setup"] * 2
     assert waiting[0].attempts == 0  # waiting uses no attempt
     run_after = [row["run_after"] for row in queue.db["jobs"].rows_where("id in (?, ?)", [first.id, second.id])]
     assert run_after[0] == run_after[1]  # one moment for both
     assert queue.claim("w").id == enroll.id and queue.claim("w") is None
-    time.sleep(4.1)
+    clock.advance(4.0)
     assert queue.claim("w").id == first.id
+
+
+def test_positions_of_many_jobs_from_one_pass_match_each_jobs_own(queue, clock):
+    for n in range(4):
+        for user in ("ann", "bob", "cy"):
+            queue.enqueue("generate", user, {"n": n})
+    queue.enqueue("teaser", "dee", {"style": "anime"})
+    queue.enqueue("preview", "system", {"style": "anime"})
+    queue.enqueue("train", "eve")
+    running = queue.claim("w")
+    queue.heartbeat(running.lease, progress=0.5)
+    every = [job.id for job in queue.jobs(limit=100)]
+    together = queue.positions(every)
+    assert together == {job_id: queue.position(job_id) for job_id in every}
+    assert together[running.id].position == 0 and together[running.id].eta_seconds == pytest.approx(15)
+    # members' jobs never wait behind the teaser and preview; the teaser waits behind members' jobs only
+    teaser = next(j for j in queue.jobs(limit=100) if j.kind == "teaser")
+    assert together[teaser.id].position == 13
+    assert queue.positions([]) == {} and queue.positions([999]) == {}
+
+
+def test_typical_run_times_are_measured_again_once_a_job_of_that_kind_finishes(queue, settings, clock):
+    assert queue.typical_seconds("generate") == 30.0  # before any: the typical figure
+    elsewhere = SqliteJobQueue(Store(settings.data_dir), settings)  # the worker, in its own process
+    elsewhere.enqueue("generate", "ann")
+    claimed = elsewhere.claim("w")
+    clock.advance(12)
+    elsewhere.complete(claimed.lease, {})
+    assert queue.typical_seconds("generate") == pytest.approx(12)  # the bot's queue sees it at once
+    assert queue.typical_seconds("train") == 180.0

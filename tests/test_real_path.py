@@ -190,11 +190,11 @@ def test_a_hub_style_lora_needs_a_file_name():
 
 def test_a_download_shows_in_the_jobs_progress(tiny_settings):
     worker = Worker(tiny_settings.model_copy(update={"data_dir": tiny_settings.data_dir.parent / "progress"}), "dl")
-    job = worker.queue.enqueue("train", "u", {})
-    worker.queue.claim("dl")
+    worker.queue.enqueue("train", "u", {})
+    claimed = worker.queue.claim("dl")
     from engine.jobs.heartbeat import Heartbeat
 
-    worker._beat = Heartbeat(worker.settings, job.id, "dl")
+    worker._beat = Heartbeat(worker.settings, claimed.lease)
     try:
         worker._download_progress("the base model", 1_900_000_000, 4_200_000_000)
         assert worker._beat.text == "getting the base model: 1.9 of 4.2 GB"

@@ -45,6 +45,10 @@ def test_swap_puts_the_members_face_on_their_photo(enrolled_user, capsys, tmp_pa
                            str(tmp_path / "group.png"), "--json")
     assert code == 0 and (result["face"], result["faces_found"]) == (2, 2)
     rows.append(("group/two_people.jpg", tmp_path / "group.png"))
+    code, result, _ = swap(capsys, "--user", "u", str(DATA / "biden/biden2.jpg"), "--out", str(tmp_path / "swaps"),
+                           "--json")  # no image extension: a folder, with the picture in it
+    assert code == 0 and result["path"] == str(tmp_path / "swaps" / "swap-face1.png")
+    assert (tmp_path / "swaps").is_dir() and Path(result["path"]).is_file()
     write_sheet(rows)
 
 

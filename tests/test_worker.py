@@ -95,18 +95,41 @@ def test_an_unexpected_crash_is_retried(worker, monkeypatch):
     assert worker.queue.get(job.id).state == "done"
 
 
-def test_cancelling_a_running_training_stops_it(worker, worker_settings, analyzer):
-    enroll_user(worker.store, analyzer, worker_settings, "42", [photo(p) for p in OBAMA], subject="man")
+def test_the_last_failed_attempt_promises_no_retry_and_names_no_exception(worker, monkeypatch):
+    def broken(worker_, job, beat):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setitem(HANDLERS, "generate", broken)
+    job = worker.queue.enqueue("generate", "42", {"style": "anime"})
+    worker.run(exit_when_idle=0.5, poll_seconds=0.1)
+    failed = worker.queue.get(job.id)
+    assert failed.state == "failed" and failed.attempts == worker.settings.job_max_attempts
+    assert failed.error == ("Something went wrong on the server while doing this. It failed 3 times, so it was "
+                            "stopped: please ask again later.")
+    assert "retried" not in failed.error and "RuntimeError" not in failed.error and "CUDA" not in failed.error
+
+
+def test_cancelling_a_running_training_stops_it_within_seconds(worker_settings, analyzer):
+    """With the default minute-long lease (a heartbeat every 20 s), a cancel still arrives at once."""
+    settings = worker_settings.model_copy(update={"job_lease_seconds": 60})
+    worker = Worker(settings, "test-worker")
+    enroll_user(worker.store, analyzer, settings, "42", [photo(p) for p in OBAMA], subject="man")
     job = worker.queue.enqueue("train", "42", {"steps": 5000})
     runner = threading.Thread(target=worker.run, kwargs={"exit_when_idle": 0})
     runner.start()
-    other = SqliteJobQueue(type(worker.store)(worker_settings.data_dir), worker_settings)  # e.g. the bot
+    other = SqliteJobQueue(type(worker.store)(settings.data_dir), settings)  # e.g. the bot
     deadline = time.monotonic() + 60
-    while other.get(job.id).progress < 0.002 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while other.get(job.id).state != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # into the training (the tiny model loads in a moment)
     other.cancel(job.id, user_id="42")
+    asked = time.monotonic()
+    while other.get(job.id).state == "running" and time.monotonic() - asked < 30:
+        time.sleep(0.05)
+    stopped_after = time.monotonic() - asked
     runner.join(timeout=60)
     assert other.get(job.id).state == "cancelled"
+    assert stopped_after < 5, f"the cancel took {stopped_after:.1f} s to reach the training"
     assert worker.store.ready_face_model("42") is None
 
 
@@ -224,3 +247,29 @@ def test_a_result_for_a_job_no_longer_leased_to_the_worker_is_thrown_away(worker
     taken = worker.queue.get(job.id)
     assert taken.state == "running" and taken.ran_on == "other-worker"
     assert list(worker.store.db["portraits"].rows_where("job_id = ?", [job.id])) == []
+
+
+def test_a_result_recorded_once_even_when_finishing_the_job_fails(worker, worker_settings, analyzer, monkeypatch):
+    """`complete` fails after the portraits or the face model were recorded (a locked database): the
+    retry finishes the job with what was recorded, and records nothing twice."""
+    import sqlite3
+
+    enroll_user(worker.store, analyzer, worker_settings, "42", [photo(p) for p in OBAMA], subject="man")
+    train = worker.queue.enqueue("train", "42", {"steps": 4})
+    portrait = worker.queue.enqueue("generate", "42", {"style": "anime", "count": 1, "wait_for_training": True})
+    real_complete, failed_once = worker.queue.complete, set()
+
+    def complete_failing_once(lease, result):
+        if lease.job_id not in failed_once:
+            failed_once.add(lease.job_id)
+            raise sqlite3.OperationalError("database is locked")
+        return real_complete(lease, result)
+
+    monkeypatch.setattr(worker.queue, "complete", complete_failing_once)
+    worker.run(exit_when_idle=0.5, poll_seconds=0.1)
+    assert failed_once == {train.id, portrait.id}
+    trained, drawn = worker.queue.get(train.id), worker.queue.get(portrait.id)
+    assert trained.state == "done" and trained.attempts == 2 and drawn.state == "done" and drawn.attempts == 2
+    assert [model.version for model in worker.store.face_models("42")] == [1]  # not a second version
+    assert len(list(worker.store.db["portraits"].rows_where("job_id = ?", [portrait.id]))) == 1
+    assert len(drawn.result["portraits"]) == 1

@@ -110,6 +110,34 @@ def test_the_bot_side_supervisor_restarts_a_dead_worker_and_stops_it_cleanly(set
     assert not supervisor.running()
 
 
+def test_a_worker_that_cannot_start_is_the_owners_problem_and_is_restarted_less_and_less_often(tmp_path):
+    """A refused cluster address: one setup incident (not a restart every 5 s forever), members' jobs
+    show that they wait, and the supervisor backs off: at once, then 5 s, then 10 s later."""
+    from engine.jobs.queue import WAITING_FOR_SETUP
+    from engine.jobs.worker_process import WorkerProcess
+    from engine.store.setup_problems import open_setup_problems
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data")
+    queue = SqliteJobQueue(Store(settings.data_dir), settings)
+    job = queue.enqueue("train", "ann", {})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}
+    env.update({"FACECHAIN_DATA_DIR": str(settings.data_dir), "FACECHAIN_RAY_ADDRESS": "8.8.8.8:6379",
+                "PYTHONPATH": str(ROOT)})
+    now = [1000.0]
+    supervisor = WorkerProcess(env=env, worker_id="refused", clock=lambda: now[0])
+    starts = []
+    for _ in range(20):  # the bot looks every few seconds; here once a simulated second
+        if supervisor.ensure_running():
+            starts.append(now[0] - 1000.0)
+            assert supervisor.process.wait(timeout=60) == 2  # refused, one line, exit 2
+        now[0] += 1.0
+    # Found stopped at 1 s: restarted at once (a crash); at 2 s: restarted 5 s later; at 8 s: 10 s later.
+    assert starts == [0.0, 1.0, 7.0, 18.0]
+    [problem] = open_setup_problems(queue.store)
+    assert problem.key == "worker" and "The worker cannot start: FACECHAIN_RAY_ADDRESS=8.8.8.8:6379" in problem.message
+    assert queue.get(job.id).progress_text == WAITING_FOR_SETUP  # the member reads that the bot is not ready
+
+
 def test_the_worker_and_doctor_never_print_the_token(tmp_path):
     token = "secret.token.never-logged"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACECHAIN_")}

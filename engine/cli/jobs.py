@@ -12,23 +12,46 @@ from engine.config import Settings
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """The local worker, or with FACECHAIN_RAY_ADDRESS set, the dispatcher of the Ray cluster."""
+    """The local worker, or with FACECHAIN_RAY_ADDRESS set, the dispatcher of the Ray cluster. A worker
+    that cannot start is the owner's problem (incident, DM, doctor) while members' jobs wait."""
+    from engine.errors import SettingsError
+    from engine.jobs.queue import open_queue
+    from engine.store.setup_problems import report_setup_problem, resolve_setup_problems
+
+    store = open_store(settings)
+    try:
+        runner, worker = _worker_for(args, settings)
+    except SettingsError as error:
+        report_setup_problem(store, WORKER_PROBLEM, f"The worker cannot start: {error}")
+        open_queue(settings, store).hold_for_setup()
+        raise
+    if resolve_setup_problems(store, WORKER_PROBLEM):
+        open_queue(settings, store).hold_for_setup(False)
+    store.close()
+    if args.parent_pid:
+        worker.stop_with_parent(args.parent_pid)
+    runner.run(exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+# The incident key of a worker that cannot start (a refused cluster address, Ray missing).
+WORKER_PROBLEM = "worker"
+
+
+def _worker_for(args: argparse.Namespace, settings: Settings):
+    """(what runs the loop, the Worker that records jobs' endings)."""
     if settings.ray_address:
         from engine.jobs.cluster.status import require_ray
 
         require_ray()
         from engine.jobs.cluster.dispatcher import Dispatcher
 
-        runner = Dispatcher(settings, args.id)
-        worker = runner.worker
-    else:
-        from engine.jobs.worker import Worker
+        dispatcher = Dispatcher(settings, args.id)
+        return dispatcher, dispatcher.worker
+    from engine.jobs.worker import Worker
 
-        runner = worker = Worker(settings, args.id)
-    if args.parent_pid:
-        worker.stop_with_parent(args.parent_pid)
-    runner.run(exit_when_idle=args.exit_when_idle)
-    return 0
+    worker = Worker(settings, args.id)
+    return worker, worker
 
 
 def cmd_cluster_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,7 +78,8 @@ def cmd_cluster_status(args: argparse.Namespace, settings: Settings) -> int:
         console.print(table if status["actors"] else "No actors yet: the dispatcher starts them (facechain worker).")
     table = Table("job", "kind", "user", "runs on", "progress")
     for job in status["jobs_running"]:
-        table.add_row(str(job["job"]), job["kind"], job["user"], job["ran_on"] or "", f"{100 * job['progress']:.0f}% {job['text']}")
+        table.add_row(str(job["job"]), job["kind"], job["user"], job["ran_on"] or "",
+                      f"{100 * job['progress']:.0f}% {job['text']}")
     console.print(table if status["jobs_running"] else "No job running.")
     return 0
 
@@ -67,8 +91,9 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
     jobs = queue.jobs(state=args.state, user_id=args.user, limit=args.limit)
     if args.json:
         listed = []
+        positions = queue.positions(job.id for job in jobs)
         for job in jobs:
-            place = queue.position(job.id)
+            place = positions.get(job.id)
             listed.append({**asdict(job), "position": place.position if place else None,
                            "eta_seconds": round(place.eta_seconds) if place else None})
         print_json(listed)

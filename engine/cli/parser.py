@@ -12,6 +12,7 @@ from engine.config import load_settings
 from engine.errors import FaceChainError
 
 GROUPS = (setup, members, pictures, jobs, styles)
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        for chatty in QUIET_LOGGERS:  # a line per HTTP request of the hub clients is no news to a person
+            logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
         return args.handler(args, settings)
     except FaceChainError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -65,10 +65,11 @@ def cmd_fuse(args: argparse.Namespace, settings: Settings) -> int:
     from PIL import Image
 
     from engine.faces import get_analyzer
+    from engine.generation.portrait import picture_path
     from engine.postprocess.fuse_photos import fuse_photos
 
     result = fuse_photos(get_analyzer(settings), settings, [read_photo(p) for p in args.face], read_photo(args.template))
-    out = Path(args.out)
+    out = picture_path(Path(args.out), "fused.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.image).save(out)
     summary = {"path": str(out), "distance_before": result.distance_before, "distance_after": result.distance_after}
@@ -96,11 +97,12 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
     from engine.faces import get_analyzer
+    from engine.generation.portrait import picture_path
     from engine.generation.swap import save_swap, swap_face
 
     result = swap_face(open_store(settings), get_analyzer(settings), settings, args.user, read_photo(args.photo),
                        args.face)
-    out = save_swap(result, Path(args.out))
+    out = save_swap(result, picture_path(Path(args.out), f"swap-face{result.face}.png"))
     report(args, {"path": str(out), "face": result.face, "faces_found": result.faces_found,
                   "similarity": result.similarity},
            f"Wrote {out}: face {result.face} of {result.faces_found}, likeness {result.similarity:.0%}.")
@@ -175,19 +177,19 @@ def register(commands) -> None:
     fuse = command(commands, "fuse", cmd_fuse, "put the face from selfies onto a template photo")
     fuse.add_argument("--face", nargs="+", required=True, metavar="SELFIE")
     fuse.add_argument("--template", required=True, metavar="T")
-    fuse.add_argument("--out", required=True, metavar="O")
+    fuse.add_argument("--out", required=True, metavar="OUT", help="a file ending in .png, .jpg or .webp, or a folder to write it in")
 
     sharper = command(commands, "upscale", cmd_upscale,
                       "a portrait again at twice the size, same style and face (img2img), fused and ranked again")
     sharper.add_argument("--user", required=True)
     sharper.add_argument("portrait", metavar="PORTRAIT", help="a path from `facechain portrait --json`")
-    sharper.add_argument("--out", required=True, metavar="OUT", help="folder for the bigger portrait")
+    sharper.add_argument("--out", required=True, metavar="OUT", help="a file ending in .png, .jpg or .webp, or a folder to write it in")
 
     swap = command(commands, "swap", cmd_swap, "put a user's enrolled face on a photo (no trained model needed)")
     swap.add_argument("--user", required=True)
     swap.add_argument("photo", metavar="PHOTO")
     swap.add_argument("--face", type=int, metavar="N", help="which face, numbered left to right (needed when several)")
-    swap.add_argument("--out", required=True, metavar="OUT")
+    swap.add_argument("--out", required=True, metavar="OUT", help="a file ending in .png, .jpg or .webp, or a folder to write it in")
 
     portrait = command(commands, "portrait", cmd_portrait, "draw a user's portraits in a style, ranked by likeness")
     portrait.add_argument("--user", required=True)

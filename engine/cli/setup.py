@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.table import Table
@@ -33,21 +34,29 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     from engine.models.base_model import current_plan
     from engine.models.device import resolve_device
     from engine.models.files import disk_size, fetch, named_models, where_is
+    from engine.models.references import hub_silent, parse_model_reference
 
     half = args.fp16 or current_plan(resolve_device(settings.device)).dtype_name != "float32"
     progress = None if args.json else download_bar()
-    rows, failed = [], 0
+    rows = []
+    silent: dict[str, str | None] = {}  # a hub that does not answer is asked once, then skipped
     for model in named_models(settings):
         row = {"name": model.name, "reference": model.reference, "status": "present", "path": None, "bytes": 0,
                "error": None}
         path = where_is(model)
-        if path is None:
+        hub = parse_model_reference(model.reference).kind
+        if path is None and hub != "local" and hub not in silent:
+            silent[hub] = hub_silent(hub)
+            if silent[hub] and not args.json:
+                console.print(f"{silent[hub]}: skipping what comes from there.", soft_wrap=True)
+        if path is None and silent.get(hub):
+            row.update(status="failed", error=f"{silent[hub]}: not fetched.")
+        elif path is None:
             try:
                 path = fetch(model, half, (lambda d, t, name=model.name: progress(name, d, t)) if progress else None)
                 row["status"] = "downloaded"
             except ModelUnavailable as error:
                 row.update(status="failed", error=str(error))
-                failed += 1
         if path is not None:
             row.update(path=str(path), bytes=disk_size(path))
         rows.append(row)
@@ -55,9 +64,12 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
             said = {"present": "already here", "downloaded": "downloaded", "failed": "not available"}[row["status"]]
             where = f" ({row['bytes'] / 1e9:.2f} GB at {row['path']})" if path is not None else f": {row['error']}"
             console.print(f"{model.name} {model.reference}: {said}{where}", soft_wrap=True)
+    missing = [row["name"] for row in rows if row["status"] == "failed"]
     if args.json:
         print_json(rows)
-    return 1 if failed else 0
+    if missing:
+        print(f"error: not fetched: {', '.join(missing)}.", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:

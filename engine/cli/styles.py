@@ -36,7 +36,7 @@ def style_recipe(style, settings: Settings) -> dict:
 
     loras = [{"role": "face", "reference": "the member's face model", "weight": style.face_weight}]
     if style.lora is not None:
-        model = NamedModel("style LoRA", style.lora.reference, f"style {style.id}", "file",
+        model = NamedModel("style LoRA", style.lora.reference, style.lora_setting, "file",
                            style.lora.weight_name or WEIGHTS_FILE, style.lora.revision)
         loras.append({"role": "style", "reference": style.lora.reference, "file": model.filename,
                       "revision": style.lora.revision, "weight": style.lora.weight,

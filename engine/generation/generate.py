@@ -197,7 +197,7 @@ class PortraitGenerator:
         try:
             return self._file_adapter(
                 f"style:{lora.reference}:{lora.weight_name}:{lora.revision}",
-                lambda: lora_file(lora.reference, lora.weight_name, f"style {style.id}", lora.revision))
+                lambda: lora_file(lora.reference, lora.weight_name, style.lora_setting, lora.revision))
         except Exception as error:  # noqa: BLE001 - a missing, unreachable or garbled LoRA says the same
             detail = str(error) if isinstance(error, ModelMissing) else f"{type(error).__name__}: {str(error)[:200]}"
             raise StyleUnavailable(style, f"style {style.id}: its LoRA {lora.reference} could not be loaded "

@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ UNRANKED_NOTICE = ("No candidate showed one clear face, even after a second batc
 ALL_HELD_BACK = "Every candidate was held back by this server's safety filter: try another style or a re-roll."
 # Face models are unpacked here for the time of one drawing (see face_model_folder).
 SCRATCH = Path(tempfile.gettempdir()) / f"facechain-faces-{os.getpid()}"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+FACE_KEY = re.compile(r"^(?P<user>.+)-v(?P<version>\d+)-(?P<digest>[0-9a-f]{16})$")
 TEASER_NOTICE = "Preview: your face model is still training. These use the base model with your face put on."
 
 
@@ -103,6 +106,13 @@ def face_model_files(store: Store, user_id: str) -> FaceModelFiles:
     files = {path.name: path.read_bytes() for path in sorted(model.path.glob("*")) if path.is_file()}
     digest = hashlib.sha256(files.get(WEIGHTS_FILE, b"")).hexdigest()[:16]
     return FaceModelFiles(f"{user_id}-v{model.version}-{digest}", files)
+
+
+def face_key_owner(key: str) -> tuple[str, int] | None:
+    """(member, version) of a face model's key (`<member>-v<version>-<weights digest>`); None for
+    another adapter's key (a style or fast-mode LoRA)."""
+    found = FACE_KEY.match(key)
+    return (found["user"], int(found["version"])) if found else None
 
 
 def enrolled_face_from(analyzer: FaceAnalyzer, face: MemberFace) -> EnrolledFace:
@@ -252,14 +262,24 @@ def screen(safety: SafetyChecker | None, ranked: list[RankedPortrait],
     return kept, len(flagged) - len(kept)
 
 
+def picture_path(out: Path, default_name: str) -> Path:
+    """Where one picture goes for an `--out`: the file itself when it ends in an image extension
+    (.png, .jpg, .jpeg, .webp), else a file named `default_name` in that folder."""
+    return out if out.suffix.lower() in IMAGE_SUFFIXES else out / default_name
+
+
 def save_portraits(store: Store, user_id: str, style_id: str, ranked: list[RankedPortrait],
                    out_dir: Path | None, job_id: int | None = None) -> list[SavedPortrait]:
-    folder = out_dir or store.private_dir(user_id, "portraits")
+    """Save and record portraits in `out_dir` (default: the member's private folder); one portrait may
+    be given its file instead (an `out_dir` with an image extension)."""
+    one_file = out_dir is not None and out_dir.suffix.lower() in IMAGE_SUFFIXES and len(ranked) == 1
+    folder = out_dir.parent if one_file else out_dir or store.private_dir(user_id, "portraits")
     folder.mkdir(parents=True, exist_ok=True)
     saved = []
     for portrait in ranked:
         # Stored portraits carry their job id: two requests may reuse a seed.
-        path = folder / (f"{style_id}-{portrait.seed}-job{job_id}.png" if job_id else f"{style_id}-{portrait.seed}.png")
+        name = f"{style_id}-{portrait.seed}-job{job_id}.png" if job_id else f"{style_id}-{portrait.seed}.png"
+        path = out_dir if one_file else folder / name
         portrait.image.save(path)
         with store.transaction():
             store.db["portraits"].insert({

@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from engine.config import Settings
-from engine.jobs.queue import LeaseLost, SqliteJobQueue
+from engine.jobs.queue import Lease, LeaseLost, SqliteJobQueue
 from engine.store import Store
 
 log = logging.getLogger(__name__)
 
 
+# How often a running job looks whether its member cancelled it (a read: it takes no lock).
+CANCEL_CHECK_SECONDS = 1.0
+
+
 @dataclass
 class Heartbeat:
-    """Keeps a job's lease alive and carries its progress, from a thread with its own connection."""
+    """Keeps a job's lease alive and carries its progress, from a thread with its own connection; sees
+    a cancel within about a second, between the lease's beats."""
 
     settings: Settings
-    job_id: int
-    worker_id: str
+    lease: Lease
     progress: float = 0.0
     text: str = "starting"
     cancel_requested: threading.Event = field(default_factory=threading.Event)
@@ -31,26 +36,42 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.job_id}", daemon=True)
         self._thread.start()
 
+    @property
+    def job_id(self) -> int:
+        return self.lease.job_id
+
     def update(self, progress: float, text: str) -> None:
         self.progress, self.text = progress, text
 
     def _run(self) -> None:
         queue = SqliteJobQueue(Store(self.settings.data_dir), self.settings)
         interval = max(0.5, self.settings.job_lease_seconds / 3)
+        last_beat = time.monotonic()
         try:
-            while not self._stop.wait(interval):
-                self._beat(queue)
+            while not self._stop.wait(min(CANCEL_CHECK_SECONDS, interval)):
+                if time.monotonic() - last_beat >= interval:
+                    self._beat(queue)
+                    last_beat = time.monotonic()
+                elif not self.cancel_requested.is_set():
+                    self._look_for_cancel(queue)
         finally:
             queue.store.close()
 
     def _beat(self, queue: SqliteJobQueue) -> None:
         try:
-            if queue.heartbeat(self.job_id, self.worker_id, self.progress, self.text):
+            if queue.heartbeat(self.lease, self.progress, self.text):
                 self.cancel_requested.set()
         except LeaseLost:
             self.lease_lost.set()
         except Exception:  # a locked database for a moment must not kill the job
             log.warning("heartbeat for job %s failed; will retry", self.job_id, exc_info=True)
+
+    def _look_for_cancel(self, queue: SqliteJobQueue) -> None:
+        try:
+            if queue.cancel_was_requested(self.job_id):
+                self.cancel_requested.set()
+        except Exception:  # noqa: BLE001 - the next beat reads it again
+            log.debug("cancel check for job %s failed", self.job_id, exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()

@@ -97,6 +97,8 @@ def run_job_with(worker: Worker, job: Job, beat: Heartbeat,
                  compute: Callable[[Any, JobContext], Any]) -> dict:
     """Gather, compute (with `compute`: here, or on a cluster actor) and record one job."""
     runner = RUNNERS[job.kind]
+    if (kept := worker.queue.kept_result(job.lease)) is not None:  # recorded before; only its end was lost
+        return kept
     inputs = runner.gather(worker, job)
     if isinstance(inputs, Finished):
         return inputs.result
@@ -108,8 +110,13 @@ def run_job_with(worker: Worker, job: Job, beat: Heartbeat,
         if runner.abandon is not None and not isinstance(error, (ModelUnavailable, training_cancelled())):
             runner.abandon(worker, job, inputs, error)
         raise
-    worker.queue.check_lease(job.id, worker.worker_id)  # a result for a job no longer ours is thrown away
-    return runner.record(worker, job, inputs, outputs)
+    # A result for a job no longer ours is thrown away; ours is recorded once: with its note on the job,
+    # in one transaction, so a retry after a failed `complete` finds it instead of recording it again.
+    with worker.store.transaction():
+        worker.queue.check_lease(job.lease)
+        result = runner.record(worker, job, inputs, outputs)
+        worker.queue.keep_result(job.lease, result)
+    return result
 
 
 def run_locally(worker: Worker, job: Job, beat: Heartbeat) -> dict:

@@ -97,6 +97,7 @@ class Worker:
         self.queue_missing_previews()
         idle_since = time.monotonic()
         while not self.stopping.is_set():
+            self.forget_removed_faces()
             job = self.queue.claim(self.worker_id)
             if job is None:
                 if exit_when_idle is not None and time.monotonic() - idle_since > exit_when_idle:
@@ -106,6 +107,11 @@ class Worker:
             self.run_job(job)
             idle_since = time.monotonic()
         log.info("worker %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
+
+    def forget_removed_faces(self) -> list[str]:
+        """Forgotten members' face adapters leave this worker's GPU memory (between jobs)."""
+        stale = stale_face_adapters(self.store, self.models.loaded_adapters())
+        return self.models.unload(stale) if stale else []
 
     def reclaim_dead_leases(self) -> int:
         """Jobs leased to a worker of this host whose process is gone go back to the queue at once (a
@@ -136,7 +142,7 @@ class Worker:
         return len(missing)
 
     def run_job(self, job: Job) -> None:
-        beat = self._beat = Heartbeat(self.settings, job.id, self.worker_id)
+        beat = self._beat = Heartbeat(self.settings, job.lease)
         try:
             self.settle(job, beat, lambda: self._run_here(job, beat))
         finally:
@@ -151,26 +157,26 @@ class Worker:
     def settle(self, job: Job, beat: Heartbeat, run: Callable[[], dict]) -> None:
         """Run a job (here, or on a cluster actor) and record how it ended in the queue."""
         try:
-            self.queue.complete(job.id, self.worker_id, run())
+            self.queue.complete(job.lease, run())
         except ModelUnavailable as problem:  # the owner's to fix: the job waits, the member is not failed
             self._wait_for_setup(job, problem.key, str(problem))
         except LeaseLost:
             log.warning("job %s: lease lost to another worker; result dropped", job.id)
         except (JobCancelled, training_cancelled()) as stopped:
             if beat.cancel_requested.is_set():
-                self.queue.mark_cancelled(job.id, self.worker_id)
+                self.queue.mark_cancelled(job.lease)
             else:  # shutting down: the next worker resumes it
-                self.queue.release(job.id, self.worker_id)
+                self.queue.release(job.lease)
                 log.info("job %s released for later: %s", job.id, stopped)
         except ComputeLost as lost:  # a cluster machine went away: retried, the attempt counted
             log.warning("job %s: %s", job.id, lost)
-            self.queue.fail(job.id, self.worker_id, str(lost), transient=True)
+            self.queue.fail(job.lease, str(lost), transient=True)
         except FaceChainError as error:  # bad input or a missing model: retrying would not help
             if detail := getattr(error, "detail", None):  # e.g. a style's LoRA: the owner is told too
                 self._report_setup_problem(f"style {job.params.get('style')}", detail)
-            self.queue.fail(job.id, self.worker_id, str(error))
+            self.queue.fail(job.lease, str(error))
         except GpuBusy as busy:
-            self.queue.fail(job.id, self.worker_id, str(busy), transient=True)
+            self.queue.fail(job.lease, str(busy), transient=True)
         except Exception as error:
             self._fail_transient(job, error)
 
@@ -183,29 +189,29 @@ class Worker:
     def _wait_for_setup(self, job: Job, key: str, message: str) -> None:
         self._report_setup_problem(key, message)
         wait = max(1.0, 6 * self.settings.job_retry_seconds)
-        self.queue.wait_for_setup(job.id, self.worker_id, wait, also_kinds=MODEL_KINDS)
+        self.queue.wait_for_setup(job.lease, wait, also_kinds=MODEL_KINDS)
         log.info("job %s waits %.0f s for the setup to be fixed", job.id, wait)
 
     def _fail_transient(self, job: Job, error: Exception) -> None:
+        """A passing failure, in plain words for the member: retried while attempts last (the queue says
+        so in the progress line), the last one said as it is."""
         import torch
 
         if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
             if job.params.get("low_memory"):  # already retried with every saver on
-                self.queue.fail(job.id, self.worker_id, "The GPU ran out of memory even with memory savers on: "
-                                "ask for fewer portraits, or free the GPU from other programs.")
+                self.queue.fail(job.lease, "The GPU ran out of memory even with memory savers on: ask for fewer "
+                                "portraits, or free the GPU from other programs.")
             else:
-                self.queue.fail(job.id, self.worker_id, "The GPU ran out of memory; retrying with lower memory "
-                                "settings.", transient=True, params_update={"low_memory": True})
+                self.queue.fail(job.lease, "The GPU ran out of memory.", transient=True,
+                                params_update={"low_memory": True})
             return
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             log.error("job %s: the disk is full", job.id)
-            self.queue.fail(job.id, self.worker_id, "The server's disk is full; the job will be retried once the "
-                            "owner frees some space.", transient=True)
+            self.queue.fail(job.lease, "The server's disk is full.", transient=True)
             return
         log.exception("job %s failed", job.id)
-        self.queue.fail(job.id, self.worker_id, f"Internal error ({type(error).__name__}); it will be retried.",
-                        transient=True)
+        self.queue.fail(job.lease, "Something went wrong on the server while doing this.", transient=True)
 
     def _check_gpu_memory(self) -> None:
         """FaceChain refuses below 18 GB; we start whenever the job can fit with memory savers."""
@@ -214,14 +220,20 @@ class Worker:
         if self.settings.device in ("auto", "cuda") and torch.cuda.is_available():
             free = torch.cuda.mem_get_info()[0] / 2**30
             if free < MIN_FREE_GPU_GIB:
-                raise GpuBusy(f"The GPU has only {free:.1f} GiB free (another program is using it); "
-                              "the job will be retried.")
+                raise GpuBusy(f"The GPU has only {free:.1f} GiB free (another program is using it).")
 
     def _fit_memory(self, job: Job) -> None:
         self.models.fit_memory(bool(job.params.get("low_memory")))
 
     def should_stop(self, beat: Heartbeat) -> Callable[[], bool]:
         return lambda: self.stopping.is_set() or beat.cancel_requested.is_set() or beat.lease_lost.is_set()
+
+
+def stale_face_adapters(store: Store, adapters: list[str]) -> list[str]:
+    """The face adapters (by name) whose face model the store no longer has: the member was forgotten."""
+    from engine.generation.portrait import face_key_owner
+
+    return [name for name in adapters if (owner := face_key_owner(name)) and not store.face_model_stored(*owner)]
 
 
 def _pid_on_host(worker_id: str, host: str) -> int | None:

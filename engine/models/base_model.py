@@ -145,13 +145,16 @@ def release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def load_vae(settings: Settings, dtype, half: bool, on_progress: Callable[[int, int], None] | None = None):
-    """The separate VAE the settings name (FACECHAIN_VAE), or None for the base model's own."""
-    if not settings.vae.strip():
+def load_vae(settings: Settings, reference: str, dtype, half: bool,
+             on_progress: Callable[[int, int], None] | None = None):
+    """The separate VAE the settings name (FACECHAIN_VAE, or the one the base model `reference` needs),
+    or None for the base model's own."""
+    vae_reference = settings.vae_for(reference)
+    if not vae_reference:
         return None
     from diffusers import AutoencoderKL
 
-    folder = resolve_model_folder(parse_model_reference(settings.vae), setting=VAE_SETTING, kind="component",
+    folder = resolve_model_folder(parse_model_reference(vae_reference), setting=VAE_SETTING, kind="component",
                                   half=half, what="the VAE", on_progress=on_progress)
     variant = "fp16" if half and any(".fp16." in p.name for p in folder.glob("*.safetensors")) else None
     try:
@@ -181,7 +184,7 @@ def load_base_pipeline(settings: Settings, reference: str | None = None,
     folder = resolve_model_folder(parse_model_reference(reference), half=half,
                                   on_progress=progress_of("the base model"))
     dtype = getattr(torch, plan.dtype_name)
-    vae = load_vae(settings, dtype, half, progress_of("the VAE"))
+    vae = load_vae(settings, reference, dtype, half, progress_of("the VAE"))
     extra = {"vae": vae} if vae is not None else {}
     try:
         with warnings.catch_warnings():  # torch_dtype= still works across our diffusers range
@@ -199,7 +202,7 @@ def load_base_pipeline(settings: Settings, reference: str | None = None,
     if not plan.cpu_offload:  # offload keeps the models on the CPU until each runs
         pipeline.to(device)
     base = BasePipeline(pipeline, device, replace(NO_SAVERS, dtype_name=plan.dtype_name), folder, reference,
-                        dict(pipeline.scheduler.config), settings.vae.strip())
+                        dict(pipeline.scheduler.config), settings.vae_for(reference))
     apply_memory_savers(base, plan)
     log.info("base model %s loaded on %s (%s)%s", reference, device, plan.reason,
              f" with the VAE {base.vae_reference}" if base.vae_reference else "")

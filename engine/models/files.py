@@ -33,8 +33,8 @@ class NamedModel:
 
 def named_models(settings: Settings, include_styles: bool = True) -> list[NamedModel]:
     models = [NamedModel("base model", settings.base_model, "FACECHAIN_BASE_MODEL", "pipeline")]
-    if settings.vae.strip():
-        models.append(NamedModel("VAE", settings.vae, "FACECHAIN_VAE", "component"))
+    if settings.vae_reference:
+        models.append(NamedModel("VAE", settings.vae_reference, "FACECHAIN_VAE", "component"))
     if settings.safety_checker.strip():
         models.append(NamedModel("safety checker", settings.safety_checker, "FACECHAIN_SAFETY_CHECKER", "component"))
     if settings.fast_lora.strip():
@@ -44,7 +44,7 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
 
         for style in load_styles(settings.styles_dir).styles.values():
             if style.lora is not None:
-                models.append(NamedModel(f"style {style.id} LoRA", style.lora.reference, f"style {style.id}", "file",
+                models.append(NamedModel(f"style {style.id} LoRA", style.lora.reference, style.lora_setting, "file",
                                          style.lora.weight_name or WEIGHTS_FILE, style.lora.revision))
     return models
 
@@ -106,7 +106,7 @@ def style_lora_problems(catalogue) -> list:
     for style in catalogue.styles.values():
         if style.lora is None:
             continue
-        model = NamedModel(f"style {style.id} LoRA", style.lora.reference, f"style {style.id}", "file",
+        model = NamedModel(f"style {style.id} LoRA", style.lora.reference, style.lora_setting, "file",
                            style.lora.weight_name or WEIGHTS_FILE, style.lora.revision)
         path = where_is(model)
         where = catalogue.folder / f"{style.id}.toml"

@@ -69,6 +69,21 @@ class LoadedModels:
         keys = self._generator.loaded_adapters if self._generator is not None else []
         return [Path(key).name if key.startswith("/") else key for key in keys]
 
+    def unload(self, names: list[str]) -> list[str]:
+        """Take adapters (as `loaded_adapters` names them) out of the generator and its GPU memory;
+        returns those that were loaded."""
+        if self._generator is None:
+            return []
+        gone = [key for key in self._generator.loaded_adapters
+                if (Path(key).name if key.startswith("/") else key) in names]
+        for key in gone:
+            self._generator.forget_adapter(key)
+        if gone:
+            from engine.models.base_model import release_cached_memory
+
+            release_cached_memory()
+        return [Path(key).name if key.startswith("/") else key for key in gone]
+
     def fit_memory(self, low_memory: bool = False) -> None:
         """Memory savers for the next job: what the memory this process may use asks for, and all of
         them for a retry after running out of memory. The job after plans afresh."""

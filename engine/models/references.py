@@ -12,11 +12,13 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from engine.errors import ModelUnavailable
 
@@ -185,12 +187,44 @@ def _hf_cache_folder(repo_id: str) -> Path:
     return Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
 
 
-def _unavailable(reference: ModelReference, setting: str, error: Exception) -> ModelUnavailable:
-    hub = "Hugging Face" if reference.kind == "huggingface" else "ModelScope"
+def _unavailable(reference: ModelReference, setting: str, error: Exception, target: str = "folder"
+                 ) -> ModelUnavailable:
     return ModelUnavailable(
-        f"Could not get {reference.value} from {hub} ({type(error).__name__}): check the network, or download it "
-        f"elsewhere (`facechain models pull` there) and set {setting} to the folder."
+        f"Could not get {reference.value} from {HUB_NAMES[reference.kind]} ({type(error).__name__}): check the "
+        f"network, or download it elsewhere (`facechain models pull` there) and set {setting} to the {target}."
     )
+
+
+HUB_NAMES = {"huggingface": "Hugging Face", "modelscope": "ModelScope"}
+
+
+def hub_endpoint(kind: str) -> str:
+    """The address a hub's client talks to (HF_ENDPOINT, MODELSCOPE_DOMAIN, or their defaults)."""
+    if kind == "huggingface":
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    from modelscope.hub.utils.utils import get_endpoint
+
+    return get_endpoint()
+
+
+def hub_silent(kind: str, timeout: float = 3.0) -> str | None:
+    """Why a hub cannot be reached at all (its host takes no connection within `timeout`), in one line;
+    None when it answers, or when a proxy stands between (the proxy is asked instead, by the client).
+    The hubs' own clients retry for minutes before giving up on a host that never answers."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    try:
+        address = urlsplit(hub_endpoint(kind))
+        port = address.port or (443 if address.scheme == "https" else 80)
+        socket.create_connection((address.hostname, port), timeout=timeout).close()
+        return None
+    except ImportError:  # no modelscope package: the download itself says how to install it
+        return None
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        return f"{HUB_NAMES[kind]} ({address.hostname}) does not answer ({reason})"
 
 
 def _download_huggingface(reference: ModelReference, kind: Kind, half: bool, setting: str, what: str,
@@ -295,4 +329,4 @@ def hub_file(reference: ModelReference, filename: str, setting: str, revision: s
     except ModelUnavailable:
         raise
     except Exception as error:
-        raise _unavailable(reference, setting, error) from None
+        raise _unavailable(reference, setting, error, target=f"downloaded {filename}") from None

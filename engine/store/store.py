@@ -351,6 +351,11 @@ class Store:
     def face_model(self, model_id: int) -> FaceModelRecord:
         return self._face_model(self.db["face_models"].get(model_id))
 
+    def face_model_stored(self, user_id: str, version: int) -> bool:
+        """Whether the member still has that face model version, ready (not forgotten, not failed)."""
+        return self.db.execute("select 1 from face_models where user_id = ? and version = ? and status = 'ready'",
+                               [user_id, version]).fetchone() is not None
+
     def ready_face_model(self, user_id: str) -> FaceModelRecord | None:
         ready = self.face_models(user_id, status="ready")
         return ready[0] if ready else None

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.jobs.runners import compute_job
@@ -25,6 +27,7 @@ from engine.models.loaded import LoadedModels
 log = logging.getLogger(__name__)
 NAMESPACE = "facechain"
 ACTOR_PREFIX = "facechain-gpu-"
+JOB_GROUP = "job"  # the concurrency group `run` runs in, of one: never two jobs on one GPU
 
 
 @dataclass
@@ -56,25 +59,39 @@ class GpuActor:
         self.name = name
         self.job_id: int | None = None
         self._stops: dict[int, threading.Event] = {}
+        self._working = threading.Lock()  # held while a job computes
+        self._to_unload: set[str] = set()  # adapters to drop once the running job is done
 
     def info(self) -> dict:
         """Where this actor runs and what it holds (for routing and `facechain cluster status`)."""
-        import ray
-
         context = ray.get_runtime_context()
         return {"name": self.name, "node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address(),
                 "pid": os.getpid(), "job": self.job_id, "model_loaded": self.models.loaded,
-                "adapters": self.models.loaded_adapters()}
+                "adapters": [name for name in self.models.loaded_adapters() if name not in self._to_unload]}
 
     def stop_job(self, job_id: int) -> None:
         if job_id in self._stops:
             self._stops[job_id].set()
 
+    def forget(self, adapters: list[str]) -> None:
+        """Drop these adapters (a forgotten member's face model) from GPU memory: now when no job runs,
+        else as soon as the running one is done (never from under it)."""
+        self._to_unload.update(adapters)
+        if self._working.acquire(blocking=False):
+            try:
+                self._unload_pending()
+            finally:
+                self._working.release()
+
+    def _unload_pending(self) -> None:
+        pending, self._to_unload = self._to_unload, set()
+        if pending:
+            log.info("actor %s unloads %s adapter(s)", self.name, len(self.models.unload(sorted(pending))))
+
+    @ray.method(concurrency_group=JOB_GROUP)
     def run(self, job_id: int, kind: str, inputs: Any, low_memory: bool = False):
         """The model work of one job, as a stream of events: ("progress", fraction, text),
         ("checkpoint", bytes), then ("done", outputs) or ("error", exception)."""
-        import ray
-
         from engine.jobs.worker import release_cached_memory
 
         events: queue.Queue = queue.Queue()
@@ -85,7 +102,12 @@ class GpuActor:
 
         def work() -> None:
             try:
-                events.put(("done", compute_job(kind, self.models, inputs, context, low_memory)))
+                with self._working:
+                    self._unload_pending()
+                    try:
+                        events.put(("done", compute_job(kind, self.models, inputs, context, low_memory)))
+                    finally:
+                        self._unload_pending()
             except BaseException as error:  # noqa: BLE001 - every ending goes back to the dispatcher
                 events.put(("error", portable(error)))
 

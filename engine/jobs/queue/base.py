@@ -24,6 +24,18 @@ class LeaseLost(FaceChainError):
 
 
 @dataclass(frozen=True)
+class Lease:
+    """One claim of one job. Every claim gets a token of its own, and the queue accepts a heartbeat,
+    result, failure or release only with the job's current token (fencing): a holder whose lease ran
+    out while it was frozen, suspended or cut off can do nothing once the job was claimed again, even
+    under the same worker id."""
+
+    job_id: int
+    worker_id: str
+    token: str
+
+
+@dataclass(frozen=True)
 class Job:
     id: int
     kind: str
@@ -43,6 +55,7 @@ class Job:
     finished_at: str | None
     delivered_at: str | None
     ran_on: str | None = None  # the worker that last ran it (host-pid, or a name)
+    lease: Lease | None = None  # set on the Job a claim returns: what the holder shows the queue
 
     @property
     def finished(self) -> bool:
@@ -61,15 +74,13 @@ class JobQueue(Protocol):
 
     def claim(self, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None: ...
 
-    def heartbeat(self, job_id: int, worker_id: str, progress: float | None = None,
-                  text: str | None = None) -> bool: ...
+    def heartbeat(self, lease: Lease, progress: float | None = None, text: str | None = None) -> bool: ...
 
-    def complete(self, job_id: int, worker_id: str, result: dict) -> Job: ...
+    def complete(self, lease: Lease, result: dict) -> Job: ...
 
-    def fail(self, job_id: int, worker_id: str, error: str, transient: bool = False,
-             params_update: dict | None = None) -> Job: ...
+    def fail(self, lease: Lease, error: str, transient: bool = False, params_update: dict | None = None) -> Job: ...
 
-    def release(self, job_id: int, worker_id: str) -> Job: ...
+    def release(self, lease: Lease) -> Job: ...
 
     def cancel(self, job_id: int, user_id: str | None = None) -> Job: ...
 
@@ -78,5 +89,7 @@ class JobQueue(Protocol):
     def jobs(self, state: str | None = None, user_id: str | None = None, limit: int = 100) -> list[Job]: ...
 
     def position(self, job_id: int) -> QueuePosition | None: ...
+
+    def positions(self, job_ids) -> dict[int, QueuePosition]: ...
 
     def reap_expired(self) -> int: ...

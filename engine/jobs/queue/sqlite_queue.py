@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from itertools import zip_longest
+from itertools import accumulate, zip_longest
 
 from engine.config import Settings
 from engine.errors import FaceChainError
-from engine.jobs.queue.base import FINISHED, WAITING_FOR_SETUP, Job, LeaseLost, QueueLimit, QueuePosition
+from engine.jobs.queue.base import (
+    FINISHED,
+    WAITING_FOR_SETUP,
+    Job,
+    Lease,
+    LeaseLost,
+    QueueLimit,
+    QueuePosition,
+)
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
@@ -28,9 +39,12 @@ KINDS = ("enroll", "train", "generate", "swap", "upscale", "teaser", "preview")
 # their first face model trains ("teaser", queued before that training: behind trained members'
 # portraits, before the member's own training); then the styles browser's preview images.
 TIERS = (("enroll", "train", "generate", "swap", "upscale"), ("teaser",), ("preview",))
-LOWEST_PRIORITY = ("teaser", "preview")
 # Used for ETAs until the server has finished jobs of its own to measure.
 TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "upscale": 30.0, "teaser": 20.0, "preview": 5.0}
+
+# A job back in the queue, or finished, is leased to nobody.
+NO_LEASE = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
+BACK_IN_QUEUE = "state = 'queued', lease_owner = null, lease_token = null, lease_expires_at = null"
 
 
 def now() -> datetime:
@@ -47,6 +61,7 @@ class SqliteJobQueue:
         self.store = store
         self.settings = settings
         self.db = store.db
+        self._typical: dict[str, tuple[int | None, float]] = {}  # kind -> (latest done job, mean seconds)
 
     def _row(self, job_id: int) -> dict | None:
         rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
@@ -108,14 +123,14 @@ class SqliteJobQueue:
             if not heads:
                 return None
             job_id = self._fair_order(heads)[0]["id"]  # the same order position() reports
-            moment = now()
+            moment, token = now(), secrets.token_hex(8)
             self.db.execute(
-                """update jobs set state = 'running', lease_owner = ?, lease_expires_at = ?, heartbeat_at = ?,
-                   attempts = attempts + 1, started_at = coalesce(started_at, ?), progress_text = 'starting',
-                   ran_on = ? where id = ? and state = 'queued'""",
-                [worker_id, stamp(moment + self._lease()), stamp(moment), stamp(moment), worker_id, job_id],
+                """update jobs set state = 'running', lease_owner = ?, lease_token = ?, lease_expires_at = ?,
+                   heartbeat_at = ?, attempts = attempts + 1, started_at = coalesce(started_at, ?),
+                   progress_text = 'starting', ran_on = ? where id = ? and state = 'queued'""",
+                [worker_id, token, stamp(moment + self._lease()), stamp(moment), stamp(moment), worker_id, job_id],
             )
-        return self.get(job_id)
+        return replace(self.get(job_id), lease=Lease(job_id, worker_id, token))
 
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.job_lease_seconds)
@@ -136,13 +151,17 @@ class SqliteJobQueue:
             [*kinds, stamp(now())],
         ))
 
-    def _fair_order(self, queued: list[dict]) -> list[dict]:
-        """Round-robin across users, least recently served first; FIFO within a user (`queued` in id order)."""
-        # One index seek per queued user (jobs_last_served), however long the job history is.
+    def _last_served(self) -> dict[str, str]:
+        """When each user with a queued job was last served (never served: absent). One index seek per
+        queued user (jobs_last_served), however long the job history is."""
         served = dict(self.db.execute(
             "select u.user_id, (select max(coalesce(heartbeat_at, started_at)) from jobs where user_id = u.user_id) "
             "from (select distinct user_id from jobs where state = 'queued') u").fetchall())
-        served = {user: at for user, at in served.items() if at is not None}
+        return {user: at for user, at in served.items() if at is not None}
+
+    def _fair_order(self, queued: list[dict], served: dict[str, str] | None = None) -> list[dict]:
+        """Round-robin across users, least recently served first; FIFO within a user (`queued` in id order)."""
+        served = self._last_served() if served is None else served
         by_user: dict[str, list[dict]] = defaultdict(list)
         for row in queued:
             by_user[row["user_id"]].append(row)
@@ -154,25 +173,40 @@ class SqliteJobQueue:
 
     # --- the worker's side ----------------------------------------------------------------------------
 
-    def _owned(self, job_id: int, worker_id: str) -> dict:
-        row = self._row(job_id)
-        if row is None or row["state"] != "running" or row["lease_owner"] != worker_id:
-            raise LeaseLost(f"Job {job_id} is no longer leased to {worker_id}.")
+    def _owned(self, lease: Lease) -> dict:
+        row = self._row(lease.job_id)
+        if row is None or row["state"] != "running" or row["lease_owner"] != lease.worker_id \
+                or row["lease_token"] != lease.token:
+            raise LeaseLost(f"Job {lease.job_id} is no longer leased to {lease.worker_id} under this claim.")
         return row
 
-    def check_lease(self, job_id: int, worker_id: str) -> None:
-        """LeaseLost unless the job is still leased to `worker_id` (cancelled, expired or forgotten meanwhile)."""
-        self._owned(job_id, worker_id)
+    def check_lease(self, lease: Lease) -> None:
+        """LeaseLost unless `lease` is still the job's current claim (not cancelled, expired, claimed
+        again or forgotten meanwhile)."""
+        self._owned(lease)
+
+    def kept_result(self, lease: Lease) -> dict | None:
+        """The result an earlier attempt of this job recorded before its end could be written (its
+        `complete` failed): the job is finished with it instead of being computed and recorded again."""
+        return _loads(self._owned(lease)["result"])
+
+    def keep_result(self, lease: Lease, result: dict) -> None:
+        """Note a job's recorded result; call it in the transaction that records it, so that the two
+        happen together or not at all."""
+        with self.store.transaction():
+            self._owned(lease)
+            self.db["jobs"].update(lease.job_id, {"result": json.dumps(result)})
 
     def record_ran_on(self, job_id: int, where: str) -> None:
         """Where a claimed job runs (a cluster actor and its node), shown by `facechain jobs list`."""
         with self.store.transaction():
             self.db["jobs"].update(job_id, {"ran_on": where[:200]})
 
-    def heartbeat(self, job_id: int, worker_id: str, progress: float | None = None, text: str | None = None) -> bool:
+    def heartbeat(self, lease: Lease, progress: float | None = None, text: str | None = None) -> bool:
         """Extend the lease and record progress; True when the job's cancellation was requested."""
+        job_id = lease.job_id
         with self.store.transaction():
-            row = self._owned(job_id, worker_id)
+            row = self._owned(lease)
             moment = now()
             changes = {"lease_expires_at": stamp(moment + self._lease()), "heartbeat_at": stamp(moment)}
             if progress is not None:
@@ -182,53 +216,56 @@ class SqliteJobQueue:
             self.db["jobs"].update(job_id, changes)
         return bool(row["cancel_requested"])
 
-    def complete(self, job_id: int, worker_id: str, result: dict) -> Job:
+    def complete(self, lease: Lease, result: dict) -> Job:
         with self.store.transaction():
-            self._owned(job_id, worker_id)
-            self._finish(job_id, "done", result=json.dumps(result), progress=1.0, progress_text="done")
-        return self.get(job_id)
+            self._owned(lease)
+            self._finish(lease.job_id, "done", result=json.dumps(result), progress=1.0, progress_text="done")
+        return self.get(lease.job_id)
 
-    def fail(self, job_id: int, worker_id: str, error: str, transient: bool = False,
-             params_update: dict | None = None) -> Job:
+    def fail(self, lease: Lease, error: str, transient: bool = False, params_update: dict | None = None) -> Job:
         """A transient failure is retried with backoff while attempts last; anything else fails now."""
+        job_id = lease.job_id
         with self.store.transaction():
-            row = self._owned(job_id, worker_id)
+            row = self._owned(lease)
             changes: dict = {}
             if params_update:
                 changes["params"] = json.dumps({**json.loads(row["params"] or "{}"), **params_update})
             if transient and row["attempts"] < self.settings.job_max_attempts:
                 delay = self.settings.job_retry_seconds * 2 ** (row["attempts"] - 1)
                 self.db["jobs"].update(job_id, {
-                    **changes, "state": "queued", "lease_owner": None, "lease_expires_at": None,
+                    **changes, "state": "queued", **NO_LEASE,
                     "run_after": stamp(now() + timedelta(seconds=delay)), "error": error[:1000],
                     "progress_text": f"retrying in {delay:.0f} s",
                 })
             else:
                 if changes:
                     self.db["jobs"].update(job_id, changes)
+                if transient:  # a passing failure, for the last time: say so, promise nothing
+                    error = f"{error} It failed {row['attempts']} times, so it was stopped: please ask again later."
                 self._finish(job_id, "failed", error=error[:1000], progress_text="failed")
         return self.get(job_id)
 
-    def release(self, job_id: int, worker_id: str) -> Job:
+    def release(self, lease: Lease) -> Job:
         """Give a job back untouched (the worker is shutting down); it does not count as an attempt."""
         with self.store.transaction():
-            self._owned(job_id, worker_id)
+            self._owned(lease)
             self.db.execute(
-                "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
-                "attempts = attempts - 1, progress_text = 'queued (worker restarted)' where id = ?", [job_id])
-        return self.get(job_id)
+                f"update jobs set {BACK_IN_QUEUE}, "
+                "attempts = attempts - 1, progress_text = 'queued (worker restarted)' where id = ?", [lease.job_id])
+        return self.get(lease.job_id)
 
-    def wait_for_setup(self, job_id: int, worker_id: str, seconds: float, also_kinds: tuple[str, ...] = ()) -> Job:
+    def wait_for_setup(self, lease: Lease, seconds: float, also_kinds: tuple[str, ...] = ()) -> Job:
         """Put a job back to wait for the owner to fix the setup: no attempt is used, and it is tried
         again after about `seconds` (and again, until the setup works). The same member's queued jobs of
         `also_kinds` (those that need the same models) wait with it until the same moment, so once the
         setup works the member's jobs run in their order, not in the order they happened to fail in."""
         retry_at = stamp(datetime.fromtimestamp(math.ceil((now().timestamp() + seconds) / seconds) * seconds,
                                                 timezone.utc))
+        job_id = lease.job_id
         with self.store.transaction():
-            row = self._owned(job_id, worker_id)
+            row = self._owned(lease)
             self.db.execute(
-                "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+                f"update jobs set {BACK_IN_QUEUE}, "
                 "attempts = attempts - 1, run_after = ?, progress = 0, progress_text = ? where id = ?",
                 [retry_at, WAITING_FOR_SETUP, job_id])
             if also_kinds:
@@ -239,8 +276,20 @@ class SqliteJobQueue:
                                                           *also_kinds])
         return self.get(job_id)
 
+    def hold_for_setup(self, waiting: bool = True) -> int:
+        """Show every queued job as waiting for the owner's fix (nothing can run them: the cluster serves
+        nobody, the worker cannot start), or, with `waiting=False`, as queued again once it works.
+        Returns how many changed."""
+        with self.store.transaction():
+            if waiting:
+                return self.db.execute("update jobs set progress_text = ? where state = 'queued' and progress_text "
+                                       "!= ?", [WAITING_FOR_SETUP, WAITING_FOR_SETUP]).rowcount
+            return self.db.execute(  # not the jobs that wait for a model (they come back on their own clock)
+                "update jobs set progress_text = 'queued' where state = 'queued' and progress_text = ? "
+                "and (run_after is null or run_after <= ?)", [WAITING_FOR_SETUP, stamp(now())]).rowcount
+
     def _finish(self, job_id: int, state: str, **changes) -> None:
-        self.db["jobs"].update(job_id, {"state": state, "lease_owner": None, "lease_expires_at": None,
+        self.db["jobs"].update(job_id, {"state": state, **NO_LEASE,
                                         "finished_at": stamp(now()), **changes})
 
     # --- users and admins -----------------------------------------------------------------------------
@@ -259,11 +308,15 @@ class SqliteJobQueue:
                 self.db["jobs"].update(job_id, {"cancel_requested": 1, "progress_text": "cancelling"})
         return self.get(job_id)
 
-    def mark_cancelled(self, job_id: int, worker_id: str) -> Job:
+    def cancel_was_requested(self, job_id: int) -> bool:
+        row = self.db.execute("select cancel_requested from jobs where id = ?", [job_id]).fetchone()
+        return bool(row and row[0])
+
+    def mark_cancelled(self, lease: Lease) -> Job:
         with self.store.transaction():
-            self._owned(job_id, worker_id)
-            self._finish(job_id, "cancelled", progress_text="cancelled")
-        return self.get(job_id)
+            self._owned(lease)
+            self._finish(lease.job_id, "cancelled", progress_text="cancelled")
+        return self.get(lease.job_id)
 
     def mark_delivered(self, job_id: int) -> None:
         with self.store.transaction():
@@ -293,7 +346,21 @@ class SqliteJobQueue:
     # --- position and ETA -----------------------------------------------------------------------------
 
     def typical_seconds(self, kind: str) -> float:
-        """Mean run time of the last 20 finished jobs of a kind, or a typical figure before any."""
+        """Mean run time of the last 20 finished jobs of a kind, or a typical figure before any. Cached
+        per kind, and measured again once a newer job of that kind has finished (in any process)."""
+        return self._typical_run_times()[kind]
+
+    def _typical_run_times(self) -> dict[str, float]:
+        latest = dict(self.db.execute(
+            "select k.kind, (select max(id) from jobs where kind = k.kind and state = 'done') from ("
+            + " union all ".join("select ? as kind" for _ in KINDS) + ") k", KINDS).fetchall())
+        for kind in KINDS:
+            cached = self._typical.get(kind)
+            if cached is None or cached[0] != latest[kind]:
+                self._typical[kind] = (latest[kind], self._measure_typical(kind))
+        return {kind: seconds for kind, (_, seconds) in self._typical.items()}
+
+    def _measure_typical(self, kind: str) -> float:
         rows = self.db.execute(
             "select started_at, finished_at from jobs where kind = ? and state = 'done' and started_at is not null "
             "order by id desc limit 20", [kind]).fetchall()
@@ -301,22 +368,37 @@ class SqliteJobQueue:
         return sum(spans) / len(spans) if spans else TYPICAL_SECONDS[kind]
 
     def position(self, job_id: int) -> QueuePosition | None:
-        row = self._row(job_id)
-        if row is None or row["state"] in FINISHED:
-            return None
-        if row["state"] == "running":
-            left = (1.0 - (row["progress"] or 0.0)) * self.typical_seconds(row["kind"])
-            return QueuePosition(0, left)
-        # Members' jobs never wait behind the lowest-priority ones.
-        skipped = tuple(k for k in LOWEST_PRIORITY if k != row["kind"])
-        marks = ", ".join("?" for _ in skipped) or "''"
-        order = self._fair_order(list(self.db.query(f"select id, user_id, kind from jobs where state = 'queued' "
-                                                    f"and kind not in ({marks}) order by id", list(skipped))))
-        ahead = next(index for index, queued in enumerate(order) if queued["id"] == job_id)
-        running = list(self.db["jobs"].rows_where("state = 'running'"))
-        busy = sum((1.0 - (r["progress"] or 0.0)) * self.typical_seconds(r["kind"]) for r in running)
-        waiting = sum(self.typical_seconds(queued["kind"]) for queued in order[:ahead])
-        return QueuePosition(ahead + 1, busy + waiting + self.typical_seconds(row["kind"]))
+        return self.positions([job_id]).get(job_id)
+
+    def positions(self, job_ids: Iterable[int]) -> dict[int, QueuePosition]:
+        """Where each of `job_ids` stands, from one pass over the queue (delivery refreshes every watched
+        job at once); finished and unknown jobs are left out. A running job is at 0 with its time left;
+        a queued one at its place in the order the worker claims in (members' requests, then previews
+        while a first face model trains, then style previews; fair within each), with the time of the
+        running jobs and of the jobs ahead of it."""
+        wanted = list(dict.fromkeys(job_ids))
+        if not wanted:
+            return {}
+        rows = self.db.execute(
+            "select id, kind, state, progress from jobs where id in (select value from json_each(?))",
+            [json.dumps(wanted)]).fetchall()
+        typical = self._typical_run_times()
+        positions = {job_id: QueuePosition(0, (1.0 - (progress or 0.0)) * typical[kind])
+                     for job_id, kind, state, progress in rows if state == "running"}
+        queued = [(job_id, kind) for job_id, kind, state, _ in rows if state == "queued"]
+        if not queued:
+            return positions
+        busy = sum((1.0 - (progress or 0.0)) * typical[kind] for kind, progress in
+                   self.db.execute("select kind, progress from jobs where state = 'running'"))
+        waiting = list(self.db.query("select id, user_id, kind from jobs where state = 'queued' order by id"))
+        served = self._last_served()
+        order = [row for tier in TIERS for row in self._fair_order([r for r in waiting if r["kind"] in tier], served)]
+        places = {row["id"]: index for index, row in enumerate(order)}
+        ahead = list(accumulate((typical[row["kind"]] for row in order), initial=0.0))
+        for job_id, kind in queued:
+            if (place := places.get(job_id)) is not None:  # else claimed between the reads: asked again soon
+                positions[job_id] = QueuePosition(place + 1, busy + ahead[place] + typical[kind])
+        return positions
 
     # --- leases -----------------------------------------------------------------------------------------
 
@@ -332,7 +414,7 @@ class SqliteJobQueue:
         marks = ", ".join("?" for _ in owners)
         with self.store.transaction():
             return self.db.execute(
-                "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+                f"update jobs set {BACK_IN_QUEUE}, "
                 f"progress_text = 'queued (worker stopped)' where state = 'running' and lease_owner in ({marks})",
                 owners).rowcount
 
@@ -343,7 +425,7 @@ class SqliteJobQueue:
     def _reap(self, moment: datetime) -> int:
         """Running jobs whose worker stopped heartbeating go back to the queue."""
         return self.db.execute(
-            "update jobs set state = 'queued', lease_owner = null, lease_expires_at = null, "
+            f"update jobs set {BACK_IN_QUEUE}, "
             "progress_text = 'queued (worker stopped)' where state = 'running' and lease_expires_at < ?",
             [stamp(moment)],
         ).rowcount
@@ -354,11 +436,15 @@ def _job(row: dict) -> Job:
         id=row["id"], kind=row["kind"], user_id=row["user_id"], guild_id=row["guild_id"],
         channel_id=row["channel_id"], params=json.loads(row["params"] or "{}"), state=row["state"],
         attempts=row["attempts"] or 0, progress=row["progress"] or 0.0, progress_text=row["progress_text"] or "",
-        error=row["error"], result=json.loads(row["result"]) if row["result"] else None,
+        error=row["error"], result=_loads(row["result"]),
         cancel_requested=bool(row["cancel_requested"]), created_at=row["created_at"],
         started_at=row["started_at"], finished_at=row["finished_at"], delivered_at=row["delivered_at"],
         ran_on=row.get("ran_on"),
     )
+
+
+def _loads(text: str | None) -> dict | None:
+    return json.loads(text) if text else None
 
 
 def open_queue(settings: Settings, store: Store | None = None) -> SqliteJobQueue:
