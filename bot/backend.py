@@ -73,10 +73,24 @@ class Backend:
         self.store = Store(settings.data_dir)
         self.queue = SqliteJobQueue(self.store, settings)
         self.styles = Styles(settings.styles_dir)
+        self.started = time.monotonic()
+        self.busy_seconds = 0.0  # time the store thread spent in calls: every slash command waits behind it
 
     async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
         """Run a store/queue function on the store thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, partial(function, *args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._timed, partial(function, *args,
+                                                                                                   **kwargs))
+
+    def _timed(self, call: Callable[[], T]) -> T:
+        began = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.busy_seconds += time.perf_counter() - began
+
+    def busy_share(self) -> float:
+        """The share of the time since start the store thread was busy (1 = every command waits)."""
+        return self.busy_seconds / max(1e-9, time.monotonic() - self.started)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)

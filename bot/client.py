@@ -81,6 +81,8 @@ class FaceChainBot(discord.Client):
 
     async def close(self) -> None:
         self.loop_lag.report()
+        log.info("store thread busy", extra={"busy_share": round(self.backend.busy_share(), 4),
+                                             "busy_seconds": round(self.backend.busy_seconds, 2)})
         log.info("bot stopping", extra={"peak_rss_mb": peak_rss_mb()})
         for task in self._background:
             task.cancel()

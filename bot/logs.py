@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 
 CONTEXT_FIELDS = ("user", "job", "guild", "interaction", "command", "ms", "samples", "lag_p50_ms", "lag_p99_ms",
-                  "lag_max_ms", "peak_rss_mb")
+                  "lag_max_ms", "peak_rss_mb", "busy_share", "busy_seconds")
 
 
 class JsonFormatter(logging.Formatter):

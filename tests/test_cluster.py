@@ -221,6 +221,76 @@ def test_cancelling_a_running_job_stops_it_and_frees_the_actor(setup, analyzer):
     assert queue.get(next_job.id).ran_on.split("@")[0] == cancelled.ran_on.split("@")[0]
 
 
+def test_a_frozen_dispatcher_runs_nothing_twice_and_a_forgotten_face_leaves_the_actors(setup, analyzer):
+    """SIGSTOP past the lease while a training runs on an actor, then SIGCONT: the dispatcher claims the
+    job again under its one worker id, and only the new claim may record it. The same for a portrait.
+    Then a member forgets: their face adapter leaves the actor's GPU memory."""
+    settings, queue, env, cluster = setup
+    enrolled(settings, queue, analyzer, "ann", "bob")
+    quick = queue.enqueue("train", "bob", {"steps": 4})
+    process = dispatcher(env, idle=8)
+    wait_for(lambda: queue.get(quick.id).state == "done", 180, "bob's face model")
+
+    training = queue.enqueue("train", "ann", {"steps": 600})
+    wait_for(lambda: queue.get(training.id).progress >= 0.1, 180, "ann's training to be under way")
+    freeze(process, seconds=settings.job_lease_seconds + 3)
+    portrait = queue.enqueue("generate", "bob", {"style": "anime", "count": 2, "seed": 4})
+    wait_for(lambda: queue.get(portrait.id).state == "running", 60, "bob's portrait to be claimed")
+    freeze(process, seconds=settings.job_lease_seconds + 3)
+    wait_for(lambda: queue.get(training.id).finished and queue.get(portrait.id).finished, 300, "both jobs")
+
+    trained = queue.get(training.id)
+    assert trained.state == "done" and trained.attempts >= 2, trained  # claimed again after the freeze
+    assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(1, "ready")]
+    drawn = queue.get(portrait.id)
+    assert drawn.state == "done" and len(drawn.result["portraits"]) == 2
+    assert len(list(queue.store.db["portraits"].rows_where("job_id = ?", [portrait.id]))) == 2  # recorded once
+
+    assert any(key.startswith("bob-v1-") for key in actor_adapters(env))  # drawn: bob's face is on an actor
+    queue.store.delete_user("bob")  # /facechain forget
+    wait_for(lambda: not any(key.startswith("bob-") for key in actor_adapters(env)), 60,
+             "bob's face adapter to leave the actors")
+    finish(process)
+
+
+def freeze(process: subprocess.Popen, seconds: float) -> None:
+    """Stop the dispatcher's process past its lease (a suspended host, a long pause), then let it go."""
+    process.send_signal(signal.SIGSTOP)
+    time.sleep(seconds)
+    process.send_signal(signal.SIGCONT)
+
+
+def actor_adapters(env) -> list[str]:
+    status = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--json"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    return [key for actor in json.loads(status.stdout)["actors"] for key in actor.get("adapters", [])]
+
+
+def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, analyzer):
+    settings, queue, env, cluster = setup
+    enrolled(settings, queue, analyzer, "ann")
+    training = queue.enqueue("train", "ann", {"steps": 5000})  # longer than its limit: as if it hung
+    process = dispatcher(env, idle=4, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.25", FACECHAIN_JOB_MAX_ATTEMPTS="1")
+    output = finish(process)
+    hung = queue.get(training.id)
+    assert hung.state == "failed" and hung.error.startswith("The GPU machine running this stopped answering."), hung
+    assert "ran past its time limit" in output and "restarting actor" in output
+    [model] = queue.store.face_models("ann")
+    assert model.status == "training"  # a passing failure: a later try resumes from its checkpoint
+    # The killed actor's scratch folder (ann's face crops) went with the actor that replaced it.
+    wait_for(lambda: not scratch_of_stopped_processes(), 60, "the killed actor's scratch folder to be swept")
+
+
+def scratch_of_stopped_processes() -> list[Path]:
+    import tempfile
+
+    from engine.jobs.scratch import SCRATCH_NAME, process_alive
+
+    return [entry for entry in Path(tempfile.gettempdir()).iterdir()
+            if (found := SCRATCH_NAME.match(entry.name)) and not process_alive(int(found["pid"]))]
+
+
 def test_cluster_status_lists_nodes_gpus_actors_and_jobs(setup, analyzer):
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")

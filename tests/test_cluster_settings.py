@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from engine.cli import main
+from engine.config import load_settings
 from engine.errors import SettingsError
 from engine.jobs.cluster import address
 from engine.jobs.cluster.address import check_address, check_node_addresses
@@ -101,8 +102,15 @@ def test_cluster_status_and_doctor_say_when_no_cluster_answers(monkeypatch, tmp_
     err = capsys.readouterr().err
     assert "No Ray cluster answers at 127.0.0.1:1" in err and "ray start --head" in err
     main(["doctor", "--json"])
-    [cluster] = [check for check in json.loads(capsys.readouterr().out) if check["name"] == "cluster"]
+    checks = {check["name"]: check for check in json.loads(capsys.readouterr().out)}
+    cluster = checks["cluster"]
     assert cluster["status"] == "fail" and "No Ray cluster answers" in cluster["detail"] and cluster["fix"]
+    auth = checks["cluster authentication"]
+    assert auth["status"] == "warn" and auth["detail"].startswith("off") and "RAY_AUTH_MODE=token" in auth["fix"]
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    main(["doctor", "--json"])
+    auth = {check["name"]: check for check in json.loads(capsys.readouterr().out)}["cluster authentication"]
+    assert auth == {"name": "cluster authentication", "status": "ok", "detail": "on (RAY_AUTH_MODE=token)", "fix": ""}
 
 
 def test_a_dispatcher_whose_cluster_does_not_answer_tells_the_owner_and_jobs_wait(tmp_path):
@@ -127,3 +135,83 @@ def test_a_dispatcher_whose_cluster_does_not_answer_tells_the_owner_and_jobs_wai
     dispatcher.stopping.set()
     loop.join(timeout=15)
     assert not loop.is_alive()
+
+
+class FakeSlot:
+    def __init__(self, ready: bool) -> None:
+        self.ready, self.busy_with, self.adapters, self.name = ready, None, [], "facechain-gpu-0"
+
+
+class FakePool:
+    """The dispatcher's actor pool without Ray: actors that answer or not, as the test says."""
+
+    def __init__(self, *ready: bool) -> None:
+        self.slots = [FakeSlot(r) for r in ready]
+
+    def any_ready(self) -> bool:
+        return any(slot.ready for slot in self.slots)
+
+    def free(self) -> bool:
+        return False
+
+    def refresh(self) -> bool:
+        return False
+
+    def wanted(self) -> int:
+        return len(self.slots)
+
+
+def test_a_cluster_whose_actors_never_answer_is_the_owners_problem_within_a_minute(tmp_path):
+    from engine.jobs.cluster import dispatcher as module
+    from engine.jobs.queue import WAITING_FOR_SETUP
+    from engine.store.setup_problems import open_setup_problems
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data", ray_address="127.0.0.1:6379")
+    dispatcher = module.Dispatcher(settings, "dispatcher")
+    queue = dispatcher.worker.queue
+    job = queue.enqueue("generate", "ann", {"style": "anime"})
+    dispatcher.pool = FakePool(False, False)  # two actors asked for; neither answers
+    dispatcher._check_serving()
+    assert open_setup_problems(queue.store) == [] and queue.get(job.id).progress_text == "queued"
+    dispatcher._no_actor_since -= module.NO_ACTOR_SECONDS + 1  # a minute later
+    dispatcher._check_serving()
+    [problem] = open_setup_problems(queue.store)
+    assert problem.key == "cluster" and "None of the cluster's 2 GPU actors has answered for 60 s" in problem.message
+    assert queue.get(job.id).progress_text == WAITING_FOR_SETUP  # the member reads that it waits
+    later = queue.enqueue("generate", "bob", {"style": "anime"})
+    dispatcher._next_hold_at -= module.RECONNECT_SECONDS  # ten seconds later
+    dispatcher._check_serving()  # jobs queued meanwhile show it too; still one incident
+    assert queue.get(later.id).progress_text == WAITING_FOR_SETUP and len(open_setup_problems(queue.store)) == 1
+    dispatcher.pool.slots[0].ready = True  # a GPU machine is back
+    dispatcher._check_serving()
+    assert open_setup_problems(queue.store) == []
+    assert {queue.get(j.id).progress_text for j in (job, later)} == {"queued"}
+
+
+def test_the_dispatchers_loop_survives_an_error_and_goes_on(tmp_path, monkeypatch):
+    """A locked database or a Ray hiccup in one round ends nothing: every job in flight goes on."""
+    import sqlite3
+    import threading
+
+    from engine.jobs.cluster import dispatcher as module
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data", ray_address="127.0.0.1:6379")
+    dispatcher = module.Dispatcher(settings, "dispatcher")
+    monkeypatch.setattr(dispatcher, "connect", lambda: True)
+    dispatcher.pool = FakePool(True)
+    monkeypatch.setattr(module, "LOOP_ERROR_SECONDS", 0.05)
+    rounds = []
+
+    def tick():
+        rounds.append(len(rounds))
+        if len(rounds) == 2:
+            raise sqlite3.OperationalError("database is locked")
+        if len(rounds) == 5:
+            dispatcher.stopping.set()
+        return True
+
+    monkeypatch.setattr(dispatcher, "_tick", tick)
+    loop = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 0.01})
+    loop.start()
+    loop.join(timeout=30)
+    assert not loop.is_alive() and rounds == [0, 1, 2, 3, 4]

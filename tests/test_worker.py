@@ -273,3 +273,27 @@ def test_a_result_recorded_once_even_when_finishing_the_job_fails(worker, worker
     assert [model.version for model in worker.store.face_models("42")] == [1]  # not a second version
     assert len(list(worker.store.db["portraits"].rows_where("job_id = ?", [portrait.id]))) == 1
     assert len(drawn.result["portraits"]) == 1
+
+
+def test_scratch_folders_of_stopped_processes_are_swept_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from engine.jobs.scratch import sweep_stale_scratch
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        left = [tmp_path / f"facechain-train-{gone.pid}-abc", tmp_path / f"facechain-faces-{gone.pid}",
+                tmp_path / f"facechain-actor-{gone.pid}-x"]
+        kept = [tmp_path / f"facechain-train-{alive.pid}-def", tmp_path / f"facechain-faces-{os.getpid()}",
+                tmp_path / "facechain-bench-1", tmp_path / "unrelated"]
+        for folder in left + kept:
+            (folder / "crops").mkdir(parents=True)
+            (folder / "crops" / "face.jpg").write_bytes(b"a member's face")
+        assert sorted(sweep_stale_scratch(tmp_path)) == sorted(left)
+        assert not any(folder.exists() for folder in left) and all(folder.exists() for folder in kept)
+    finally:
+        alive.kill()
+        alive.wait()

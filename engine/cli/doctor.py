@@ -187,12 +187,27 @@ def check_cluster(settings: Settings) -> Check:
     return Check("cluster", "ok", detail)
 
 
+def check_cluster_auth(settings: Settings) -> Check | None:
+    """With the cluster on: whether this machine talks to Ray with token authentication."""
+    if not settings.ray_address:
+        return None
+    from engine.jobs.cluster.address import token_auth_on
+
+    if token_auth_on():
+        return Check("cluster authentication", "ok", "on (RAY_AUTH_MODE=token)")
+    return Check("cluster authentication", "warn",
+                 "off: anyone who reaches the cluster's ports can run code on its machines",
+                 "`ray get-auth-token --generate`, copy ~/.ray/auth_token to every machine, and set RAY_AUTH_MODE=token "
+                 "for `ray start` and the bot (see the README)")
+
+
 def run_checks(settings: Settings) -> list[Check]:
-    return [
+    checks = [
         check_packages(), check_device(settings), *check_models(settings), check_face_models(settings),
         check_safety_checker(settings), check_data_dir(settings), check_setup_problems(settings), check_token(settings),
-        check_cluster(settings),
+        check_cluster(settings), check_cluster_auth(settings),
     ]
+    return [check for check in checks if check is not None]
 
 
 def checks_to_json(checks: list[Check]) -> list[dict]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import FaceChainError, ModelUnavailable
-from engine.jobs.queue import Job, QueueLimit
+from engine.jobs.queue import Job, LeaseLost, QueueLimit
 from engine.models.loaded import LoadedModels
 
 if TYPE_CHECKING:  # types only: the worker runs the runners, they never run it
@@ -102,12 +102,17 @@ def run_job_with(worker: Worker, job: Job, beat: Heartbeat,
     inputs = runner.gather(worker, job)
     if isinstance(inputs, Finished):
         return inputs.result
-    keep = (lambda data: runner.keep_checkpoint(worker, inputs, data)) if runner.keep_checkpoint else (lambda data: None)
+
+    def keep(data: bytes) -> None:  # only the job's current holder writes its checkpoints
+        if runner.keep_checkpoint is not None:
+            worker.queue.check_lease(job.lease)
+            runner.keep_checkpoint(worker, inputs, data)
+
     context = HeartbeatContext(beat, worker.stopping, keep)
     try:
         outputs = compute(inputs, context)
     except FaceChainError as error:  # final (bad input, a damaged file): the runner cleans up
-        if runner.abandon is not None and not isinstance(error, (ModelUnavailable, training_cancelled())):
+        if runner.abandon is not None and not isinstance(error, (ModelUnavailable, LeaseLost, training_cancelled())):
             runner.abandon(worker, job, inputs, error)
         raise
     # A result for a job no longer ours is thrown away; ours is recorded once: with its note on the job,

@@ -22,12 +22,15 @@ from engine.errors import FaceChainError, ModelUnavailable
 from engine.jobs.heartbeat import Heartbeat
 from engine.jobs.queue import Job, LeaseLost, SqliteJobQueue
 from engine.jobs.runners import RUNNERS, ComputeLost, JobCancelled, run_locally, training_cancelled
+from engine.jobs.scratch import process_alive, sweep_stale_scratch
 from engine.memory import peak_rss_mb
 from engine.models.loaded import LoadedModels
 from engine.store import Store
 from engine.store.setup_problems import report_setup_problem, resolve_setup_problems
 
 log = logging.getLogger(__name__)
+# After an error in the loop itself (a locked database for longer than its timeout): wait, go on.
+LOOP_ERROR_SECONDS = 2.0
 # Below this much free GPU memory a job is not started (another program holds the card).
 MIN_FREE_GPU_GIB = 2.0
 # The incident key of the models every job needs (the base model and its VAE).
@@ -93,18 +96,23 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stopping.set())
         log.info("worker %s started", self.worker_id)
+        sweep_stale_scratch()
         self.reclaim_dead_leases()
         self.queue_missing_previews()
         idle_since = time.monotonic()
         while not self.stopping.is_set():
-            self.forget_removed_faces()
-            job = self.queue.claim(self.worker_id)
-            if job is None:
-                if exit_when_idle is not None and time.monotonic() - idle_since > exit_when_idle:
-                    break
-                self.stopping.wait(poll_seconds)
-                continue
-            self.run_job(job)
+            try:
+                self.forget_removed_faces()
+                job = self.queue.claim(self.worker_id)
+                if job is None:
+                    if exit_when_idle is not None and time.monotonic() - idle_since > exit_when_idle:
+                        break
+                    self.stopping.wait(poll_seconds)
+                    continue
+                self.run_job(job)
+            except Exception:  # noqa: BLE001 - a locked database must not stop the worker; the lease recovers the job
+                log.exception("worker %s: an error in its loop; going on", self.worker_id)
+                self.stopping.wait(LOOP_ERROR_SECONDS)
             idle_since = time.monotonic()
         log.info("worker %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
 
@@ -118,7 +126,7 @@ class Worker:
         bot killed mid-portrait and restarted need not wait out the lease)."""
         host = socket.gethostname()
         gone = [owner for owner in self.queue.lease_owners() if owner != self.worker_id
-                and (pid := _pid_on_host(owner, host)) is not None and not _process_alive(pid)]
+                and (pid := _pid_on_host(owner, host)) is not None and not process_alive(pid)]
         reclaimed = self.queue.reclaim_leases(gone)
         if reclaimed:
             log.info("took back %s job(s) from stopped worker(s) %s", reclaimed, ", ".join(gone))
@@ -155,13 +163,21 @@ class Worker:
         return HANDLERS[job.kind](self, job, beat)
 
     def settle(self, job: Job, beat: Heartbeat, run: Callable[[], dict]) -> None:
-        """Run a job (here, or on a cluster actor) and record how it ended in the queue."""
+        """Run a job (here, or on a cluster actor) and record how it ended in the queue. A claim that is
+        no longer the job's (it ran out while this process was frozen, and the job was claimed again)
+        records nothing: the job is its new holder's."""
+        try:
+            self._settle(job, beat, run)
+        except LeaseLost:
+            log.warning("job %s: no longer leased to this claim; its result, if any, was dropped", job.id)
+
+    def _settle(self, job: Job, beat: Heartbeat, run: Callable[[], dict]) -> None:
         try:
             self.queue.complete(job.lease, run())
         except ModelUnavailable as problem:  # the owner's to fix: the job waits, the member is not failed
             self._wait_for_setup(job, problem.key, str(problem))
         except LeaseLost:
-            log.warning("job %s: lease lost to another worker; result dropped", job.id)
+            raise  # settle() says so; nothing of this claim is recorded
         except (JobCancelled, training_cancelled()) as stopped:
             if beat.cancel_requested.is_set():
                 self.queue.mark_cancelled(job.lease)
@@ -240,16 +256,6 @@ def _pid_on_host(worker_id: str, host: str) -> int | None:
     """The process id in a default worker id (`<host>-<pid>`) of this host; None for others' or named ones."""
     prefix, _, pid = worker_id.rpartition("-")
     return int(pid) if prefix == host and pid.isdigit() else None
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def _has_cuda() -> bool:

@@ -233,6 +233,8 @@ def _download_huggingface(reference: ModelReference, kind: Kind, half: bool, set
     from huggingface_hub.hf_api import RepoFile
 
     try:
+        if silent := hub_silent("huggingface"):  # no network: do not wait out the client's retries
+            raise ConnectionError(silent)
         sizes = {f.path: f.size or 0 for f in HfApi().list_repo_tree(reference.value, recursive=True)
                  if isinstance(f, RepoFile)}
     except Exception as error:  # offline, unknown id, gated repo: a copy fetched before still serves
@@ -274,6 +276,11 @@ def _download_modelscope(reference: ModelReference, kind: Kind, setting: str, wh
             f"{setting}={reference} needs the modelscope package: pip install modelscope."
         ) from None
     try:
+        if silent := hub_silent("modelscope"):  # no network: a copy fetched before, else say so at once
+            cached = local_copy(reference, "model_index.json" if kind == "pipeline" else "config.json")
+            if cached is not None:
+                return cached
+            raise ConnectionError(silent)
         check_disk_space(modelscope_cache(), int(2.5 * GB) if kind == "pipeline" else 0, what)
         return Path(modelscope_download(reference.value, allow_patterns=modelscope_patterns(kind)))
     except ModelUnavailable:
@@ -318,6 +325,8 @@ def hub_file(reference: ModelReference, filename: str, setting: str, revision: s
             cached = try_to_load_from_cache(reference.value, filename, revision=revision)
             if isinstance(cached, str):
                 return Path(cached)
+            if silent := hub_silent("huggingface"):
+                raise ConnectionError(silent)
             return Path(hf_hub_download(reference.value, filename, revision=revision))
         try:
             from modelscope.hub.file_download import model_file_download
@@ -325,6 +334,11 @@ def hub_file(reference: ModelReference, filename: str, setting: str, revision: s
             raise ModelUnavailable(
                 f"{setting}={reference} needs the modelscope package: pip install modelscope."
             ) from None
+        if silent := hub_silent("modelscope"):
+            found = local_copy(reference, filename)
+            if found is not None:
+                return found / filename
+            raise ConnectionError(silent)
         return Path(model_file_download(reference.value, filename, revision=revision))
     except ModelUnavailable:
         raise

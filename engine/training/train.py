@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine.config import Settings
 from engine.errors import FaceChainError
+from engine.jobs.scratch import scratch_prefix
 from engine.models.base_model import BasePipeline
 from engine.preprocess.trigger import caption
 from engine.store import FaceModelRecord, Store
@@ -73,7 +74,7 @@ def train_from_inputs(
     on_checkpoint: Callable[[bytes], None] | None = None,
 ) -> TrainedWeights:
     """Train in a scratch folder (anywhere: no store); each checkpoint's bytes go to `on_checkpoint`."""
-    with tempfile.TemporaryDirectory(prefix="facechain-train-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix("train")) as scratch:
         photos = Path(scratch) / "photos"
         photos.mkdir()
         for name, data in inputs.photos:

@@ -22,6 +22,7 @@ import ray
 from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.jobs.runners import compute_job
+from engine.jobs.scratch import scratch_prefix, sweep_stale_scratch
 from engine.models.loaded import LoadedModels
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class ActorContext:
 
 class GpuActor:
     def __init__(self, settings_values: dict, name: str) -> None:
-        scratch = Path(tempfile.mkdtemp(prefix="facechain-actor-"))  # nothing of the bot's data folder here
+        sweep_stale_scratch()  # what an actor killed on this machine left (face crops, weights)
+        scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix("actor")))  # none of the bot's data folder here
         self.settings = Settings(**{**settings_values, "data_dir": scratch})
         self.models = LoadedModels(self.settings)
         self.name = name

@@ -241,7 +241,8 @@ class SqliteJobQueue:
                 if changes:
                     self.db["jobs"].update(job_id, changes)
                 if transient:  # a passing failure, for the last time: say so, promise nothing
-                    error = f"{error} It failed {row['attempts']} times, so it was stopped: please ask again later."
+                    tries = "once" if row["attempts"] == 1 else f"{row['attempts']} times"
+                    error = f"{error} It failed {tries}, so it was stopped: please ask again later."
                 self._finish(job_id, "failed", error=error[:1000], progress_text="failed")
         return self.get(job_id)
 
