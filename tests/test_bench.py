@@ -16,6 +16,10 @@ from PIL import Image
 from engine.benchmarks.report import write_report
 from engine.cli import main
 
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parent.parent
 COMMITTED = ROOT / "bench" / "results" / "results.json"
 

@@ -16,6 +16,10 @@ from tests.bot_harness import ACK_LIMIT, TOKEN, Deployment, running_bot
 from tests.conftest import files_under
 from tests.fake_discord import Message
 
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
+
 # The deployment's settings besides the model (tests/test_cluster.py runs the story with them too).
 SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50, "PORTRAIT_SIZE": 64,
             "PORTRAIT_CANDIDATES": 4, "ATTACHMENT_HOSTS": "cdn.discordapp.com,http://127.0.0.1", "JOB_LEASE_SECONDS": 6,

@@ -8,6 +8,10 @@ import pytest
 from tests.bot_harness import ACK_LIMIT, Deployment, add_finished_request, running_bot
 from tests.fake_discord import Fault, Message
 
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
+
 RED = (220, 30, 30)
 
 

@@ -9,9 +9,15 @@ import json
 import shutil
 import time
 
+import pytest
+
 from engine.cli import main
 from engine.errors import ModelUnavailable
 from tests.bot_harness import running_bot
+
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
 
 SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 10, "PORTRAIT_SIZE": 64,
             "PORTRAIT_CANDIDATES": 2, "ATTACHMENT_HOSTS": "http://127.0.0.1", "JOB_RETRY_SECONDS": 0,

@@ -10,9 +10,14 @@ import signal
 import sqlite3
 
 import psutil
+import pytest
 
 from engine.benchmarks.common import percentile
 from tests.bot_harness import ACK_LIMIT, SOAK_SETTINGS, running_bot, soak
+
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
 
 
 def test_fifty_members_and_three_hundred_interactions_while_training(tiny_model, tmp_path):

@@ -22,6 +22,10 @@ from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from tests.conftest import DATA, TEST_MODEL_SETTINGS, photo
 
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parent.parent
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
 SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 20, "PORTRAIT_SIZE": 64,
@@ -65,13 +69,30 @@ def setup(two_gpu_nodes, tiny_model, tmp_path):
     store.close()
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_dispatcher_left_behind():
+    """A test that fails midway leaves no dispatcher holding the cluster's GPUs for the next one."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait(timeout=60)
+
+
 def dispatcher(env, name: str | None = None, idle: float | None = None, **extra: str) -> subprocess.Popen:
     """`facechain worker` (a dispatcher, as FACECHAIN_RAY_ADDRESS is set); unnamed, it is <host>-<pid>."""
     command = [sys.executable, "-m", "engine.cli", "worker", *(["--id", name] if name else [])]
     if idle is not None:
         command += ["--exit-when-idle", str(idle)]
-    return subprocess.Popen(command, env={**env, **extra}, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, env={**env, **extra}, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    STARTED.append(process)
+    return process
 
 
 def actors_ready(process: subprocess.Popen, count: int, timeout: float = 120) -> None:
@@ -233,10 +254,10 @@ def test_a_frozen_dispatcher_runs_nothing_twice_and_a_forgotten_face_leaves_the_
 
     training = queue.enqueue("train", "ann", {"steps": 600})
     wait_for(lambda: queue.get(training.id).progress >= 0.1, 180, "ann's training to be under way")
-    freeze(process, seconds=settings.job_lease_seconds + 3)
+    freeze(process, queue, seconds=settings.job_lease_seconds + 2)
     portrait = queue.enqueue("generate", "bob", {"style": "anime", "count": 2, "seed": 4})
     wait_for(lambda: queue.get(portrait.id).state == "running", 60, "bob's portrait to be claimed")
-    freeze(process, seconds=settings.job_lease_seconds + 3)
+    freeze(process, queue, seconds=settings.job_lease_seconds + 2)
     wait_for(lambda: queue.get(training.id).finished and queue.get(portrait.id).finished, 300, "both jobs")
 
     trained = queue.get(training.id)
@@ -253,10 +274,13 @@ def test_a_frozen_dispatcher_runs_nothing_twice_and_a_forgotten_face_leaves_the_
     finish(process)
 
 
-def freeze(process: subprocess.Popen, seconds: float) -> None:
-    """Stop the dispatcher's process past its lease (a suspended host, a long pause), then let it go."""
+def freeze(process: subprocess.Popen, queue, seconds: float) -> None:
+    """Stop the dispatcher's process past its lease (a suspended host, a long pause), then let it go.
+    Meanwhile the bot's maintenance takes the expired leases back, as it does every minute, so the
+    job is queued again when the dispatcher wakes up and claims it anew."""
     process.send_signal(signal.SIGSTOP)
     time.sleep(seconds)
+    assert queue.reap_expired() >= 1
     process.send_signal(signal.SIGCONT)
 
 
@@ -267,28 +291,44 @@ def actor_adapters(env) -> list[str]:
     return [key for actor in json.loads(status.stdout)["actors"] for key in actor.get("adapters", [])]
 
 
+def test_a_member_forgotten_mid_training_stops_the_actors_work_before_the_next_job(setup, analyzer):
+    """The dispatcher stops reading a training whose member was forgotten (its next checkpoint has no
+    job to go to); the actor stops the work too, so the next member's job does not wait behind it."""
+    settings, queue, env, cluster = setup
+    enrolled(settings, queue, analyzer, "ann", "bob")
+    forgotten = queue.enqueue("train", "ann", {"steps": 5000})
+    process = dispatcher(env, idle=4, FACECHAIN_RAY_ACTORS="1")  # one actor: bob's job comes after ann's
+    wait_for(lambda: queue.get(forgotten.id).progress >= 0.02, 180, "ann's training to be under way")
+    queue.store.delete_user("ann")  # /facechain forget, mid-training
+    next_job = queue.enqueue("train", "bob", {"steps": 5})
+    wait_for(lambda: queue.get(next_job.id).state == "done", 90, "bob's training on the freed actor")
+    finish(process)
+    assert queue.get(forgotten.id) is None and not queue.store.face_models("ann")
+
+
 def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, analyzer):
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")
     training = queue.enqueue("train", "ann", {"steps": 5000})  # longer than its limit: as if it hung
-    process = dispatcher(env, idle=4, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.25", FACECHAIN_JOB_MAX_ATTEMPTS="1")
-    output = finish(process)
-    hung = queue.get(training.id)
+    process = dispatcher(env, idle=10, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.25", FACECHAIN_JOB_MAX_ATTEMPTS="1")
+    hung = wait_for(lambda: (job := queue.get(training.id)).finished and job, 120, "the time limit")
     assert hung.state == "failed" and hung.error.startswith("The GPU machine running this stopped answering."), hung
-    assert "ran past its time limit" in output and "restarting actor" in output
     [model] = queue.store.face_models("ann")
     assert model.status == "training"  # a passing failure: a later try resumes from its checkpoint
-    # The killed actor's scratch folder (ann's face crops) went with the actor that replaced it.
-    wait_for(lambda: not scratch_of_stopped_processes(), 60, "the killed actor's scratch folder to be swept")
+    # The killed actor's training folder (ann's face crops) goes with the actor that replaces it.
+    wait_for(lambda: not stale_scratch("train"), 60, "the killed actor's scratch folder to be swept")
+    output = finish(process)
+    assert "ran past its time limit" in output and "restarting actor" in output
 
 
-def scratch_of_stopped_processes() -> list[Path]:
+def stale_scratch(kind: str) -> list[Path]:
+    """Scratch folders of `kind` on this machine whose process is gone."""
     import tempfile
 
     from engine.jobs.scratch import SCRATCH_NAME, process_alive
 
-    return [entry for entry in Path(tempfile.gettempdir()).iterdir()
-            if (found := SCRATCH_NAME.match(entry.name)) and not process_alive(int(found["pid"]))]
+    return [entry for entry in Path(tempfile.gettempdir()).iterdir() if entry.name.startswith(f"facechain-{kind}-")
+            and (found := SCRATCH_NAME.match(entry.name)) and not process_alive(int(found["pid"]))]
 
 
 def test_cluster_status_lists_nodes_gpus_actors_and_jobs(setup, analyzer):

@@ -215,3 +215,37 @@ def test_the_dispatchers_loop_survives_an_error_and_goes_on(tmp_path, monkeypatc
     loop.start()
     loop.join(timeout=30)
     assert not loop.is_alive() and rounds == [0, 1, 2, 3, 4]
+
+
+def test_an_abandoned_stream_stops_the_actors_work(monkeypatch):
+    """When the dispatcher stops reading an actor's events before "done" or "error" (here a checkpoint
+    that cannot be written), the actor's work is cancelled and asked to stop, never left running."""
+    from engine.jobs.cluster import dispatcher as module
+
+    events = iter([("progress", 0.1, "training 1/10"), ("checkpoint", b"weights")])
+    cancelled, stopped = [], []
+    monkeypatch.setattr(module.ray, "wait", lambda refs, timeout: (refs, []))
+    monkeypatch.setattr(module.ray, "get", lambda ref: ref)
+    monkeypatch.setattr(module.ray, "cancel", lambda ref: cancelled.append(ref))
+
+    class Context:
+        def update(self, progress, text):
+            pass
+
+        def cancelled(self):
+            return False
+
+        def should_stop(self):
+            return False
+
+        def save_checkpoint(self, data):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        module.follow(events, Context(), lambda: stopped.append(True), "actor@1.2.3.4")
+    assert cancelled == [events] and stopped == [True]
+
+    finished = iter([("progress", 0.5, "half"), ("done", {"ok": True})])  # a normal end: nothing to stop
+    cancelled.clear(), stopped.clear()
+    assert module.follow(finished, Context(), lambda: stopped.append(True), "actor") == {"ok": True}
+    assert cancelled == [] and stopped == []

@@ -13,6 +13,10 @@ from engine.store import Store
 from tests.bot_harness import Deployment, add_finished_request, running_bot
 from tests.fake_discord import Message
 
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
 

@@ -27,6 +27,10 @@ from engine.training.lora import WEIGHTS_FILE
 from engine.training.train import train_user
 from tests.conftest import DATA, photo
 
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
+
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
 SIZE = 128
 

@@ -4,6 +4,7 @@ import stat
 import numpy as np
 import pytest
 
+from engine.config import load_settings
 from engine.errors import FaceChainError
 from engine.store import SCHEMA_VERSION, Store, schema
 from tests.conftest import files_under
@@ -149,3 +150,35 @@ def hammer(settings, transaction_of) -> list[Exception]:
 
 def test_read_then_write_transactions_never_fail_with_database_is_locked(settings):
     assert hammer(settings, lambda store: store.transaction()) == []
+
+
+def test_a_forgotten_members_job_ids_are_never_given_to_another_member(store, settings):
+    """A progress message still watching a forgotten member's job id must never see another's job."""
+    from engine.jobs.queue import SqliteJobQueue
+
+    queue = SqliteJobQueue(store, settings)
+    kept = queue.enqueue("train", "bob")
+    forgotten = queue.enqueue("generate", "ann", {"style": "anime"})  # the newest job, then gone
+    store.delete_user("ann")
+    assert queue.get(forgotten.id) is None
+    after = queue.enqueue("generate", "cy", {"style": "anime"})
+    assert after.id > forgotten.id > kept.id
+
+
+def test_the_job_ids_migration_keeps_every_job_and_index(tmp_path):
+    from engine.jobs.queue import SqliteJobQueue
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data")
+    with pytest.MonkeyPatch.context() as before:  # a data folder from before the migration, with jobs in it
+        before.setattr("engine.store.store.MIGRATIONS", schema.MIGRATIONS[:-1])
+        before.setattr("engine.store.store.SCHEMA_VERSION", len(schema.MIGRATIONS) - 1)
+        opened = Store(tmp_path / "data")
+        ids = [SqliteJobQueue(opened, settings).enqueue("train", user).id for user in ("ann", "bob")]
+        opened.close()
+    migrated = Store(tmp_path / "data")
+    assert [job.id for job in SqliteJobQueue(migrated, settings).jobs()] == ids[::-1]
+    assert "AUTOINCREMENT" in migrated.db["jobs"].schema
+    indexes = {name for (name,) in migrated.db.execute("select name from sqlite_master where tbl_name = 'jobs' "
+                                                       "and type = 'index' and sql is not null")}
+    assert {"jobs_last_served", "jobs_kind_done", "jobs_awaiting_delivery"} <= indexes
+    migrated.close()

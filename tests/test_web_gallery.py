@@ -21,6 +21,10 @@ from engine.store.community import add_gallery_entry, set_gallery_message
 from engine.store.store import utc_now
 from tests.bot_harness import Deployment, running_bot
 
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
+
 ARTIFACTS = Path(__file__).parent / "artifacts"
 COLOURS = {"anime": (220, 30, 30), "oil": (30, 30, 220)}
 

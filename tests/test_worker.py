@@ -289,11 +289,31 @@ def test_scratch_folders_of_stopped_processes_are_swept_and_live_ones_kept(tmp_p
                 tmp_path / f"facechain-actor-{gone.pid}-x"]
         kept = [tmp_path / f"facechain-train-{alive.pid}-def", tmp_path / f"facechain-faces-{os.getpid()}",
                 tmp_path / "facechain-bench-1", tmp_path / "unrelated"]
+        legacy_old, legacy_new = tmp_path / "facechain-train-1nc_koux", tmp_path / "facechain-train-3h779gmf"
+        left.append(legacy_old)  # named before folders carried their process, and a day old
+        kept.append(legacy_new)  # ... and recent: it may be a training running now
         for folder in left + kept:
             (folder / "crops").mkdir(parents=True)
             (folder / "crops" / "face.jpg").write_bytes(b"a member's face")
+        os.utime(legacy_old, (time.time() - 2 * 86400,) * 2)
         assert sorted(sweep_stale_scratch(tmp_path)) == sorted(left)
         assert not any(folder.exists() for folder in left) and all(folder.exists() for folder in kept)
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_forgotten_members_face_adapter_leaves_the_workers_memory(worker, worker_settings, analyzer):
+    for user in ("42", "43"):
+        enroll_user(worker.store, analyzer, worker_settings, user, [photo(p) for p in OBAMA], subject="man")
+        worker.queue.enqueue("train", user, {"steps": 2})
+        worker.queue.enqueue("generate", user, {"style": "anime", "count": 1, "wait_for_training": True})
+    worker.run(exit_when_idle=0)
+    loaded = worker.models.loaded_adapters()
+    assert any(name.startswith("42-v1-") for name in loaded) and any(name.startswith("43-v1-") for name in loaded)
+    assert worker.forget_removed_faces() == []  # nothing to drop while both are stored
+    worker.store.delete_user("42")  # /facechain forget, from the bot's process
+    [dropped] = worker.forget_removed_faces()
+    assert dropped.startswith("42-v1-")
+    assert not any(name.startswith("42-") for name in worker.models.loaded_adapters())
+    assert any(name.startswith("43-v1-") for name in worker.models.loaded_adapters())  # others' stay

@@ -15,6 +15,10 @@ from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from tests.conftest import TEST_MODEL_SETTINGS, photo
 
+# The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
+# edit loop's quick lane (`pytest -m "not slow"`), run by CI.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parent.parent
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
 STEPS = 150

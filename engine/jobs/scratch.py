@@ -9,12 +9,16 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 # facechain-train-<pid>-<random> (a training), facechain-faces-<pid> (face models unpacked for a drawing),
 # facechain-actor-<pid>-<random> (an actor's own data folder).
 SCRATCH_NAME = re.compile(r"^facechain-(?:train|faces|actor)-(?P<pid>\d+)(?:-.*)?$")
+# Trainings of versions before folders carried their process: swept once a day old (no training runs that long).
+LEGACY_TRAIN_NAME = re.compile(r"^facechain-train-(?!\d+-)[\w]{8}$")
+LEGACY_AGE_SECONDS = 24 * 3600
 
 
 def scratch_prefix(kind: str) -> str:
@@ -38,7 +42,9 @@ def sweep_stale_scratch(root: Path | None = None) -> list[Path]:
     swept = []
     for entry in root.iterdir() if root.is_dir() else []:
         found = SCRATCH_NAME.match(entry.name)
-        if found and entry.is_dir() and int(found["pid"]) != os.getpid() and not process_alive(int(found["pid"])):
+        stale = found is not None and int(found["pid"]) != os.getpid() and not process_alive(int(found["pid"]))
+        legacy = LEGACY_TRAIN_NAME.match(entry.name) and time.time() - entry.stat().st_mtime > LEGACY_AGE_SECONDS
+        if (stale or legacy) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
             swept.append(entry)
     if swept:

@@ -194,6 +194,24 @@ def _lease_tokens(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("lease_token", str)
 
 
+def _job_ids_never_reused(db: sqlite_utils.Database) -> None:
+    """A job id is never given again, even after its member was forgotten (SQLite reuses the highest
+    id once its row is gone): a progress message still watching a forgotten member's job must never
+    show, or receive, another member's job. The table is rebuilt with AUTOINCREMENT (no table holds
+    a foreign key to it)."""
+    create = db["jobs"].schema
+    indexes = [sql for (sql,) in db.execute(
+        "select sql from sqlite_master where type = 'index' and tbl_name = 'jobs' and sql is not null")]
+    rebuilt = create.replace('CREATE TABLE "jobs"', 'CREATE TABLE "jobs_rebuilt"', 1).replace(
+        '"id" INTEGER PRIMARY KEY', '"id" INTEGER PRIMARY KEY AUTOINCREMENT', 1)
+    db.execute(rebuilt)
+    db.execute('insert into "jobs_rebuilt" select * from "jobs"')
+    db.execute('drop table "jobs"')
+    db.execute('alter table "jobs_rebuilt" rename to "jobs"')
+    for sql in indexes:
+        db.execute(sql)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
                                                              _queue_speed, _setup_problems, _blocked_words, _ran_on,
-                                                             _typical_run_times, _lease_tokens]
+                                                             _typical_run_times, _lease_tokens, _job_ids_never_reused]
