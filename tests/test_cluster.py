@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parent.parent
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+STEPS = 300  # the trainings a node loss, a kill or a SIGTERM interrupts at 30%
 SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 20, "PORTRAIT_SIZE": 64,
             "PORTRAIT_CANDIDATES": 2, "JOB_LEASE_SECONDS": 5, "JOB_RETRY_SECONDS": 0, "TRAINING_PREVIEWS": "false"}
 
@@ -102,6 +103,12 @@ def actors_ready(process: subprocess.Popen, count: int, timeout: float = 120) ->
         line = process.stdout.readline()
         assert line and time.monotonic() < deadline, f"only {ready} actors became ready"
         ready += "cluster: actor ready" in line
+
+
+def stop(process: subprocess.Popen) -> str:
+    """SIGTERM (as the bot stops its worker) once the test has what it waited for: no idle wait."""
+    process.send_signal(signal.SIGTERM)
+    return finish(process, timeout=60)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -179,16 +186,17 @@ def test_three_members_enroll_train_and_get_portraits_across_both_nodes(setup):
 def test_a_node_lost_mid_training_resumes_on_the_other_node_from_its_checkpoint(setup, analyzer):
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")
-    job = queue.enqueue("train", "ann", {"steps": 600})
-    process = dispatcher(env, idle=6)
+    job = queue.enqueue("train", "ann", {"steps": STEPS})
+    process = dispatcher(env)
     running = wait_for(lambda: (j := queue.get(job.id)).progress >= 0.3 and j, 180, "the training to pass 30%")
     lost_node = next(node for node in gpu_nodes(cluster) if node.node_id.startswith(node_of(running.ran_on)))
     cluster.remove_node(lost_node)
-    finish(process)
+    wait_for(lambda: queue.get(job.id).finished, 180, "the training to finish on the other node")
+    stop(process)
 
     done = queue.get(job.id)
     assert done.state == "done" and done.attempts == 2, done  # the lost run counts as an attempt
-    assert done.result["resumed_from_step"] >= 0.2 * 600  # its step count went on from the last checkpoint
+    assert done.result["resumed_from_step"] >= 0.2 * STEPS  # its step count went on from the last checkpoint
     assert node_of(done.ran_on) != node_of(running.ran_on)
     assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(1, "ready")]
 
@@ -196,7 +204,7 @@ def test_a_node_lost_mid_training_resumes_on_the_other_node_from_its_checkpoint(
 def test_a_dispatcher_killed_mid_job_loses_nothing(setup, analyzer):
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann", "bob")
-    training = queue.enqueue("train", "ann", {"steps": 600})
+    training = queue.enqueue("train", "ann", {"steps": STEPS})
     first = dispatcher(env)
     wait_for(lambda: queue.get(training.id).progress >= 0.3, 180, "the training to pass 30%")
     first.send_signal(signal.SIGKILL)  # no checkpoint on the way out, its actors die with it
@@ -204,10 +212,12 @@ def test_a_dispatcher_killed_mid_job_loses_nothing(setup, analyzer):
     assert queue.get(training.id).state == "running"  # still leased to the dead dispatcher
     other = queue.enqueue("train", "bob", {"steps": 5})
 
-    finish(dispatcher(env, idle=6))  # takes the dead one's job back at once (same host, its pid gone)
+    second = dispatcher(env)  # takes the dead one's job back at once (same host, its pid gone)
+    wait_for(lambda: queue.get(training.id).finished and queue.get(other.id).finished, 180, "both trainings")
+    stop(second)
     done = queue.get(training.id)
     assert done.state == "done" and done.attempts == 2
-    assert done.result["resumed_from_step"] >= 0.2 * 600  # from the checkpoint the dead one had sent back
+    assert done.result["resumed_from_step"] >= 0.2 * STEPS  # from the checkpoint the dead one had sent back
     assert queue.get(other.id).state == "done"
     assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(1, "ready")]
 
@@ -215,7 +225,7 @@ def test_a_dispatcher_killed_mid_job_loses_nothing(setup, analyzer):
 def test_sigterm_stops_the_dispatcher_with_the_training_checkpointed_and_handed_back(setup, analyzer):
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")
-    training = queue.enqueue("train", "ann", {"steps": 600})
+    training = queue.enqueue("train", "ann", {"steps": STEPS})
     process = dispatcher(env)
     wait_for(lambda: queue.get(training.id).progress >= 0.3, 180, "the training to pass 30%")
     process.send_signal(signal.SIGTERM)  # as the bot stops its worker
@@ -231,10 +241,11 @@ def test_cancelling_a_running_job_stops_it_and_frees_the_actor(setup, analyzer):
     enrolled(settings, queue, analyzer, "ann", "bob")
     long_training = queue.enqueue("train", "ann", {"steps": 5000})
     next_job = queue.enqueue("train", "bob", {"steps": 5})
-    process = dispatcher(env, idle=6, FACECHAIN_RAY_ACTORS="1")  # one actor: bob waits for it
+    process = dispatcher(env, FACECHAIN_RAY_ACTORS="1")  # one actor: bob waits for it
     wait_for(lambda: queue.get(long_training.id).progress > 0.002, 180, "the long training to start")
     queue.cancel(long_training.id, "ann")
-    finish(process)
+    wait_for(lambda: queue.get(next_job.id).finished, 120, "bob's training on the freed actor")
+    stop(process)
 
     cancelled = queue.get(long_training.id)
     assert cancelled.state == "cancelled", cancelled
@@ -249,21 +260,19 @@ def test_a_frozen_dispatcher_runs_nothing_twice_and_a_forgotten_face_leaves_the_
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann", "bob")
     quick = queue.enqueue("train", "bob", {"steps": 4})
-    process = dispatcher(env, idle=8)
+    process = dispatcher(env)
     wait_for(lambda: queue.get(quick.id).state == "done", 180, "bob's face model")
 
     training = queue.enqueue("train", "ann", {"steps": 600})
-    wait_for(lambda: queue.get(training.id).progress >= 0.1, 180, "ann's training to be under way")
-    freeze(process, queue, seconds=settings.job_lease_seconds + 2)
+    wait_for(lambda: queue.get(training.id).progress >= 0.05, 180, "ann's training to be under way")
     portrait = queue.enqueue("generate", "bob", {"style": "anime", "count": 2, "seed": 4})
-    wait_for(lambda: queue.get(portrait.id).state == "running", 60, "bob's portrait to be claimed")
-    freeze(process, queue, seconds=settings.job_lease_seconds + 2)
+    wait_for(lambda: queue.get(portrait.id).state == "running", 60, "bob's portrait on the other actor")
+    freeze(process, queue, seconds=settings.job_lease_seconds + 2)  # both jobs' leases run out meanwhile
     wait_for(lambda: queue.get(training.id).finished and queue.get(portrait.id).finished, 300, "both jobs")
 
-    trained = queue.get(training.id)
-    assert trained.state == "done" and trained.attempts >= 2, trained  # claimed again after the freeze
+    trained, drawn = queue.get(training.id), queue.get(portrait.id)
+    assert trained.state == "done" and trained.attempts == 2, trained  # claimed again after the freeze
     assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(1, "ready")]
-    drawn = queue.get(portrait.id)
     assert drawn.state == "done" and len(drawn.result["portraits"]) == 2
     assert len(list(queue.store.db["portraits"].rows_where("job_id = ?", [portrait.id]))) == 2  # recorded once
 
@@ -271,7 +280,7 @@ def test_a_frozen_dispatcher_runs_nothing_twice_and_a_forgotten_face_leaves_the_
     queue.store.delete_user("bob")  # /facechain forget
     wait_for(lambda: not any(key.startswith("bob-") for key in actor_adapters(env)), 60,
              "bob's face adapter to leave the actors")
-    finish(process)
+    stop(process)
 
 
 def freeze(process: subprocess.Popen, queue, seconds: float) -> None:
@@ -297,12 +306,12 @@ def test_a_member_forgotten_mid_training_stops_the_actors_work_before_the_next_j
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann", "bob")
     forgotten = queue.enqueue("train", "ann", {"steps": 5000})
-    process = dispatcher(env, idle=4, FACECHAIN_RAY_ACTORS="1")  # one actor: bob's job comes after ann's
+    process = dispatcher(env, FACECHAIN_RAY_ACTORS="1")  # one actor: bob's job comes after ann's
     wait_for(lambda: queue.get(forgotten.id).progress >= 0.02, 180, "ann's training to be under way")
     queue.store.delete_user("ann")  # /facechain forget, mid-training
     next_job = queue.enqueue("train", "bob", {"steps": 5})
     wait_for(lambda: queue.get(next_job.id).state == "done", 90, "bob's training on the freed actor")
-    finish(process)
+    stop(process)
     assert queue.get(forgotten.id) is None and not queue.store.face_models("ann")
 
 
@@ -310,14 +319,14 @@ def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, ana
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")
     training = queue.enqueue("train", "ann", {"steps": 5000})  # longer than its limit: as if it hung
-    process = dispatcher(env, idle=10, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.25", FACECHAIN_JOB_MAX_ATTEMPTS="1")
+    process = dispatcher(env, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.2", FACECHAIN_JOB_MAX_ATTEMPTS="1")
     hung = wait_for(lambda: (job := queue.get(training.id)).finished and job, 120, "the time limit")
     assert hung.state == "failed" and hung.error.startswith("The GPU machine running this stopped answering."), hung
     [model] = queue.store.face_models("ann")
     assert model.status == "training"  # a passing failure: a later try resumes from its checkpoint
     # The killed actor's training folder (ann's face crops) goes with the actor that replaces it.
     wait_for(lambda: not stale_scratch("train"), 60, "the killed actor's scratch folder to be swept")
-    output = finish(process)
+    output = stop(process)
     assert "ran past its time limit" in output and "restarting actor" in output
 
 
@@ -335,7 +344,7 @@ def test_cluster_status_lists_nodes_gpus_actors_and_jobs(setup, analyzer):
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")
     job = queue.enqueue("train", "ann", {"steps": 3000})  # still running while status looks
-    process = dispatcher(env, idle=4)
+    process = dispatcher(env)
     wait_for(lambda: queue.get(job.id).progress > 0.05, 180, "the training to start")
     status = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--json"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
@@ -352,7 +361,8 @@ def test_cluster_status_lists_nodes_gpus_actors_and_jobs(setup, analyzer):
     [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "cluster"]
     assert check["status"] == "ok" and "2 GPUs, 2 actors" in check["detail"]
     queue.cancel(job.id)
-    finish(process)
+    wait_for(lambda: queue.get(job.id).finished, 60, "the cancel")
+    stop(process)
 
 
 
