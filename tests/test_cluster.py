@@ -293,11 +293,15 @@ def freeze(process: subprocess.Popen, queue, seconds: float) -> None:
     process.send_signal(signal.SIGCONT)
 
 
-def actor_adapters(env) -> list[str]:
+def actor_infos(env) -> list[dict]:
     status = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--json"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
-    return [key for actor in json.loads(status.stdout)["actors"] for key in actor.get("adapters", [])]
+    return json.loads(status.stdout)["actors"]
+
+
+def actor_adapters(env) -> list[str]:
+    return [key for actor in actor_infos(env) for key in actor.get("adapters", [])]
 
 
 def test_a_member_forgotten_mid_training_stops_the_actors_work_before_the_next_job(setup, analyzer):
@@ -320,24 +324,23 @@ def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, ana
     enrolled(settings, queue, analyzer, "ann")
     training = queue.enqueue("train", "ann", {"steps": 5000})  # longer than its limit: as if it hung
     process = dispatcher(env, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.2", FACECHAIN_JOB_MAX_ATTEMPTS="1")
+    wait_for(lambda: queue.get(training.id).progress > 0.01, 120, "the training to be under way")
+    [running] = [actor for actor in actor_infos(env) if actor.get("job") == training.id]
+    assert training_scratch(running["pid"])  # ann's crops, on the GPU machine's disk while it trains
     hung = wait_for(lambda: (job := queue.get(training.id)).finished and job, 120, "the time limit")
     assert hung.state == "failed" and hung.error.startswith("The GPU machine running this stopped answering."), hung
     [model] = queue.store.face_models("ann")
     assert model.status == "training"  # a passing failure: a later try resumes from its checkpoint
-    # The killed actor's training folder (ann's face crops) goes with the actor that replaces it.
-    wait_for(lambda: not stale_scratch("train"), 60, "the killed actor's scratch folder to be swept")
+    # The killed actor's training folder goes with the actor that replaces it.
+    wait_for(lambda: not training_scratch(running["pid"]), 60, "the killed actor's scratch folder to be swept")
     output = stop(process)
     assert "ran past its time limit" in output and "restarting actor" in output
 
 
-def stale_scratch(kind: str) -> list[Path]:
-    """Scratch folders of `kind` on this machine whose process is gone."""
+def training_scratch(pid: int) -> list[Path]:
     import tempfile
 
-    from engine.jobs.scratch import SCRATCH_NAME, process_alive
-
-    return [entry for entry in Path(tempfile.gettempdir()).iterdir() if entry.name.startswith(f"facechain-{kind}-")
-            and (found := SCRATCH_NAME.match(entry.name)) and not process_alive(int(found["pid"]))]
+    return list(Path(tempfile.gettempdir()).glob(f"facechain-train-{pid}-*"))
 
 
 def test_cluster_status_lists_nodes_gpus_actors_and_jobs(setup, analyzer):

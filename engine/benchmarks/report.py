@@ -173,7 +173,21 @@ def bot_section(figures: dict, charts: Charts) -> list[str]:
     return ["## The bot under load", "",
             "The real bot against the local fake Discord, with its worker training on the same machine.", "",
             charts.save(figure, "bot_load.png"), ""] + table(["figure", "measured", "target", ""], verdicts) + table(
-        ["process", "peak RSS"], [[name, f"{mb} MB"] for name, mb in processes])
+        ["process", "peak RSS"], [[name, f"{mb} MB"] for name, mb in processes]) + backlog_lines(figures.get("backlog"))
+
+
+def backlog_lines(backlog: dict | None) -> list[str]:
+    """The launch night: a community's backlog, and what the bot's one store thread does under it."""
+    if not backlog:
+        return []
+    verdicts = [[key, f"{backlog[key]} ms", f"< {target:g} ms", "met" if backlog[key] < target else "MISSED"]
+                for key, target in backlog["targets"].items()]
+    verdicts.append(["store thread busy", f"{100 * backlog['store_busy_share']:.1f}% of the time", "", ""])
+    return ["### Launch night", "",
+            f"{backlog['members']} members, {backlog['queued']} queued requests of which {backlog['watched']} are "
+            f"watched (their progress refreshed every 2 s), while the worker trains "
+            f"{backlog['trainings_while_measured']} members.", ""] + table(["figure", "measured", "target", ""],
+                                                                           verdicts)
 
 
 def gpu_section(figures: dict, charts: Charts) -> list[str]:
