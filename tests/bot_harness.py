@@ -41,11 +41,16 @@ class BotProcess:
 
     def start(self, fake: FakeDiscord) -> None:
         connections = fake.gateway_connections
+        readies = self._readies()
         log = self.log_path.open("a")
         self.process = subprocess.Popen([sys.executable, "-m", "tests.run_bot"], cwd=self.cwd, env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
         fake.wait_for(lambda: fake.gateway_connections > connections and fake._sockets, 60, "the bot to connect")
-        time.sleep(2.5)  # discord.py waits ~2 s for GUILD_CREATEs before it is ready
+        fake.wait_for(lambda: self._readies() > readies, 30, "the bot to be ready")
+
+    def _readies(self) -> int:
+        """How often the bot said it is ready (on_ready), in its log so far."""
+        return self.log_path.read_text().count('"connected as ') if self.log_path.exists() else 0
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.process.send_signal(sig)

@@ -14,6 +14,16 @@ import yarl
 from bot.main import main
 
 url = os.environ["FAKE_DISCORD_URL"]
+# The fake sends every guild at once: no need to wait Discord's 2 s for late GUILD_CREATEs before on_ready.
+_client_init = discord.Client.__init__
+
+
+def _quick_ready(self, *args, **options):
+    options.setdefault("guild_ready_timeout", 0.1)
+    _client_init(self, *args, **options)
+
+
+discord.Client.__init__ = _quick_ready
 discord.http.Route.BASE = f"{url}/api/v10"
 discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url.replace("http", "ws", 1) + "/gateway")
 

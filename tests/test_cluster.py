@@ -263,7 +263,7 @@ def test_a_frozen_dispatcher_runs_nothing_twice_and_a_forgotten_face_leaves_the_
     process = dispatcher(env)
     wait_for(lambda: queue.get(quick.id).state == "done", 180, "bob's face model")
 
-    training = queue.enqueue("train", "ann", {"steps": 600})
+    training = queue.enqueue("train", "ann", {"steps": STEPS})
     wait_for(lambda: queue.get(training.id).progress >= 0.05, 180, "ann's training to be under way")
     portrait = queue.enqueue("generate", "bob", {"style": "anime", "count": 2, "seed": 4})
     wait_for(lambda: queue.get(portrait.id).state == "running", 60, "bob's portrait on the other actor")
@@ -323,7 +323,7 @@ def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, ana
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")
     training = queue.enqueue("train", "ann", {"steps": 5000})  # longer than its limit: as if it hung
-    process = dispatcher(env, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.2", FACECHAIN_JOB_MAX_ATTEMPTS="1")
+    process = dispatcher(env, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.15", FACECHAIN_JOB_MAX_ATTEMPTS="1")
     wait_for(lambda: queue.get(training.id).progress > 0.01, 120, "the training to be under way")
     [running] = [actor for actor in actor_infos(env) if actor.get("job") == training.id]
     assert training_scratch(running["pid"])  # ann's crops, on the GPU machine's disk while it trains
