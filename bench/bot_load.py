@@ -3,7 +3,8 @@ event-loop lag and the peak memory of the bot and its worker, while the worker t
 members on the same machine (tiny model, CPU). The scenario of tests/test_bot_soak.py.
 
 Then a launch night: 5,000 members, 2,000 queued requests of which 200 are watched by members
-waiting on their progress message (delivery refreshes each every 2 s), while the worker trains.
+waiting on their progress message (delivery refreshes each every 2 s), while the worker trains; the
+200 requests arrive at 20 a second, then members ask /facechain status twice a second for a minute.
 It reports the ack p99, the event-loop lag p99, the bot's store thread busy share, and the store
 time of one refresh round for 1,000 watched jobs (one `positions` call) on that database.
 
@@ -13,6 +14,7 @@ time of one refresh round for 1,000 watched jobs (one `positions` call) on that 
 from __future__ import annotations
 
 import json
+import random
 import re
 import signal
 import sys
@@ -77,6 +79,7 @@ def main() -> None:
 def launch_night(quick: bool) -> dict:
     """Members, a queue backlog and watched requests at a community's size; what the bot's store does."""
     members, queued, watched = (1000, 400, 50) if quick else (5000, 2000, 200)
+    chooser = random.Random(5)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         model = make_tiny_model(root / "tiny-sd")
@@ -84,11 +87,16 @@ def launch_night(quick: bool) -> dict:
             watchers = d.crowd[:watched]
             seed_backlog(d.data_dir, d.crowd, watchers, queued - 2 * watched, d.guild, d.general)
             soak(d, interactions=0)  # three members enroll: the worker trains while the backlog is measured
-            sent = [d.fake.command(member, d.general, d.guild, "portrait", {"style": "anime", "count": 1})
-                    for member in watchers]
+            sent = []
+            for member in watchers:  # the watched requests arrive at 20 a second
+                sent.append(d.fake.command(member, d.general, d.guild, "portrait", {"style": "anime", "count": 1}))
+                time.sleep(0.05)
+            ends = time.monotonic() + (20 if quick else 60)
+            while time.monotonic() < ends:  # members look at where they stand while delivery refreshes every 2 s
+                sent.append(d.fake.command(chooser.choice(watchers), d.general, d.guild, "status"))
+                time.sleep(0.5)
             for interaction in sent:
                 d.fake.wait_acked(interaction, timeout=60)
-            time.sleep(20 if quick else 60)  # delivery refreshes every watched job every 2 s meanwhile
             waiting = d.rows("select count(*) from jobs where state = 'queued'")[0][0]
             refresh_ms = refresh_round_ms(d.data_dir, 1000)
             acks = [i.ack_seconds * 1000 for i in d.fake.interactions.values()]
