@@ -236,21 +236,30 @@ def test_sigterm_stops_the_dispatcher_with_the_training_checkpointed_and_handed_
     assert model.status == "training" and (model.path.parent / "v1.partial" / "checkpoint.pt").is_file()
 
 
-def test_cancelling_a_running_job_stops_it_and_frees_the_actor(setup, analyzer):
+def test_a_cancelled_or_forgotten_training_stops_and_frees_the_actor_for_the_next_job(setup, analyzer):
+    """A member cancels a running training; later another member is forgotten mid-training (the
+    dispatcher stops reading: no job left to record into). Either way the actor stops the work too,
+    so the next member's job, waiting for the one actor, runs at once."""
     settings, queue, env, cluster = setup
-    enrolled(settings, queue, analyzer, "ann", "bob")
+    enrolled(settings, queue, analyzer, "ann", "bob", "cy", "dee")
     long_training = queue.enqueue("train", "ann", {"steps": 5000})
     next_job = queue.enqueue("train", "bob", {"steps": 5})
     process = dispatcher(env, FACECHAIN_RAY_ACTORS="1")  # one actor: bob waits for it
     wait_for(lambda: queue.get(long_training.id).progress > 0.002, 180, "the long training to start")
     queue.cancel(long_training.id, "ann")
     wait_for(lambda: queue.get(next_job.id).finished, 120, "bob's training on the freed actor")
-    stop(process)
-
     cancelled = queue.get(long_training.id)
     assert cancelled.state == "cancelled", cancelled
     assert queue.get(next_job.id).state == "done"  # the actor was free again
     assert queue.get(next_job.id).ran_on.split("@")[0] == cancelled.ran_on.split("@")[0]
+
+    forgotten = queue.enqueue("train", "cy", {"steps": 5000})
+    wait_for(lambda: queue.get(forgotten.id).progress >= 0.02, 180, "cy's training to be under way")
+    queue.store.delete_user("cy")  # /facechain forget, mid-training
+    after = queue.enqueue("train", "dee", {"steps": 5})
+    wait_for(lambda: queue.get(after.id).state == "done", 90, "dee's training on the freed actor")
+    stop(process)
+    assert queue.get(forgotten.id) is None and not queue.store.face_models("cy")
 
 
 def test_a_frozen_dispatcher_runs_nothing_twice_and_a_forgotten_face_leaves_the_actors(setup, analyzer):
@@ -302,21 +311,6 @@ def actor_infos(env) -> list[dict]:
 
 def actor_adapters(env) -> list[str]:
     return [key for actor in actor_infos(env) for key in actor.get("adapters", [])]
-
-
-def test_a_member_forgotten_mid_training_stops_the_actors_work_before_the_next_job(setup, analyzer):
-    """The dispatcher stops reading a training whose member was forgotten (its next checkpoint has no
-    job to go to); the actor stops the work too, so the next member's job does not wait behind it."""
-    settings, queue, env, cluster = setup
-    enrolled(settings, queue, analyzer, "ann", "bob")
-    forgotten = queue.enqueue("train", "ann", {"steps": 5000})
-    process = dispatcher(env, FACECHAIN_RAY_ACTORS="1")  # one actor: bob's job comes after ann's
-    wait_for(lambda: queue.get(forgotten.id).progress >= 0.02, 180, "ann's training to be under way")
-    queue.store.delete_user("ann")  # /facechain forget, mid-training
-    next_job = queue.enqueue("train", "bob", {"steps": 5})
-    wait_for(lambda: queue.get(next_job.id).state == "done", 90, "bob's training on the freed actor")
-    stop(process)
-    assert queue.get(forgotten.id) is None and not queue.store.face_models("ann")
 
 
 def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, analyzer):
