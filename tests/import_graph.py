@@ -39,8 +39,8 @@ def _imports(tree: ast.AST, modules: set[str], package: str) -> tuple[set[str], 
                 if child.level:  # relative: from the package this module sits in
                     parts = package.split(".")[: len(package.split(".")) - child.level + 1]
                     base = ".".join(filter(None, [*parts, base]))
-                # `from engine.x import y` imports engine.x.y when y is a module, else a name of engine.x
-                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in child.names]
+                # `from engine.x import y` runs engine.x (its __init__), and imports engine.x.y when y is a module
+                names = [base, *(f"{base}.{a.name}" for a in child.names if f"{base}.{a.name}" in modules)]
             for name in names:
                 if name.split(".")[0] in PACKAGES:
                     own.add(name)

@@ -6,20 +6,25 @@ import argparse
 import logging
 import sys
 
-from engine.cli import jobs, members, pictures, setup, styles
 from engine.cli.common import USAGE_ERROR
+from engine.cli.jobs import register as register_jobs
+from engine.cli.members import register as register_members
+from engine.cli.pictures import register as register_pictures
+from engine.cli.setup import register as register_setup
+from engine.cli.styles import register as register_styles
 from engine.config import load_settings
 from engine.errors import FaceChainError
 
-GROUPS = (setup, members, pictures, jobs, styles)
+# Each command group adds its own commands, in the order `facechain --help` lists them.
+GROUPS = (register_setup, register_members, register_pictures, register_jobs, register_styles)
 QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facechain", description="FaceChain portrait engine (no Discord needed).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in GROUPS:
-        group.register(commands)
+    for register in GROUPS:
+        register(commands)
     return parser
 
 
