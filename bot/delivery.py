@@ -113,7 +113,7 @@ class Deliveries:
     async def tick(self) -> None:
         backend = self.bot.backend
         due: list[tuple[Job, Watch]] = []
-        awaiting = await backend.run(backend.queue.awaiting_delivery)
+        awaiting = await backend.run(backend.queue.awaiting_delivery, list(self.watches))
         for gone in self.watches.keys() - {job.id for job in awaiting} - self._busy:  # its member was forgotten
             self.watches.pop(gone)
         for job in awaiting:

@@ -249,7 +249,7 @@ def test_a_job_that_ends_while_its_queued_line_is_shown_still_ends_on_its_outcom
         return function(*args)
 
     queue = SimpleNamespace(position=lambda job_id: QueuePosition(1, 10),
-                            awaiting_delivery=lambda: [] if state.get("delivered") else [state["job"]],
+                            awaiting_delivery=lambda watched=None: [] if state.get("delivered") else [state["job"]],
                             mark_delivered=lambda job_id: state.update(delivered=True))
     deliveries = Deliveries(SimpleNamespace(backend=SimpleNamespace(run=run, queue=queue)))
 

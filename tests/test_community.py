@@ -67,6 +67,11 @@ def test_jobs_awaiting_delivery_are_those_with_a_channel_until_marked(store, set
     from_chat = queue.enqueue("generate", "ann", {}, guild_id="1", channel_id="10")
     queue.enqueue("train", "bob", {})  # from the command line: nobody to deliver to
     assert [job.id for job in queue.awaiting_delivery()] == [from_chat.id]
+    other = queue.enqueue("generate", "cy", {}, guild_id="1", channel_id="10")
+    assert [job.id for job in queue.awaiting_delivery(watched=[from_chat.id])] == [from_chat.id]  # what the bot shows
+    queue.cancel(other.id)
+    assert [job.id for job in queue.awaiting_delivery(watched=[])] == [other.id]  # finished: to deliver
+    queue.mark_delivered(other.id)
     assert [job.id for job in queue.active_jobs(guild_id="1")] == [from_chat.id]
     assert [job.kind for job in queue.active_jobs(user_id="bob")] == ["train"]
     queue.mark_delivered(from_chat.id)

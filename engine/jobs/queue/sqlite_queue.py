@@ -328,10 +328,16 @@ class SqliteJobQueue:
         rows = self.db["jobs"].rows_where("state in ('done', 'failed') and delivered_at is null", order_by="id")
         return [_job(row) for row in rows]
 
-    def awaiting_delivery(self) -> list[Job]:
-        """Jobs a chat user is waiting on (they carry a channel) whose outcome has not reached them."""
-        rows = self.db["jobs"].rows_where("channel_id is not null and delivered_at is null", order_by="id")
-        return [_job(row) for row in rows]
+    def awaiting_delivery(self, watched: Iterable[int] | None = None) -> list[Job]:
+        """Jobs a chat user is waiting on (they carry a channel) whose outcome has not reached them. With
+        `watched`, only the finished ones and those of `watched` (the ones the bot shows progress of):
+        the rest of a long backlog is not read every second."""
+        where, params = "channel_id is not null and delivered_at is null", []
+        if watched is not None:
+            marks = ", ".join(f"'{state}'" for state in FINISHED)
+            where += f" and (state in ({marks}) or id in (select value from json_each(?)))"
+            params = [json.dumps(list(watched))]
+        return [_job(row) for row in self.db["jobs"].rows_where(where, params, order_by="id")]
 
     def jobs(self, state: str | None = None, user_id: str | None = None, limit: int = 100) -> list[Job]:
         where, params = equal_to({"state": state, "user_id": user_id})
