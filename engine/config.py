@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     # (dlib 0.6 on its 128-d embedding, insightface 1.1 on its normalised 512-d one).
     face_match_threshold: float | None = Field(default=None, gt=0)
 
+    # Training photos as the FaceChain paper prepares them. A learned face parser (a SegFormer trained on
+    # CelebAMask-HQ: a local folder, a Hugging Face id or modelscope:<id>) finds the head; empty, or not
+    # downloaded yet, = a mask from the face's landmarks. Everything outside the head is painted white
+    # (false = keep each photo's background), and the skin retouched at this strength (0 = off, 1 = full).
+    # Both apply to photos enrolled from then on.
+    face_parser: str = "jonathandinu/face-parsing"
+    white_background: bool = True
+    skin_retouch: float = Field(default=0.7, ge=0, le=1)
+
     # Optional safety check of finished portraits: a Stable Diffusion safety checker (a local folder, a
     # Hugging Face id such as CompVis/stable-diffusion-safety-checker, or modelscope:<id>); empty = off.
     # Each server's NSFW policy (/facechain-admin settings) decides what happens to flagged portraits.

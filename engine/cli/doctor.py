@@ -84,6 +84,9 @@ def check_models(settings: Settings) -> list[Check]:
         elif reference.kind == "local":
             checks.append(Check(model.name, "fail", f"{reference.value} is not there",
                                 f"set {model.setting} to a downloaded model, a Hugging Face id or modelscope:<id>"))
+        elif model.setting == "FACECHAIN_FACE_PARSER":  # never fetched on first use: enrollment must not wait
+            checks.append(Check(model.name, "warn", f"{model.reference} is not downloaded yet: head masks come from "
+                                                    "the face's landmarks until it is", "run `facechain models pull`"))
         else:
             where = "huggingface.co" if reference.kind == "huggingface" else "modelscope.cn"
             checks.append(Check(model.name, "warn", f"{model.reference} is not downloaded yet; it is fetched from "
@@ -132,6 +135,24 @@ def check_safety_checker(settings: Settings) -> Check:
     except FaceChainError as error:
         return Check("safety check", "fail", str(error), "fix FACECHAIN_SAFETY_CHECKER, or leave it empty")
     return Check("safety check", "ok", f"{settings.safety_checker} loaded")
+
+
+def check_face_parser(settings: Settings) -> Check | None:
+    """Whether the face parser that is on this machine loads (one that is not is check_models' line)."""
+    from engine.models.device import resolve_device
+    from engine.models.files import face_parser_model, where_is
+    from engine.preprocess.face_parser import FaceParser
+
+    folder = where_is(face_parser_model(settings)) if settings.face_parser.strip() else None
+    if folder is None:
+        return None
+    try:
+        FaceParser(folder, resolve_device(settings.device))
+    except Exception as error:  # noqa: BLE001 - whatever a damaged model raises, doctor reports it
+        return Check("face parser loads", "fail", f"{folder}: {error}",
+                     "point FACECHAIN_FACE_PARSER at a SegFormer face parser (jonathandinu/face-parsing), or leave "
+                     "it empty for landmark masks")
+    return Check("face parser loads", "ok", f"{settings.face_parser} loaded")
 
 
 def check_data_dir(settings: Settings) -> Check:
@@ -204,7 +225,8 @@ def check_cluster_auth(settings: Settings) -> Check | None:
 def run_checks(settings: Settings) -> list[Check]:
     checks = [
         check_packages(), check_device(settings), *check_models(settings), check_face_models(settings),
-        check_safety_checker(settings), check_data_dir(settings), check_setup_problems(settings), check_token(settings),
+        check_face_parser(settings), check_safety_checker(settings), check_data_dir(settings),
+        check_setup_problems(settings), check_token(settings),
         check_cluster(settings), check_cluster_auth(settings),
     ]
     return [check for check in checks if check is not None]

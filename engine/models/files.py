@@ -35,6 +35,8 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
     models = [NamedModel("base model", settings.base_model, "FACECHAIN_BASE_MODEL", "pipeline")]
     if settings.vae_reference:
         models.append(NamedModel("VAE", settings.vae_reference, "FACECHAIN_VAE", "component"))
+    if settings.face_parser.strip():
+        models.append(face_parser_model(settings))
     if settings.safety_checker.strip():
         models.append(NamedModel("safety checker", settings.safety_checker, "FACECHAIN_SAFETY_CHECKER", "component"))
     if settings.fast_lora.strip():
@@ -47,6 +49,10 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
                 models.append(NamedModel(f"style {style.id} LoRA", style.lora.reference, style.lora_setting, "file",
                                          style.lora.weight_name or WEIGHTS_FILE, style.lora.revision))
     return models
+
+
+def face_parser_model(settings: Settings) -> NamedModel:
+    return NamedModel("face parser", settings.face_parser, "FACECHAIN_FACE_PARSER", "component")
 
 
 def where_is(model: NamedModel) -> Path | None:

@@ -138,6 +138,37 @@ def make_tiny_safety_checker(folder: Path, flags_everything: bool, seed: int = 0
     return folder
 
 
+# jonathandinu/face-parsing's classes (CelebAMask-HQ), in its order.
+FACE_PARSER_CLASSES = ("background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
+                       "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth")
+
+
+def make_tiny_face_parser(folder: Path, seed: int = 0, sees_only: str | None = None) -> Path:
+    """A tiny random SegFormer face parser with its image processor, saved as jonathandinu/face-parsing is
+    (config.json with CelebAMask-HQ's classes, model.safetensors, preprocessor_config.json). With
+    `sees_only`, its classifier's bias makes every pixel that class (to drive the mask logic in tests)."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(seed)
+    labels = dict(enumerate(FACE_PARSER_CLASSES))
+    config = SegformerConfig(
+        num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 32, 64],
+        num_attention_heads=[1, 1, 2, 4], decoder_hidden_size=32, id2label=labels,
+        label2id={name: i for i, name in labels.items()},
+    )
+    model = SegformerForSemanticSegmentation(config)
+    if sees_only is not None:
+        with torch.no_grad():
+            model.decode_head.classifier.weight.zero_()
+            model.decode_head.classifier.bias.fill_(-10.0)
+            model.decode_head.classifier.bias[FACE_PARSER_CLASSES.index(sees_only)] = 10.0
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 128, "width": 128}).save_pretrained(folder)
+    return folder
+
+
 def make_random_lora(unet, path: Path, rank: int = 4, kohya: bool = False, seed: int = 0,
                      targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")) -> Path:
     """A LoRA file with random weights of the right shapes for `unet`'s attention projections: in

@@ -20,6 +20,7 @@ from engine.faces import FaceAnalyzer
 from engine.preprocess.align import FoundFace, align_face, find_face
 from engine.preprocess.decode import decode_photo
 from engine.preprocess.identity import identity_outliers, near_duplicates
+from engine.preprocess.prepare import prepare_training_crop
 from engine.preprocess.quality import Quality, check_quality, measure_quality
 from engine.preprocess.reasons import ADVICE, PhotoRejected, Reason
 
@@ -41,7 +42,7 @@ class UploadedPhoto:
 class AcceptedPhoto:
     name: str
     sha256: str
-    crop: np.ndarray  # 512x512 RGB
+    crop: np.ndarray  # 512x512 RGB, prepared for training (head on white, skin retouched, as set)
     embedding: np.ndarray
     quality: Quality
     rotation: int
@@ -138,7 +139,7 @@ def _process_one(photo: UploadedPhoto, digest: str, analyzer: FaceAnalyzer, sett
     quality = measure_quality(aligned, face_px=found.face.box[2])
     check_quality(quality, settings)
     return AcceptedPhoto(
-        name=photo.name, sha256=digest, crop=aligned.crop,
+        name=photo.name, sha256=digest, crop=prepare_training_crop(aligned, settings),
         embedding=analyzer.embed(found.image, found.face), quality=quality,
         rotation=found.rotation, gender=found.face.gender, age=found.face.age,
     )
