@@ -19,14 +19,14 @@ from bot import gallery
 from bot.backend import PortraitOrder
 from bot.components import CancelButton
 from bot.downloads import DownloadRefused, allowed_sources, download, upload_dir
-from bot.messages import COLOUR, CONSENT_TEXT, help_embed, job_title, progress_line, thumbnail_grid
+from bot.messages import COLOUR, CONSENT_TEXT, SUBJECT_LABELS, help_embed, job_title, progress_line, thumbnail_grid
 from bot.replies import reply, report_error
-from bot.views import ConfirmView, MeView, PagerView, age_restricted, client
+from bot.views import ConfirmView, ConsentView, MeView, PagerView, age_restricted, client
 from engine.errors import FaceChainError
 from engine.generation.previews import shown_preview
 from engine.nsfw_policy import NSFW_POLICIES, POLICY_MEANINGS
 from engine.store.community import rotate_web_token, update_guild_settings
-from engine.store.members import describe_member, remove_photo
+from engine.store.members import change_subject, describe_member, remove_photo
 from engine.store.setup_problems import open_setup_problems
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from engine.config import Settings
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-SUBJECTS = ("man", "woman", "boy", "girl", "person")  # engine.preprocess.trigger.SUBJECTS (tested)
+SUBJECTS = tuple(SUBJECT_LABELS)
 MAX_PORTRAITS = 16  # the most FACECHAIN_PORTRAIT_CANDIDATES allows; install() narrows it
 DEFAULT_PORTRAITS = 4
 FORGET_WAIT_SECONDS = 30  # Discord allows 10 files per message
@@ -66,14 +66,14 @@ async def enroll(
     bot = client(interaction)
     user = await bot.backend.run(bot.backend.store.get_user, str(interaction.user.id))
     if user is None or user.consent_at is None:
-        async def accepted(button_interaction: discord.Interaction) -> None:
+        async def accepted(button_interaction: discord.Interaction, subject: str) -> None:
             await button_interaction.response.edit_message(content="Thanks! Downloading your photos…", embed=None,
                                                            view=None)
             await bot.backend.run(bot.backend.record_consent, str(interaction.user.id))
-            await start_enroll(button_interaction, photos, chosen)
+            await start_enroll(button_interaction, photos, subject)
 
         consent = discord.Embed(title="Before your first enrollment", description=CONSENT_TEXT, colour=COLOUR)
-        view = ConfirmView(interaction.user.id, "I agree", "No thanks", "No problem: nothing was stored.", accepted)
+        view = ConsentView(interaction.user.id, SUBJECT_LABELS, chosen, accepted)
         await interaction.response.send_message(embed=consent, view=view, ephemeral=True)
         return
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -292,15 +292,33 @@ async def show_me(interaction: discord.Interaction, notice: str | None = None) -
     embed = discord.Embed(title="Your FaceChain data", colour=COLOUR, description=(
         f"**{len(member['photos'])} enrolled photos** (only you see them). Face model: "
         + (f"version {model['version']}, trained {model['finished_at'][:10]} on {model['photos']} photos."
-           if model else "not trained yet.")))
+           if model else "not trained yet.")
+        + f"\nPortraits describe you as **{described(member['subject'])}** "
+          "(the menu below changes it)."))
     files = []
     if member["photos"]:
         grid = await asyncio.to_thread(thumbnail_grid, [Path(p["path"]) for p in member["photos"]], numbered=True)
         files = [discord.File(io.BytesIO(grid), "photos.jpg")]
         embed.set_image(url="attachment://photos.jpg")
     view = MeView(interaction.user.id, [(p["number"], p["name"]) for p in member["photos"]],
-                  lambda chosen, number: remove_and_show(chosen, number), forget_dialog)
+                  lambda chosen, number: remove_and_show(chosen, number), forget_dialog,
+                  SUBJECT_LABELS, member["subject"], member["suggested_subject"], change_subject_and_show)
     await interaction.edit_original_response(content=notice, embed=embed, attachments=files, view=view)
+
+
+def described(subject: str) -> str:
+    return SUBJECT_LABELS[subject].split(" (")[0].lower()  # "a woman", "a person"
+
+
+async def change_subject_and_show(interaction: discord.Interaction, subject: str) -> None:
+    await interaction.response.defer()
+    bot = client(interaction)
+    change = await bot.backend.run(change_subject, bot.backend.store, bot.backend.queue, str(interaction.user.id),
+                                   subject, _text(interaction.guild_id), str(interaction.channel_id))
+    notice = (f"Portraits describe you as {described(change.subject)}. "
+              + ("Your face model is retraining with it; you'll be pinged when it's ready." if change.train_job_id
+                 else "" if change.changed else "(No change.)")).strip()
+    await show_me(interaction, notice)
 
 
 async def remove_and_show(interaction: discord.Interaction, number: int) -> None:

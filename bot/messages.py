@@ -16,8 +16,12 @@ CONSENT_TEXT = (
     "To make portraits that look like you, FaceChain keeps **aligned crops of the selfies it accepts** "
     "and a small **face model** trained on them, on this server owner's machine. They are never posted "
     "anywhere; only portraits you choose to share reach a gallery.\n\n"
-    "`/facechain forget` deletes all of it (photos, face model, portraits, gallery posts) at any time."
+    "`/facechain forget` deletes all of it (photos, face model, portraits, gallery posts) at any time.\n\n"
+    "Below, choose how portraits should describe you; `/facechain me` changes it later."
 )
+# How portraits may describe a member, in the menu's words (engine.preprocess.trigger.SUBJECTS; tested).
+SUBJECT_LABELS = {"man": "A man", "woman": "A woman", "boy": "A boy", "girl": "A girl",
+                  "person": "A person (no gender words)"}
 HELP_LINES = [
     ("/facechain enroll", "Upload 3 to 10 selfies (just you, face visible). FaceChain checks each one and trains "
                           "your face model; you are pinged when it is ready."),

@@ -70,6 +70,45 @@ class ConfirmView(OwnerView):
         await interaction.response.edit_message(content=self.declined, embed=None, view=None)
 
 
+class ConsentView(OwnerView):
+    """The first enrollment's consent, with the member's own words for who they are: *I agree* waits
+    until they have chosen (a `subject` given with the command is chosen already)."""
+
+    def __init__(self, owner_id: int, subjects: dict[str, str], chosen: str | None,
+                 on_agree: Callable[[discord.Interaction, str], Awaitable[None]]) -> None:
+        super().__init__(owner_id)
+        self.subjects, self.chosen, self.on_agree = subjects, chosen, on_agree
+        self.menu = discord.ui.Select(placeholder="Portraits should describe me as…", row=0)
+        self.agree = discord.ui.Button(label="I agree", style=discord.ButtonStyle.success, row=1)
+        no = discord.ui.Button(label="No thanks", style=discord.ButtonStyle.secondary, row=1)
+        self.menu.callback, self.agree.callback, no.callback = self._choose, self._agree, self._no
+        self.add_item(self.menu)
+        self.add_item(self.agree)
+        self.add_item(no)
+        self._show_choice()
+
+    def _show_choice(self) -> None:
+        self.menu.options = [discord.SelectOption(label=label, value=value, default=value == self.chosen)
+                             for value, label in self.subjects.items()]
+        self.agree.disabled = self.chosen is None
+
+    async def _choose(self, interaction: discord.Interaction) -> None:
+        self.chosen = self.menu.values[0]
+        self._show_choice()
+        await interaction.response.edit_message(view=self)
+
+    async def _agree(self, interaction: discord.Interaction) -> None:
+        if self.chosen is None:
+            await reply(interaction, "First choose how portraits should describe you, in the menu above.")
+            return
+        self.stop()
+        await self.on_agree(interaction, self.chosen)
+
+    async def _no(self, interaction: discord.Interaction) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="No problem: nothing was stored.", embed=None, view=None)
+
+
 class PagerView(OwnerView):
     """Previous/next through pages built by `render(page) -> (embed, files)`."""
 
@@ -96,13 +135,28 @@ class PagerView(OwnerView):
 
 
 class MeView(OwnerView):
-    """/facechain me: a menu to remove one photo (asking first) and a button to forget everything."""
+    """/facechain me: how portraits describe the member, a menu to remove one photo (asking first) and a
+    button to forget everything."""
 
     def __init__(self, owner_id: int, photos: list[tuple[int, str]],
                  on_remove: Callable[[discord.Interaction, int], Awaitable[None]],
-                 on_forget: Callable[[discord.Interaction], Awaitable[None]]) -> None:
+                 on_forget: Callable[[discord.Interaction], Awaitable[None]],
+                 subjects: dict[str, str] | None = None, subject: str | None = None, suggested: str | None = None,
+                 on_subject: Callable[[discord.Interaction, str], Awaitable[None]] | None = None) -> None:
         super().__init__(owner_id)
         self.on_remove = on_remove
+        if subjects and on_subject is not None:
+            words = discord.ui.Select(placeholder="Portraits describe me as…", options=[
+                discord.SelectOption(label=label, value=value, default=value == subject,
+                                     description="suggested from your photos" if value == suggested != subject
+                                     else None)
+                for value, label in subjects.items()])
+
+            async def chosen(interaction: discord.Interaction) -> None:
+                await on_subject(interaction, words.values[0])
+
+            words.callback = chosen
+            self.add_item(words)
         if photos:
             menu = discord.ui.Select(placeholder="Remove a photo…", options=[
                 discord.SelectOption(label=f"Photo {number}", description=name[:100], value=str(number))

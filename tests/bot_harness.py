@@ -180,6 +180,13 @@ def add_finished_request(d: Deployment, user: str, style: str, colours: list[tup
     return job
 
 
+def agree_to_consent(fake: FakeDiscord, member: str, prompt: Message, subject: str = "man") -> None:
+    """On the first enrollment's consent: choose how portraits describe the member, then *I agree*."""
+    menu, agree, _ = prompt.custom_ids()
+    fake.wait_acked(fake.click(member, prompt, menu, values=[subject]))
+    fake.click(member, prompt, agree)
+
+
 def soak(d: Deployment, interactions: int = 300, pace_seconds: float = 0.1, enrollers: int = 3, seed: int = 7) -> list:
     """Members use the bot at once: `enrollers` of them enroll (so the worker trains) while random
     members send `interactions` commands mixed over status, help, styles, gallery and portrait.
@@ -193,7 +200,7 @@ def soak(d: Deployment, interactions: int = 300, pace_seconds: float = 0.1, enro
         prompt = fake.response(fake.command(member, d.general, d.guild, "enroll",
                                             attachments=d.upload("obama/obama1.jpg", "obama/obama2.jpg",
                                                                  "obama/obama3.jpg")))
-        fake.click(member, prompt, prompt.custom_ids()[0])
+        agree_to_consent(fake, member, prompt)
     kinds = itertools.cycle(["status", "help", "styles", "gallery", "portrait", "status", "portrait"])
     sent = []
     for _ in range(interactions):

@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from tests.bot_harness import ACK_LIMIT, TOKEN, Deployment, running_bot
+from tests.bot_harness import ACK_LIMIT, TOKEN, Deployment, agree_to_consent, running_bot
 from tests.conftest import files_under
 from tests.fake_discord import Message
 
@@ -38,13 +38,25 @@ def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
                       "biden/biden1.jpg")
     command = fake.command(d.alice, d.general, d.guild, "enroll", attachments=photos)
     consent = fake.response(command)
-    assert consent.ephemeral and "/facechain forget" in consent.text() and len(consent.custom_ids()) == 2
+    assert consent.ephemeral and "/facechain forget" in consent.text() and len(consent.custom_ids()) == 3
     assert d.rows("select count(*) from users") == [(0,)]  # nothing stored before consent
+    menu, agree, _ = consent.custom_ids()
+    [select] = [c for row in consent.components for c in row["components"] if c["custom_id"] == menu]
+    assert [o["value"] for o in select["options"]] == ["man", "woman", "boy", "girl", "person"]
+    assert not any(o.get("default") for o in select["options"])  # nobody is described by a guess
+    [button] = [c for row in consent.components for c in row["components"] if c["custom_id"] == agree]
+    assert button["disabled"]  # "I agree" waits for the member's own words
 
-    stranger = fake.wait_acked(fake.click(d.bob, consent, consent.custom_ids()[0]))
+    stranger = fake.wait_acked(fake.click(d.bob, consent, menu, values=["man"]))
     assert "belong to" in fake.response(stranger).text() and fake.response(stranger).ephemeral
+    early = fake.wait_acked(fake.click(d.alice, consent, agree))  # a client that ignores "disabled"
+    assert "First choose how portraits should describe you" in fake.response(early).text()
+    assert d.rows("select count(*) from users") == [(0,)]
 
-    fake.click(d.alice, consent, consent.custom_ids()[0])  # "I agree"
+    fake.wait_acked(fake.click(d.alice, consent, menu, values=["woman"]))
+    [button] = [c for row in consent.components for c in row["components"] if c["custom_id"] == agree]
+    assert not button.get("disabled")
+    fake.click(d.alice, consent, agree)  # "I agree"
     card = fake.wait_for(lambda: "accepted" in consent.text() and consent, 90, "the enroll card")
     text = consent.text()
     assert "3 accepted" in text and "2 rejected" in text
@@ -52,6 +64,7 @@ def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
     assert "biden1.jpg" in text and "someone else" in text
     assert "enrolled.jpg" in card.files  # a contact sheet of the accepted crops, only in this ephemeral card
     assert d.rows("select consent_at is not null from users where id = ?", d.alice) == [(1,)]
+    assert d.rows("select subject, trigger from users where id = ?", d.alice) == [("woman", "a beautiful woman")]
 
     # Training runs in the worker while the bot keeps answering at once.
     during_training = 0
@@ -267,14 +280,14 @@ def test_enroll_refuses_what_it_cannot_download_and_consent_can_be_declined(depl
                  "proxy_url": "https://example.com/me.jpg", "content_type": "image/jpeg"}
     huge = {**fake.host_attachment("huge.jpg", b"x" * 100), "size": 200 * 2**20}
     prompt = fake.response(fake.command(d.carol, d.general, d.guild, "enroll", attachments={"photo1": elsewhere}))
-    fake.click(d.carol, prompt, prompt.custom_ids()[1])  # "No thanks"
+    fake.click(d.carol, prompt, prompt.custom_ids()[2])  # "No thanks"
     fake.wait_for(lambda: "nothing was stored" in prompt.content, 10, "the decline notice")
     assert d.rows("select count(*) from users where id = ?", d.carol) == [(0,)]
 
     page = fake.host_attachment("page.jpg", b"<!DOCTYPE html><html>not a photo</html>")
     prompt = fake.response(fake.command(d.carol, d.general, d.guild, "enroll",
                                         attachments={"photo1": elsewhere, "photo2": huge, "photo3": page}))
-    fake.click(d.carol, prompt, prompt.custom_ids()[0])
+    agree_to_consent(fake, d.carol, prompt)
     fake.wait_for(lambda: "None of your photos" in prompt.text(), 15, "the refusal")
     assert "not on Discord's CDN (example.com)" in prompt.text() and "larger than 25 MB" in prompt.text()
     assert "page.jpg: it is not a photo (an HTML page)" in prompt.text()
@@ -360,7 +373,7 @@ def test_me_shows_the_numbered_photos_and_removes_one_then_retrains(deployment):
     before = d.rows("select count(*) from selfies where user_id = ? and status = 'accepted'", d.alice)[0][0]
     assert f"{before} enrolled photos" in panel.text() and "Face model: version" in panel.text()
     assert list(panel.files) == ["photos.jpg"] and panel.ephemeral
-    menu, forget_button = panel.custom_ids()
+    words, menu, forget_button = panel.custom_ids()
     assert "belong to" in fake.response(fake.click(d.bob, panel, menu, ["1"])).text()
     fake.wait_acked(fake.click(d.alice, panel, menu, ["2"]))
     fake.wait_for(lambda: "Remove photo 2?" in panel.text(), 10, "the question")
@@ -371,6 +384,16 @@ def test_me_shows_the_numbered_photos_and_removes_one_then_retrains(deployment):
         (before - 1,)]
     assert d.rows("select count(*) from jobs where user_id = ? and kind = 'train' and state in ('queued', 'running')",
                   d.alice) == [(1,)]
+    # Their own words for who they are: a change retrains with the new trigger phrase.
+    current = d.rows("select subject from users where id = ?", d.alice)[0][0]
+    assert f"Portraits describe you as **a {current}**" in panel.text()
+    other = "person" if current != "person" else "man"
+    fake.wait_acked(fake.click(d.alice, panel, panel.custom_ids()[0], [other]))
+    fake.wait_for(lambda: f"Portraits describe you as a {other}. Your face model is retraining" in panel.text(), 30,
+                  "the new words")
+    assert d.rows("select subject from users where id = ?", d.alice) == [(other,)]
+    assert d.rows("select count(*) from jobs where user_id = ? and kind = 'train' and state in ('queued', 'running')",
+                  d.alice) == [(1,)]  # the removal's training (it trains again if it had begun), or a new one
     fake.wait_acked(fake.click(d.alice, panel, panel.custom_ids()[-1]))  # "Forget me…" asks first
     asked = [m for m in fake.messages.values() if "cannot be undone" in m.text()]
     assert asked and asked[-1].ephemeral
@@ -426,7 +449,7 @@ def trained(d: Deployment) -> None:
                                         attachments=d.upload("obama/obama1.jpg", "obama/obama2.jpg",
                                                              "obama/obama3.jpg")))
     if prompt.custom_ids():  # consent, asked once
-        fake.click(d.alice, prompt, prompt.custom_ids()[0])
+        agree_to_consent(fake, d.alice, prompt)
     fake.wait_for(lambda: d.rows("select count(*) from face_models where user_id = ? and status = 'ready'",
                                  d.alice) != [(0,)], 180, "alice's face model")
 

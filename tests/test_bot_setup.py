@@ -13,7 +13,7 @@ import pytest
 
 from engine.cli import main
 from engine.errors import ModelUnavailable
-from tests.bot_harness import running_bot
+from tests.bot_harness import agree_to_consent, running_bot
 
 # The real bot, worker processes, the cluster, the full-size model or the benchmarks: skipped by the
 # edit loop's quick lane (`pytest -m "not slow"`), run by CI.
@@ -31,7 +31,7 @@ def test_a_missing_base_model_makes_jobs_wait_and_tells_the_owner_once(tiny_mode
         prompt = fake.response(fake.command(member, d.general, d.guild, "enroll",
                                             attachments=d.upload("obama/obama1.jpg", "obama/obama2.jpg",
                                                                  "obama/obama3.jpg")))
-        fake.click(member, prompt, prompt.custom_ids()[0])
+        agree_to_consent(fake, member, prompt)
         fake.wait_for(lambda: "waiting:" in prompt.text(), 90, "the card to say the training waits")
         card = prompt.text()
         assert "3 accepted" in card and ModelUnavailable.MEMBER_TEXT in card

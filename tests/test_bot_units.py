@@ -28,7 +28,7 @@ from bot.downloads import (
 from bot.logs import JsonFormatter
 from bot.messages import enroll_card, eta, portrait_lines, progress_line
 from engine.jobs.queue import WAITING_FOR_SETUP, Job, QueuePosition
-from engine.preprocess.trigger import SUBJECTS as ENGINE_SUBJECTS
+from engine.subjects import SUBJECTS as ENGINE_SUBJECTS
 from tests.fake_discord import APP_ID, FakeDiscord
 
 ROOT = Path(__file__).parent.parent

@@ -92,6 +92,46 @@ def test_users_show_numbers_the_photos_and_remove_photo_deletes_one_and_retrains
     assert "Nothing is stored for nobody" in capsys.readouterr().err
 
 
+def test_a_new_user_is_a_person_until_someone_chooses_and_a_change_retrains(capsys, data_dir):
+    assert main(["enroll", "--user", "1234", *OBAMA[:2]]) == 0
+    said = capsys.readouterr().out
+    assert 'describe 1234 as "a person"' in said and "facechain users set 1234 --subject" in said
+    code, member = run_json(capsys, "users", "show", "1234")
+    assert member["subject"] == "person" and member["trigger"] == "a person"
+    assert member["suggested_subject"] is None  # dlib reads no gender or age: nothing is guessed
+
+    code, changed = run_json(capsys, "users", "set", "1234", "--subject", "woman")
+    assert code == 0 and changed["trigger"] == "a beautiful woman" and changed["changed"]
+    code, jobs = run_json(capsys, "jobs", "list", "--user", "1234")
+    assert [(j["kind"], j["state"], j["id"]) for j in jobs] == [("train", "queued", changed["train_job_id"])]
+    code, again = run_json(capsys, "users", "set", "1234", "--subject", "woman")
+    assert not again["changed"] and again["train_job_id"] is None
+    code, report = run_json(capsys, "enroll", "--user", "1234", OBAMA[2])  # more photos keep the choice
+    assert report["subject"] == "woman" and report["trigger"] == "a beautiful woman"
+
+    with pytest.raises(SystemExit) as refused:
+        main(["users", "set", "1234", "--subject", "cat"])
+    assert refused.value.code == 2 and "invalid choice: 'cat'" in capsys.readouterr().err
+    assert main(["users", "set", "nobody", "--subject", "man"]) == 2
+    assert "Nothing is stored for nobody" in capsys.readouterr().err
+
+
+def test_a_face_engines_reading_is_a_suggestion_never_the_description(store, settings):
+    """insightface reads gender and age: the reading is kept beside the member's choice, never used for it."""
+    from engine.faces import get_analyzer
+    from engine.preprocess import preprocess_photos
+    from engine.preprocess.enroll import CheckedPhotos, EnrollInputs, record_enrollment
+    from tests.conftest import photo
+
+    result = preprocess_photos([photo("obama/obama1.jpg")], get_analyzer(settings), settings)
+    for accepted in result.accepted:
+        accepted.gender, accepted.age = "female", 31.0
+    inputs = EnrollInputs("55", [], None, set(), [])
+    report = record_enrollment(store, inputs, CheckedPhotos(result, "insightface"))
+    assert report.subject == "person" and report.trigger == "a person" and report.suggested_subject == "woman"
+    assert store.get_user("55").suggested_subject == "woman" and store.get_user("55").trigger == "a person"
+
+
 def test_enroll_with_no_usable_photo_exits_2_with_the_report(capsys, data_dir, tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
@@ -175,8 +215,9 @@ def test_doctor_reports_each_check_with_a_fix(capsys, data_dir, tmp_path, monkey
     code, checks = run_json(capsys, "doctor")
     by_name = {check["name"]: check for check in checks}
     styles = {name for name in by_name if name.startswith("style ")}
-    assert set(by_name) - styles == {"python packages", "torch device", "base model", "fast-mode LoRA",
+    assert set(by_name) - styles == {"python packages", "torch device", "base model", "fast-mode LoRA", "face parser",
                                      "face models", "safety check", "data dir", "worker", "discord token", "cluster"}
+    assert by_name["face parser"]["status"] == "warn"  # not downloaded: the landmarks' masks serve meanwhile
     assert "style polaroid LoRA" in styles and all(by_name[name]["status"] == "warn" for name in styles)
     assert by_name["fast-mode LoRA"]["status"] == "warn" and "models pull" in by_name["fast-mode LoRA"]["fix"]
     assert by_name["python packages"]["status"] == "ok"

@@ -9,7 +9,7 @@ import pytest
 from engine.preprocess import Reason, UploadedPhoto, preprocess_photos
 from engine.preprocess.align import rotate
 from engine.preprocess.quality import yaw_ratio
-from engine.preprocess.trigger import caption, trigger_for_subject, trigger_from_attributes
+from engine.preprocess.trigger import caption, subject_from_attributes, trigger_for_subject
 from tests.conftest import encode, image_array, photo
 from tests.make_bad_corpus import build_corpus
 
@@ -187,10 +187,11 @@ def test_an_unexpected_error_costs_one_photo_not_the_set(analyzer, settings, mon
 def test_trigger_phrases_follow_facechain():
     assert trigger_for_subject("woman") == "a beautiful woman"
     assert caption(trigger_for_subject("man")) == "<fcsks>, a handsome man"
-    assert trigger_from_attributes(["female", "female"], [8, 9]) == "a girl"
-    assert trigger_from_attributes(["male", "male", "female"], [61, 64, 60]) == "a mature man"
-    assert trigger_from_attributes(["male"], [30]) == "a handsome man"
-    assert trigger_from_attributes([None], [None]) == "a person"
+    # A face engine that reads gender and age only suggests one of the member's choices.
+    assert subject_from_attributes(["female", "female"], [8, 9]) == "girl"
+    assert subject_from_attributes(["male", "male", "female"], [61, 64, 60]) == "man"
+    assert subject_from_attributes(["female"], [30]) == "woman"
+    assert subject_from_attributes([None], [None]) is None
 
 
 def test_the_whole_bad_corpus_in_one_set_stays_within_bounded_memory(tmp_path):

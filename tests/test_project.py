@@ -51,7 +51,7 @@ def test_nothing_the_bot_can_reach_imports_a_heavy_library():
 def test_the_engine_root_holds_only_light_shared_modules():
     """Each part has its folder; the root keeps what every part and the bot share."""
     root_modules = {p.stem for p in (ROOT / "engine").glob("*.py")}
-    assert root_modules == {"__init__", "config", "errors", "styles", "nsfw_policy", "memory"}
+    assert root_modules == {"__init__", "config", "errors", "styles", "nsfw_policy", "memory", "subjects"}
     for folder in (ROOT / "engine").iterdir():
         if folder.is_dir() and folder.name != "__pycache__":
             opening = (folder / "__init__.py").read_text().lstrip()

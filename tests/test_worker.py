@@ -317,3 +317,32 @@ def test_a_forgotten_members_face_adapter_leaves_the_workers_memory(worker, work
     assert dropped.startswith("42-v1-")
     assert not any(name.startswith("42-") for name in worker.models.loaded_adapters())
     assert any(name.startswith("43-v1-") for name in worker.models.loaded_adapters())  # others' stay
+
+
+def test_new_words_while_a_training_runs_train_again_when_it_ends(worker_settings, analyzer, monkeypatch):
+    """The member changes how portraits describe them (or removes a photo) mid-training: that training
+    finishes on what it read, and another one follows with the new words, once."""
+    import engine.training.train as train_module
+    from engine.store.members import change_subject
+
+    worker = Worker(worker_settings.model_copy(update={"train_steps_per_photo": 2}), "test-worker")
+    queue = worker.queue
+    enroll_user(queue.store, analyzer, worker_settings, "42", [photo(p) for p in OBAMA], subject="man")
+    first = queue.enqueue("train", "42", {"steps": 4})
+    original = train_module.train_from_inputs
+
+    def train_while_the_member_changes_their_words(*args, **kwargs):
+        if queue.store.get_user("42").subject == "man":  # during the first training only
+            change = change_subject(queue.store, queue, "42", "woman")
+            assert change.changed and change.train_job_id == first.id  # the running one will see to it
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_from_inputs", train_while_the_member_changes_their_words)
+    worker.run(exit_when_idle=0)
+    done = queue.get(first.id)
+    assert done.state == "done" and done.result["retrain_job_id"]
+    again = queue.get(done.result["retrain_job_id"])
+    assert again.state == "done" and "retrain_job_id" not in again.result  # nothing changed during the second
+    models = queue.store.face_models("42")
+    assert [(m.version, m.meta["trigger"]) for m in sorted(models, key=lambda m: m.version)] == [
+        (1, "a handsome man"), (2, "a beautiful woman")]

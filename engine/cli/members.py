@@ -25,6 +25,11 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
     else:
         console.print(f"[bold]{args.user}[/] ({report.trigger}): {len(report.result.accepted)} accepted, "
                       f"{len(report.result.rejected)} rejected, {report.enrolled_total} enrolled in all")
+        if report.subject == "person" and args.subject is None:
+            hint = f"the face engine suggests {report.suggested_subject}; " if report.suggested_subject else ""
+            console.print(f"  Portraits describe {args.user} as \"a person\": {hint}set their own words with "
+                          f"`facechain users set {args.user} --subject man|woman|boy|girl|person`.",
+                          markup=False, soft_wrap=True)
         for photo in report.result.accepted:
             console.print(f"  [green]accepted[/] {photo.name} (quality {photo.quality.score:.2f})")
         for photo in report.result.rejected:
@@ -74,6 +79,20 @@ def cmd_users_remove_photo(args: argparse.Namespace, settings: Settings) -> int:
             else f"{removed.remaining} left")
     report(args, {"removed": removed.number, "name": removed.name, "remaining": removed.remaining,
                   "train_job_id": removed.train_job_id}, f"Removed photo {removed.number} ({removed.name}); {then}.")
+    return 0
+
+
+def cmd_users_set(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.jobs.queue import open_queue
+    from engine.store.members import change_subject
+
+    store = open_store(settings)
+    change = change_subject(store, open_queue(settings, store), args.user, args.subject)
+    then = ("unchanged" if not change.changed else f"retraining with it (job {change.train_job_id})"
+            if change.train_job_id else "no photos to retrain on yet")
+    report(args, {"user": args.user, "subject": change.subject, "trigger": change.trigger, "changed": change.changed,
+                  "train_job_id": change.train_job_id},
+           f"Portraits describe {args.user} as \"{change.trigger}\"; {then}.")
     return 0
 
 
@@ -130,7 +149,7 @@ def register(commands) -> None:
     enroll.add_argument("--subject", choices=sorted(SUBJECTS), help="who is in the photos (sets the trigger phrase)")
     enroll.add_argument("paths", nargs="+", metavar="PATH")
 
-    users = commands.add_parser("users", help="list or forget users").add_subparsers(
+    users = commands.add_parser("users", help="list, show, change or forget users").add_subparsers(
         dest="users_command", required=True, metavar="ACTION")
     command(users, "list", cmd_users_list, "list users and what is stored for them")
     command(users, "forget", cmd_users_forget, "delete every file and row of a user").add_argument("user")
@@ -139,6 +158,10 @@ def register(commands) -> None:
                      "delete one enrolled photo (its number from `users show`) and queue a retrain on the rest")
     remove.add_argument("user")
     remove.add_argument("number", type=int, metavar="N")
+    set_words = command(users, "set", cmd_users_set,
+                        "how portraits describe a user (their subject); a change retrains their face model")
+    set_words.add_argument("user")
+    set_words.add_argument("--subject", required=True, choices=list(SUBJECTS))
     train = command(commands, "train", cmd_train, "train a user's face LoRA from their enrolled selfies")
     train.add_argument("--user", required=True)
     train.add_argument("--steps", type=int, help="training steps (default: scaled with the number of photos)")

@@ -53,4 +53,5 @@ def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, u
     if user is None or model is None:
         raise FaceChainError(
             f"User {user_id} has no trained face model yet: enroll selfies, then `facechain train --user {user_id}`.")
-    return CheckedRequest(style, user.trigger, model.path)
+    # The words the face model learned the face with (a changed subject applies from its retraining on).
+    return CheckedRequest(style, model.meta.get("trigger", user.trigger), model.path)

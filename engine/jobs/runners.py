@@ -233,11 +233,18 @@ def _train_compute(models: LoadedModels, inputs, context: JobContext):
 
 
 def _train_record(worker: Worker, job: Job, inputs, trained) -> dict:
-    from engine.training.train import record_training
+    from engine.training.train import changed_since, record_training
 
     model = record_training(worker.store, inputs, trained)
-    return {"version": model.version, "path": str(model.path), "steps": model.meta["steps"],
-            "final_loss": model.meta["final_loss"], "resumed_from_step": model.meta["resumed_from_step"]}
+    result = {"version": model.version, "path": str(model.path), "steps": model.meta["steps"],
+              "final_loss": model.meta["final_loss"], "resumed_from_step": model.meta["resumed_from_step"]}
+    if changed_since(worker.store, inputs):  # a photo removed or new words while it ran: train again
+        try:
+            result["retrain_job_id"] = worker.queue.enqueue("train", job.user_id, {}, guild_id=job.guild_id,
+                                                            channel_id=job.channel_id, follows=job.id).id
+        except QueueLimit:  # a training already waits, or the quota: it reads the current photos and words
+            pass
+    return result
 
 
 def _train_keep_checkpoint(worker: Worker, inputs, data: bytes) -> None:

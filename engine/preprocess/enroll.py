@@ -10,21 +10,25 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.preprocess import PreprocessResult, UploadedPhoto, preprocess_photos
-from engine.preprocess.trigger import trigger_for_subject, trigger_from_attributes
+from engine.preprocess.trigger import subject_from_attributes, trigger_for_subject
 from engine.store import Store
 
 
 @dataclass
 class EnrollReport:
     user_id: str
+    subject: str  # what the member (or the owner for them) chose; "person" until then
     trigger: str
     result: PreprocessResult
     enrolled_total: int  # accepted selfies stored for the user after this enrollment
+    suggested_subject: str | None = None  # a face engine's reading of gender and age, never applied by itself
 
     def to_json(self) -> dict:
         return {
             "user": self.user_id,
+            "subject": self.subject,
             "trigger": self.trigger,
+            "suggested_subject": self.suggested_subject,
             "accepted": [photo.name for photo in self.result.accepted],
             "rejected": [photo.to_json() for photo in self.result.rejected],
             "enrolled_total": self.enrolled_total,
@@ -74,6 +78,8 @@ def check_photos(analyzer: FaceAnalyzer, settings: Settings, inputs: EnrollInput
 
 
 def record_enrollment(store: Store, inputs: EnrollInputs, checked: CheckedPhotos) -> EnrollReport:
+    """Store the accepted photos and the member's words for who they are: the subject they chose now,
+    else the one they had, else "person". A face engine's guess is kept as a suggestion only."""
     user_id, subject, result = inputs.user_id, inputs.subject, checked.result
     existing = store.get_user(user_id)
     if subject is not None:
@@ -81,9 +87,11 @@ def record_enrollment(store: Store, inputs: EnrollInputs, checked: CheckedPhotos
     elif existing is not None:
         chosen_subject, trigger = existing.subject, existing.trigger
     else:
-        chosen_subject = "person"
-        trigger = trigger_from_attributes([p.gender for p in result.accepted], [p.age for p in result.accepted])
+        chosen_subject, trigger = "person", trigger_for_subject("person")
     store.ensure_user(user_id, chosen_subject, trigger)
+    suggested = subject_from_attributes([p.gender for p in result.accepted], [p.age for p in result.accepted])
+    if suggested is not None:
+        store.suggest_subject(user_id, suggested)
 
     for photo in result.accepted:
         store.add_selfie(
@@ -92,7 +100,8 @@ def record_enrollment(store: Store, inputs: EnrollInputs, checked: CheckedPhotos
         )
     for photo in result.rejected:
         store.add_rejected_selfie(user_id, photo.sha256, photo.name, photo.reason.value, photo.detail)
-    return EnrollReport(user_id, trigger, result, enrolled_total=len(store.accepted_selfies(user_id)))
+    return EnrollReport(user_id, chosen_subject, trigger, result, enrolled_total=len(store.accepted_selfies(user_id)),
+                        suggested_subject=suggested)
 
 
 def enroll_user(

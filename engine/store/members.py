@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from engine.errors import FaceChainError
 from engine.jobs.queue import QueueLimit, SqliteJobQueue
 from engine.store import SelfieRecord, Store
+from engine.subjects import trigger_for_subject
 
 
 @dataclass
@@ -31,6 +32,7 @@ def describe_member(store: Store, user_id: str) -> dict:
     model = store.ready_face_model(user_id)
     return {
         "id": user_id, "subject": user.subject, "trigger": user.trigger, "consent_at": user.consent_at,
+        "suggested_subject": user.suggested_subject,
         "photos": [{"number": number, "name": selfie.original_name, "path": str(selfie.path),
                     "quality": round(selfie.quality, 3), "created_at": selfie.created_at}
                    for number, selfie in numbered_photos(store, user_id)],
@@ -52,12 +54,39 @@ def remove_photo(store: Store, queue: SqliteJobQueue, user_id: str, number: int,
     selfie = photos[number - 1][1]
     store.delete_selfie(selfie.id)
     remaining = len(photos) - 1
-    train_job_id = None
-    if remaining:
-        active = [job for job in queue.active_jobs(user_id=user_id) if job.kind == "train"]
-        try:
-            train_job_id = active[0].id if active else queue.enqueue(
-                "train", user_id, {}, guild_id=guild_id, channel_id=channel_id).id
-        except QueueLimit:  # a quota: the photo is gone all the same; training can be asked for later
-            train_job_id = None
+    train_job_id = retrain(queue, user_id, guild_id, channel_id) if remaining else None
     return RemovedPhoto(number, selfie.original_name, remaining, train_job_id)
+
+
+@dataclass
+class SubjectChange:
+    subject: str
+    trigger: str
+    changed: bool
+    train_job_id: int | None  # the retraining with the new words (None when nothing to train on)
+
+
+def change_subject(store: Store, queue: SqliteJobQueue, user_id: str, subject: str,
+                   guild_id: str | None = None, channel_id: str | None = None) -> SubjectChange:
+    """The member's own words for who they are (man, woman, boy, girl, person): the trigger phrase
+    their face model learns, so a change retrains it on their enrolled photos."""
+    trigger = trigger_for_subject(subject)
+    user = store.get_user(user_id)
+    if user is None:
+        raise FaceChainError(f"Nothing is stored for {user_id}.")
+    if user.subject == subject and user.trigger == trigger:
+        return SubjectChange(subject, trigger, False, None)
+    store.ensure_user(user_id, subject, trigger)
+    train_job_id = retrain(queue, user_id, guild_id, channel_id) if store.accepted_selfies(user_id) else None
+    return SubjectChange(subject, trigger, True, train_job_id)
+
+
+def retrain(queue: SqliteJobQueue, user_id: str, guild_id: str | None, channel_id: str | None) -> int | None:
+    """Queue a training on the member's current photos and words. One already waiting is reused (it
+    reads them when it starts); a running one trains again when it ends if they changed meanwhile."""
+    active = [job for job in queue.active_jobs(user_id=user_id) if job.kind == "train"]
+    try:
+        return active[0].id if active else queue.enqueue("train", user_id, {}, guild_id=guild_id,
+                                                         channel_id=channel_id).id
+    except QueueLimit:  # a quota: the change stands all the same; training can be asked for later
+        return None

@@ -212,6 +212,12 @@ def _job_ids_never_reused(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
+def _suggested_subject(db: sqlite_utils.Database) -> None:
+    """What a face engine that reads gender and age suggests for a member (never used unless they pick it)."""
+    db["users"].add_column("suggested_subject", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
                                                              _queue_speed, _setup_problems, _blocked_words, _ran_on,
-                                                             _typical_run_times, _lease_tokens, _job_ids_never_reused]
+                                                             _typical_run_times, _lease_tokens, _job_ids_never_reused,
+                                                             _suggested_subject]

@@ -60,6 +60,7 @@ class UserRecord:
     trigger: str
     consent_at: str | None
     created_at: str
+    suggested_subject: str | None = None  # a face engine's reading, shown beside the member's own choice
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,10 @@ class Store:
             else:
                 self.db["users"].update(user_id, {"subject": subject, "trigger": trigger})
         return self.get_user(user_id)  # type: ignore[return-value]
+
+    def suggest_subject(self, user_id: str, subject: str | None) -> None:
+        with self.transaction():
+            self.db["users"].update(user_id, {"suggested_subject": subject})
 
     def touch_user(self, user_id: str) -> None:
         """Make sure the user has a row (their first request may come before any enrollment)."""

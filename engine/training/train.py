@@ -112,6 +112,15 @@ def record_training(store: Store, inputs: TrainingInputs, trained: TrainedWeight
     return store.finish_face_model(model.id, {**trained.meta, "trigger": inputs.trigger})
 
 
+def changed_since(store: Store, inputs: TrainingInputs) -> bool:
+    """Whether the member's photos or words changed while this training ran (it trained on what it read
+    when it started): then another training is due."""
+    user = store.get_user(inputs.user_id)
+    photos = [s.path.name for s in store.accepted_selfies(inputs.user_id)]
+    return user is not None and bool(photos) and (
+        user.trigger != inputs.trigger or sorted(photos) != sorted(name for name, _ in inputs.photos))
+
+
 def train_user(
     store: Store,
     base: BasePipeline,

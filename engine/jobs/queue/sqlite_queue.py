@@ -74,12 +74,14 @@ class SqliteJobQueue:
     # --- enqueue ----------------------------------------------------------------------------------
 
     def enqueue(self, kind: str, user_id: str, params: dict | None = None, guild_id: str | None = None,
-                channel_id: str | None = None) -> Job:
+                channel_id: str | None = None, follows: int | None = None) -> Job:
+        """Queue a job within the limits; `follows` is a running job this one continues (a training that
+        trains again as it ends), which the one-training-at-a-time rule does not count."""
         if kind not in KINDS:
             raise FaceChainError(f"Unknown job kind {kind!r}: one of {', '.join(KINDS)}.")
         with self.store.transaction():
             self.store.touch_user(user_id)
-            self._check_limits(kind, user_id, guild_id)
+            self._check_limits(kind, user_id, guild_id, follows)
             job_id = self.db["jobs"].insert({
                 "kind": kind, "user_id": user_id, "guild_id": guild_id, "channel_id": channel_id,
                 "params": json.dumps(params or {}), "state": "queued", "attempts": 0, "progress": 0.0,
@@ -87,12 +89,13 @@ class SqliteJobQueue:
             }).last_pk
         return self.get(job_id)
 
-    def _check_limits(self, kind: str, user_id: str, guild_id: str | None) -> None:
+    def _check_limits(self, kind: str, user_id: str, guild_id: str | None, follows: int | None = None) -> None:
         def count(where: str, params: list) -> int:
             return self.db.execute(f"select count(*) from jobs where {where}", params).fetchone()[0]
 
         active = "state in ('queued', 'running')"
-        if kind == "train" and count(f"user_id = ? and kind = 'train' and {active}", [user_id]):
+        if kind == "train" and count(f"user_id = ? and kind = 'train' and {active} and id != ?",
+                                     [user_id, follows or 0]):
             raise QueueLimit("Your face model is already training: wait for it to finish (or cancel it) first.")
         limit = self.settings.max_queued_portraits_per_user
         # Every request that makes pictures counts towards the waiting limit (portraits, swaps, sharper x2).
