@@ -23,6 +23,7 @@ BASE = "SG161222/Realistic_Vision_V5.1_noVAE"
 VAE = "stabilityai/sd-vae-ft-mse"
 FAST = "latent-consistency/lcm-lora-sdv1-5"
 STYLE_REPO = "someone/hub-style-lora"
+PARSER = "jonathandinu/face-parsing"
 # A diffusers SD1.5 pipeline's files (those the loader reads).
 REAL_PIPELINE_FILES = {
     "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
@@ -51,9 +52,18 @@ def hub(tmp_path, tiny_model):
     served.add_file(FAST, "pytorch_lora_weights.safetensors", lora.read_bytes())
     served.add_file(STYLE_REPO, "style.safetensors", lora.read_bytes())
     served.add_file(STYLE_REPO, "other-style.safetensors", sparse_bytes=10**8)  # never fetched
+    served.add_folder(PARSER, face_parser(tmp_path))
+    served.add_file(PARSER, "onnx/model.onnx", sparse_bytes=10**6)  # the web export beside it: never fetched
+    served.add_file(PARSER, "pytorch_model.bin", sparse_bytes=10**6)  # a .bin twin: never fetched
     served.start()
     yield served
     served.stop()
+
+
+def face_parser(tmp_path: Path) -> Path:
+    from engine.models.random_models import make_tiny_face_parser
+
+    return make_tiny_face_parser(tmp_path / "face-parsing")
 
 
 def hub_env(hub: FakeHub, cache: Path, **settings: str) -> dict[str, str]:
@@ -82,20 +92,27 @@ def test_models_pull_fetches_only_what_loading_reads(hub, tmp_path, tiny_model):
     pulled = facechain(env, tmp_path, "models", "pull", "--json")
     assert pulled.returncode == 0, pulled.stderr
     rows = {row["name"]: row for row in json.loads(pulled.stdout)}
-    assert [rows[name]["status"] for name in ("base model", "VAE", "fast-mode LoRA", "style hub-style LoRA")] == \
-        ["downloaded"] * 4
+    assert [rows[name]["status"] for name in ("base model", "VAE", "face parser", "fast-mode LoRA",
+                                              "style hub-style LoRA")] == ["downloaded"] * 5
     assert set(hub.fetched(BASE)) == pipeline_files(tiny_model)  # no .bin twins, checkpoints, safety checker
     assert not set(hub.fetched(BASE)) & set(REALISTIC_VISION_CHECKPOINTS)
     assert set(hub.fetched(VAE)) == {"config.json", "diffusion_pytorch_model.safetensors"}
     assert hub.fetched(FAST) == ["pytorch_lora_weights.safetensors"]
     assert hub.fetched(STYLE_REPO) == ["style.safetensors"]  # one file per style LoRA
+    assert set(hub.fetched(PARSER)) == {"config.json", "model.safetensors", "preprocessor_config.json"}
     cache_bytes = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert cache_bytes < 30 * 2**20 and rows["base model"]["bytes"] > 0
 
     again = facechain(env, tmp_path, "models", "pull")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already here") == 4
-    assert len(hub.fetched()) == len(pipeline_files(tiny_model)) + 4  # nothing fetched twice
+    assert again.stdout.count("already here") == 5
+    assert len(hub.fetched()) == len(pipeline_files(tiny_model)) + 7  # nothing fetched twice
+    # Enrollment then finds the parser in the hub's cache and loads it, with no network.
+    script = ("from engine.config import load_settings\nfrom engine.preprocess.face_parser import get_face_parser\n"
+              "print(type(get_face_parser(load_settings(_env_file=None))).__name__)")
+    found = subprocess.run([sys.executable, "-c", script], env={**env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert found.stdout.strip() == "FaceParser", found.stderr
 
 
 def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path, tiny_model):
@@ -126,7 +143,7 @@ def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path,
 
 def test_an_unreachable_hub_is_the_owners_problem_in_one_line(hub, tmp_path):
     (tmp_path / "no-styles").mkdir()
-    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="", STYLES_DIR=str(tmp_path / "no-styles"))
+    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="", FACE_PARSER="", STYLES_DIR=str(tmp_path / "no-styles"))
     env["HF_ENDPOINT"] = hub.url  # the hub answers, but not for this model: the loader's own message
     env["FACECHAIN_BASE_MODEL"] = "someone/not-on-this-hub"
     pulled = facechain(env, tmp_path, "models", "pull")
@@ -148,10 +165,10 @@ def test_models_pull_with_no_network_says_so_within_seconds_and_names_what_was_n
     pulled = facechain(env, tmp_path, "models", "pull")
     took = time.monotonic() - started
     assert pulled.returncode == 1 and took < 60, took
-    assert pulled.stdout.count("Hugging Face (127.0.0.1) does not answer") == 1 + 3  # said once, then per model
+    assert pulled.stdout.count("Hugging Face (127.0.0.1) does not answer") == 1 + 4  # said once, then per model
     assert pulled.stdout.count("ModelScope (127.0.0.1) does not answer") >= 2
     not_fetched = pulled.stderr.strip()
-    assert not_fetched.startswith("error: not fetched: base model, VAE, fast-mode LoRA, style ")
+    assert not_fetched.startswith("error: not fetched: base model, VAE, face parser, fast-mode LoRA, style ")
     assert "Traceback" not in pulled.stderr
 
 
@@ -204,7 +221,7 @@ def test_a_download_that_would_not_fit_names_needed_and_free_space(tmp_path, mon
 
 
 def test_a_copy_fetched_before_serves_when_the_hub_is_out_of_reach(hub, tmp_path):
-    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="")
+    env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="", FACE_PARSER="")
     assert facechain(env, tmp_path, "models", "pull").returncode == 0
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # later, offline (HF_HUB_OFFLINE not set)
     script = ("from engine.config import load_settings\nfrom engine.models.base_model import load_base_pipeline\n"

@@ -81,11 +81,13 @@ def test_alignment_puts_eyes_nose_and_mouth_on_the_arcface_template(insight):
     assert np.abs(placed - ARCFACE_TEMPLATE).max() < 8  # a wide smile moves the mouth corners a little
 
 
-def test_gender_and_age_come_from_the_pack_and_set_the_trigger(insight, store, settings):
+def test_gender_and_age_come_from_the_pack_and_only_suggest_a_subject(insight, store, settings):
     face = insight.detect(image_array("obama/obama1.jpg"))[0]
     assert face.gender == "male" and face.age == pytest.approx(62, abs=0.5)
     report = enroll_user(store, insight, settings, "55", [photo("obama/obama1.jpg"), photo("obama/obama2.jpg")])
-    assert report.trigger == "a mature man"  # no subject given: FaceChain's choice from the attributes
+    # No subject given: FaceChain's reading of the attributes is shown as a suggestion, never applied.
+    assert report.suggested_subject == "man" and report.subject == "person" and report.trigger == "a person"
+    assert store.get_user("55").suggested_subject == "man"
     assert {s.embedding_backend for s in store.accepted_selfies("55")} == {"insightface"}
     assert store.accepted_selfies("55")[0].embedding.shape == (512,)
 

@@ -133,6 +133,8 @@ def test_enrolled_crops_are_heads_on_white_unless_turned_off(analyzer, settings)
         assert (plain.crop[:40, :40] != 255).any()  # the photo's own background
         assert np.array_equal(white.embedding, plain.embedding)  # identity comes from the photo itself
         assert len(analyzer.detect(white.crop)) == 1  # still a clear face to every later step
+    again = preprocess_photos([photo(names[0])], analyzer, settings)
+    assert np.array_equal(again.accepted[0].crop, painted.accepted[0].crop)  # the same photo, the same crop
 
 
 def test_a_face_parser_in_the_real_format_loads_from_its_setting_and_is_listed(tmp_path, settings):

@@ -107,6 +107,7 @@ def landmark_head_mask(crop: np.ndarray, landmarks: np.ndarray, face_box: tuple[
     geometry = FaceGeometry.from_landmarks(landmarks * scale, tuple(round(v * scale) for v in face_box))
     seeds = _seeds(geometry, GRABCUT_SIDE)
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means: the same photo, the same crop
     cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), seeds, None, background, foreground, GRABCUT_ROUNDS,
                 cv2.GC_INIT_WITH_MASK)
     head = np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
