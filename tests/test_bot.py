@@ -6,6 +6,7 @@ it makes itself through `trained()`, `portraits_message()` and `gallery_channel_
 
 from __future__ import annotations
 
+import io
 import signal
 import time
 
@@ -63,6 +64,9 @@ def test_enroll_asks_consent_checks_each_photo_and_trains(deployment):
     assert "two_people.jpg" in text and "crop to just you" in text
     assert "biden1.jpg" in text and "someone else" in text
     assert "enrolled.jpg" in card.files  # a contact sheet of the accepted crops, only in this ephemeral card
+    sheet = Image.open(io.BytesIO(card.files["enrolled.jpg"])).convert("L")
+    for tile in range(3):  # each crop as it trains: the head on white, as FaceChain prepares them
+        assert sheet.getpixel((tile * 128 + 4, 4)) > 240 and sheet.getpixel((tile * 128 + 64, 64)) < 230
     assert d.rows("select consent_at is not null from users where id = ?", d.alice) == [(1,)]
     assert d.rows("select subject, trigger from users where id = ?", d.alice) == [("woman", "a beautiful woman")]
 
