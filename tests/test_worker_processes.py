@@ -56,14 +56,15 @@ def wait_for(condition, timeout: float, what: str):
 
 def test_kill_9_mid_training_loses_nothing_and_runs_nothing_twice(setup):
     settings, queue, env = setup
-    jobs = {user: queue.enqueue("train", user, {"steps": STEPS}) for user in ("ann", "bob", "cy")}
+    # ann's training is killed mid-way; bob's and cy's short ones wait behind it.
+    jobs = {user: queue.enqueue("train", user, {"steps": STEPS if user == "ann" else 20}) for user in ("ann", "bob", "cy")}
     first = start_worker(env, "first")
     wait_for(lambda: queue.get(jobs["ann"].id).progress >= 0.4, 120, "ann's training to pass 40%")
     first.kill()  # SIGKILL: no cleanup, no checkpoint on the way out
     first.wait(timeout=30)
     assert queue.get(jobs["ann"].id).state == "running"  # still leased to the dead worker
 
-    second = start_worker(env, "second", idle=4)
+    second = start_worker(env, "second", idle=1)
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
 
@@ -89,7 +90,7 @@ def test_sigterm_checkpoints_releases_and_a_new_worker_resumes(setup):
     released = queue.get(job.id)
     assert released.state == "queued" and released.attempts == 0 and released.progress_text.startswith("queued"), (released, output)
 
-    again = start_worker(env, "again", idle=2)
+    again = start_worker(env, "again", idle=1)
     output, _ = again.communicate(timeout=300)
     assert again.returncode == 0, output
     done = queue.get(job.id)
