@@ -43,11 +43,14 @@ def test_a_rate_limited_channel_post_is_retried_after_the_wait(deployment):
 
 def test_an_outage_delays_delivery_but_loses_nothing(deployment):
     d, fake = deployment, deployment.fake
-    # discord.py tries a request five times over 25 s on a 502, then gives up: delivery's own retry takes over.
-    outage = Fault("POST", f"/channels/{d.general}/messages", 502, times=5)
-    fake.faults.append(outage)
+    # A 502 discord.py retries itself (after 1 s); then two 503s it gives up on at once (as after its fifth
+    # 502, 25 s later): delivery's own retry takes over, 2 s then 4 s later.
+    blip = Fault("POST", f"/channels/{d.general}/messages", 502, times=1)
+    outage = Fault("POST", f"/channels/{d.general}/messages", 503, times=2)
+    fake.faults += [blip, outage]
     job = add_finished_request(d, d.bob, "oil", [RED, RED])
-    fake.wait_for(lambda: outage.times == 0, 60, "the outage to be hit")
+    fake.wait_for(lambda: blip.times == outage.times == 0, 60, "the outage to be hit")
+    assert "delivering job" in fake.wait_for(lambda: "retrying in" in d.bot.log() and d.bot.log(), 10, "the retry")
     message = posted_result(d, job, timeout=60)
     assert len(message.files) == 2 and fake.wait_for(lambda: delivered_at(d, job), 10, "marked delivered")
     answer = fake.response(fake.command(d.bob, d.general, d.guild, "help"))  # and it still answers
