@@ -147,7 +147,9 @@ def enrolled(settings, queue, analyzer, *users: str) -> None:
         enroll_user(queue.store, analyzer, settings, user, [photo(p) for p in OBAMA], subject="man")
 
 
-def test_three_members_enroll_train_and_get_portraits_across_both_nodes(setup):
+def test_three_members_across_both_nodes_then_a_node_lost_mid_training(setup):
+    """Three members enroll, train and get portraits, spread over both GPU nodes with adapter affinity;
+    then the node running a retraining is lost: it resumes on the other node from its checkpoint."""
     settings, queue, env, cluster = setup
     process = dispatcher(env)
     actors_ready(process, 2)  # then the first two enrollments go one to each actor
@@ -163,8 +165,6 @@ def test_three_members_enroll_train_and_get_portraits_across_both_nodes(setup):
     for user in users:
         again[user] = queue.enqueue("generate", user, {"style": "anime", "count": 1, "seed": 6})
         wait_for(lambda: queue.get(again[user].id).finished, 120, f"{user}'s second portrait")
-    process.send_signal(signal.SIGTERM)
-    finish(process)
 
     jobs = queue.jobs(limit=100)
     assert {job.kind for job in jobs} == {"enroll", "train", "generate"}
@@ -182,23 +182,18 @@ def test_three_members_enroll_train_and_get_portraits_across_both_nodes(setup):
     assert not list((settings.data_dir / "tmp").rglob("*.jpg"))  # the uploads were consumed
     assert len({node_of(job.ran_on) for job in jobs}) == 2, [job.ran_on for job in jobs]  # both GPU nodes worked
 
-
-def test_a_node_lost_mid_training_resumes_on_the_other_node_from_its_checkpoint(setup, analyzer):
-    settings, queue, env, cluster = setup
-    enrolled(settings, queue, analyzer, "ann")
-    job = queue.enqueue("train", "ann", {"steps": STEPS})
-    process = dispatcher(env)
-    running = wait_for(lambda: (j := queue.get(job.id)).progress >= 0.3 and j, 180, "the training to pass 30%")
+    retraining = queue.enqueue("train", "ann", {"steps": STEPS})
+    running = wait_for(lambda: (j := queue.get(retraining.id)).progress >= 0.3 and j, 180,
+                       "the retraining to pass 30%")
     lost_node = next(node for node in gpu_nodes(cluster) if node.node_id.startswith(node_of(running.ran_on)))
     cluster.remove_node(lost_node)
-    wait_for(lambda: queue.get(job.id).finished, 180, "the training to finish on the other node")
+    wait_for(lambda: queue.get(retraining.id).finished, 180, "the retraining to finish on the other node")
     stop(process)
-
-    done = queue.get(job.id)
+    done = queue.get(retraining.id)
     assert done.state == "done" and done.attempts == 2, done  # the lost run counts as an attempt
     assert done.result["resumed_from_step"] >= 0.2 * STEPS  # its step count went on from the last checkpoint
     assert node_of(done.ran_on) != node_of(running.ran_on)
-    assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(1, "ready")]
+    assert [(m.version, m.status) for m in queue.store.face_models("ann")] == [(2, "ready"), (1, "superseded")]
 
 
 def test_a_killed_dispatcher_loses_nothing_and_a_stopped_one_hands_its_training_back(setup, analyzer):
@@ -315,7 +310,8 @@ def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, ana
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")
     training = queue.enqueue("train", "ann", {"steps": 5000})  # longer than its limit: as if it hung
-    process = dispatcher(env, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.15", FACECHAIN_JOB_MAX_ATTEMPTS="1")
+    process = dispatcher(env, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.15", FACECHAIN_JOB_MAX_ATTEMPTS="1",
+                         FACECHAIN_RAY_ACTORS="1")
     wait_for(lambda: queue.get(training.id).progress > 0.01, 120, "the training to be under way")
     [running] = [actor for actor in actor_infos(env) if actor.get("job") == training.id]
     assert training_scratch(running["pid"])  # ann's crops, on the GPU machine's disk while it trains
