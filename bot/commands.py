@@ -310,11 +310,16 @@ def described(subject: str) -> str:
     return SUBJECT_LABELS[subject].split(" (")[0].lower()  # "a woman", "a person"
 
 
-async def change_subject_and_show(interaction: discord.Interaction, subject: str) -> None:
+async def change_for_member(interaction: discord.Interaction, change, *args):
+    """Defer, then run one of engine.store.members' changes (store, queue, member, *args, server, channel)."""
     await interaction.response.defer()
     bot = client(interaction)
-    change = await bot.backend.run(change_subject, bot.backend.store, bot.backend.queue, str(interaction.user.id),
-                                   subject, _text(interaction.guild_id), str(interaction.channel_id))
+    return await bot.backend.run(change, bot.backend.store, bot.backend.queue, str(interaction.user.id), *args,
+                                 _text(interaction.guild_id), str(interaction.channel_id))
+
+
+async def change_subject_and_show(interaction: discord.Interaction, subject: str) -> None:
+    change = await change_for_member(interaction, change_subject, subject)
     notice = (f"Portraits describe you as {described(change.subject)}. "
               + ("Your face model is retraining with it; you'll be pinged when it's ready." if change.train_job_id
                  else "" if change.changed else "(No change.)")).strip()
@@ -322,10 +327,7 @@ async def change_subject_and_show(interaction: discord.Interaction, subject: str
 
 
 async def remove_and_show(interaction: discord.Interaction, number: int) -> None:
-    await interaction.response.defer()
-    bot = client(interaction)
-    removed = await bot.backend.run(remove_photo, bot.backend.store, bot.backend.queue, str(interaction.user.id),
-                                    number, _text(interaction.guild_id), str(interaction.channel_id))
+    removed = await change_for_member(interaction, remove_photo, number)
     notice = (f"🗑️ Removed photo {removed.number} ({removed.name}). "
               + ("Your face model is retraining on the rest; you'll be pinged when it's ready."
                  if removed.train_job_id else "No photos are left: `/facechain enroll` adds new ones."))
