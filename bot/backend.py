@@ -23,7 +23,7 @@ from engine.generation.requests import check_prompt_words, check_request
 from engine.jobs.queue import Job, QueuePosition, SqliteJobQueue
 from engine.store import ForgetReport, Store
 from engine.store.community import GuildSettings, guild_settings, user_gallery_posts
-from engine.styles import STYLES_DIR, StyleCatalogue, load_styles
+from engine.styles import STYLES_DIR, StyleCatalogue, load_styles, owner_styles_folder, style_files
 
 T = TypeVar("T")
 
@@ -47,8 +47,8 @@ class Styles:
 
     CHECK_EVERY_SECONDS = 5.0
 
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path | None, owner_folder: Path | None = None) -> None:
+        self.folder, self.owner_folder = folder, owner_folder
         self._stamp: tuple | None = None
         self._checked_at = float("-inf")
         self._catalogue: StyleCatalogue | None = None
@@ -58,12 +58,12 @@ class Styles:
             return self._catalogue
         stamp, self._checked_at = self._folder_stamp(), time.monotonic()
         if self._catalogue is None or stamp != self._stamp:
-            self._catalogue, self._stamp = load_styles(self.folder), stamp
+            self._catalogue, self._stamp = load_styles(self.folder, self.owner_folder), stamp
         return self._catalogue
 
     def _folder_stamp(self) -> tuple:
-        folder = self.folder or STYLES_DIR
-        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.toml")))
+        files = [*style_files(self.folder or STYLES_DIR), *style_files(self.owner_folder)]
+        return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in files))
 
 
 class Backend:
@@ -72,7 +72,7 @@ class Backend:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.store = Store(settings.data_dir)
         self.queue = SqliteJobQueue(self.store, settings)
-        self.styles = Styles(settings.styles_dir)
+        self.styles = Styles(settings.styles_dir, owner_styles_folder(settings))
         self.started = time.monotonic()
         self.busy_seconds = 0.0  # time the store thread spent in calls: every slash command waits behind it
 

@@ -17,6 +17,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
+OWNER_STYLES = "styles"  # the folder, in the data folder, of the styles a server owner added
 FAMILIES_FILE = "_families.toml"
 STYLE_ID = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 PHOTO_FAMILIES = ("photo", "monochrome-photo")
@@ -99,13 +100,18 @@ class StyleCatalogue:
     problems: list[StyleProblem]
     folder: Path = STYLES_DIR
     families: dict[str, Family] | None = None
+    owner_folder: Path | None = None  # the styles the owner added (`facechain styles add`), in the data folder
 
     def preview_path(self, style: Style) -> Path | None:
-        """The style's preview image, if it exists inside the styles folder."""
+        """The style's preview image, if it exists inside the style's own folder."""
         if style.preview is None:
             return None
-        path = (self.folder / style.preview).resolve()
-        return path if path.is_relative_to(self.folder.resolve()) and path.is_file() else None
+        folder = (style.file.parent if style.file else self.folder).resolve()
+        path = (folder / style.preview).resolve()
+        return path if path.is_relative_to(folder) and path.is_file() else None
+
+    def added_by_owner(self, style: Style) -> bool:
+        return self.owner_folder is not None and style.file is not None and style.file.parent == self.owner_folder
 
     def get(self, style_id: str) -> Style | None:
         return self.styles.get(style_id)
@@ -169,12 +175,25 @@ def look_problems(style: Style, families: dict[str, Family]) -> list[tuple[str, 
     return problems
 
 
-def load_styles(folder: Path | None = None) -> StyleCatalogue:
+def style_files(folder: Path | None) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*.toml") if not p.name.startswith("_")) if folder else []
+
+
+def owner_styles_folder(settings) -> Path:
+    return Path(settings.data_dir) / OWNER_STYLES
+
+
+def load_catalogue(settings) -> StyleCatalogue:
+    """The styles this bot offers: the shipped ones (or FACECHAIN_STYLES_DIR's) and those its owner added."""
+    return load_styles(settings.styles_dir, owner_styles_folder(settings))
+
+
+def load_styles(folder: Path | None = None, owner_folder: Path | None = None) -> StyleCatalogue:
     folder = folder or STYLES_DIR
     styles: dict[str, Style] = {}
     problems: list[StyleProblem] = []
     families = load_families(Path(folder))
-    for path in sorted(p for p in Path(folder).glob("*.toml") if not p.name.startswith("_")):
+    for path in [*style_files(folder), *style_files(owner_folder)]:
         try:
             style = load_style(path)
         except tomllib.TOMLDecodeError as error:
@@ -202,4 +221,4 @@ def load_styles(folder: Path | None = None) -> StyleCatalogue:
             problems += [StyleProblem(path, field, message) for field, message in look]
             continue
         styles[style.id] = style
-    return StyleCatalogue(styles, problems, Path(folder), families)
+    return StyleCatalogue(styles, problems, Path(folder), families, Path(owner_folder) if owner_folder else None)

@@ -199,6 +199,20 @@ def test_the_style_catalogue_is_reread_after_a_change_but_not_on_every_call(tmp_
     assert styles.catalogue().get("anime") is None and styles.catalogue().get("oil") is not None
 
 
+def test_a_style_the_owner_adds_is_offered_at_once(tmp_path, monkeypatch):
+    from bot.backend import Styles
+    from engine.config import load_settings
+    from engine.generation.owner_styles import add_style
+    from engine.styles import owner_styles_folder
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data")
+    styles = Styles(None, owner_styles_folder(settings))
+    assert styles.catalogue().get("harbour") is None
+    monkeypatch.setattr(Styles, "CHECK_EVERY_SECONDS", 0.0)
+    add_style(settings, "harbour", None, "portrait at a misty harbour, morning light")
+    assert [s.id for s in styles.catalogue().search("harb")] == ["harbour"]
+
+
 class StaticResolver(AbstractResolver):
     """Answers every lookup with one address, as a rebinding DNS server would on its second answer
     (None: the name does not resolve)."""

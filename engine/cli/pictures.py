@@ -83,12 +83,12 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     from engine.generation.generate import PortraitGenerator
     from engine.generation.upscale import find_portrait, upscale
     from engine.models.base_model import load_base_pipeline
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
     store = open_store(settings)
     find_portrait(store, args.user, args.portrait)  # before the slow model load
     generator = PortraitGenerator(load_base_pipeline(settings, on_progress=download_bar()))
-    saved = upscale(store, generator, get_analyzer(settings), settings, load_styles(settings.styles_dir), args.user,
+    saved = upscale(store, generator, get_analyzer(settings), settings, load_catalogue(settings), args.user,
                     args.portrait, out_dir=Path(args.out))
     report(args, saved.to_json(), f"Wrote {saved.path} at twice the size"
            + (f", likeness {saved.similarity:.0%}." if saved.similarity is not None else "."))
@@ -133,10 +133,10 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     from engine.generation.requests import check_prompt_words, check_request
     from engine.models.base_model import load_base_pipeline
     from engine.models.safety import load_safety_checker
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
     store = open_store(settings)
-    catalogue = load_styles(settings.styles_dir)
+    catalogue = load_catalogue(settings)
     if args.queue:
         return queue_portrait(args, settings, store, catalogue)
     if args.out is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.table import Table
 
@@ -13,9 +14,9 @@ from engine.errors import FaceChainError
 
 
 def cmd_styles_list(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
-    catalogue = load_styles(settings.styles_dir)
+    catalogue = load_catalogue(settings)
     if args.json:
         print_json([style.model_dump(mode="json") for style in catalogue.styles.values()])
         return 0
@@ -53,9 +54,9 @@ def style_recipe(style, settings: Settings) -> dict:
 
 
 def cmd_styles_show(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
-    catalogue = load_styles(settings.styles_dir)
+    catalogue = load_catalogue(settings)
     style = catalogue.get(args.style)
     if style is None:
         close = catalogue.suggest(args.style)
@@ -84,9 +85,9 @@ def cmd_styles_previews(args: argparse.Namespace, settings: Settings) -> int:
     from engine.generation.preview_drawing import draw_preview
     from engine.generation.previews import preview_file, shown_preview
     from engine.models.base_model import load_base_pipeline
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
-    catalogue = load_styles(settings.styles_dir)
+    catalogue = load_catalogue(settings)
     wanted = [part.strip() for part in args.only.split(",")] if args.only else list(catalogue.styles)
     unknown = [style_id for style_id in wanted if catalogue.get(style_id) is None]
     if unknown:
@@ -108,9 +109,9 @@ def cmd_styles_previews(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
     from engine.models.files import style_lora_problems
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
-    catalogue = load_styles(settings.styles_dir)
+    catalogue = load_catalogue(settings)
     problems = [*catalogue.problems, *style_lora_problems(catalogue)]
     if args.json:
         print_json({"styles": len(catalogue.styles),
@@ -120,6 +121,37 @@ def cmd_styles_check(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {problem}", file=sys.stderr)
         console.print(f"{len(catalogue.styles)} styles loaded, {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def cmd_styles_add(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.generation.owner_styles import add_style
+
+    added = add_style(settings, args.id, args.lora, args.prompt, weight=args.weight, negative=args.negative or "",
+                      family=args.family, name=args.name, weight_name=args.file, revision=args.revision)
+    report(args, {"id": added.style.id, "path": str(added.path), "lora": added.style.lora and
+                  added.style.lora.reference},
+           f"Style {added.style.id} added at {added.path}; members can pick it now. Its preview is drawn by "
+           "`facechain styles previews --only " + added.style.id + "` (or the worker, on a GPU machine).")
+    return 0
+
+
+def cmd_styles_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.generation.owner_styles import remove_style
+
+    path = remove_style(settings, args.id)
+    report(args, {"id": args.id, "removed": str(path)}, f"Style {args.id} removed ({path}).")
+    return 0
+
+
+def cmd_styles_import(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.generation.owner_styles import import_facechain_styles
+
+    added = import_facechain_styles(settings, [Path(path) for path in args.files])
+    report(args, [{"id": a.style.id, "path": str(a.path), "lora": a.style.lora and a.style.lora.reference}
+                  for a in added],
+           f"Imported {len(added)} style(s): {', '.join(a.style.id for a in added)}. `facechain models pull` "
+           "fetches their LoRAs.")
+    return 0
 
 
 # --- the commands --------------------------------------------------------------------------------
@@ -134,3 +166,17 @@ def register(commands) -> None:
                        "draw a sample per style with the base model (no face), cached for /facechain styles")
     previews.add_argument("--only", metavar="IDS", help="comma-separated style ids (default: every style)")
     previews.add_argument("--force", action="store_true", help="draw again even where a preview exists")
+    add = command(styles, "add", cmd_styles_add,
+                  "add a style of your own (kept in the data folder): words, and optionally a style LoRA")
+    add.add_argument("id", metavar="ID", help="lowercase letters, digits, '-' or '_'")
+    add.add_argument("--prompt", required=True, help="the style's words")
+    add.add_argument("--lora", metavar="FILE|HUB-ID|modelscope:ID", help="a .safetensors LoRA for Stable Diffusion 1.5")
+    add.add_argument("--file", metavar="NAME", help="with a hub --lora: the .safetensors file of the repository")
+    add.add_argument("--revision", help="with a hub --lora: a branch, tag or commit")
+    add.add_argument("--weight", type=float, default=0.35, help="the LoRA's weight (FaceChain uses 0.25-0.45)")
+    add.add_argument("--negative", help="words the style avoids (added to its family's)")
+    add.add_argument("--family", default="photo", help="photo, illustration, painting, ... (styles/_families.toml)")
+    add.add_argument("--name", help="the name members see (default: from the id)")
+    command(styles, "remove", cmd_styles_remove, "remove a style you added").add_argument("id", metavar="ID")
+    imported = command(styles, "import", cmd_styles_import, "import FaceChain's own style files (its JSON format)")
+    imported.add_argument("files", nargs="+", metavar="FILE.json")

@@ -202,10 +202,10 @@ def _queue_teaser(worker: Worker, job: Job) -> int | None:
     """Two preview portraits while the first face model trains (behind trained members' portraits)."""
     import logging
 
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
     style = worker.settings.training_preview_style
-    if load_styles(worker.settings.styles_dir).get(style) is None:
+    if load_catalogue(worker.settings).get(style) is None:
         logging.getLogger(__name__).warning(
             "FACECHAIN_TRAINING_PREVIEW_STYLE=%s is not a style: no preview portraits", style)
         return None
@@ -263,13 +263,13 @@ def _generate_gather(worker: Worker, job: Job):
     from engine.generation.portrait import portrait_inputs
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import guild_settings
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
     params = job.params
     # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
     server = guild_settings(worker.store, job.guild_id) if job.guild_id else None
     return portrait_inputs(
-        worker.store, worker.settings, load_styles(worker.settings.styles_dir), job.user_id, params.get("style", ""),
+        worker.store, worker.settings, load_catalogue(worker.settings), job.user_id, params.get("style", ""),
         count=int(params.get("count", 4)), seed=params.get("seed"), variation_of=params.get("variation_of"),
         show_flagged=may_show_flagged(server.nsfw_policy if server else "block", bool(params.get("age_restricted"))),
         fast=params.get("fast"), words=params.get("prompt") or "", blocked_words=server.blocked_words if server else ())
@@ -280,12 +280,12 @@ def _teaser_gather(worker: Worker, job: Job):
     from engine.generation.portrait import portrait_inputs
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import server_nsfw_policy
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
     if worker.store.ready_face_model(job.user_id) is not None:
         return Finished({"skipped": "the face model is ready", "portraits": []})
     policy = server_nsfw_policy(worker.store, job.guild_id)
-    return portrait_inputs(worker.store, worker.settings, load_styles(worker.settings.styles_dir), job.user_id,
+    return portrait_inputs(worker.store, worker.settings, load_catalogue(worker.settings), job.user_id,
                            job.params["style"], count=int(job.params.get("count", 2)),
                            show_flagged=may_show_flagged(policy, False), teaser=True)
 
@@ -400,9 +400,9 @@ def _swap_abandon(worker: Worker, job: Job, inputs: SwapInputs, error: Exception
 
 def _upscale_gather(worker: Worker, job: Job):
     from engine.generation.upscale import upscale_inputs
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
-    return upscale_inputs(worker.store, worker.settings, load_styles(worker.settings.styles_dir), job.user_id,
+    return upscale_inputs(worker.store, worker.settings, load_catalogue(worker.settings), job.user_id,
                           int(job.params["portrait_id"]), show_flagged=_show_flagged(worker, job))
 
 
@@ -422,9 +422,9 @@ def _upscale_record(worker: Worker, job: Job, inputs, drawn) -> dict:
 
 
 def _preview_gather(worker: Worker, job: Job):
-    from engine.styles import load_styles
+    from engine.styles import load_catalogue
 
-    style = load_styles(worker.settings.styles_dir).get(job.params.get("style", ""))
+    style = load_catalogue(worker.settings).get(job.params.get("style", ""))
     if style is None:
         raise FaceChainError(f"No style {job.params.get('style')!r} to draw a preview of (removed meanwhile).")
     return style

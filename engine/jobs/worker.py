@@ -138,10 +138,10 @@ class Worker:
         if not force and (self.settings.device not in ("auto", "cuda") or not _has_cuda()):
             return 0
         from engine.generation.previews import PREVIEW_USER, missing_previews
-        from engine.styles import load_styles
+        from engine.styles import load_catalogue
 
         queued = {job.params.get("style") for job in self.queue.active_jobs(user_id=PREVIEW_USER)}
-        missing = [s for s in missing_previews(self.settings, load_styles(self.settings.styles_dir))
+        missing = [s for s in missing_previews(self.settings, load_catalogue(self.settings))
                    if s.id not in queued]
         for style in missing:
             self.queue.enqueue("preview", PREVIEW_USER, {"style": style.id})

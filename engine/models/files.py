@@ -42,9 +42,9 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
     if settings.fast_lora.strip():
         models.append(NamedModel("fast-mode LoRA", settings.fast_lora, "FACECHAIN_FAST_LORA", "file", WEIGHTS_FILE))
     if include_styles:
-        from engine.styles import load_styles
+        from engine.styles import load_catalogue
 
-        for style in load_styles(settings.styles_dir).styles.values():
+        for style in load_catalogue(settings).styles.values():
             if style.lora is not None:
                 models.append(NamedModel(f"style {style.id} LoRA", style.lora.reference, style.lora_setting, "file",
                                          style.lora.weight_name or WEIGHTS_FILE, style.lora.revision))
@@ -115,7 +115,7 @@ def style_lora_problems(catalogue) -> list:
         model = NamedModel(f"style {style.id} LoRA", style.lora.reference, style.lora_setting, "file",
                            style.lora.weight_name or WEIGHTS_FILE, style.lora.revision)
         path = where_is(model)
-        where = catalogue.folder / f"{style.id}.toml"
+        where = style.file or catalogue.folder / f"{style.id}.toml"
         if path is None:
             if parse_model_reference(model.reference).kind == "local":
                 problems.append(StyleProblem(where, "lora.reference", f"{model.reference} does not exist"))
