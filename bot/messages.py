@@ -30,7 +30,8 @@ HELP_LINES = [
     ("/facechain styles", "Browse the styles."),
     ("/facechain status", "Your face model and queued requests (with cancel buttons)."),
     ("/facechain swap", "Your face on a photo you bring: no face model needed, right after you enroll."),
-    ("/facechain me", "Your enrolled photos, numbered, and your face model; remove one photo (then it retrains)."),
+    ("/facechain me", "Your enrolled photos, numbered, and your face model; how portraits describe you; remove one "
+                      "photo (then it retrains)."),
     ("/facechain forget", "Delete everything FaceChain stores about you."),
     ("/facechain-admin settings", "Server admins: gallery channel, daily quota, allowed styles, NSFW policy."),
     ("/facechain-admin queue", "Server admins: this server's queued jobs."),
