@@ -1,0 +1,127 @@
+"""Preset poses as data, like styles: one TOML file each in `poses/` (body points and a framing), drawn
+here as the OpenPose skeleton a pose ControlNet reads, and as a preview for people.
+
+The skeleton follows ControlNet's openpose convention (controlnet_aux draws the same): the 18 COCO
+body points, 17 limbs as soft ellipses in a fixed rainbow, each point a dot of its own colour, on black.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import tomllib
+from PIL import Image, ImageDraw
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.errors import FaceChainError
+
+POSES_DIR = Path(__file__).resolve().parent.parent.parent / "poses"
+# OpenPose's body points in its order: the index is what the skeleton's colours and limbs refer to.
+POINTS = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+          "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+          "right_eye", "left_eye", "right_ear", "left_ear")
+LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+         (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))
+COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+           (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
+           (170, 0, 255), (255, 0, 255), (255, 0, 85), (255, 0, 170))
+# The limbs' width and the dots' radius on a 512 px wide picture (scaled with the width).
+LIMB_WIDTH, DOT_RADIUS = 4, 4
+LIMB_OPACITY = 0.6
+# A portrait's shape: 2 wide by 3 high, as FaceChain's pose presets.
+DEFAULT_SIZE = (512, 768)
+
+Point = tuple[float, float]
+
+
+class Pose(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    name: str = Field(min_length=1, max_length=60)
+    description: str = Field(min_length=1, max_length=200)
+    framing: Literal["upper", "full"]  # upper body or full body, FaceChain's two framings
+    points: dict[Literal[POINTS], tuple[float, float]]
+    file: Path | None = Field(default=None, exclude=True)
+
+    def model_post_init(self, context) -> None:
+        outside = [name for name, (x, y) in self.points.items() if not (0 <= x <= 1 and 0 <= y <= 1)]
+        if outside:
+            raise ValueError(f"points outside the picture (x and y go from 0 to 1): {', '.join(outside)}")
+        if missing := {"nose", "neck"} - set(self.points):
+            raise ValueError(f"a pose needs at least the {' and the '.join(sorted(missing))}")
+
+
+@dataclass
+class PoseCatalogue:
+    poses: dict[str, Pose]
+    problems: list[str]
+
+    def get(self, pose_id: str) -> Pose | None:
+        return self.poses.get(pose_id)
+
+
+def load_poses(folder: Path | None = None) -> PoseCatalogue:
+    """Every pose file in the folder; a broken one is reported by file and reason, the others load."""
+    poses, problems = {}, []
+    for path in sorted(Path(folder or POSES_DIR).glob("*.toml")):
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            pose = Pose.model_validate({"id": path.stem, **data}).model_copy(update={"file": path})
+        except ValidationError as error:
+            problems += [f"{path}: {_where(item['loc'])}{item['msg'].removeprefix('Value error, ')}"
+                         for item in error.errors()]
+            continue
+        except (tomllib.TOMLDecodeError, OSError) as error:
+            problems.append(f"{path}: not a readable TOML file ({error})")
+            continue
+        poses[pose.id] = pose
+    return PoseCatalogue(poses, problems)
+
+
+def _where(location: tuple) -> str:
+    return f"{'.'.join(map(str, location))}: " if location else ""
+
+
+def find_pose(catalogue: PoseCatalogue, pose_id: str) -> Pose:
+    pose = catalogue.get(pose_id)
+    if pose is None:
+        raise FaceChainError(f"Unknown pose {pose_id!r}: one of {', '.join(catalogue.poses)}.")
+    return pose
+
+
+def skeleton(pose: Pose, size: tuple[int, int] = DEFAULT_SIZE) -> Image.Image:
+    """The pose as the OpenPose skeleton a pose ControlNet reads: `size` is (width, height)."""
+    width, height = size
+    canvas = np.zeros((height, width, 3), np.uint8)
+    scale = width / 512
+    at = {POINTS.index(name): (x * width, y * height) for name, (x, y) in pose.points.items()}
+    for index, (start, end) in enumerate(LIMBS):
+        if start not in at or end not in at:
+            continue
+        (x1, y1), (x2, y2) = at[start], at[end]
+        length = math.hypot(x2 - x1, y2 - y1)
+        angle = math.degrees(math.atan2(y2 - y1, x2 - x1))
+        polygon = cv2.ellipse2Poly((round((x1 + x2) / 2), round((y1 + y2) / 2)),
+                                   (round(length / 2), max(1, round(LIMB_WIDTH * scale))), round(angle), 0, 360, 1)
+        limb = canvas.copy()
+        cv2.fillConvexPoly(limb, polygon, COLOURS[index])
+        canvas = cv2.addWeighted(canvas, 1 - LIMB_OPACITY, limb, LIMB_OPACITY, 0)
+    for index, (x, y) in at.items():
+        cv2.circle(canvas, (round(x), round(y)), max(1, round(DOT_RADIUS * scale)), COLOURS[index], thickness=-1)
+    return Image.fromarray(canvas)
+
+
+def preview(pose: Pose, width: int = 192) -> Image.Image:
+    """A small picture for people: the skeleton with the pose's name and framing under it."""
+    drawn = skeleton(pose, (width, width * 3 // 2))
+    card = Image.new("RGB", (width, drawn.height + 28), (24, 24, 24))
+    card.paste(drawn, (0, 0))
+    label = f"{pose.name} ({'upper body' if pose.framing == 'upper' else 'full body'})"
+    ImageDraw.Draw(card).text((6, drawn.height + 7), label, fill=(235, 235, 235), font_size=13)
+    return card
