@@ -278,3 +278,23 @@ def test_a_job_that_ends_while_its_queued_line_is_shown_still_ends_on_its_outcom
 
     asyncio.run(scenario())
     assert edits[0].startswith("⏳ Portraits: queued #1") and edits[-1].startswith("✖️ Cancelled")
+
+
+def test_me_marks_the_face_engines_reading_as_a_suggestion_only():
+    import asyncio
+
+    from bot.messages import SUBJECT_LABELS
+    from bot.views import MeView
+
+    async def options(subject: str, suggested: str | None) -> dict[str, tuple[bool, str | None]]:
+        async def nothing(*args) -> None:
+            return None
+
+        view = MeView(1, [], nothing, nothing, SUBJECT_LABELS, subject, suggested, nothing)
+        [menu] = [item for item in view.children if getattr(item, "placeholder", "") == "Portraits describe me as…"]
+        return {o.value: (o.default, o.description) for o in menu.options}
+
+    shown = asyncio.run(options("person", "woman"))
+    assert shown["person"] == (True, None)  # what describes them is their own choice
+    assert shown["woman"] == (False, "suggested from your photos")
+    assert asyncio.run(options("woman", "woman"))["woman"] == (True, None)  # chosen: no note
