@@ -218,3 +218,16 @@ def test_doctor_says_where_the_face_parser_stands(tmp_path):
     (broken / "config.json").write_text('{"model_type": "segformer", "id2label": {"0": "cat"}}')
     check = check_face_parser(load_settings(_env_file=None, face_parser=str(broken)))
     assert check.status == "fail" and "FACECHAIN_FACE_PARSER" in check.fix
+
+
+def test_five_landmarks_still_give_a_head_mask(aligned_crops):
+    """A backend that gives five points (eyes, nose tip, mouth corners) gets a mask from its face box."""
+    aligned = aligned_crops["biden/biden1.jpg"]
+    points = aligned.landmarks
+    five = np.array([points[36:42].mean(axis=0), points[42:48].mean(axis=0), points[30], points[48], points[54]])
+    mask = landmark_head_mask(aligned.crop, five, aligned.face_box)
+    head = mask.head > 0.5
+    assert head[region(head.shape, points[:27])].mean() > 0.95  # the face (by the 68 points) is inside
+    for corner in (head[:64, :64], head[:64, -64:], head[-64:, :64], head[-64:, -64:]):
+        assert corner.mean() < 0.02
+    assert 0.02 < mask.skin.mean() < 0.4
