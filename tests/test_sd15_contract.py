@@ -51,9 +51,11 @@ def sd15(tmp_path_factory):
     torch.manual_seed(1)
     vae_config = AutoencoderKL.load_config(folder / "vae")
     AutoencoderKL.from_config(vae_config).to(torch.float16).save_pretrained(root / "sd-vae-ft-mse")
+    from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    with init_empty_weights():  # the LoRAs need the modules' names and shapes, not 860M random weights
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
     make_random_lora(unet, root / "styles-lora" / "watercolor.safetensors", rank=8, kohya=True, seed=2)
     make_random_lora(unet, root / "lcm-lora-sdv1-5" / WEIGHTS_FILE, rank=8, kohya=True, seed=3)
     del unet
