@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
 OWNER_STYLES = "styles"  # the folder, in the data folder, of the styles a server owner added
@@ -179,11 +182,11 @@ def style_files(folder: Path | None) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.toml") if not p.name.startswith("_")) if folder else []
 
 
-def owner_styles_folder(settings) -> Path:
+def owner_styles_folder(settings: Settings) -> Path:
     return Path(settings.data_dir) / OWNER_STYLES
 
 
-def load_catalogue(settings) -> StyleCatalogue:
+def load_catalogue(settings: Settings) -> StyleCatalogue:
     """The styles this bot offers: the shipped ones (or FACECHAIN_STYLES_DIR's) and those its owner added."""
     return load_styles(settings.styles_dir, owner_styles_folder(settings))
 

@@ -93,15 +93,14 @@ def import_facechain_styles(settings: Settings, files: list[Path]) -> list[Added
     """FaceChain's own style files (styles/<base>/*.json: name, add_prompt_style, model_id, revision,
     bin_file, multiplier_style, multiplier_human) as styles; the LoRA is fetched by `models pull`."""
     read = [(path, _facechain_style(path)) for path in files]  # every file checked before one is written
-    ids = [_imported_id(path, data) for path, data in read]
+    names = [_imported_names(path, data) for path, data in read]
+    ids = [style_id for style_id, _ in names]
     catalogue = load_catalogue(settings)
     if taken := [i for n, i in enumerate(ids) if catalogue.get(i) is not None or i in ids[:n]]:
         raise FaceChainError(f"Style id(s) taken: {', '.join(taken)} (imported before, or shipped); nothing was "
                              "imported. `facechain styles remove` an imported one to import it again.")
     added = []
-    for (path, data), style_id in zip(read, ids):
-        english = re.search(r"\(([^()]+)\)\s*$", data["name"])
-        title = (english.group(1) if english else data["name"]).strip()
+    for (path, data), (style_id, title) in zip(read, names):
         model_id = data.get("model_id")
         added.append(add_style(
             settings, style_id, f"modelscope:{model_id}" if model_id else None, data["add_prompt_style"],
@@ -112,10 +111,13 @@ def import_facechain_styles(settings: Settings, files: list[Path]) -> list[Added
     return added
 
 
-def _imported_id(path: Path, data: dict) -> str:
-    """From the English name FaceChain puts in brackets ("拍立得风(Polaroid style)"), else the file name."""
+def _imported_names(path: Path, data: dict) -> tuple[str, str]:
+    """(id, name): from the English name FaceChain puts in brackets ("拍立得风(Polaroid style)"), else
+    the whole name and the file's name."""
     english = re.search(r"\(([^()]+)\)\s*$", data["name"])
-    return re.sub(r"[^a-z0-9]+", "-", (english.group(1) if english else path.stem).lower()).strip("-")[:40] or "style"
+    title = (english.group(1) if english else data["name"]).strip()
+    style_id = re.sub(r"[^a-z0-9]+", "-", (english.group(1) if english else path.stem).lower()).strip("-")[:40]
+    return style_id or "style", title
 
 
 def _facechain_style(path: Path) -> dict:

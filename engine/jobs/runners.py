@@ -166,6 +166,7 @@ def _enroll_compute(models: LoadedModels, inputs, context: JobContext):
 
 def _enroll_record(worker: Worker, job: Job, inputs, checked) -> dict:
     from engine.preprocess.enroll import record_enrollment
+    from engine.store.members import queue_training
 
     report = record_enrollment(worker.store, inputs, checked)
     _delete_uploads(job)  # after any other error they stay for the retry (maintenance clears old ones)
@@ -178,7 +179,7 @@ def _enroll_record(worker: Worker, job: Job, inputs, checked) -> dict:
             except QueueLimit:
                 pass
         try:
-            result["train_job_id"] = _queue_training(worker, job)
+            result["train_job_id"] = queue_training(worker.queue, job.user_id, job.guild_id, job.channel_id)
         except QueueLimit as limit:  # the photos are enrolled; training can be asked for later
             result["train_error"] = str(limit)
     return result
@@ -187,15 +188,6 @@ def _enroll_record(worker: Worker, job: Job, inputs, checked) -> dict:
 def _delete_uploads(job: Job) -> None:
     for upload in job.params.get("uploads", []):
         Path(upload["path"]).unlink(missing_ok=True)
-
-
-def _queue_training(worker: Worker, job: Job) -> int:
-    """Queue a training on the new photos. A queued one reads the photos when it starts, so it is
-    reused; a running one (only with several workers) finishes on the photos it has."""
-    active = [j for j in worker.queue.active_jobs(user_id=job.user_id) if j.kind == "train"]
-    if active:
-        return active[0].id
-    return worker.queue.enqueue("train", job.user_id, {}, guild_id=job.guild_id, channel_id=job.channel_id).id
 
 
 def _queue_teaser(worker: Worker, job: Job) -> int | None:

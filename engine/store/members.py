@@ -81,12 +81,20 @@ def change_subject(store: Store, queue: SqliteJobQueue, user_id: str, subject: s
     return SubjectChange(subject, trigger, True, train_job_id)
 
 
-def retrain(queue: SqliteJobQueue, user_id: str, guild_id: str | None, channel_id: str | None) -> int | None:
-    """Queue a training on the member's current photos and words. One already waiting is reused (it
-    reads them when it starts); a running one trains again when it ends if they changed meanwhile."""
+def queue_training(queue: SqliteJobQueue, user_id: str, guild_id: str | None = None,
+                   channel_id: str | None = None) -> int:
+    """A training on the member's current photos and words: one already waiting is reused (it reads them
+    when it starts); a running one trains again when it ends if they changed meanwhile. QueueLimit
+    when the server's quota is spent."""
     active = [job for job in queue.active_jobs(user_id=user_id) if job.kind == "train"]
+    return active[0].id if active else queue.enqueue("train", user_id, {}, guild_id=guild_id,
+                                                     channel_id=channel_id).id
+
+
+def retrain(queue: SqliteJobQueue, user_id: str, guild_id: str | None, channel_id: str | None) -> int | None:
+    """`queue_training` after a change the member made: the change stands even when the quota is spent
+    (None: training can be asked for later)."""
     try:
-        return active[0].id if active else queue.enqueue("train", user_id, {}, guild_id=guild_id,
-                                                         channel_id=channel_id).id
-    except QueueLimit:  # a quota: the change stands all the same; training can be asked for later
+        return queue_training(queue, user_id, guild_id, channel_id)
+    except QueueLimit:
         return None
