@@ -10,6 +10,10 @@ and bf16, with classic attention instead of SDPA, channels-last, and torch.compi
 for it, the memory fraction set) beside the uncapped run. Each run reports wall time, peak GPU
 memory and the achieved TFLOP/s (FLOPs counted with torch's FlopCounterMode) next to the GPU's
 datasheet peak. Pictures from random weights are noise; only time and memory mean anything.
+
+On a short GPU lease, `--measure-steps N` times each training at N/4 and N steps and projects the full
+run from the two (fixed cost + per-step cost, the label says so); the figures are written after each
+section, so a run cut short still leaves what it measured.
 """
 
 from __future__ import annotations
@@ -82,6 +86,20 @@ def linear_flops(run_with_steps, steps: int) -> float:
     return one + (two - one) * (steps - 1)
 
 
+def timed_training(label: str, train, steps: int, flops: float, cuda: bool, measure_steps: int | None) -> dict:
+    """Time `train(steps)`; with `measure_steps` below `steps`, time N/4 and N steps and project the rest."""
+    if not measure_steps or measure_steps >= steps:
+        return asdict(measure(label, lambda: train(steps), flops, cuda))
+    short_steps = max(1, measure_steps // 4)
+    short = measure(f"{label}: {short_steps} steps", lambda: train(short_steps), None, cuda)
+    long = measure(f"{label}: {measure_steps} steps", lambda: train(measure_steps), None, cuda)
+    per_step = (long.seconds - short.seconds) / (measure_steps - short_steps)
+    projected = round(short.seconds + per_step * (steps - short_steps), 3)
+    print(f"{label}: {projected:.2f} s projected ({per_step * 1000:.0f} ms a step)")
+    return asdict(Measured(f"{label} (projected from {short_steps} and {measure_steps})", projected, long.peak_gib,
+                           round(flops / projected / 1e12, 3))) | {"measured_steps": measure_steps}
+
+
 def training_crops(scratch: Path, count: int, size: int = 512) -> list[Path]:
     """`count` square crops of the test selfies (repeated to make up the count). Centre crops, not
     face-aligned ones: timing needs no face model, so the script runs where dlib is not installed."""
@@ -102,6 +120,8 @@ def main() -> None:
     parser = bench_arguments(__doc__)
     parser.add_argument("--smoke", action="store_true", help="the tiny model at 64 px: checks the script anywhere")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run (minutes to compile)")
+    parser.add_argument("--measure-steps", type=int, metavar="N",
+                        help="time training at N/4 and N steps and project the full run (a short GPU lease)")
     args = parser.parse_args()
     smoke = args.smoke
     cuda = torch.cuda.is_available()
@@ -119,8 +139,12 @@ def main() -> None:
     print(f"device: {device_name} (datasheet peak {peak or '?'} TFLOP/s); torch {torch.__version__}; "
           f"dtype {base.plan.dtype_name}; model ready in {time.perf_counter() - start:.0f} s")
 
+    figures = {"measured_on": machine_facts(), "device": device_name, "peak_tflops": peak,
+               "dtype": base.plan.dtype_name, "smoke": smoke, "resolution": resolution, "training": [],
+               "generation": [], "variants": [], "capped": [], "cap_gib": CAP_GIB}
+    training, generation, variants = figures["training"], figures["generation"], figures["variants"]
     crops = training_crops(scratch, max(photo_counts))
-    training, face_folder = [], None
+    face_folder = None
     for photos in photo_counts:
         steps = 1 * photos if smoke else min(settings.train_steps_per_photo * photos, settings.train_max_steps)
 
@@ -131,9 +155,10 @@ def main() -> None:
             return train_face_lora(base, crops[:photos], CAPTION, out, options)
 
         flops = linear_flops(train, steps)
-        training.append(asdict(measure(f"train {photos} photos, {steps} steps at {resolution}px",
-                                       lambda: train(steps), flops, cuda)) | {"photos": photos, "steps": steps})
+        training.append(timed_training(f"train {photos} photos, {steps} steps at {resolution}px", train, steps,
+                                       flops, cuda, args.measure_steps) | {"photos": photos, "steps": steps})
         face_folder = face_folder or scratch / f"face{photos}"
+        write_figures(args.json, figures)
 
     # A random LCM-LoRA in the published (kohya) format stands in for latent-consistency/lcm-lora-sdv1-5.
     lcm = make_random_lora(base.pipeline.unet, scratch / "lcm" / WEIGHTS_FILE, rank=64, kohya=True)
@@ -150,13 +175,23 @@ def main() -> None:
         run = measure(label, lambda: generator.generate(request(count, steps, fast_mode)), flops, cuda)
         return asdict(run) | {"count": count, "steps": steps, "fast": fast_mode}
 
-    generation = [portraits(f"{count} portraits x {steps} steps", count, steps)
-                  for steps in (slow, fast) for count in counts]
+    generation += [portraits(f"{count} portraits x {steps} steps", count, steps)
+                   for steps in (slow, fast) for count in counts]
     fast_steps = 2 if smoke else settings.fast_steps
     generation.append(portraits(f"{counts[0]} portraits, fast mode (LCM-LoRA, {fast_steps} steps)", counts[0],
                                 fast_steps, fast_mode=True))
+    if cuda and not smoke:
+        values = {"train_5_photos_s": training[0]["seconds"], "train_5_photos_peak_gib": training[0]["peak_gib"],
+                  "portraits_4x40_s": generation[0]["seconds"],
+                  "fast_4_s": next(g["seconds"] for g in generation if g.get("fast"))}
+        figures["targets"] = {key: {"target": TARGETS[key], "value": value, "met": value <= TARGETS[key]}
+                              for key, value in values.items()}
+        for key, verdict in figures["targets"].items():
+            print(f"target {key}: {verdict['value']:.2f} vs {verdict['target']:g}  "
+                  f"{'met' if verdict['met'] else 'MISSED'}")
+    write_figures(args.json, figures)
     headline = (counts[0], slow)
-    variants = [portraits(f"{base.plan.dtype_name} (as loaded)", *headline)]
+    variants.append(portraits(f"{base.plan.dtype_name} (as loaded)", *headline))
     unet = base.pipeline.unet
     if cuda:
         for dtype in (torch.float16, torch.bfloat16):
@@ -174,23 +209,13 @@ def main() -> None:
     unet.to(memory_format=torch.channels_last)
     variants.append(portraits("channels-last UNet", *headline))
     unet.to(memory_format=torch.contiguous_format)
-    if cuda and not args.no_compile:
+    write_figures(args.json, figures)
+    if cuda:
+        capped_steps = min(training[0]["steps"], args.measure_steps or training[0]["steps"])
+        figures["capped"] = capped_runs(base, settings, crops, capped_steps, resolution, portraits, headline)
+        write_figures(args.json, figures)
+    if cuda and not args.no_compile:  # last: compiling takes minutes and may fail
         variants.append(compiled_run(base, portraits, headline))
-    capped = capped_runs(base, settings, crops, training[0]["steps"], resolution, portraits, headline) if cuda else []
-
-    figures = {"measured_on": machine_facts(), "device": device_name, "peak_tflops": peak,
-               "dtype": base.plan.dtype_name, "smoke": smoke,
-               "resolution": resolution, "training": training, "generation": generation, "variants": variants,
-               "capped": capped, "cap_gib": CAP_GIB}
-    if cuda and not smoke:
-        values = {"train_5_photos_s": training[0]["seconds"], "train_5_photos_peak_gib": training[0]["peak_gib"],
-                  "portraits_4x40_s": generation[0]["seconds"],
-                  "fast_4_s": next(g["seconds"] for g in generation if g.get("fast"))}
-        figures["targets"] = {key: {"target": TARGETS[key], "value": value, "met": value <= TARGETS[key]}
-                              for key, value in values.items()}
-        for key, verdict in figures["targets"].items():
-            print(f"target {key}: {verdict['value']:.2f} vs {verdict['target']:g}  "
-                  f"{'met' if verdict['met'] else 'MISSED'}")
     write_figures(args.json, figures)
 
 
@@ -228,11 +253,11 @@ def under_cap(label: str, run) -> dict:
 
 
 def compiled_run(base: BasePipeline, portraits, headline: tuple[int, int]) -> dict:
-    """The headline case with the UNet compiled; the first call (compiling) is timed separately."""
-    pipeline = base.pipeline
-    eager = pipeline.unet
+    """The headline case with the UNet compiled; the first call (compiling) is timed separately. Compiled
+    in place (`Module.compile`): a `torch.compile` wrapper hides the UNet's adapters from peft."""
+    unet = base.pipeline.unet
     try:
-        pipeline.unet = torch.compile(eager)
+        unet.compile()
         start = time.perf_counter()
         result = portraits("torch.compile UNet", *headline)
         return result | {"compile_and_first_run_s": round(time.perf_counter() - start - result["seconds"], 1)}
@@ -240,7 +265,7 @@ def compiled_run(base: BasePipeline, portraits, headline: tuple[int, int]) -> di
         print(f"torch.compile failed: {type(error).__name__}: {error}")
         return {"label": "torch.compile UNet", "error": f"{type(error).__name__}: {str(error)[:300]}"}
     finally:
-        pipeline.unet = eager
+        unet._compiled_call_impl = None  # back to eager: Module.compile has no public undo
 
 
 if __name__ == "__main__":

@@ -96,6 +96,21 @@ def test_the_gpu_script_runs_in_smoke_mode_and_its_figures_join_a_report(tmp_pat
     assert "is not the output of `bench/gpu_sd15.py --json`" in capsys.readouterr().err
 
 
+def test_only_refreshes_the_named_benchmarks_and_keeps_the_others(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    committed = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps(committed))
+    figures = committed["benchmarks"]["gpu_sd15"]["figures"] | {"device": "Stand-in GPU"}
+    (tmp_path / "gpu.json").write_text(json.dumps(figures))
+
+    assert main(["bench", "--only", "gpu_sd15", "--gpu-results", str(tmp_path / "gpu.json"), "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["benchmarks"]["gpu_sd15"]["figures"]["device"] == "Stand-in GPU"
+    assert merged["benchmarks"]["preprocess"] == committed["benchmarks"]["preprocess"]
+    assert "## Selfie preprocessing" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--only", "preprocess,warp_drive"], "Unknown benchmark(s): warp_drive"),
     (["--gpu"], "--gpu needs a CUDA GPU"),

@@ -94,6 +94,9 @@ def run_suite(out_dir: Path, quick: bool = False, gpu: bool = False, only: str |
         require_cuda()
     results = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
                "machine": machine_facts(), "benchmarks": {}}
+    earlier = out_dir / "results.json"
+    if only and earlier.is_file():  # --only refreshes those benchmarks and keeps the others' figures
+        results = json.loads(earlier.read_text())
     if gpu_run is not None:
         names = [name for name in names if name != GPU_SCRIPT]
         results["benchmarks"][GPU_SCRIPT] = gpu_run
