@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Fast mode: an LCM-LoRA for SD1.5 (a .safetensors file, a folder holding
     # pytorch_lora_weights.safetensors, a Hugging Face id or modelscope:<id>), drawn in few steps.
     fast_lora: str = "latent-consistency/lcm-lora-sdv1-5"
+    # Pose control: an OpenPose ControlNet for SD1.5 (a local folder, a Hugging Face id or modelscope:<id>),
+    # loaded the first time a portrait asks for a pose and sharing the base model's weights; empty = no poses.
+    pose_controlnet: str = "lllyasviel/control_v11p_sd15_openpose"
     # Portraits use fast mode unless the member asks otherwise; steps and guidance of fast mode.
     fast_by_default: bool = False
     fast_steps: int = Field(default=6, ge=1, le=50)

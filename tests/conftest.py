@@ -86,6 +86,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_controlnet(tiny_model, tmp_path_factory) -> Path:
+    """A random pose ControlNet shaped after the tiny model's UNet, as `facechain make-tiny-model` writes it."""
+    from engine.models.random_models import make_random_controlnet
+
+    return make_random_controlnet(tmp_path_factory.mktemp("controlnets") / "openpose", tiny_model)
+
+
+@pytest.fixture(scope="session")
 def safety_checkers(tmp_path_factory) -> dict[str, Path]:
     """Tiny random safety checkers saved like the real one: "flags_all" flags every image, "flags_none" none."""
     from engine.models.random_models import make_tiny_safety_checker

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 
 from engine.cli import main
-from engine.generation.poses import COLOURS, LIMBS, POINTS, load_poses, preview, skeleton
+from engine.generation.pose_drawing import COLOURS, LIMBS, preview, skeleton
+from engine.generation.poses import POINTS, load_poses
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 PRESETS = {"standing", "sitting", "arms-crossed", "over-the-shoulder", "hand-on-chin", "walking", "leaning", "waving"}

@@ -146,9 +146,10 @@ def test_a_faceless_batch_is_redrawn_once_then_delivered_unranked(store, analyze
     assert [p.similarity for p in result.portraits] == [None, None]
 
 
-def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_path):
+def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tiny_controlnet, tmp_path):
     for name, value in {"DATA_DIR": tmp_path / "data", "BASE_MODEL": tiny_model, "TRAIN_RESOLUTION": 64,
-                        "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 2, "DEVICE": "cpu"}.items():
+                        "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 2, "DEVICE": "cpu",
+                        "POSE_CONTROLNET": tiny_controlnet}.items():
         monkeypatch.setenv(f"FACECHAIN_{name}", str(value))
     assert main(["enroll", "--user", "u", *(str(DATA / p) for p in SELFIES)]) == 0
     capsys.readouterr()
@@ -166,8 +167,18 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tmp_pat
                  "--prompt", "holding a guitar", "--out", str(out), "--json"]) == 0
     captured = capsys.readouterr()
     portraits = json.loads(captured.out)
-    assert [set(p) for p in portraits] == [{"path", "similarity", "seed", "style", "nsfw", "prompt"}] * 2
+    assert [set(p) for p in portraits] == [{"path", "similarity", "seed", "style", "nsfw", "prompt", "pose"}] * 2
     assert "cyberpunk, neon lights" in portraits[0]["prompt"] and ", holding a guitar, " in portraits[0]["prompt"]
+    assert portraits[0]["pose"] is None
+
+    # In a preset pose: 2 wide by 3 high, and the JSON names the pose.
+    assert main(["portrait", "--user", "u", "--style", "cyberpunk", "--count", "1", "--pose", "waving",
+                 "--out", str(tmp_path / "posed"), "--json"]) == 0
+    posed = json.loads(capsys.readouterr().out)
+    assert posed[0]["pose"] == "waving" and Image.open(posed[0]["path"]).size == (64, 96)
+    assert main(["portrait", "--user", "u", "--style", "cyberpunk", "--count", "1", "--pose", "moonwalk",
+                 "--out", str(out)]) == 2
+    assert "Unknown pose 'moonwalk': one of" in capsys.readouterr().err
 
     # Sharper x2 of the first one: the same style and face LoRA, twice the size, a new file.
     assert main(["upscale", "--user", "u", portraits[0]["path"], "--out", str(tmp_path / "up"), "--json"]) == 0

@@ -111,15 +111,16 @@ def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
 
 def queue_portrait(args: argparse.Namespace, settings: Settings, store, catalogue) -> int:
     """Put a portrait request on the queue, as the bot does; it waits for the user's queued training."""
-    from engine.generation.requests import check_prompt_words, check_request
+    from engine.generation.requests import check_pose, check_prompt_words, check_request
     from engine.jobs.queue import open_queue
 
     queue = open_queue(settings, store)
     training = any(job.kind == "train" for job in queue.active_jobs(user_id=args.user))
     has_model = store.ready_face_model(args.user) is not None
     check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not training)
+    check_pose(settings, args.pose)
     params = {"style": args.style, "count": args.count, "seed": args.seed, "fast": args.fast,
-              "prompt": check_prompt_words(args.prompt or ""), "wait_for_training": not has_model}
+              "prompt": check_prompt_words(args.prompt or ""), "wait_for_training": not has_model, "pose": args.pose}
     job = queue.enqueue("generate", args.user, params)
     report(args, {"job_id": job.id}, f"Portraits of {args.user} queued as job {job.id}"
                                      + (", after the training queued for them" if not has_model else "") + ".")
@@ -130,7 +131,7 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     from engine.faces import get_analyzer
     from engine.generation.generate import PortraitGenerator
     from engine.generation.portrait import make_portraits
-    from engine.generation.requests import check_prompt_words, check_request
+    from engine.generation.requests import check_pose, check_prompt_words, check_request
     from engine.models.base_model import load_base_pipeline
     from engine.models.safety import load_safety_checker
     from engine.styles import load_catalogue
@@ -146,12 +147,14 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     if args.preview and not store.accepted_selfies(args.user):
         raise FaceChainError(f"User {args.user} has no enrolled selfies: run `facechain enroll` first.")
     words = check_prompt_words(args.prompt or "")
+    check_pose(settings, args.pose)
     base = load_base_pipeline(settings, on_progress=download_bar())
     safety = load_safety_checker(settings, base)
-    generator = PortraitGenerator(base, fast_lora=settings.fast_lora)
+    generator = PortraitGenerator(base, fast_lora=settings.fast_lora, pose_controlnet=settings.pose_controlnet)
     result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
-                            show_flagged=args.show_flagged, fast=args.fast, words=words, teaser=args.preview)
+                            show_flagged=args.show_flagged, fast=args.fast, words=words, teaser=args.preview,
+                            pose=args.pose)
     if result.notice:
         print(f"notice: {result.notice}", file=sys.stderr)
     if args.json:
@@ -160,7 +163,8 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
         for portrait in result.portraits:
             score = "unranked" if portrait.similarity is None else f"similarity {portrait.similarity:.3f}"
             flagged = ", flagged by the safety check" if portrait.nsfw else ""
-            console.print(f"{portrait.path} ({score}, seed {portrait.seed}{flagged})")
+            posed = f", pose {portrait.pose}" if portrait.pose else ""
+            console.print(f"{portrait.path} ({score}, seed {portrait.seed}{posed}{flagged})")
     return 0
 
 
@@ -202,6 +206,8 @@ def register(commands) -> None:
                                "training; results land in the data folder")
     portrait.add_argument("--prompt", metavar="WORDS", help="your own words, added to the style's prompt (at most 200 "
                                                              "characters)")
+    portrait.add_argument("--pose", metavar="NAME", help="a preset pose (`facechain poses list`): the portrait is "
+                                                          "drawn in it, 2 wide by 3 high")
     portrait.add_argument("--preview", action="store_true",
                           help="before the face model is trained: the base model with the enrolled face fused on")
     portrait.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,

@@ -31,7 +31,8 @@ def cmd_poses_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_poses_show(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.generation.poses import find_pose, load_poses, preview, skeleton
+    from engine.generation.pose_drawing import preview, skeleton
+    from engine.generation.poses import find_pose, load_poses
 
     pose = find_pose(load_poses(), args.pose)
     written = {}

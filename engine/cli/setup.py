@@ -73,11 +73,14 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.models.random_models import make_tiny_model
+    from engine.models.random_models import make_random_controlnet, make_tiny_model
 
     folder = make_tiny_model(Path(args.folder))
-    report(args, {"path": str(folder)},
-           f"Tiny random model written to {folder} (set FACECHAIN_BASE_MODEL={folder} to use it).")
+    controlnet = make_random_controlnet(folder / "controlnet-openpose", folder)
+    needed = {"FACECHAIN_BASE_MODEL": str(folder), "FACECHAIN_POSE_CONTROLNET": str(controlnet)}
+    report(args, {"path": str(folder), "settings": needed},
+           f"Tiny random model written to {folder}, with a pose ControlNet in it. To use them, set:\n"
+           + "\n".join(f"  {name}={value}" for name, value in needed.items()))
     return 0
 
 

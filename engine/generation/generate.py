@@ -9,15 +9,20 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from engine.errors import ModelMissing, ModelUnavailable
+from engine.generation.pose_control import CONDITIONING_SCALE, load_pose_controlnet, pose_pipeline, pose_size
+from engine.generation.pose_drawing import skeleton
+from engine.generation.poses import Pose
 from engine.models.base_model import BasePipeline
 from engine.models.references import hub_file, parse_model_reference
 from engine.preprocess.trigger import TRIGGER_TOKEN
@@ -36,6 +41,7 @@ QUALITY_NEGATIVE = ("paintings, sketches, worst quality, low quality, normal qua
                     "fingers, extra limbs, deformed, disfigured, blurry, multiple people")
 NEGATIVE_PROMPT = f"{NSFW_TERMS}, {QUALITY_NEGATIVE}"
 MAX_SEED = 2**31 - 1
+UPPER_BODY = re.compile(r"upper[_ ]body( portrait)?")
 # Adapter names are unique in the process: generators may share one base pipeline.
 _adapter_ids = itertools.count()
 
@@ -58,6 +64,12 @@ class PortraitRequest:
     # few steps and low guidance in `steps` and `guidance`).
     fast: bool = False
     words: str = ""  # the member's own words, added after the style's prompt (checked before)
+    # A body pose the OpenPose ControlNet holds the portrait to; it is then drawn 2 wide by 3 high.
+    pose: Pose | None = None
+
+    @property
+    def width_height(self) -> tuple[int, int]:
+        return pose_size(self.size) if self.pose is not None else (self.size, self.size)
 
 
 @dataclass
@@ -66,10 +78,13 @@ class Candidate:
     seed: int
 
 
-def build_prompt(trigger: str, style: Style, words: str = "") -> str:
+def build_prompt(trigger: str, style: Style, words: str = "", pose: Pose | None = None) -> str:
     """Trigger, the member's phrase, the style's prompt and the member's own words, then the style's
-    frame (its family's, from the catalogue)."""
-    parts = [TRIGGER_TOKEN, trigger, style.prompt, words, style.frame or PORTRAIT_PROMPT]
+    frame (its family's, from the catalogue), framed as the pose is when there is one."""
+    frame = style.frame or PORTRAIT_PROMPT
+    if pose is not None and pose.framing == "full":  # the frames say upper body: the pose shows all of it
+        frame = UPPER_BODY.sub("full body", frame).replace("medium shot", "wide shot")
+    parts = [TRIGGER_TOKEN, trigger, style.prompt, words, frame]
     return ", ".join(part for part in parts if part)
 
 
@@ -131,10 +146,13 @@ class StyleUnavailable(ModelMissing):
 
 
 class PortraitGenerator:
-    def __init__(self, base: BasePipeline, max_adapters: int = 8, fast_lora: str = "") -> None:
+    def __init__(self, base: BasePipeline, max_adapters: int = 8, fast_lora: str = "",
+                 pose_controlnet: str = "") -> None:
         self.base = base
         self.max_adapters = max_adapters
         self.fast_lora = fast_lora  # the LCM-LoRA reference (FACECHAIN_FAST_LORA)
+        self.pose_controlnet = pose_controlnet  # FACECHAIN_POSE_CONTROLNET, loaded at the first pose
+        self._pose_pipeline = None
         self._adapters: OrderedDict[str, str] = OrderedDict()  # source key -> adapter name
         self._schedulers: dict[str, object] = {}
 
@@ -246,23 +264,51 @@ class PortraitGenerator:
         first_seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED - request.count)
         seeds = [first_seed + index for index in range(request.count)]
         steps = request.steps or request.style.sampler.steps
+        width, height = request.width_height
         callback = None
         if on_step is not None:
             def callback(pipe, step, timestep, kwargs):
                 on_step(step + 1, steps)
                 return kwargs
-        images = self.base.pipeline(
-            prompt=[build_prompt(request.trigger, request.style, request.words)] * request.count,
-            negative_prompt=[build_negative_prompt(request.style)] * request.count,
-            num_inference_steps=steps,
-            guidance_scale=request.guidance if request.guidance is not None else request.style.sampler.guidance,
-            height=request.size, width=request.size,
-            # One CPU generator per image: a seed gives the same picture alone or in a batch (to float rounding).
-            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-            latents=self._variation_latents(request, seeds),
-            callback_on_step_end=callback,
-        ).images
+        pose = {} if request.pose is None else {"image": skeleton(request.pose, (width, height)),
+                                                "controlnet_conditioning_scale": CONDITIONING_SCALE}
+        with self._pipeline_for(request) as pipeline:
+            images = pipeline(
+                prompt=[build_prompt(request.trigger, request.style, request.words, request.pose)] * request.count,
+                negative_prompt=[build_negative_prompt(request.style)] * request.count,
+                num_inference_steps=steps,
+                guidance_scale=request.guidance if request.guidance is not None else request.style.sampler.guidance,
+                height=height, width=width,
+                # One CPU generator per image: a seed gives the same picture alone or in a batch (to float rounding).
+                generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+                latents=self._variation_latents(request, seeds),
+                callback_on_step_end=callback,
+                **pose,
+            ).images
         return [Candidate(image, seed) for image, seed in zip(images, seeds)]
+
+    @contextmanager
+    def _pipeline_for(self, request: PortraitRequest) -> Iterator[object]:
+        """The base pipeline, or for a pose the ControlNet pipeline on the same models (made at the first pose)."""
+        base = self.base
+        if request.pose is None:
+            yield base.pipeline
+            return
+        if self._pose_pipeline is None:
+            self._pose_pipeline = pose_pipeline(base, load_pose_controlnet(self.pose_controlnet, base))
+        posed = self._pose_pipeline
+        posed.scheduler = base.pipeline.scheduler  # the request's sampler, set by _activate
+        if not base.plan.cpu_offload:
+            posed.controlnet.to(base.device)  # a no-op unless it was made under offload
+            yield posed
+            return
+        # Offload's hooks belong to one pipeline; the two share their models, so the hooks go with the
+        # one drawing, and back to the base pipeline after.
+        posed.enable_model_cpu_offload(device=base.device)
+        try:
+            yield posed
+        finally:
+            base.pipeline.enable_model_cpu_offload(device=base.device)
 
     def _variation_latents(self, request: PortraitRequest, seeds: list[int]):
         """Starting noise near `request.variation_of`'s, or None for the pipeline's own."""
@@ -271,8 +317,9 @@ class PortraitGenerator:
         import torch
 
         pipeline = self.base.pipeline
-        side = request.size // pipeline.vae_scale_factor
-        shape = (pipeline.unet.config.in_channels, side, side)
+        width, height = request.width_height
+        shape = (pipeline.unet.config.in_channels, height // pipeline.vae_scale_factor,
+                 width // pipeline.vae_scale_factor)
 
         def noise(seed: int):
             return torch.randn(shape, generator=torch.Generator().manual_seed(seed))

@@ -20,7 +20,7 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.generation.generate import PortraitGenerator, PortraitRequest, build_prompt
-from engine.generation.requests import CheckedRequest, check_prompt_words, check_request
+from engine.generation.requests import CheckedRequest, check_pose, check_prompt_words, check_request
 from engine.models.safety import SafetyChecker
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
@@ -47,10 +47,11 @@ class SavedPortrait:
     style: str
     nsfw: bool = False
     prompt: str = ""  # the full prompt it was drawn with
+    pose: str | None = None  # the preset pose it was drawn in
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "similarity": self.similarity, "seed": self.seed, "style": self.style,
-                "nsfw": self.nsfw, "prompt": self.prompt}
+                "nsfw": self.nsfw, "prompt": self.prompt, "pose": self.pose}
 
 
 @dataclass
@@ -167,6 +168,7 @@ def portrait_inputs(
     words: str = "",
     blocked_words: list[str] | tuple[str, ...] = (),
     teaser: bool = False,
+    pose: str | None = None,
 ) -> PortraitInputs:
     """Check a request and read what drawing it needs (FaceChainError says what is wrong)."""
     if teaser:  # while the face model trains: the base model and the style, the enrolled face fused on
@@ -178,12 +180,13 @@ def portrait_inputs(
     else:
         checked = check_request(store, settings, catalogue, user_id, style_id, count)
     words = check_prompt_words(words, blocked_words)
+    posed = check_pose(settings, pose)
     fast = settings.fast_by_default if fast is None else fast
     request = PortraitRequest(style=checked.style, trigger=checked.trigger, face_model=None,
                               count=settings.portrait_candidates, seed=seed, size=settings.portrait_size,
                               variation_of=variation_of, fast=fast, words=words,
                               steps=settings.fast_steps if fast else None,
-                              guidance=settings.fast_guidance if fast else None)
+                              guidance=settings.fast_guidance if fast else None, pose=posed)
     return PortraitInputs(user_id, checked.style.id, request,
                           face_model_files(store, user_id) if checked.face_model else None,
                           member_face(store, user_id), count, show_flagged, teaser)
@@ -217,9 +220,11 @@ def draw_portraits(generator: PortraitGenerator, analyzer: FaceAnalyzer, setting
 def record_portraits(store: Store, inputs: PortraitInputs, drawn: DrawnPortraits, out_dir: Path | None = None,
                      job_id: int | None = None) -> PortraitResult:
     saved = save_portraits(store, inputs.user_id, inputs.style_id, drawn.portraits, out_dir, job_id)
-    prompt = build_prompt(inputs.request.trigger, inputs.request.style, inputs.request.words)
+    prompt = build_prompt(inputs.request.trigger, inputs.request.style, inputs.request.words, inputs.request.pose)
     notice = " ".join(filter(None, [TEASER_NOTICE, drawn.notice])) if inputs.teaser else drawn.notice
-    return PortraitResult([replace(portrait, prompt=prompt) for portrait in saved], notice or None, drawn.held_back)
+    pose = inputs.request.pose.id if inputs.request.pose else None
+    return PortraitResult([replace(portrait, prompt=prompt, pose=pose) for portrait in saved], notice or None,
+                          drawn.held_back)
 
 
 def make_portraits(

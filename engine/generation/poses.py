@@ -1,21 +1,13 @@
-"""Preset poses as data, like styles: one TOML file each in `poses/` (body points and a framing), drawn
-here as the OpenPose skeleton a pose ControlNet reads, and as a preview for people.
-
-The skeleton follows ControlNet's openpose convention (controlnet_aux draws the same): the 18 COCO
-body points, 17 limbs as soft ellipses in a fixed rainbow, each point a dot of its own colour, on black.
-"""
+"""Preset poses as data, like styles: one TOML file each in `poses/` (body points and a framing).
+`pose_drawing` draws them; this module only reads them, so the bot can offer them without OpenCV."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import cv2
-import numpy as np
 import tomllib
-from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import FaceChainError
@@ -25,18 +17,6 @@ POSES_DIR = Path(__file__).resolve().parent.parent.parent / "poses"
 POINTS = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
           "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
           "right_eye", "left_eye", "right_ear", "left_ear")
-LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
-         (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))
-COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
-           (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
-           (170, 0, 255), (255, 0, 255), (255, 0, 85), (255, 0, 170))
-# The limbs' width and the dots' radius on a 512 px wide picture (scaled with the width).
-LIMB_WIDTH, DOT_RADIUS = 4, 4
-LIMB_OPACITY = 0.6
-# A portrait's shape: 2 wide by 3 high, as FaceChain's pose presets.
-DEFAULT_SIZE = (512, 768)
-
-Point = tuple[float, float]
 
 
 class Pose(BaseModel):
@@ -93,35 +73,3 @@ def find_pose(catalogue: PoseCatalogue, pose_id: str) -> Pose:
     if pose is None:
         raise FaceChainError(f"Unknown pose {pose_id!r}: one of {', '.join(catalogue.poses)}.")
     return pose
-
-
-def skeleton(pose: Pose, size: tuple[int, int] = DEFAULT_SIZE) -> Image.Image:
-    """The pose as the OpenPose skeleton a pose ControlNet reads: `size` is (width, height)."""
-    width, height = size
-    canvas = np.zeros((height, width, 3), np.uint8)
-    scale = width / 512
-    at = {POINTS.index(name): (x * width, y * height) for name, (x, y) in pose.points.items()}
-    for index, (start, end) in enumerate(LIMBS):
-        if start not in at or end not in at:
-            continue
-        (x1, y1), (x2, y2) = at[start], at[end]
-        length = math.hypot(x2 - x1, y2 - y1)
-        angle = math.degrees(math.atan2(y2 - y1, x2 - x1))
-        polygon = cv2.ellipse2Poly((round((x1 + x2) / 2), round((y1 + y2) / 2)),
-                                   (round(length / 2), max(1, round(LIMB_WIDTH * scale))), round(angle), 0, 360, 1)
-        limb = canvas.copy()
-        cv2.fillConvexPoly(limb, polygon, COLOURS[index])
-        canvas = cv2.addWeighted(canvas, 1 - LIMB_OPACITY, limb, LIMB_OPACITY, 0)
-    for index, (x, y) in at.items():
-        cv2.circle(canvas, (round(x), round(y)), max(1, round(DOT_RADIUS * scale)), COLOURS[index], thickness=-1)
-    return Image.fromarray(canvas)
-
-
-def preview(pose: Pose, width: int = 192) -> Image.Image:
-    """A small picture for people: the skeleton with the pose's name and framing under it."""
-    drawn = skeleton(pose, (width, width * 3 // 2))
-    card = Image.new("RGB", (width, drawn.height + 28), (24, 24, 24))
-    card.paste(drawn, (0, 0))
-    label = f"{pose.name} ({'upper body' if pose.framing == 'upper' else 'full body'})"
-    ImageDraw.Draw(card).text((6, drawn.height + 7), label, fill=(235, 235, 235), font_size=13)
-    return card

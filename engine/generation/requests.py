@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.config import Settings
 from engine.errors import FaceChainError
+from engine.generation.poses import Pose, find_pose, load_poses
 from engine.store import Store
 from engine.styles import Style, StyleCatalogue, mentions
 
@@ -55,3 +56,12 @@ def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, u
             f"User {user_id} has no trained face model yet: enroll selfies, then `facechain train --user {user_id}`.")
     # The words the face model learned the face with (a changed subject applies from its retraining on).
     return CheckedRequest(style, model.meta.get("trigger", user.trigger), model.path)
+
+
+def check_pose(settings: Settings, pose_id: str | None) -> Pose | None:
+    """The preset pose a request names (None for none); FaceChainError when it is unknown or poses are off."""
+    if not pose_id:
+        return None
+    if not settings.pose_controlnet.strip():
+        raise FaceChainError("This bot does not draw poses: ask again without one.")
+    return find_pose(load_poses(), pose_id)

@@ -264,7 +264,8 @@ def _generate_gather(worker: Worker, job: Job):
         worker.store, worker.settings, load_catalogue(worker.settings), job.user_id, params.get("style", ""),
         count=int(params.get("count", 4)), seed=params.get("seed"), variation_of=params.get("variation_of"),
         show_flagged=may_show_flagged(server.nsfw_policy if server else "block", bool(params.get("age_restricted"))),
-        fast=params.get("fast"), words=params.get("prompt") or "", blocked_words=server.blocked_words if server else ())
+        fast=params.get("fast"), words=params.get("prompt") or "", blocked_words=server.blocked_words if server else (),
+        pose=params.get("pose"))
 
 
 def _teaser_gather(worker: Worker, job: Job):
@@ -305,8 +306,13 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
         from engine.store.setup_problems import resolve_setup_problems
 
         resolve_setup_problems(worker.store, FAST_PROBLEM)  # it loaded: an open incident is over
+    if inputs.request.pose:
+        from engine.generation.pose_control import POSE_PROBLEM
+        from engine.store.setup_problems import resolve_setup_problems
+
+        resolve_setup_problems(worker.store, POSE_PROBLEM)
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
-            "held_back": result.held_back}
+            "held_back": result.held_back, "pose": inputs.request.pose.id if inputs.request.pose else None}
 
 
 def _show_flagged(worker: Worker, job: Job) -> bool:
@@ -410,7 +416,7 @@ def _upscale_record(worker: Worker, job: Job, inputs, drawn) -> dict:
 
     result = record_portraits(worker.store, inputs.portrait, drawn, job_id=job.id)
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
-            "held_back": result.held_back}
+            "held_back": result.held_back, "pose": inputs.request.pose.id if inputs.request.pose else None}
 
 
 def _preview_gather(worker: Worker, job: Job):

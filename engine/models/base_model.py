@@ -156,9 +156,8 @@ def load_vae(settings: Settings, reference: str, dtype, half: bool,
 
     folder = resolve_model_folder(parse_model_reference(vae_reference), setting=VAE_SETTING, kind="component",
                                   half=half, what="the VAE", on_progress=on_progress)
-    variant = "fp16" if half and any(".fp16." in p.name for p in folder.glob("*.safetensors")) else None
     try:
-        return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, variant=variant)
+        return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, variant=weights_variant(folder, half, "component"))
     except (OSError, ValueError, KeyError) as error:
         raise ModelUnavailable(
             f"The VAE at {folder} could not be loaded ({type(error).__name__}: {str(error)[:200]}): re-download it, "

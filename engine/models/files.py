@@ -1,7 +1,7 @@
 """Every model the settings name, where each one is on this machine, and fetching the missing ones.
 
 `facechain models pull` and `doctor` read this list: the base pipeline, its separate VAE, the
-safety checker, the fast-mode LoRA and each style's LoRA. Only the files loading reads are fetched.
+safety checker, the pose ControlNet, the fast-mode LoRA and each style's LoRA. Only the files loading reads are fetched.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
         models.append(face_parser_model(settings))
     if settings.safety_checker.strip():
         models.append(NamedModel("safety checker", settings.safety_checker, "FACECHAIN_SAFETY_CHECKER", "component"))
+    if settings.pose_controlnet.strip():
+        models.append(pose_controlnet_model(settings))
     if settings.fast_lora.strip():
         models.append(NamedModel("fast-mode LoRA", settings.fast_lora, "FACECHAIN_FAST_LORA", "file", WEIGHTS_FILE))
     if include_styles:
@@ -49,6 +51,10 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
                 models.append(NamedModel(f"style {style.id} LoRA", style.lora.reference, style.lora_setting, "file",
                                          style.lora.weight_name or WEIGHTS_FILE, style.lora.revision))
     return models
+
+
+def pose_controlnet_model(settings: Settings) -> NamedModel:
+    return NamedModel("pose ControlNet", settings.pose_controlnet, "FACECHAIN_POSE_CONTROLNET", "component")
 
 
 def face_parser_model(settings: Settings) -> NamedModel:

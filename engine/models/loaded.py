@@ -45,7 +45,8 @@ class LoadedModels:
         if self._generator is None:
             from engine.generation.generate import PortraitGenerator
 
-            self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora)
+            self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora,
+                                                pose_controlnet=self.settings.pose_controlnet)
         return self._generator
 
     @property

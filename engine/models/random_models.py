@@ -109,6 +109,33 @@ def make_sd15_shaped_model(folder: Path, seed: int = 0, half: bool = True) -> Pa
     return _save(folder, tokenizer, text_encoder, unet, vae, dtype=torch.float16 if half else None)
 
 
+CONDITIONING_GAIN = 4.0
+
+
+def make_random_controlnet(folder: Path, base_model: Path, seed: int = 0) -> Path:
+    """A ControlNet shaped after `base_model`'s UNet (as `ControlNetModel.from_unet` makes one), saved
+    like a published one. Its zero convolutions get random weights too (a ControlNet fresh from
+    `from_unet` adds nothing to the UNet), and its conditioning embedding is made several times more
+    sensitive than a default initialisation, which averages a thin skeleton on black away: tests must
+    see one pose draw another picture than the next."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(base_model) / "unet")
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet)
+    zero_convolutions = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                         controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for convolution in zero_convolutions:
+            convolution.weight.normal_(0.0, 0.05)
+        for weight in controlnet.controlnet_cond_embedding.parameters():
+            weight.mul_(CONDITIONING_GAIN)
+    folder = Path(folder)
+    controlnet.to(unet.dtype).save_pretrained(folder)
+    return folder
+
+
 def make_tiny_safety_checker(folder: Path, flags_everything: bool, seed: int = 0) -> Path:
     """A tiny random StableDiffusionSafetyChecker with its image processor, saved like the real one.
 

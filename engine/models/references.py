@@ -98,12 +98,12 @@ def select_files(listing: Iterable[str], kind: Kind, half: bool) -> list[str]:
     return sorted(set(chosen))
 
 
-def weights_variant(folder: Path, half: bool) -> str | None:
-    """'fp16' when the pipeline folder holds fp16 weights for every component and `half` is wanted."""
+def weights_variant(folder: Path, half: bool, kind: Kind = "pipeline") -> str | None:
+    """'fp16' when the folder (a pipeline's: for every component) holds fp16 weights and `half` is wanted."""
     if not half:
         return None
     listing = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
-    chosen = select_files(listing, "pipeline", half=True)
+    chosen = select_files(listing, kind, half=True)
     return "fp16" if any(_weight_class(f) == (True, True) for f in chosen) else None
 
 

@@ -1,0 +1,69 @@
+"""Portraits in a pose: an OpenPose ControlNet beside the base pipeline.
+
+The ControlNet pipeline is made with `from_pipe`, so it holds the base pipeline's own UNet, VAE and
+text encoder (the face and style adapters loaded on that UNet included): the pose costs the
+ControlNet's weights, never a second copy of the model.
+"""
+
+from __future__ import annotations
+
+from engine.errors import ModelUnavailable
+from engine.models.base_model import BasePipeline
+from engine.models.references import parse_model_reference, resolve_model_folder, weights_variant
+
+POSE_SETTING = "FACECHAIN_POSE_CONTROLNET"
+POSE_PROBLEM = "pose ControlNet"  # its setup-problem key
+# FaceChain's pose mode conditions at full strength: the skeleton decides the body, the prompt the rest.
+CONDITIONING_SCALE = 1.0
+# A pose is drawn 2 wide by 3 high, as FaceChain's presets.
+POSE_ASPECT = 1.5
+
+
+def pose_size(width: int) -> tuple[int, int]:
+    """(width, height) of a portrait in a pose, `width` wide; both multiples of 8 as the VAE needs."""
+    return width, round(width * POSE_ASPECT / 8) * 8
+
+
+def load_pose_controlnet(reference: str, base: BasePipeline):
+    """The ControlNet `reference` names, in the base pipeline's precision; ModelUnavailable (an owner's
+    problem: members' jobs wait) when it is not set, not here and out of reach, damaged or unfit."""
+    import torch
+    from diffusers import ControlNetModel
+
+    if not reference.strip():
+        raise ModelUnavailable(f"A portrait in a pose was asked for but {POSE_SETTING} is empty: set it to "
+                               "lllyasviel/control_v11p_sd15_openpose (or a local copy).", POSE_PROBLEM)
+    dtype = base.pipeline.unet.dtype
+    half = dtype != torch.float32
+    try:
+        folder = resolve_model_folder(parse_model_reference(reference), setting=POSE_SETTING, kind="component",
+                                      half=half, what="the pose ControlNet")
+    except ModelUnavailable as error:
+        raise ModelUnavailable(str(error), POSE_PROBLEM) from None
+    try:
+        controlnet = ControlNetModel.from_pretrained(folder, torch_dtype=dtype,
+                                                     variant=weights_variant(folder, half, "component"))
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelUnavailable(f"The pose ControlNet at {folder} could not be loaded ({type(error).__name__}: "
+                               f"{str(error)[:200]}): re-download it, or fix {POSE_SETTING}.", POSE_PROBLEM) from None
+    unet = base.pipeline.unet.config
+    if (controlnet.config.cross_attention_dim, tuple(controlnet.config.block_out_channels)) != \
+            (unet.cross_attention_dim, tuple(unet.block_out_channels)):
+        raise ModelUnavailable(f"The pose ControlNet {reference} was made for another base model than "
+                               f"{base.reference} (its blocks or text width differ): set {POSE_SETTING} to "
+                               "an SD1.5 OpenPose ControlNet.", POSE_PROBLEM)
+    return controlnet
+
+
+def pose_pipeline(base: BasePipeline, controlnet):
+    """A ControlNet pipeline on the base pipeline's own components (under model offload, the caller
+    moves the offload hooks to it for the time it draws: see PortraitGenerator)."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    # from_pipe casts every component to its dtype, float32 unless told: give it the one they have.
+    pipeline = StableDiffusionControlNetPipeline.from_pipe(base.pipeline, controlnet=controlnet,
+                                                           torch_dtype=base.pipeline.unet.dtype)
+    if not base.plan.cpu_offload:
+        controlnet.to(base.device)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
