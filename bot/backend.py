@@ -19,7 +19,8 @@ from typing import TypeVar
 
 from engine.config import Settings
 from engine.errors import FaceChainError
-from engine.generation.requests import check_prompt_words, check_request
+from engine.generation.poses import load_poses
+from engine.generation.requests import check_pose, check_prompt_words, check_request
 from engine.jobs.queue import Job, QueuePosition, SqliteJobQueue
 from engine.store import ForgetReport, Store
 from engine.store.community import GuildSettings, guild_settings, user_gallery_posts
@@ -37,6 +38,7 @@ class PortraitOrder:
     age_restricted: bool = False  # asked in an age-restricted channel (the NSFW policy may then allow more)
     fast: bool | None = None  # fast mode (LCM-LoRA); None = the bot's default (FACECHAIN_FAST_BY_DEFAULT)
     words: str = ""  # the member's own words for the prompt
+    pose: str | None = None  # a preset pose's id (poses/)
 
 
 class Styles:
@@ -73,6 +75,7 @@ class Backend:
         self.store = Store(settings.data_dir)
         self.queue = SqliteJobQueue(self.store, settings)
         self.styles = Styles(settings.styles_dir, owner_styles_folder(settings))
+        self.poses = load_poses()  # shipped with the code: read once
         self.started = time.monotonic()
         self.busy_seconds = 0.0  # time the store thread spent in calls: every slash command waits behind it
 
@@ -119,9 +122,10 @@ class Backend:
         check_request(self.store, self.settings, self.styles.catalogue(), user_id, order.style, order.count,
                       need_model=has_model)
         words = check_prompt_words(order.words, settings.blocked_words if settings else ())
+        check_pose(self.settings, order.pose)
         params = {"style": order.style, "count": order.count, "seed": order.seed, "private": order.private,
                   "age_restricted": order.age_restricted, "wait_for_training": not has_model, "fast": order.fast,
-                  "prompt": words}
+                  "prompt": words, "pose": order.pose}
         return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
 
     def reorder(self, job: Job, seed: int | None = None, variation_of: int | None = None) -> Job:

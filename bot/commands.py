@@ -126,19 +126,31 @@ async def style_choices(interaction: discord.Interaction, typed: str) -> list[ap
     return [app_commands.Choice(name=f"{s.name} — {s.description}"[:100], value=s.id) for s in styles[:25]]
 
 
+async def pose_choices(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
+    typed = typed.strip().lower()
+    poses = client(interaction).backend.poses.poses.values()
+    found = [p for p in poses if typed in f"{p.id} {p.name} {p.description}".lower()]
+    framing = {"upper": "upper body", "full": "full body"}
+    return [app_commands.Choice(name=f"{p.name} ({framing[p.framing]}) — {p.description}"[:100], value=p.id)
+            for p in found[:25]]
+
+
 @facechain.command(name="portrait", description="Portraits of you in a style, ranked by likeness")
 @app_commands.describe(style="Start typing to search the styles", count="How many portraits (default 4)",
                        seed="Same seed + style = same pictures", private="Only you see the result",
                        fast="Quicker, a little less detailed (default: this bot's choice)",
-                       prompt="Your own words, added to the style (e.g. holding a guitar)")
-@app_commands.autocomplete(style=style_choices)
+                       prompt="Your own words, added to the style (e.g. holding a guitar)",
+                       pose="A body pose to draw you in (the portrait is then taller than wide)")
+@app_commands.autocomplete(style=style_choices, pose=pose_choices)
 async def portrait(interaction: discord.Interaction, style: str, count: app_commands.Range[int, 1, MAX_PORTRAITS] = 4,
                    seed: app_commands.Range[int, 0, 2**31 - 1] | None = None, private: bool = False,
-                   fast: bool | None = None, prompt: app_commands.Range[str, 1, 300] | None = None) -> None:
+                   fast: bool | None = None, prompt: app_commands.Range[str, 1, 300] | None = None,
+                   pose: app_commands.Range[str, 1, 40] | None = None) -> None:
     await interaction.response.defer(ephemeral=private, thinking=True)
     bot = client(interaction)
     order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private,
-                          age_restricted=age_restricted(interaction.channel), fast=fast, words=prompt or "")
+                          age_restricted=age_restricted(interaction.channel), fast=fast, words=prompt or "",
+                          pose=pose.strip().lower() if pose else None)
     job = await bot.backend.run(bot.backend.order_portrait, str(interaction.user.id), interaction.guild_id,
                                 interaction.channel_id, order)
     await bot.deliveries.follow(job, interaction, job_title(job).capitalize())

@@ -244,8 +244,10 @@ class Deliveries:
                                      private=private)
             return
         style = self.bot.backend.styles.catalogue().get(job.params.get("style", ""))
+        pose = self.bot.backend.poses.get(job.params.get("pose") or "")
         content = portrait_lines(job.user_id, style.name if style else job.params.get("style", "?"), portraits,
-                                 (job.result or {}).get("notice"), job.params.get("prompt") or "")
+                                 (job.result or {}).get("notice"), job.params.get("prompt") or "",
+                                 pose.name if pose else job.params.get("pose"))
         store = self.bot.backend.store
         actions = swap_actions(job, portraits) if job.kind == "teaser" else portrait_actions(job, portraits)
         outgoing = Outgoing(content=content, view=actions,

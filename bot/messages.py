@@ -67,7 +67,8 @@ JOB_TITLES = {"enroll": "checking your photos", "train": "training your face mod
 
 def job_title(job: Job) -> str:
     if job.kind == "generate":
-        return f"{job.params.get('count', 4)} portraits in {job.params.get('style', '?')}"
+        posed = f", pose {job.params['pose']}" if job.params.get("pose") else ""
+        return f"{job.params.get('count', 4)} portraits in {job.params.get('style', '?')}{posed}"
     return JOB_TITLES.get(job.kind, job.kind)
 
 
@@ -103,9 +104,11 @@ def with_training_line(card: discord.Embed, line: str) -> discord.Embed:
     return card.add_field(name="Face model", value=line, inline=False)
 
 
-def portrait_lines(user_id: str, style_name: str, portraits: list[dict], notice: str | None, words: str = "") -> str:
+def portrait_lines(user_id: str, style_name: str, portraits: list[dict], notice: str | None, words: str = "",
+                   pose_name: str | None = None) -> str:
     said = f" “{discord.utils.escape_markdown(words)}”" if words else ""
-    lines = [f"<@{user_id}> {len(portraits)} portrait{'s' if len(portraits) != 1 else ''} in **{style_name}**{said}"
+    posed = f", posed **{pose_name}**" if pose_name else ""
+    lines = [f"<@{user_id}> {len(portraits)} portrait{'s' if len(portraits) != 1 else ''} in **{style_name}**{posed}{said}"
              + (", most alike first:" if portraits and portraits[0]["similarity"] is not None else ":")]
     for index, portrait in enumerate(portraits, start=1):
         likeness = portrait["similarity"]

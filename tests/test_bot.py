@@ -28,8 +28,9 @@ SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50
 
 
 @pytest.fixture(scope="module")
-def deployment(tiny_model, tmp_path_factory):
-    with running_bot(tmp_path_factory.mktemp("deployment"), {**SETTINGS, "BASE_MODEL": tiny_model}) as deployment:
+def deployment(tiny_model, tiny_controlnet, tmp_path_factory):
+    with running_bot(tmp_path_factory.mktemp("deployment"), {**SETTINGS, "BASE_MODEL": tiny_model,
+                                                              "POSE_CONTROLNET": tiny_controlnet}) as deployment:
         yield deployment
 
 
@@ -131,15 +132,33 @@ def test_reroll_and_more_like_queue_new_portraits(deployment):
     assert '"variation_of"' in variation
 
 
+def test_a_pose_draws_you_in_it_and_reroll_keeps_it(deployment):
+    d, fake = deployment, deployment.fake
+    trained(d)
+    choices = fake.wait_acked(fake.command(d.alice, d.general, d.guild, "portrait",
+                                           {"style": "cyberpunk", "pose": "wav"}, focused="pose"))
+    assert [c["value"] for c in choices.choices] == ["waving"] and "(upper body)" in choices.choices[0]["name"]
+    message = d.result_of(fake.command(d.alice, d.general, d.guild, "portrait",
+                                       {"style": "cyberpunk", "count": 1, "pose": "waving"}))
+    assert "in **Cyberpunk**, posed **Waving**" in message.content
+    assert Image.open(io.BytesIO(message.files["portrait-1.png"])).size == (64, 96)  # 2 wide by 3 high
+    rerolled = d.result_of(fake.click(d.alice, message, _custom_id(message, "reroll")))
+    assert "posed **Waving**" in rerolled.content and rerolled.id != message.id
+    unknown = fake.response(fake.command(d.alice, d.general, d.guild, "portrait",
+                                         {"style": "cyberpunk", "pose": "moonwalk"}))
+    assert "Unknown pose 'moonwalk'" in unknown.text() and "waving" in unknown.text()
+
+
 def test_sharper_x2_comes_as_a_new_message_at_twice_the_size(deployment):
     d, fake = deployment, deployment.fake
     message = portraits_message(d)
     job_id = int(_custom_id(message, "delete").split(":")[2])
-    first = d.rows("select id from portraits where job_id = ? order by id", job_id)[0][0]
+    first, first_path = d.rows("select id, path from portraits where job_id = ? order by id", job_id)[0]
     sharper = d.result_of(fake.click(d.alice, message, _custom_id(message, "sharper"), [str(first)]), timeout=90)
     assert sharper.id != message.id and list(sharper.files) == ["portrait-1.png"]
     upscaled = d.rows("select path from portraits where job_id = (select max(id) from jobs where kind = 'upscale')")
-    assert Image.open(d.data_dir / upscaled[0][0]).size == (128, 128)  # 64 px portraits, twice the size
+    width, height = Image.open(d.data_dir / first_path).size  # 64 px wide (96 high when drawn in a pose)
+    assert Image.open(d.data_dir / upscaled[0][0]).size == (2 * width, 2 * height)  # twice the size
     assert {c.split(":")[1] for c in sharper.custom_ids()} >= {"delete", "share"}
     assert message.files and not message.deleted  # the original stays
 

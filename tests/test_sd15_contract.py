@@ -1,7 +1,8 @@
 """The real shapes and file formats: a full-size SD1.5 (860M-parameter UNet, CLIP ViT-L/14 text encoder,
 the 4-channel VAE) with random weights, saved in the default base model's layout, runs on the CPU at
 128 px through training -> portraits -> fusion -> ranking, with a kohya-format style LoRA of the real key
-names, the LCM-LoRA fast path and the separate VAE. Its pictures are noise; its contract is real."""
+names, the LCM-LoRA fast path, the separate VAE and the pose ControlNet (the full-size one, made from
+that UNet). Its pictures are noise; its contract is real."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from engine.config import load_settings
 from engine.generation.generate import Candidate, PortraitGenerator
 from engine.generation.portrait import enrolled_face, make_portraits
 from engine.models.base_model import load_base_pipeline
-from engine.models.random_models import make_random_lora, make_sd15_shaped_model
+from engine.models.random_models import make_random_controlnet, make_random_lora, make_sd15_shaped_model
 from engine.postprocess import make_fuser, rank_candidates
 from engine.preprocess.enroll import enroll_user
 from engine.store import Store
@@ -59,6 +60,7 @@ def sd15(tmp_path_factory):
     make_random_lora(unet, root / "styles-lora" / "watercolor.safetensors", rank=8, kohya=True, seed=2)
     make_random_lora(unet, root / "lcm-lora-sdv1-5" / WEIGHTS_FILE, rank=8, kohya=True, seed=3)
     del unet
+    make_random_controlnet(root / "control_v11p_sd15_openpose", folder)
     return root
 
 
@@ -72,6 +74,7 @@ def sd15_settings(sd15, tmp_path_factory):
     return load_settings(_env_file=None, data_dir=tmp_path_factory.mktemp("data"), device="cpu",
                          base_model=str(sd15 / "Realistic_Vision_V5.1_noVAE"), vae=str(sd15 / "sd-vae-ft-mse"),
                          fast_lora=str(sd15 / "lcm-lora-sdv1-5"), styles_dir=styles, train_resolution=SIZE,
+                         pose_controlnet=str(sd15 / "control_v11p_sd15_openpose"),
                          portrait_size=SIZE, portrait_candidates=2, lora_rank=4, lora_alpha=16, fast_steps=2)
 
 
@@ -98,7 +101,7 @@ def test_the_full_size_pipeline_trains_draws_fuses_and_ranks(sd15, sd15_settings
     assert metadata["unet.r"] == 4 and metadata["unet.lora_alpha"] == 16
 
     catalogue = load_styles(settings.styles_dir)
-    generator = PortraitGenerator(base, fast_lora=settings.fast_lora)
+    generator = PortraitGenerator(base, fast_lora=settings.fast_lora, pose_controlnet=settings.pose_controlnet)
     result = make_portraits(store, generator, analyzer, settings, catalogue, "u", "watercolor", count=2, seed=1,
                             out_dir=settings.data_dir / "out")
     assert len(result.portraits) == 2 and all(Image.open(p.path).size == (SIZE, SIZE) for p in result.portraits)
@@ -109,6 +112,14 @@ def test_the_full_size_pipeline_trains_draws_fuses_and_ranks(sd15, sd15_settings
                           out_dir=settings.data_dir / "fast", fast=True)
     assert len(fast.portraits) == 1 and type(pipe.scheduler).__name__ == "LCMScheduler"
     assert len(generator.loaded_adapters) == 3
+
+    # In a pose: the full-size ControlNet beside the same UNet, face and style adapters included.
+    posed = make_portraits(store, generator, analyzer, settings, catalogue, "u", "watercolor", count=1, seed=3,
+                           out_dir=settings.data_dir / "posed", pose="sitting")
+    assert Image.open(posed.portraits[0].path).size == (SIZE, SIZE * 3 // 2) and posed.portraits[0].pose == "sitting"
+    controlnet = generator._pose_pipeline.controlnet
+    assert controlnet.config.block_out_channels == [320, 640, 1280, 1280] and controlnet.config.cross_attention_dim == 768
+    assert generator._pose_pipeline.unet is pipe.unet and len(generator.loaded_adapters) == 3
 
     # Random weights draw noise, which has no face to fuse; a photo at the pipeline's output size stands in
     # for the face real weights draw, beside the real candidates: fusion and ranking take it and drop noise.

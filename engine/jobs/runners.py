@@ -416,7 +416,7 @@ def _upscale_record(worker: Worker, job: Job, inputs, drawn) -> dict:
 
     result = record_portraits(worker.store, inputs.portrait, drawn, job_id=job.id)
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
-            "held_back": result.held_back, "pose": inputs.request.pose.id if inputs.request.pose else None}
+            "held_back": result.held_back}
 
 
 def _preview_gather(worker: Worker, job: Job):
