@@ -26,7 +26,7 @@ HELP_LINES = [
     ("/facechain enroll", "Upload 3 to 10 selfies (just you, face visible). FaceChain checks each one and trains "
                           "your face model; you are pinged when it is ready."),
     ("/facechain portrait", "Portraits of you in a style, ranked by likeness, with Re-roll, More like, Share and "
-                            "Delete."),
+                            "Delete; add a pose to be drawn standing, sitting, waving and more."),
     ("/facechain styles", "Browse the styles."),
     ("/facechain status", "Your face model and queued requests (with cancel buttons)."),
     ("/facechain swap", "Your face on a photo you bring: no face model needed, right after you enroll."),
