@@ -7,10 +7,10 @@ import torch
 from engine.config import load_settings
 from engine.errors import FaceChainError, ModelUnavailable
 from engine.generation.generate import PortraitGenerator, PortraitRequest, build_prompt
-from engine.generation.pose_control import POSE_PROBLEM, load_pose_controlnet, pose_pipeline, pose_size
+from engine.generation.pose_control import POSE_PROBLEM, load_pose_controlnet, pose_size
 from engine.generation.poses import load_poses
 from engine.generation.requests import check_pose
-from engine.models.base_model import load_base_pipeline
+from engine.models.base_model import derived_pipeline, load_base_pipeline
 from engine.styles import load_styles
 
 POSES = load_poses()
@@ -36,7 +36,8 @@ def test_a_pose_holds_the_portrait_and_shares_the_base_models(base, tiny_control
     assert standing.shape == waving.shape == (96, 64, 3) and pose_size(512) == (512, 768)
     assert np.abs(standing - waving).mean() > 1.0  # the skeleton steers the picture
     assert np.array_equal(draw(generator, "standing"), standing)  # and a seed still reproduces it
-    posed = generator._pose_pipeline
+    posed = generator._pipeline_for(PortraitRequest(style=load_styles().get("anime"), trigger="", face_model=None,
+                                                    pose=POSES.get("standing")))
     assert posed.unet is base.pipeline.unet and posed.vae is base.pipeline.vae
     assert posed.text_encoder is base.pipeline.text_encoder  # no second copy of any model
     assert np.array_equal(draw(generator, None), plain)  # plain portraits are as before
@@ -46,7 +47,10 @@ def test_from_pipe_keeps_the_base_models_precision(tiny_model, tiny_controlnet):
     """from_pipe casts the shared models to float32 unless told otherwise: a half-precision base must stay half."""
     base = load_base_pipeline(load_settings(_env_file=None, base_model=str(tiny_model), vae="", device="cpu"))
     base.pipeline.to(dtype=torch.bfloat16)
-    posed = pose_pipeline(base, load_pose_controlnet(str(tiny_controlnet), base))
+    from diffusers import StableDiffusionControlNetPipeline
+
+    posed = derived_pipeline(base, StableDiffusionControlNetPipeline,
+                             controlnet=load_pose_controlnet(str(tiny_controlnet), base))
     assert base.pipeline.unet.dtype == posed.controlnet.dtype == torch.bfloat16
     assert base.pipeline.vae.dtype == base.pipeline.text_encoder.dtype == torch.bfloat16
 

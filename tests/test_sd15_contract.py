@@ -117,9 +117,10 @@ def test_the_full_size_pipeline_trains_draws_fuses_and_ranks(sd15, sd15_settings
     posed = make_portraits(store, generator, analyzer, settings, catalogue, "u", "watercolor", count=1, seed=3,
                            out_dir=settings.data_dir / "posed", pose="sitting")
     assert Image.open(posed.portraits[0].path).size == (SIZE, SIZE * 3 // 2) and posed.portraits[0].pose == "sitting"
-    controlnet = generator._pose_pipeline.controlnet
+    posed_pipeline = generator._derived["StableDiffusionControlNetPipeline"]
+    controlnet = posed_pipeline.controlnet
     assert controlnet.config.block_out_channels == [320, 640, 1280, 1280] and controlnet.config.cross_attention_dim == 768
-    assert generator._pose_pipeline.unet is pipe.unet and len(generator.loaded_adapters) == 3
+    assert posed_pipeline.unet is pipe.unet and len(generator.loaded_adapters) == 3
 
     # Random weights draw noise, which has no face to fuse; a photo at the pipeline's output size stands in
     # for the face real weights draw, beside the real candidates: fusion and ranking take it and drop noise.

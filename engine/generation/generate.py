@@ -20,10 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 from engine.errors import ModelMissing, ModelUnavailable
-from engine.generation.pose_control import CONDITIONING_SCALE, load_pose_controlnet, pose_pipeline, pose_size
+from engine.generation.pose_control import CONDITIONING_SCALE, load_pose_controlnet, pose_size
 from engine.generation.pose_drawing import skeleton
 from engine.generation.poses import Pose
-from engine.models.base_model import BasePipeline
+from engine.models.base_model import BasePipeline, derived_pipeline
 from engine.models.references import hub_file, parse_model_reference
 from engine.preprocess.trigger import TRIGGER_TOKEN
 from engine.styles import Style
@@ -152,7 +152,7 @@ class PortraitGenerator:
         self.max_adapters = max_adapters
         self.fast_lora = fast_lora  # the LCM-LoRA reference (FACECHAIN_FAST_LORA)
         self.pose_controlnet = pose_controlnet  # FACECHAIN_POSE_CONTROLNET, loaded at the first pose
-        self._pose_pipeline = None
+        self._derived: dict[str, object] = {}  # pipeline class name -> a pipeline on the base's models
         self._adapters: OrderedDict[str, str] = OrderedDict()  # source key -> adapter name
         self._schedulers: dict[str, object] = {}
 
@@ -272,7 +272,7 @@ class PortraitGenerator:
                 return kwargs
         pose = {} if request.pose is None else {"image": skeleton(request.pose, (width, height)),
                                                 "controlnet_conditioning_scale": CONDITIONING_SCALE}
-        with self._pipeline_for(request) as pipeline:
+        with self.drawing_with(self._pipeline_for(request)) as pipeline:
             images = pipeline(
                 prompt=[build_prompt(request.trigger, request.style, request.words, request.pose)] * request.count,
                 negative_prompt=[build_negative_prompt(request.style)] * request.count,
@@ -287,28 +287,44 @@ class PortraitGenerator:
             ).images
         return [Candidate(image, seed) for image, seed in zip(images, seeds)]
 
+    def derived_pipeline(self, pipeline_class, **extra):
+        """A pipeline of another kind (ControlNet, inpainting) on the base pipeline's own models, made
+        once: `from_pipe` shares the UNet, VAE and text encoder, the adapters loaded on them included."""
+        key = pipeline_class.__name__
+        if key not in self._derived:
+            self._derived[key] = derived_pipeline(self.base, pipeline_class, **extra)
+        return self._derived[key]
+
     @contextmanager
-    def _pipeline_for(self, request: PortraitRequest) -> Iterator[object]:
-        """The base pipeline, or for a pose the ControlNet pipeline on the same models (made at the first pose)."""
+    def drawing_with(self, pipeline) -> Iterator[object]:
+        """`pipeline` (the base one or a derived one) ready to draw: the request's sampler, and under
+        model offload the offload hooks, which belong to one pipeline, moved to it and back after."""
         base = self.base
-        if request.pose is None:
-            yield base.pipeline
+        if pipeline is base.pipeline:
+            yield pipeline
             return
-        if self._pose_pipeline is None:
-            self._pose_pipeline = pose_pipeline(base, load_pose_controlnet(self.pose_controlnet, base))
-        posed = self._pose_pipeline
-        posed.scheduler = base.pipeline.scheduler  # the request's sampler, set by _activate
+        pipeline.scheduler = base.pipeline.scheduler  # the request's sampler, set by _activate
         if not base.plan.cpu_offload:
-            posed.controlnet.to(base.device)  # a no-op unless it was made under offload
-            yield posed
+            if getattr(pipeline, "controlnet", None) is not None:
+                pipeline.controlnet.to(base.device)  # a no-op unless it was made under offload
+            yield pipeline
             return
-        # Offload's hooks belong to one pipeline; the two share their models, so the hooks go with the
-        # one drawing, and back to the base pipeline after.
-        posed.enable_model_cpu_offload(device=base.device)
+        pipeline.enable_model_cpu_offload(device=base.device)
         try:
-            yield posed
+            yield pipeline
         finally:
             base.pipeline.enable_model_cpu_offload(device=base.device)
+
+    def _pipeline_for(self, request: PortraitRequest):
+        """The base pipeline, or for a pose the ControlNet pipeline on the same models (made at the first pose)."""
+        if request.pose is None:
+            return self.base.pipeline
+        from diffusers import StableDiffusionControlNetPipeline
+
+        if StableDiffusionControlNetPipeline.__name__ not in self._derived:
+            self.derived_pipeline(StableDiffusionControlNetPipeline,
+                                  controlnet=load_pose_controlnet(self.pose_controlnet, self.base))
+        return self._derived[StableDiffusionControlNetPipeline.__name__]
 
     def _variation_latents(self, request: PortraitRequest, seeds: list[int]):
         """Starting noise near `request.variation_of`'s, or None for the pipeline's own."""

@@ -1,8 +1,8 @@
-"""Portraits in a pose: an OpenPose ControlNet beside the base pipeline.
+"""Portraits in a pose: the OpenPose ControlNet, loaded and checked against the base model.
 
-The ControlNet pipeline is made with `from_pipe`, so it holds the base pipeline's own UNet, VAE and
-text encoder (the face and style adapters loaded on that UNet included): the pose costs the
-ControlNet's weights, never a second copy of the model.
+The generator draws with it through a ControlNet pipeline made with `from_pipe`
+(`PortraitGenerator.derived_pipeline`), which holds the base pipeline's own UNet, VAE and text
+encoder: a pose costs the ControlNet's weights, never a second copy of the model.
 """
 
 from __future__ import annotations
@@ -53,17 +53,3 @@ def load_pose_controlnet(reference: str, base: BasePipeline):
                                f"{base.reference} (its blocks or text width differ): set {POSE_SETTING} to "
                                "an SD1.5 OpenPose ControlNet.", POSE_PROBLEM)
     return controlnet
-
-
-def pose_pipeline(base: BasePipeline, controlnet):
-    """A ControlNet pipeline on the base pipeline's own components (under model offload, the caller
-    moves the offload hooks to it for the time it draws: see PortraitGenerator)."""
-    from diffusers import StableDiffusionControlNetPipeline
-
-    # from_pipe casts every component to its dtype, float32 unless told: give it the one they have.
-    pipeline = StableDiffusionControlNetPipeline.from_pipe(base.pipeline, controlnet=controlnet,
-                                                           torch_dtype=base.pipeline.unet.dtype)
-    if not base.plan.cpu_offload:
-        controlnet.to(base.device)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline

@@ -5,7 +5,6 @@ fused and ranked again. No extra model to download."""
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,10 +80,7 @@ def draw_upscaled(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings
     base = generator.base
     with face_model_folder(inputs.portrait.face_model) as folder:
         generator._activate(replace(inputs.portrait.request, face_model=folder, size=size[0]))  # same LoRAs, sampler
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*safety checker.*")
-            img2img = StableDiffusionImg2ImgPipeline(**base.pipeline.components, requires_safety_checker=False)
-        img2img.set_progress_bar_config(disable=True)
+        img2img = generator.derived_pipeline(StableDiffusionImg2ImgPipeline)
         vae = base.pipeline.vae
         vae.enable_tiling()  # a 1024 px decode in tiles keeps the memory of a 512 px one
         steps = style.sampler.steps
@@ -94,11 +90,12 @@ def draw_upscaled(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings
                 on_step(step + 1, max(1, int(steps * STRENGTH)))
                 return kwargs
         try:
-            drawn = img2img(prompt=build_prompt(trigger, style), negative_prompt=build_negative_prompt(style),
-                            image=image.resize(size, Image.Resampling.LANCZOS), strength=STRENGTH,
-                            num_inference_steps=steps, guidance_scale=style.sampler.guidance,
-                            generator=torch.Generator().manual_seed(inputs.seed),
-                            callback_on_step_end=callback).images[0]
+            with generator.drawing_with(img2img):
+                drawn = img2img(prompt=build_prompt(trigger, style), negative_prompt=build_negative_prompt(style),
+                                image=image.resize(size, Image.Resampling.LANCZOS), strength=STRENGTH,
+                                num_inference_steps=steps, guidance_scale=style.sampler.guidance,
+                                generator=torch.Generator().manual_seed(inputs.seed),
+                                callback_on_step_end=callback).images[0]
         finally:
             if not base.plan.vae_tiling:
                 vae.disable_tiling()

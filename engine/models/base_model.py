@@ -206,3 +206,15 @@ def load_base_pipeline(settings: Settings, reference: str | None = None,
     log.info("base model %s loaded on %s (%s)%s", reference, device, plan.reason,
              f" with the VAE {base.vae_reference}" if base.vae_reference else "")
     return base
+
+
+def derived_pipeline(base: BasePipeline, pipeline_class, **extra):
+    """A `pipeline_class` pipeline on the base pipeline's own models (`from_pipe`), `extra` (a ControlNet)
+    on the base's device unless model offload moves it."""
+    # from_pipe casts every component to its dtype, float32 unless told: give it the one they have.
+    pipeline = pipeline_class.from_pipe(base.pipeline, torch_dtype=base.pipeline.unet.dtype, **extra)
+    if not base.plan.cpu_offload:
+        for module in extra.values():
+            module.to(base.device)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
