@@ -16,24 +16,20 @@ import discord
 from discord import app_commands
 
 from bot import gallery
+from bot.admin_commands import admin
 from bot.backend import PortraitOrder
 from bot.components import CancelButton
 from bot.downloads import DownloadRefused, allowed_sources, download, upload_dir
 from bot.messages import COLOUR, CONSENT_TEXT, SUBJECT_LABELS, help_embed, job_title, progress_line, thumbnail_grid
-from bot.replies import reply, report_error
+from bot.replies import report_error
 from bot.views import ConfirmView, ConsentView, MeView, PagerView, age_restricted, client
 from engine.errors import FaceChainError
 from engine.generation.previews import shown_preview
-from engine.nsfw_policy import NSFW_POLICIES, POLICY_MEANINGS
-from engine.store.community import rotate_web_token, update_guild_settings
 from engine.store.members import change_subject, describe_member, remove_photo
-from engine.store.setup_problems import open_setup_problems
 
 if TYPE_CHECKING:
-    from bot.client import FaceChainBot
     from engine.config import Settings
 
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SUBJECTS = tuple(SUBJECT_LABELS)
 MAX_PORTRAITS = 16  # the most FACECHAIN_PORTRAIT_CANDIDATES allows; install() narrows it
 DEFAULT_PORTRAITS = 4
@@ -43,9 +39,6 @@ FOR_SERVERS = app_commands.AppInstallationType(guild=True, user=False)
 
 facechain = app_commands.Group(name="facechain", description="Portraits that look like you",
                                allowed_contexts=EVERYWHERE, allowed_installs=FOR_SERVERS)
-admin = app_commands.Group(name="facechain-admin", description="FaceChain settings for this server",
-                           default_permissions=discord.Permissions(manage_guild=True), guild_only=True,
-                           allowed_installs=FOR_SERVERS)
 
 
 # --- enroll -------------------------------------------------------------------------------------------
@@ -158,16 +151,24 @@ async def portrait(interaction: discord.Interaction, style: str, count: app_comm
 
 # --- swap ---------------------------------------------------------------------------------------------
 
-@facechain.command(name="swap", description="Your face on a photo you bring (no face model needed)")
+@facechain.command(name="swap", description="Your face on a photo you bring: redrawn by your face model once "
+                                             "it is trained, pasted on before")
 @app_commands.describe(photo="A photo with the face to replace", face="Which face, numbered left to right",
+                       quality="best: your face model redraws the face in the photo's light (a little slower); "
+                               "fast: your selfie's face pasted on at once",
                        private="Only you see the result")
+@app_commands.choices(quality=[app_commands.Choice(name="best", value="best"),
+                               app_commands.Choice(name="fast", value="fast")])
 async def swap(interaction: discord.Interaction, photo: discord.Attachment,
-               face: app_commands.Range[int, 1, 20] | None = None, private: bool = False) -> None:
+               face: app_commands.Range[int, 1, 20] | None = None, quality: str = "best",
+               private: bool = False) -> None:
     await interaction.response.defer(ephemeral=private, thinking=True)
     bot = client(interaction)
     user_id = str(interaction.user.id)
     if not await bot.backend.run(bot.backend.store.accepted_selfies, user_id):
         raise FaceChainError("Enroll a few selfies first with `/facechain enroll`: your face comes from them.")
+    has_model = await bot.backend.run(bot.backend.store.ready_face_model, user_id) is not None
+    kind = "redraw" if has_model and quality != "fast" else "swap"
     folder = upload_dir(bot.settings.data_dir, user_id)
     destination = folder / "photo.upload"
     max_bytes = int(bot.settings.max_upload_mb * 2**20)
@@ -178,7 +179,7 @@ async def swap(interaction: discord.Interaction, photo: discord.Attachment,
         await download(bot.http_session, photo.url, destination, max_bytes, sources)
         params = {"upload": str(destination), "name": photo.filename[:100], "face": face, "private": private,
                   "age_restricted": age_restricted(interaction.channel)}
-        job = await bot.backend.run(bot.backend.queue.enqueue, "swap", user_id, params,
+        job = await bot.backend.run(bot.backend.queue.enqueue, kind, user_id, params,
                                     guild_id=_text(interaction.guild_id), channel_id=str(interaction.channel_id))
     except DownloadRefused as reason:
         shutil.rmtree(folder, ignore_errors=True)
@@ -351,122 +352,6 @@ async def help_command(interaction: discord.Interaction) -> None:
     await interaction.response.send_message(embed=help_embed(), ephemeral=True)
 
 
-# --- admin ---------------------------------------------------------------------------------------------
-
-def require_manage_guild(interaction: discord.Interaction) -> None:
-    if interaction.guild_id is None or not interaction.permissions.manage_guild:
-        raise FaceChainError("Only this server's admins (Manage Server permission) can do that.")
-
-
-@admin.command(name="settings", description="Gallery channel, daily quota, allowed styles, NSFW policy")
-@app_commands.describe(gallery_channel="Where shared portraits are posted", daily_quota="Jobs per day (0 = no limit)",
-                       allowed_styles="Style ids, comma-separated, or 'all'",
-                       nsfw_policy="What to do with NSFW results",
-                       highlight_day="Weekly highlight of the most liked portraits (off by default)",
-                       highlight_hour="Hour of the weekly highlight, UTC (default 18)",
-                       blocked_words="Words refused in members' own prompt words, comma-separated ('none' clears)")
-@app_commands.choices(nsfw_policy=[app_commands.Choice(name=f"{p}: {POLICY_MEANINGS[p]}", value=p)
-                                   for p in NSFW_POLICIES],
-                      highlight_day=[app_commands.Choice(name="off", value=-1)]
-                      + [app_commands.Choice(name=day, value=index) for index, day in enumerate(WEEKDAYS)])
-async def admin_settings(interaction: discord.Interaction,
-                         gallery_channel: discord.TextChannel | discord.ForumChannel | None = None,
-                         daily_quota: app_commands.Range[int, 0, 100_000] | None = None,
-                         allowed_styles: str | None = None,
-                         nsfw_policy: app_commands.Choice[str] | None = None,
-                         highlight_day: app_commands.Choice[int] | None = None,
-                         highlight_hour: app_commands.Range[int, 0, 23] | None = None,
-                         blocked_words: app_commands.Range[str, 1, 1000] | None = None) -> None:
-    require_manage_guild(interaction)
-    bot = client(interaction)
-    changes: dict = {}
-    if gallery_channel is not None:
-        changes["gallery_channel_id"] = str(gallery_channel.id)
-    if daily_quota is not None:
-        changes["daily_quota"] = daily_quota
-    if allowed_styles is not None:
-        changes["allowed_styles"] = parse_style_list(bot, allowed_styles)
-    if nsfw_policy is not None:
-        changes["nsfw_policy"] = nsfw_policy.value
-    if highlight_day is not None:
-        changes["highlight_day"] = None if highlight_day.value < 0 else highlight_day.value
-    if highlight_hour is not None:
-        changes["highlight_hour"] = highlight_hour
-    if blocked_words is not None:
-        words = [w.strip().lower() for w in blocked_words.split(",") if w.strip()]
-        changes["blocked_words"] = [] if words == ["none"] else words[:100]
-    current = await bot.backend.run(update_guild_settings, bot.backend.store, str(interaction.guild_id), **changes)
-    gallery.schedule_highlight(bot, current)
-    embed = discord.Embed(title="FaceChain settings for this server", colour=COLOUR)
-    embed.add_field(name="Gallery channel", value=f"<#{current.gallery_channel_id}>" if current.gallery_channel_id
-                    else "not set")
-    quota = current.daily_quota if current.daily_quota is not None else bot.settings.guild_daily_quota
-    embed.add_field(name="Daily quota", value=str(quota) if quota else "no limit")
-    embed.add_field(name="Allowed styles", value=", ".join(current.allowed_styles)[:1000] or "all")
-    check = ("safety check on" if bot.settings.safety_checker else "safety check off: only the negative prompt "
-             "guards results (the bot owner sets FACECHAIN_SAFETY_CHECKER)")
-    policy = current.nsfw_policy
-    embed.add_field(name="NSFW policy", value=f"{policy}: {POLICY_MEANINGS[policy]} ({check})")
-    embed.add_field(name="Weekly highlight", value="off" if current.highlight_day is None
-                    else f"{WEEKDAYS[current.highlight_day]}s at {current.highlight_hour:02d}:00 UTC")
-    embed.add_field(name="Blocked words", value=", ".join(current.blocked_words)[:1000] or
-                    "none besides the always-blocked NSFW words")
-    for problem in await bot.backend.run(open_setup_problems, bot.backend.store):
-        embed.add_field(name=f"⚠️ Setup problem: {problem.key}", inline=False,
-                        value=f"{problem.message[:900]} (the bot's owner has been told; members' requests wait)")
-    await reply(interaction, "Saved." if changes else None, embed=embed)
-
-
-def parse_style_list(bot: FaceChainBot, text: str) -> list[str]:
-    if text.strip().lower() in ("", "all"):
-        return []
-    catalogue = bot.backend.styles.catalogue()
-    wanted = [part.strip().lower() for part in text.split(",") if part.strip()]
-    unknown = [style for style in wanted if catalogue.get(style) is None]
-    if unknown:
-        raise FaceChainError(f"Unknown style(s): {', '.join(unknown[:5])}. See `/facechain styles` for the ids.")
-    return wanted
-
-
-@admin.command(name="queue", description="This server's queued and running jobs")
-async def admin_queue(interaction: discord.Interaction) -> None:
-    require_manage_guild(interaction)
-    bot = client(interaction)
-    jobs = await bot.backend.run(bot.backend.active_with_positions, str(interaction.guild_id))
-    view = discord.ui.View(timeout=None)
-    lines = []
-    for job, position in jobs:
-        lines.append(f"`{job.id}` <@{job.user_id}> {job_title(job)}: {progress_line(job, position)}")
-        if len(view.children) < 20:
-            view.add_item(CancelButton(job.id, f"Cancel {job.id}", admin=True))
-    text = "\n".join(lines)[:1900] if lines else "Nothing queued."
-    await reply(interaction, text, view=view if jobs else None)
-
-
-@admin.command(name="highlight", description="Post this week's most liked portraits now")
-async def admin_highlight(interaction: discord.Interaction) -> None:
-    require_manage_guild(interaction)
-    await interaction.response.defer(ephemeral=True, thinking=True)
-    posted = await gallery.post_highlight(client(interaction), str(interaction.guild_id))
-    await reply(interaction, "Posted the highlights in the gallery channel." if posted
-                else "Nothing was shared to the gallery in the last 7 days, so there is nothing to highlight.")
-
-
-@admin.command(name="gallery-link", description="The secret address of this server's web gallery")
-@app_commands.describe(rotate="Make a new address; the old one stops working")
-async def admin_gallery_link(interaction: discord.Interaction, rotate: bool = False) -> None:
-    require_manage_guild(interaction)
-    bot = client(interaction)
-    if bot.web is None:
-        raise FaceChainError("The web gallery is off: the bot's owner can turn it on with FACECHAIN_WEB_GALLERY=true.")
-    settings = await bot.backend.run(bot.backend.guild, interaction.guild_id)
-    token = settings.web_token
-    if rotate or not token:
-        token = await bot.backend.run(rotate_web_token, bot.backend.store, str(interaction.guild_id))
-    note = "A new address: the old one no longer works." if rotate else "Use `rotate:True` to replace it."
-    await reply(interaction, f"This server's web gallery (only shared portraits): {bot.web.address(token)}\n{note}")
-
-
 # --- wiring --------------------------------------------------------------------------------------------
 
 def install(tree: app_commands.CommandTree, settings: Settings) -> None:
@@ -476,7 +361,7 @@ def install(tree: app_commands.CommandTree, settings: Settings) -> None:
     count.default = min(DEFAULT_PORTRAITS, settings.portrait_candidates)
     count.description = f"How many portraits (default {count.default})"
     tree.add_command(facechain)
-    tree.add_command(admin)
+    tree.add_command(admin)  # bot/admin_commands.py
     tree.on_error = on_command_error
 
 

@@ -156,7 +156,7 @@ class SwapFaceButton(discord.ui.DynamicItem[discord.ui.Button],
         async def action() -> None:
             job = await owned_job(interaction, self.job_id)
             if job is not None:
-                await queue_and_follow(interaction, job, "swap", {**job.params, "face": self.face},
+                await queue_and_follow(interaction, job, job.kind, {**job.params, "face": self.face},
                                        f"Your face on face {self.face}")
         await guarded(interaction, action)
 
@@ -172,12 +172,14 @@ def face_choices(job: Job, count: int) -> discord.ui.View:
 
 
 def swap_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
-    """Delete, and Share where the result was asked for on a server."""
+    """Delete, and Share (of any of the results) where the result was asked for on a server."""
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("delete", job.id))
     if job.guild_id and portraits:
-        option = discord.SelectOption(label="Share", value=str(portraits[0]["id"]))
-        view.add_item(PortraitSelect("share", job.id, [option]))
+        options = [discord.SelectOption(label=f"Share #{index}" if len(portraits) > 1 else "Share",
+                                        value=str(portrait["id"]))
+                   for index, portrait in enumerate(portraits[:25], start=1)]
+        view.add_item(PortraitSelect("share", job.id, options))
     return view
 
 

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.components import face_choices, portrait_actions, swap_actions
-from bot.messages import enroll_card, job_title, portrait_lines, progress_line, thumbnail_grid, with_training_line
+from bot.messages import (
+    enroll_card,
+    job_title,
+    portrait_lines,
+    progress_line,
+    swap_lines,
+    thumbnail_grid,
+    with_training_line,
+)
 from engine.jobs.queue import Job, QueuePosition
 
 if TYPE_CHECKING:
@@ -163,7 +171,7 @@ class Deliveries:
         if watch is not None and not watch.usable():
             watch = None
         handlers = {"enroll": self._enroll_done, "train": self._train_done, "generate": self._portraits_done,
-                    "swap": self._swap_done, "teaser": self._portraits_done, "upscale": self._portraits_done}
+                    "swap": self._swap_done, "redraw": self._swap_done, "teaser": self._portraits_done, "upscale": self._portraits_done}
         try:
             if job.state == "cancelled":
                 await self._cancelled(job, watch)
@@ -272,12 +280,10 @@ class Deliveries:
             notice = result.get("notice") or "Nothing to show."
             await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {notice}"), private=private)
             return
-        likeness = portraits[0]["similarity"]
         await self._to_owner(job, watch, Outgoing(
-            content=f"<@{job.user_id}> your face on face {result.get('face', 1)} of {result.get('faces_found', 1)}"
-                    + (f" · likeness {likeness:.0%}" if likeness is not None else ""),
-            paths=[(store.absolute(portraits[0]["path"]), "swap.png")], view=swap_actions(job, portraits)),
-            private=private)
+            content=swap_lines(job.user_id, result, portraits),
+            paths=[(store.absolute(p["path"]), "swap.png" if len(portraits) == 1 else f"swap-{i}.png")
+                   for i, p in enumerate(portraits, start=1)], view=swap_actions(job, portraits)), private=private)
 
     # --- sending -----------------------------------------------------------------------------------
 

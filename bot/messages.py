@@ -61,7 +61,8 @@ def progress_line(job: Job, position: QueuePosition | None) -> str:
 
 
 JOB_TITLES = {"enroll": "checking your photos", "train": "training your face model", "generate": "portraits",
-              "swap": "your face on a photo", "teaser": "a preview while your face model trains",
+              "swap": "your face on a photo", "redraw": "your face redrawn into a photo",
+              "teaser": "a preview while your face model trains",
               "upscale": "a sharper x2 portrait"}
 
 
@@ -116,6 +117,20 @@ def portrait_lines(user_id: str, style_name: str, portraits: list[dict], notice:
         lines.append(f"**#{index}** {shown} · seed {portrait['seed']}")
     if notice:
         lines.append(f"_{notice}_")
+    return "\n".join(lines)
+
+
+def swap_lines(user_id: str, result: dict, portraits: list[dict]) -> str:
+    """A swap's message: which face became the member's, and how alike (each result, when redrawn)."""
+    where = f"face {result.get('face', 1)} of {result.get('faces_found', 1)}"
+    if result.get("method") != "redrawn":
+        likeness = portraits[0]["similarity"]
+        return f"<@{user_id}> your face on {where}" + (f" · likeness {likeness:.0%}" if likeness is not None else "")
+    lines = [f"<@{user_id}> your face redrawn into {where} by your face model"
+             + (", most alike first:" if portraits[0]["similarity"] is not None else ":")]
+    for index, portrait in enumerate(portraits, start=1):
+        likeness = portrait["similarity"]
+        lines.append(f"**#{index}** " + (f"likeness {likeness:.0%}" if likeness is not None else "not ranked"))
     return "\n".join(lines)
 
 

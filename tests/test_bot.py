@@ -368,9 +368,9 @@ def test_dms_and_other_servers(deployment):
 
 def test_swap_puts_your_face_on_your_photo_and_asks_which_face_when_several(deployment):
     d, fake = deployment, deployment.fake
-    trained(d)  # enrolled is enough; the deployment's member happens to be trained too
+    trained(d)  # with a face model the face is redrawn; quality:fast pastes the selfie's on
     group = {"photo": d.upload("group/two_people.jpg")["photo1"]}
-    asked = fake.command(d.alice, d.general, d.guild, "swap", attachments=group)
+    asked = fake.command(d.alice, d.general, d.guild, "swap", {"quality": "fast"}, attachments=group)
     choice = fake.response(asked)
     fake.wait_for(lambda: "faces.jpg" in choice.files, 60, "the numbered faces")
     assert "shows 2 faces" in choice.text() and asked.ack_seconds < ACK_LIMIT
@@ -380,9 +380,17 @@ def test_swap_puts_your_face_on_your_photo_and_asks_which_face_when_several(depl
     swapped = d.result_of(fake.click(d.alice, choice, buttons[1]), timeout=60)
     assert list(swapped.files) == ["swap.png"] and "face 2 of 2" in swapped.content and "likeness" in swapped.content
     assert {c.split(":")[1] for c in swapped.custom_ids()} == {"delete", "share"}
+    assert d.rows("select kind from jobs order by id desc limit 1") == [("swap",)]
+
+    # Redrawn by the face model: several results, most alike first, each one sharable.
     single = fake.command(d.alice, d.general, d.guild, "swap", attachments={"photo": d.upload("biden/biden2.jpg")[
         "photo1"]})
-    assert list(d.result_of(single, timeout=60).files) == ["swap.png"]
+    redrawn = d.result_of(single, timeout=90)
+    assert sorted(redrawn.files) == ["swap-1.png", "swap-2.png", "swap-3.png", "swap-4.png"]
+    assert "your face redrawn into face 1 of 1 by your face model" in redrawn.content and "**#4**" in redrawn.content
+    assert d.rows("select kind, json_extract(result, '$.method') from jobs order by id desc limit 1") == [
+        ("redraw", "redrawn")]
+    assert len(redrawn.components[-1]["components"][0]["options"]) == 4  # Share #1 to #4
     assert not list((d.data_dir / "tmp").glob(f"enroll-{d.alice}-*/photo.upload"))  # the photos are gone
     stranger = fake.response(fake.command(d.carol, d.general, d.guild, "swap", attachments=group))
     assert "Enroll a few selfies first" in stranger.text()

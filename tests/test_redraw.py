@@ -5,12 +5,14 @@ elsewhere, no seam) and the composition (fusion, ranking and the paste back) fed
 have a face. The sheet tests/artifacts/redraw_sheet.png (photo | classical | redrawn by the tiny model
 | composed from a drawing with a face) is for people to look at."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from engine.cli import main
 from engine.config import load_settings
 from engine.generation.generate import Candidate, PortraitGenerator
 from engine.generation.portrait import enrolled_face
@@ -151,3 +153,23 @@ def write_sheet(member, analyzer) -> None:
             sheet.paste(thumb, (column * tile, 20 + row * tile))
     ARTIFACTS.mkdir(exist_ok=True)
     sheet.save(ARTIFACTS / "redraw_sheet.png")
+
+
+def test_the_cli_redraws_with_a_face_model_unless_asked_for_the_quick_paste(member, monkeypatch, capsys, tmp_path):
+    settings = member[0]
+    for name, value in {"DATA_DIR": settings.data_dir, "BASE_MODEL": settings.base_model, "DEVICE": "cpu",
+                        "PORTRAIT_SIZE": 64}.items():
+        monkeypatch.setenv(f"FACECHAIN_{name}", str(value))
+    photo_path = str(Path(__file__).parent / "data" / "group" / "two_people.jpg")
+    assert main(["swap", "--user", "obama", photo_path, "--out", str(tmp_path / "x.png")]) == 2
+    assert "This photo shows 2 faces: choose one" in capsys.readouterr().err  # asked before any model loads
+    assert main(["swap", "--user", "obama", photo_path, "--face", "1", "--seed", "7", "--out", str(tmp_path / "out"),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "redrawn" and (result["face"], result["faces_found"]) == (1, 2)
+    assert [r["seed"] for r in result["results"]] and sorted(r["seed"] for r in result["results"]) == [7, 8, 9, 10]
+    assert result["path"] == str(tmp_path / "out" / "swap-face1.png") == result["results"][0]["path"]
+    assert all(Path(r["path"]).is_file() for r in result["results"])
+    assert main(["swap", "--user", "obama", photo_path, "--face", "2", "--fast", "--out", str(tmp_path / "fast.png"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "classical"

@@ -37,7 +37,8 @@ def test_swap_puts_the_members_face_on_their_photo(enrolled_user, capsys, tmp_pa
     for name in ("rose_leslie/rose2.jpg", "biden/biden2.jpg", "formats/obama1.heic"):
         out = tmp_path / f"{Path(name).stem}.png"
         code, result, _ = swap(capsys, "--user", "u", str(DATA / name), "--out", str(out), "--json")
-        assert code == 0 and set(result) == {"path", "face", "faces_found", "similarity"}
+        assert code == 0 and set(result) == {"method", "path", "face", "faces_found", "similarity"}
+        assert result["method"] == "classical"  # no face model yet
         assert result["faces_found"] == 1 and result["face"] == 1 and Path(result["path"]).is_file()
         assert result["similarity"] > 0.4  # an independent dlib distance below 0.6 to the member
         rows.append((name, out))

@@ -100,12 +100,48 @@ def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
     from engine.generation.portrait import picture_path
     from engine.generation.swap import save_swap, swap_face
 
-    result = swap_face(open_store(settings), get_analyzer(settings), settings, args.user, read_photo(args.photo),
-                       args.face)
+    store = open_store(settings)
+    if not args.fast and store.ready_face_model(args.user) is not None:
+        return redraw_swap(args, settings, store)
+    result = swap_face(store, get_analyzer(settings), settings, args.user, read_photo(args.photo), args.face)
     out = save_swap(result, picture_path(Path(args.out), f"swap-face{result.face}.png"))
-    report(args, {"path": str(out), "face": result.face, "faces_found": result.faces_found,
+    report(args, {"method": "classical", "path": str(out), "face": result.face, "faces_found": result.faces_found,
                   "similarity": result.similarity},
            f"Wrote {out}: face {result.face} of {result.faces_found}, likeness {result.similarity:.0%}.")
+    return 0
+
+
+def redraw_swap(args: argparse.Namespace, settings: Settings, store) -> int:
+    """The face redrawn by the user's face model: every result written, the best at `--out`."""
+    import random
+
+    from engine.faces import get_analyzer
+    from engine.generation.generate import MAX_SEED, PortraitGenerator
+    from engine.generation.portrait import enrolled_face, face_model_files, face_model_folder, picture_path
+    from engine.generation.redraw import redraw_face
+    from engine.generation.swap import choose_face
+    from engine.models.base_model import load_base_pipeline
+
+    analyzer = get_analyzer(settings)
+    chosen = choose_face(analyzer, settings, read_photo(args.photo), args.face)  # before the slow model load
+    model, user = store.ready_face_model(args.user), store.get_user(args.user)
+    generator = PortraitGenerator(load_base_pipeline(settings, on_progress=download_bar()))
+    with face_model_folder(face_model_files(store, args.user)) as folder:
+        ranked = redraw_face(generator, analyzer, settings, enrolled_face(store, analyzer, args.user), chosen.image,
+                             chosen.face, folder, model.meta.get("trigger", user.trigger),
+                             args.seed if args.seed is not None else random.randint(0, MAX_SEED))
+    best = picture_path(Path(args.out), f"swap-face{chosen.number}.png")
+    best.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    for index, result in enumerate(ranked, start=1):
+        path = best if index == 1 else best.with_name(f"{best.stem}-{index}{best.suffix}")
+        result.image.save(path)
+        results.append({"path": str(path), "similarity": result.similarity, "seed": result.seed})
+    score = ranked[0].similarity
+    report(args, {"method": "redrawn", "path": results[0]["path"], "face": chosen.number,
+                  "faces_found": chosen.faces_found, "similarity": score, "results": results},
+           f"Wrote {len(results)} redrawn by the face model, best first, the best at {best}: face {chosen.number} "
+           f"of {chosen.faces_found}" + (f", likeness {score:.0%}." if score is not None else " (not ranked)."))
     return 0
 
 
@@ -189,11 +225,15 @@ def register(commands) -> None:
     sharper.add_argument("portrait", metavar="PORTRAIT", help="a path from `facechain portrait --json`")
     sharper.add_argument("--out", required=True, metavar="OUT", help="a file ending in .png, .jpg or .webp, or a folder to write it in")
 
-    swap = command(commands, "swap", cmd_swap, "put a user's enrolled face on a photo (no trained model needed)")
+    swap = command(commands, "swap", cmd_swap, "put a user's face on a photo: redrawn by their face model when they "
+                                               "have one (several results, best first), else their selfie's pasted on")
     swap.add_argument("--user", required=True)
     swap.add_argument("photo", metavar="PHOTO")
     swap.add_argument("--face", type=int, metavar="N", help="which face, numbered left to right (needed when several)")
     swap.add_argument("--out", required=True, metavar="OUT", help="a file ending in .png, .jpg or .webp, or a folder to write it in")
+    swap.add_argument("--fast", action="store_true", help="paste the enrolled face on at once, even when the user has "
+                                                        "a face model (which otherwise redraws the face)")
+    swap.add_argument("--seed", type=int, help="the first seed of the redrawn results")
 
     portrait = command(commands, "portrait", cmd_portrait, "draw a user's portraits in a style, ranked by likeness")
     portrait.add_argument("--user", required=True)

@@ -77,9 +77,18 @@ def numbered_preview(image: np.ndarray, faces: list[Face]) -> bytes:
     return buffer.getvalue()
 
 
-def swap_face_on(analyzer: FaceAnalyzer, settings: Settings, enrolled: EnrolledFace, photo: UploadedPhoto,
-                 face_number: int | None = None) -> SwapResult:
-    """The enrolled face on `photo`'s face `face_number` (from 1, left to right; None when only one)."""
+@dataclass
+class ChosenFace:
+    image: np.ndarray  # the photo, decoded
+    face: Face
+    number: int  # from 1, left to right
+    faces_found: int
+
+
+def choose_face(analyzer: FaceAnalyzer, settings: Settings, photo: UploadedPhoto,
+                face_number: int | None = None) -> ChosenFace:
+    """`photo`'s face `face_number` (from 1, left to right; None when there is only one); SeveralFaces
+    with a numbered preview when there are several and none was chosen."""
     image, faces = photo_faces(analyzer, settings, photo)
     if face_number is None:
         if len(faces) > 1:
@@ -88,12 +97,19 @@ def swap_face_on(analyzer: FaceAnalyzer, settings: Settings, enrolled: EnrolledF
     if not 1 <= face_number <= len(faces):
         raise FaceChainError(f"There is no face {face_number} in that photo: it shows {len(faces)} "
                              f"(1 to {len(faces)}, left to right).")
-    face = faces[face_number - 1]
+    return ChosenFace(image, faces[face_number - 1], face_number, len(faces))
+
+
+def swap_face_on(analyzer: FaceAnalyzer, settings: Settings, enrolled: EnrolledFace, photo: UploadedPhoto,
+                 face_number: int | None = None) -> SwapResult:
+    """The enrolled face on `photo`'s face `face_number` (from 1, left to right; None when only one)."""
+    chosen = choose_face(analyzer, settings, photo, face_number)
+    image, face, face_number = chosen.image, chosen.face, chosen.number
     fused = make_fuser(settings, analyzer)(enrolled, image, face)
     found = analyzer.detect(fused)
     nearest = min(found, key=lambda f: abs(f.box[0] - face.box[0]) + abs(f.box[1] - face.box[1])) if found else face
     score = similarity(analyzer, analyzer.embed(fused, nearest), enrolled.embeddings)
-    return SwapResult(fused, face_number, len(faces), score)
+    return SwapResult(fused, face_number, chosen.faces_found, score)
 
 
 def swap_face(store: Store, analyzer: FaceAnalyzer, settings: Settings, user_id: str, photo: UploadedPhoto,

@@ -9,75 +9,27 @@ dispatcher calls `gather` and `record` and ships `compute` to an actor. No step 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import FaceChainError, ModelUnavailable
+from engine.jobs.job_types import (  # noqa: F401 - JobContext and the outcomes are imported from here too
+    FACE_ADAPTER_KINDS,
+    Finished,
+    HeartbeatContext,
+    JobCancelled,
+    JobContext,
+    Runner,
+    show_flagged,
+)
+from engine.jobs.photo_runners import PHOTO_RUNNERS
 from engine.jobs.queue import Job, LeaseLost, QueueLimit
 from engine.models.loaded import LoadedModels
 
 if TYPE_CHECKING:  # types only: the worker runs the runners, they never run it
     from engine.jobs.heartbeat import Heartbeat
     from engine.jobs.worker import Worker
-
-
-class JobCancelled(Exception):
-    """The job's owner cancelled it while it ran."""
-
-
-class JobContext(Protocol):
-    """What a running job's model work talks to: progress out, stop requests and checkpoints."""
-
-    def update(self, progress: float, text: str) -> None: ...
-
-    def cancelled(self) -> bool: ...  # the owner cancelled the job
-
-    def should_stop(self) -> bool: ...  # cancelled, shutting down, or the lease was lost
-
-    def save_checkpoint(self, data: bytes) -> None: ...
-
-
-@dataclass
-class HeartbeatContext:
-    """A JobContext on the machine with the store: progress and stop requests through the lease's heartbeat."""
-
-    beat: Heartbeat
-    stopping: threading.Event
-    keep_checkpoint: Callable[[bytes], None] = lambda data: None
-
-    def update(self, progress: float, text: str) -> None:
-        self.beat.update(progress, text)
-
-    def cancelled(self) -> bool:
-        return self.beat.cancel_requested.is_set()
-
-    def should_stop(self) -> bool:
-        return self.stopping.is_set() or self.beat.cancel_requested.is_set() or self.beat.lease_lost.is_set()
-
-    def save_checkpoint(self, data: bytes) -> None:
-        self.keep_checkpoint(data)
-
-
-@dataclass
-class Finished:
-    """`gather` found nothing to compute: this is the job's result."""
-
-    result: dict
-
-
-@dataclass(frozen=True)
-class Runner:
-    gather: Callable[[Worker, Job], Any]
-    compute: Callable[[LoadedModels, Any, JobContext], Any]
-    record: Callable[[Worker, Job, Any, Any], dict]
-    uses_gpu: bool = True
-    # Writes a checkpoint the computation sent (training), and cleans up after a computation that failed
-    # for good (a passing failure is retried and resumes: a training from its last checkpoint).
-    keep_checkpoint: Callable[[Worker, Any, bytes], None] | None = None
-    abandon: Callable[[Worker, Job, Any, Exception], None] | None = None
 
 
 class ComputeLost(Exception):
@@ -315,85 +267,6 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
             "held_back": result.held_back, "pose": inputs.request.pose.id if inputs.request.pose else None}
 
 
-def _show_flagged(worker: Worker, job: Job) -> bool:
-    from engine.nsfw_policy import may_show_flagged
-    from engine.store.community import server_nsfw_policy
-
-    return may_show_flagged(server_nsfw_policy(worker.store, job.guild_id), bool(job.params.get("age_restricted")))
-
-
-# --- swap ----------------------------------------------------------------------------------------------
-
-@dataclass
-class SwapInputs:
-    photo: Any  # UploadedPhoto
-    face_number: int | None
-    face: Any  # MemberFace
-    show_flagged: bool
-
-
-@dataclass
-class SwapOutputs:
-    drawn: Any = None  # DrawnPortraits: the swapped photo, screened
-    face: int = 0
-    faces_found: int = 0
-    choose: int = 0  # several faces and none chosen: how many, and their numbered preview
-    preview: bytes = b""
-
-
-def _upload(job: Job, worker: Worker) -> Path:
-    upload = Path(job.params.get("upload", "")).resolve()
-    if not upload.is_relative_to((worker.settings.data_dir / "tmp").resolve()) or not upload.is_file():
-        raise FaceChainError("That photo is no longer here: send it again with `/facechain swap`.")
-    return upload
-
-
-def _swap_gather(worker: Worker, job: Job):
-    """The photo the member sent (saved by the bot under <data>/tmp/) and their enrolled face."""
-    from engine.generation.portrait import member_face
-    from engine.preprocess import UploadedPhoto
-
-    upload = _upload(job, worker)
-    return SwapInputs(UploadedPhoto(job.params.get("name") or upload.name, upload.read_bytes()),
-                      job.params.get("face"), member_face(worker.store, job.user_id), _show_flagged(worker, job))
-
-
-def _swap_compute(models: LoadedModels, inputs: SwapInputs, context: JobContext) -> SwapOutputs:
-    from PIL import Image
-
-    from engine.generation.portrait import DrawnPortraits, enrolled_face_from, screen
-    from engine.generation.swap import SeveralFaces, swap_face_on
-    from engine.postprocess import RankedPortrait
-
-    context.update(0.2, "putting your face on the photo")
-    enrolled = enrolled_face_from(models.analyzer, inputs.face)
-    try:
-        result = swap_face_on(models.analyzer, models.settings, enrolled, inputs.photo, inputs.face_number)
-    except SeveralFaces as several:
-        return SwapOutputs(choose=several.count, preview=several.preview)
-    kept, held_back = screen(models.safety, [RankedPortrait(Image.fromarray(result.image), 0, result.similarity)],
-                             inputs.show_flagged)
-    notice = "This server's safety filter held the result back." if held_back else None
-    return SwapOutputs(DrawnPortraits(kept, notice, held_back), result.face, result.faces_found)
-
-
-def _swap_record(worker: Worker, job: Job, inputs: SwapInputs, outputs: SwapOutputs) -> dict:
-    from engine.generation.portrait import save_portraits
-
-    if outputs.choose:  # the photo stays for the member's choice
-        preview = worker.store.private_dir(job.user_id, "portraits") / f"swap-choose-job{job.id}.jpg"
-        worker.store.write_private_file(preview, outputs.preview)
-        return {"choose": outputs.choose, "preview": worker.store.relative(preview)}
-    saved = save_portraits(worker.store, job.user_id, "swap", outputs.drawn.portraits, None, job.id)
-    _upload(job, worker).unlink(missing_ok=True)
-    return {"portraits": [p.to_json() for p in saved], "face": outputs.face, "faces_found": outputs.faces_found,
-            "held_back": outputs.drawn.held_back, "notice": outputs.drawn.notice}
-
-
-def _swap_abandon(worker: Worker, job: Job, inputs: SwapInputs, error: Exception) -> None:
-    Path(job.params["upload"]).unlink(missing_ok=True)  # the photo can't be used: it is not kept
-
-
 # --- Sharper x2 and style previews ------------------------------------------------------------------
 
 def _upscale_gather(worker: Worker, job: Job):
@@ -401,7 +274,7 @@ def _upscale_gather(worker: Worker, job: Job):
     from engine.styles import load_catalogue
 
     return upscale_inputs(worker.store, worker.settings, load_catalogue(worker.settings), job.user_id,
-                          int(job.params["portrait_id"]), show_flagged=_show_flagged(worker, job))
+                          int(job.params["portrait_id"]), show_flagged=show_flagged(worker, job))
 
 
 def _upscale_compute(models: LoadedModels, inputs, context: JobContext):
@@ -448,8 +321,7 @@ RUNNERS: dict[str, Runner] = {
                     abandon=_train_abandon),
     "generate": Runner(_generate_gather, _portraits_compute, _portraits_record),
     "teaser": Runner(_teaser_gather, _portraits_compute, _portraits_record),
-    # The face analysis of a swap runs on the CPU; on a cluster it still goes to an actor, which has the models.
-    "swap": Runner(_swap_gather, _swap_compute, _swap_record, uses_gpu=False, abandon=_swap_abandon),
+    **PHOTO_RUNNERS,
     "upscale": Runner(_upscale_gather, _upscale_compute, _upscale_record),
     "preview": Runner(_preview_gather, _preview_compute, _preview_record),
 }

@@ -28,7 +28,7 @@ from engine.jobs.cluster.actor import ACTOR_PREFIX, JOB_GROUP, NAMESPACE, GpuAct
 from engine.jobs.cluster.address import check_address, check_node_addresses, check_reachable
 from engine.jobs.heartbeat import Heartbeat
 from engine.jobs.queue import Job
-from engine.jobs.runners import ComputeLost, JobCancelled, JobContext, run_job_with
+from engine.jobs.runners import FACE_ADAPTER_KINDS, ComputeLost, JobCancelled, JobContext, run_job_with
 from engine.jobs.worker import Worker, stale_face_adapters
 from engine.memory import peak_rss_mb
 from engine.models.loaded import MAX_ADAPTERS
@@ -324,7 +324,7 @@ class Dispatcher:
         if job is None:
             self._next_claim_at = time.monotonic() + EMPTY_QUEUE_SECONDS
             return False
-        slot = self.pool.take(job.user_id, portrait=job.kind == "generate")
+        slot = self.pool.take(job.user_id, portrait=job.kind in FACE_ADAPTER_KINDS)
         if slot is None:  # every actor went away meanwhile: back to the queue, untouched
             self.worker.queue.release(job.lease)
             return False
@@ -358,7 +358,7 @@ class Dispatcher:
                 except ComputeLost:
                     lost = True
                     raise
-                if job.kind == "generate":
+                if job.kind in FACE_ADAPTER_KINDS:
                     self.pool.remember_face(slot, job.user_id)
                 resolve_setup_problems(worker.store, "models")  # the actor had the models it needed
                 return result

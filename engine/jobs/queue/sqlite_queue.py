@@ -34,13 +34,14 @@ from engine.jobs.queue.base import (
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
-KINDS = ("enroll", "train", "generate", "swap", "upscale", "teaser", "preview")
+KINDS = ("enroll", "train", "generate", "swap", "redraw", "upscale", "teaser", "preview")
 # Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while
 # their first face model trains ("teaser", queued before that training: behind trained members'
 # portraits, before the member's own training); then the styles browser's preview images.
-TIERS = (("enroll", "train", "generate", "swap", "upscale"), ("teaser",), ("preview",))
+TIERS = (("enroll", "train", "generate", "swap", "redraw", "upscale"), ("teaser",), ("preview",))
+PICTURE_KINDS = ("generate", "swap", "redraw", "upscale")
 # Used for ETAs until the server has finished jobs of its own to measure.
-TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "upscale": 30.0, "teaser": 20.0, "preview": 5.0}
+TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0, "upscale": 30.0, "teaser": 20.0, "preview": 5.0}
 
 # A job back in the queue, or finished, is leased to nobody.
 NO_LEASE = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
@@ -99,9 +100,8 @@ class SqliteJobQueue:
             raise QueueLimit("Your face model is already training: wait for it to finish (or cancel it) first.")
         limit = self.settings.max_queued_portraits_per_user
         # Every request that makes pictures counts towards the waiting limit (portraits, swaps, sharper x2).
-        pictures = "kind in ('generate', 'swap', 'upscale')"
-        if kind in ("generate", "swap", "upscale") and count(f"user_id = ? and {pictures} and {active}",
-                                                             [user_id]) >= limit:
+        pictures = f"kind in {PICTURE_KINDS}"
+        if kind in PICTURE_KINDS and count(f"user_id = ? and {pictures} and {active}", [user_id]) >= limit:
             raise QueueLimit(f"You already have {limit} portrait requests waiting: wait for one to finish.")
         quota = self.settings.guild_daily_quota
         if guild_id is not None:
