@@ -4,7 +4,8 @@
     python bench/gpu_sd15.py --smoke              # any machine: the tiny model, to check the script runs
 
 Face-LoRA training for 5 and 20 photos, 4 and 10 portraits at 512x512 with 40 and 8 DPM++ 2M Karras
-steps, fast mode (the LCM-LoRA with the LCM scheduler, 6 steps), then the 4 x 40 case again in fp16
+steps, fast mode (the LCM-LoRA with the LCM scheduler, 6 steps), 4 portraits in a pose (a random
+OpenPose ControlNet of the real shape) and a swap redrawn by the face model (4 inpainted seeds), then the 4 x 40 case again in fp16
 and bf16, with classic attention instead of SDPA, channels-last, and torch.compile. Then the same
 5-photo training and 4 portraits with the process capped to 8 GB (an 8 GB card: the planner's plan
 for it, the memory fraction set) beside the uncapped run. Each run reports wall time, peak GPU
@@ -32,7 +33,12 @@ from engine.benchmarks.machine import machine_facts
 from engine.config import load_settings
 from engine.generation.generate import PortraitGenerator, PortraitRequest
 from engine.models.base_model import BasePipeline, apply_memory_savers, load_base_pipeline, native_bf16, plan_memory
-from engine.models.random_models import make_random_lora, make_sd15_shaped_model, make_tiny_model
+from engine.models.random_models import (
+    make_random_controlnet,
+    make_random_lora,
+    make_sd15_shaped_model,
+    make_tiny_model,
+)
 from engine.styles import load_styles
 from engine.training.lora import WEIGHTS_FILE, TrainOptions, train_face_lora
 
@@ -120,6 +126,8 @@ def main() -> None:
     parser = bench_arguments(__doc__)
     parser.add_argument("--smoke", action="store_true", help="the tiny model at 64 px: checks the script anywhere")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run (minutes to compile)")
+    parser.add_argument("--modes-only", action="store_true",
+                        help="only the pose portrait and the redrawn swap (on a face LoRA of two steps)")
     parser.add_argument("--measure-steps", type=int, metavar="N",
                         help="time training at N/4 and N steps and project the full run (a short GPU lease)")
     args = parser.parse_args()
@@ -145,7 +153,12 @@ def main() -> None:
     training, generation, variants = figures["training"], figures["generation"], figures["variants"]
     crops = training_crops(scratch, max(photo_counts))
     face_folder = None
-    for photos in photo_counts:
+    if args.modes_only:  # a face LoRA to draw with; its training is not what is measured
+        face_folder = scratch / "face"
+        train_face_lora(base, crops[:photo_counts[0]], CAPTION, face_folder,
+                        TrainOptions(steps=2, rank=settings.lora_rank, alpha=settings.lora_alpha,
+                                     learning_rate=settings.learning_rate, resolution=resolution))
+    for photos in () if args.modes_only else photo_counts:
         steps = 1 * photos if smoke else min(settings.train_steps_per_photo * photos, settings.train_max_steps)
 
         def train(steps_: int, photos=photos, out=scratch / f"face{photos}"):
@@ -165,15 +178,21 @@ def main() -> None:
     generator = PortraitGenerator(base, fast_lora=str(lcm))
     style = load_styles().get("studio-headshot")
 
-    def request(count: int, steps: int, fast_mode: bool = False) -> PortraitRequest:
+    def request(count: int, steps: int, fast_mode: bool = False, pose=None) -> PortraitRequest:
         return PortraitRequest(style, "a handsome man", face_folder, count=count, seed=1, steps=steps, size=resolution,
-                               fast=fast_mode, guidance=settings.fast_guidance if fast_mode else None)
+                               fast=fast_mode, guidance=settings.fast_guidance if fast_mode else None, pose=pose)
 
-    def portraits(label: str, count: int, steps: int, fast_mode: bool = False) -> dict:
-        generator.generate(request(count, steps, fast_mode))  # warm-up: adapter load, kernels, autotuning
-        flops = linear_flops(lambda s: generator.generate(request(count, s, fast_mode)), steps)
-        run = measure(label, lambda: generator.generate(request(count, steps, fast_mode)), flops, cuda)
+    def portraits(label: str, count: int, steps: int, fast_mode: bool = False, pose=None) -> dict:
+        generator.generate(request(count, steps, fast_mode, pose))  # warm-up: adapter load, kernels, autotuning
+        flops = linear_flops(lambda s: generator.generate(request(count, s, fast_mode, pose)), steps)
+        run = measure(label, lambda: generator.generate(request(count, steps, fast_mode, pose)), flops, cuda)
         return asdict(run) | {"count": count, "steps": steps, "fast": fast_mode}
+
+    headline = (counts[0], slow)
+    figures["modes"] = mode_runs(model, generator, portraits, face_folder, headline, resolution, cuda, scratch)
+    write_figures(args.json, figures)
+    if args.modes_only:
+        return
 
     generation += [portraits(f"{count} portraits x {steps} steps", count, steps)
                    for steps in (slow, fast) for count in counts]
@@ -190,7 +209,6 @@ def main() -> None:
             print(f"target {key}: {verdict['value']:.2f} vs {verdict['target']:g}  "
                   f"{'met' if verdict['met'] else 'MISSED'}")
     write_figures(args.json, figures)
-    headline = (counts[0], slow)
     variants.append(portraits(f"{base.plan.dtype_name} (as loaded)", *headline))
     unet = base.pipeline.unet
     if cuda:
@@ -217,6 +235,37 @@ def main() -> None:
     if cuda and not args.no_compile:  # last: compiling takes minutes and may fail
         variants.append(compiled_run(base, portraits, headline))
     write_figures(args.json, figures)
+
+
+def mode_runs(model: Path, generator: PortraitGenerator, portraits, face_folder: Path, headline: tuple[int, int],
+              resolution: int, cuda: bool, scratch: Path) -> list[dict]:
+    """FaceChain's other modes: portraits in a pose (a random ControlNet of the real shape, made from the
+    UNet) and a selfie's face redrawn by the face model (inpainting, four seeds)."""
+    import numpy as np
+
+    from engine.faces import Face
+    from engine.generation.poses import load_poses
+    from engine.generation.redraw import REDRAW_CANDIDATES, draw_region, face_region
+
+    generator.pose_controlnet = str(make_random_controlnet(scratch / "controlnet", model))
+    runs = [portraits(f"{headline[0]} portraits x {headline[1]} steps in a pose (ControlNet)", *headline,
+                      pose=load_poses().get("standing"))]
+    photo = np.asarray(Image.open(sorted(PHOTOS.glob("obama[123].jpg"))[0]).convert("RGB"))
+    height, width = photo.shape[:2]
+    side = min(width, height) // 3  # a face-sized box in the middle: timing needs no face detector
+    face = Face(box=(width // 2 - side // 2, height // 3, side, side), score=1.0, landmarks=np.zeros((5, 2)),
+                left_eye=np.zeros(2), right_eye=np.zeros(2))
+    region = face_region(face, photo.shape)
+
+    def redraw():
+        return draw_region(generator, photo, face, region, resolution, face_folder, "a handsome man",
+                           list(range(REDRAW_CANDIDATES)))
+
+    redraw()  # warm-up: the inpainting pipeline, kernels
+    flops = counted_flops(redraw)
+    runs.append(asdict(measure(f"swap redrawn: {REDRAW_CANDIDATES} candidates (inpainting at 0.65)", redraw, flops,
+                               cuda)) | {"count": REDRAW_CANDIDATES})
+    return runs
 
 
 def capped_runs(base: BasePipeline, settings, crops: list[Path], steps: int, resolution: int, portraits,

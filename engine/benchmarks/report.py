@@ -191,7 +191,8 @@ def backlog_lines(backlog: dict | None) -> list[str]:
 
 
 def gpu_section(figures: dict, charts: Charts) -> list[str]:
-    runs = figures["training"] + figures["generation"] + figures["variants"] + figures.get("capped", [])
+    runs = (figures["training"] + figures["generation"] + figures.get("modes", []) + figures["variants"]
+            + figures.get("capped", []))
     measured = [run for run in runs if "error" not in run]
     figure, (seconds, tflops) = charts.figure(columns=2, height=0.45 * len(measured) + 1.6)
     seconds.barh([run["label"] for run in measured], [run["seconds"] for run in measured], color=COLOURS["bar"])

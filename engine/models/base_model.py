@@ -212,7 +212,9 @@ def derived_pipeline(base: BasePipeline, pipeline_class, **extra):
     """A `pipeline_class` pipeline on the base pipeline's own models (`from_pipe`), `extra` (a ControlNet)
     on the base's device unless model offload moves it."""
     # from_pipe casts every component to its dtype, float32 unless told: give it the one they have.
-    pipeline = pipeline_class.from_pipe(base.pipeline, torch_dtype=base.pipeline.unet.dtype, **extra)
+    with warnings.catch_warnings():  # torch_dtype= still works across our diffusers range
+        warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+        pipeline = pipeline_class.from_pipe(base.pipeline, torch_dtype=base.pipeline.unet.dtype, **extra)
     if not base.plan.cpu_offload:
         for module in extra.values():
             module.to(base.device)
