@@ -29,7 +29,7 @@ from engine.styles import STYLES_DIR, StyleCatalogue, load_styles, owner_styles_
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass
 class PortraitOrder:
     style: str
     count: int
@@ -39,6 +39,7 @@ class PortraitOrder:
     fast: bool | None = None  # fast mode (LCM-LoRA); None = the bot's default (FACECHAIN_FAST_BY_DEFAULT)
     words: str = ""  # the member's own words for the prompt
     pose: str | None = None  # a preset pose's id (poses/)
+    pose_upload: str = ""  # or a pose photo, downloaded under <data>/tmp/
 
 
 class Styles:
@@ -110,6 +111,16 @@ class Backend:
 
     def order_portrait(self, user_id: str, guild_id: int | None, channel_id: int, order: PortraitOrder) -> Job:
         """Check a portrait request and queue it; FaceChainError says what is wrong."""
+        words, has_model = self.check_portrait(user_id, guild_id, order, from_photo=bool(order.pose_upload))
+        params = {"style": order.style, "count": order.count, "seed": order.seed, "private": order.private,
+                  "age_restricted": order.age_restricted, "wait_for_training": not has_model, "fast": order.fast,
+                  "prompt": words, "pose": order.pose, "pose_upload": order.pose_upload or None}
+        return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
+
+    def check_portrait(self, user_id: str, guild_id: int | None, order: PortraitOrder,
+                       from_photo: bool = False) -> tuple[str, bool]:
+        """Everything that can be wrong with a portrait request before it is queued; returns the member's
+        words tidied and whether they have a face model."""
         settings = self.guild(guild_id)
         if settings and not settings.allows_style(order.style):
             raise FaceChainError(f"The style {order.style!r} is not allowed on this server: "
@@ -122,16 +133,15 @@ class Backend:
         check_request(self.store, self.settings, self.styles.catalogue(), user_id, order.style, order.count,
                       need_model=has_model)
         words = check_prompt_words(order.words, settings.blocked_words if settings else ())
-        check_pose(self.settings, order.pose)
-        params = {"style": order.style, "count": order.count, "seed": order.seed, "private": order.private,
-                  "age_restricted": order.age_restricted, "wait_for_training": not has_model, "fast": order.fast,
-                  "prompt": words, "pose": order.pose}
-        return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
+        check_pose(self.settings, order.pose, from_photo=from_photo)
+        return words, has_model
 
     def reorder(self, job: Job, seed: int | None = None, variation_of: int | None = None) -> Job:
         """The same portrait request again (Re-roll: new seeds; More like #k: variations of its seed)."""
         params = {**job.params, "seed": seed, "variation_of": variation_of, "wait_for_training": False}
         params.pop("low_memory", None)
+        if params.pop("pose_upload", None):  # the photo is gone once read: its pose was kept
+            params["pose_points"] = (job.result or {}).get("pose_points")
         return self.queue.enqueue("generate", job.user_id, params, guild_id=job.guild_id, channel_id=job.channel_id)
 
     def status(self, user_id: str) -> dict:

@@ -28,6 +28,7 @@ from engine.generation.previews import shown_preview
 from engine.store.members import change_subject, describe_member, remove_photo
 
 if TYPE_CHECKING:
+    from bot.client import FaceChainBot
     from engine.config import Settings
 
 SUBJECTS = tuple(SUBJECT_LABELS)
@@ -133,19 +134,30 @@ async def pose_choices(interaction: discord.Interaction, typed: str) -> list[app
                        seed="Same seed + style = same pictures", private="Only you see the result",
                        fast="Quicker, a little less detailed (default: this bot's choice)",
                        prompt="Your own words, added to the style (e.g. holding a guitar)",
-                       pose="A body pose to draw you in (the portrait is then taller than wide)")
+                       pose="A body pose to draw you in (the portrait is then taller than wide)",
+                       pose_photo="Or a photo of someone in the pose you want (only the pose is kept)")
 @app_commands.autocomplete(style=style_choices, pose=pose_choices)
 async def portrait(interaction: discord.Interaction, style: str, count: app_commands.Range[int, 1, MAX_PORTRAITS] = 4,
                    seed: app_commands.Range[int, 0, 2**31 - 1] | None = None, private: bool = False,
                    fast: bool | None = None, prompt: app_commands.Range[str, 1, 300] | None = None,
-                   pose: app_commands.Range[str, 1, 40] | None = None) -> None:
+                   pose: app_commands.Range[str, 1, 40] | None = None,
+                   pose_photo: discord.Attachment | None = None) -> None:
     await interaction.response.defer(ephemeral=private, thinking=True)
     bot = client(interaction)
+    user_id = str(interaction.user.id)
     order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private,
                           age_restricted=age_restricted(interaction.channel), fast=fast, words=prompt or "",
                           pose=pose.strip().lower() if pose else None)
-    job = await bot.backend.run(bot.backend.order_portrait, str(interaction.user.id), interaction.guild_id,
-                                interaction.channel_id, order)
+    if pose_photo is not None:
+        await bot.backend.run(bot.backend.check_portrait, user_id, interaction.guild_id, order, from_photo=True)
+        order.pose_upload = str(await save_photo(bot, user_id, pose_photo, "That pose photo"))
+    try:
+        job = await bot.backend.run(bot.backend.order_portrait, user_id, interaction.guild_id,
+                                    interaction.channel_id, order)
+    except FaceChainError:
+        if order.pose_upload:
+            shutil.rmtree(Path(order.pose_upload).parent, ignore_errors=True)
+        raise
     await bot.deliveries.follow(job, interaction, job_title(job).capitalize())
 
 
@@ -169,6 +181,21 @@ async def swap(interaction: discord.Interaction, photo: discord.Attachment,
         raise FaceChainError("Enroll a few selfies first with `/facechain enroll`: your face comes from them.")
     has_model = await bot.backend.run(bot.backend.store.ready_face_model, user_id) is not None
     kind = "redraw" if has_model and quality != "fast" else "swap"
+    destination = await save_photo(bot, user_id, photo, "That photo")
+    try:
+        params = {"upload": str(destination), "name": photo.filename[:100], "face": face, "private": private,
+                  "age_restricted": age_restricted(interaction.channel)}
+        job = await bot.backend.run(bot.backend.queue.enqueue, kind, user_id, params,
+                                    guild_id=_text(interaction.guild_id), channel_id=str(interaction.channel_id))
+    except FaceChainError:
+        shutil.rmtree(destination.parent, ignore_errors=True)
+        raise
+    await bot.deliveries.follow(job, interaction, "Your face on that photo")
+
+
+async def save_photo(bot: FaceChainBot, user_id: str, photo: discord.Attachment, what: str) -> Path:
+    """The attachment downloaded into a fresh folder under <data>/tmp/ (the worker reads it from there);
+    FaceChainError naming `what` when it can't be had."""
     folder = upload_dir(bot.settings.data_dir, user_id)
     destination = folder / "photo.upload"
     max_bytes = int(bot.settings.max_upload_mb * 2**20)
@@ -177,17 +204,10 @@ async def swap(interaction: discord.Interaction, photo: discord.Attachment,
             raise DownloadRefused(f"it is larger than {bot.settings.max_upload_mb:g} MB")
         sources = allowed_sources(bot.settings.attachment_hosts)
         await download(bot.http_session, photo.url, destination, max_bytes, sources)
-        params = {"upload": str(destination), "name": photo.filename[:100], "face": face, "private": private,
-                  "age_restricted": age_restricted(interaction.channel)}
-        job = await bot.backend.run(bot.backend.queue.enqueue, kind, user_id, params,
-                                    guild_id=_text(interaction.guild_id), channel_id=str(interaction.channel_id))
     except DownloadRefused as reason:
         shutil.rmtree(folder, ignore_errors=True)
-        raise FaceChainError(f"That photo could not be used: {reason}.") from None
-    except FaceChainError:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    await bot.deliveries.follow(job, interaction, "Your face on that photo")
+        raise FaceChainError(f"{what} could not be used: {reason}.") from None
+    return destination
 
 
 # --- styles, status, forget, help ------------------------------------------------------------------

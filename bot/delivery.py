@@ -252,16 +252,22 @@ class Deliveries:
                                      private=private)
             return
         style = self.bot.backend.styles.catalogue().get(job.params.get("style", ""))
-        pose = self.bot.backend.poses.get(job.params.get("pose") or "")
         content = portrait_lines(job.user_id, style.name if style else job.params.get("style", "?"), portraits,
-                                 (job.result or {}).get("notice"), job.params.get("prompt") or "",
-                                 pose.name if pose else job.params.get("pose"))
+                                 (job.result or {}).get("notice"), job.params.get("prompt") or "", self._pose_name(job))
         store = self.bot.backend.store
         actions = swap_actions(job, portraits) if job.kind == "teaser" else portrait_actions(job, portraits)
         outgoing = Outgoing(content=content, view=actions,
                             paths=[(store.absolute(p["path"]), f"portrait-{i}.png")
                                    for i, p in enumerate(portraits, start=1)])
         await self._to_owner(job, watch, outgoing, private=private)
+
+    def _pose_name(self, job: Job) -> str | None:
+        """The pose the portraits were drawn in, for people: a preset's name, or "your photo"."""
+        result = job.result or {}
+        if result.get("pose_points"):
+            return result["pose_points"]["name"]
+        preset = self.bot.backend.poses.get(result.get("pose") or job.params.get("pose") or "")
+        return preset.name if preset else job.params.get("pose")
 
     async def _swap_done(self, job: Job, watch: Watch | None) -> None:
         private, result = bool(job.params.get("private")), job.result or {}

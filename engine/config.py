@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Pose control: an OpenPose ControlNet for SD1.5 (a local folder, a Hugging Face id or modelscope:<id>),
     # loaded the first time a portrait asks for a pose and sharing the base model's weights; empty = no poses.
     pose_controlnet: str = "lllyasviel/control_v11p_sd15_openpose"
+    # The body pose of a photo a member brings: DWPose's two ONNX models (yolox_l.onnx and
+    # dw-ll_ucoco_384.onnx: a local folder, a Hugging Face id or modelscope:<id>); empty = preset poses only.
+    pose_detector: str = "yzd-v/DWPose"
     # Portraits use fast mode unless the member asks otherwise; steps and guidance of fast mode.
     fast_by_default: bool = False
     fast_steps: int = Field(default=6, ge=1, le=50)

@@ -94,6 +94,18 @@ def tiny_controlnet(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_pose_detector(tmp_path_factory) -> Path:
+    """DWPose's two ONNX files with fixed answers: one person standing, arms out, in any photo."""
+    import warnings
+
+    from engine.models.random_models import make_tiny_pose_detector
+
+    with warnings.catch_warnings():  # torch's legacy ONNX exporter's notices are not ours
+        warnings.simplefilter("ignore")
+        return make_tiny_pose_detector(tmp_path_factory.mktemp("dwpose") / "standing")
+
+
+@pytest.fixture(scope="session")
 def safety_checkers(tmp_path_factory) -> dict[str, Path]:
     """Tiny random safety checkers saved like the real one: "flags_all" flags every image, "flags_none" none."""
     from engine.models.random_models import make_tiny_safety_checker

@@ -28,9 +28,9 @@ SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50
 
 
 @pytest.fixture(scope="module")
-def deployment(tiny_model, tiny_controlnet, tmp_path_factory):
-    with running_bot(tmp_path_factory.mktemp("deployment"), {**SETTINGS, "BASE_MODEL": tiny_model,
-                                                              "POSE_CONTROLNET": tiny_controlnet}) as deployment:
+def deployment(tiny_model, tiny_controlnet, tiny_pose_detector, tmp_path_factory):
+    models = {"BASE_MODEL": tiny_model, "POSE_CONTROLNET": tiny_controlnet, "POSE_DETECTOR": tiny_pose_detector}
+    with running_bot(tmp_path_factory.mktemp("deployment"), {**SETTINGS, **models}) as deployment:
         yield deployment
 
 
@@ -147,6 +147,17 @@ def test_a_pose_draws_you_in_it_and_reroll_keeps_it(deployment):
     unknown = fake.response(fake.command(d.alice, d.general, d.guild, "portrait",
                                          {"style": "cyberpunk", "pose": "moonwalk"}))
     assert "Unknown pose 'moonwalk'" in unknown.text() and "waving" in unknown.text()
+
+    # The pose of someone in a photo: read by the worker, the photo deleted, the pose kept for re-rolls.
+    posed = d.result_of(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk", "count": 1},
+                                     attachments={"pose_photo": d.upload("biden/biden1.jpg")["photo1"]}))
+    assert "posed **your photo**" in posed.content
+    assert not list((d.data_dir / "tmp").glob(f"enroll-{d.alice}-*/photo.upload"))  # only the pose is kept
+    again = d.result_of(fake.click(d.alice, posed, _custom_id(posed, "reroll")))
+    assert "posed **your photo**" in again.content
+    both = fake.response(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk", "pose": "waving"},
+                                      attachments={"pose_photo": d.upload("biden/biden1.jpg")["photo1"]}))
+    assert "Choose a preset pose or a pose photo, not both" in both.text()
 
 
 def test_sharper_x2_comes_as_a_new_message_at_twice_the_size(deployment):

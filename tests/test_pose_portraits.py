@@ -11,9 +11,13 @@ from engine.generation.pose_control import POSE_PROBLEM, load_pose_controlnet, p
 from engine.generation.poses import load_poses
 from engine.generation.requests import check_pose
 from engine.models.base_model import derived_pipeline, load_base_pipeline
+from engine.models.random_models import DEFAULT_BODY
 from engine.styles import load_styles
+from tests.conftest import image_array
 
 POSES = load_poses()
+# The tiny pose detector is exported with torch's legacy ONNX exporter; its notices are not ours.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +97,64 @@ def test_a_full_body_pose_is_prompted_as_full_body():
     assert "full body" in full and "wide shot" in full and "upper" not in full
     assert "full body" in build_prompt("a man", anime, pose=POSES.get("walking"))
     assert build_prompt("a man", photo, pose=POSES.get("waving")) == build_prompt("a man", photo)  # upper body
+
+
+# --- a pose from a photo ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    from engine.models.random_models import make_tiny_pose_detector
+
+    folder = tmp_path_factory.mktemp("dwpose")
+    upper = {name: point for name, point in DEFAULT_BODY.items() if "knee" not in name and "ankle" not in name}
+    return {"standing": make_tiny_pose_detector(folder / "standing"),
+            "nobody": make_tiny_pose_detector(folder / "nobody", person=None),
+            "upper": make_tiny_pose_detector(folder / "upper", points=upper)}
+
+
+def test_a_photos_pose_is_read_as_openpose_points_framed_for_a_portrait(detectors):
+    from engine.generation.body_pose import BodyPoseDetector
+
+    detector = BodyPoseDetector(detectors["standing"])
+    photo = image_array("biden/biden1.jpg")  # 970 x 2204: letterboxed by 0.29 into 640 x 640
+    [person] = detector.people(photo)
+    ratio = 640 / photo.shape[0]
+    assert np.allclose(person.box, np.array([220, 60, 420, 600]) / ratio, atol=1.0)  # back in the photo's pixels
+    points = detector.body_points(photo, person)
+    # RTMPose's crop is the box padded 1.25x and widened to 3:4 around its centre: the nose comes back there.
+    centre_x, crop_height = (220 + 420) / 2 / ratio, 540 / ratio * 1.25
+    assert abs(points["nose"][0] - centre_x) < 3 and points["nose"][1] < points["left_hip"][1]
+    assert abs(points["nose"][1] - ((60 + 600) / 2 / ratio - crop_height / 2 + 0.16 * crop_height)) < 3
+
+    pose = detector.pose(photo)
+    assert pose.id == "photo" and pose.framing == "full" and len(pose.points) == 18
+    neck, (lx, ly), (rx, ry) = pose.points["neck"], pose.points["left_shoulder"], pose.points["right_shoulder"]
+    assert np.allclose(neck, ((lx + rx) / 2, (ly + ry) / 2))
+    assert all(0 <= x <= 1 and 0 <= y <= 1 for x, y in pose.points.values())
+    assert BodyPoseDetector(detectors["upper"]).pose(photo).framing == "upper"  # no knees or ankles seen
+
+
+def test_a_photo_with_nobody_and_a_missing_detector_are_said_plainly(detectors, tmp_path):
+    from engine.generation.body_pose import NO_BODY, POSE_DETECTOR_PROBLEM, BodyPoseDetector, get_body_pose_detector
+
+    with pytest.raises(FaceChainError, match="No body was found in that photo") as nobody:
+        BodyPoseDetector(detectors["nobody"]).pose(image_array("biden/biden1.jpg"))
+    assert str(nobody.value) == NO_BODY and not isinstance(nobody.value, ModelUnavailable)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "yolox_l.onnx").write_bytes((detectors["standing"] / "yolox_l.onnx").read_bytes())
+    with pytest.raises(ModelUnavailable, match="lacks dw-ll_ucoco_384.onnx") as missing:
+        BodyPoseDetector(tmp_path / "half")
+    (tmp_path / "half" / "dw-ll_ucoco_384.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelUnavailable, match="could not be loaded") as damaged:
+        BodyPoseDetector(tmp_path / "half")
+    with pytest.raises(ModelUnavailable, match="FACECHAIN_POSE_DETECTOR is empty") as empty:
+        get_body_pose_detector("")
+    assert missing.value.key == damaged.value.key == empty.value.key == POSE_DETECTOR_PROBLEM
+
+    settings = load_settings(_env_file=None)
+    with pytest.raises(FaceChainError, match="Choose a preset pose or a pose photo, not both"):
+        check_pose(settings, "waving", from_photo=True)
+    with pytest.raises(FaceChainError, match="This bot reads no poses from photos"):
+        check_pose(settings.model_copy(update={"pose_detector": ""}), None, from_photo=True)
+    kept = BodyPoseDetector(detectors["standing"]).pose(image_array("biden/biden1.jpg"))
+    assert check_pose(settings, None, points=kept.model_dump(exclude={"file"})) == kept  # a re-roll's pose

@@ -146,10 +146,11 @@ def test_a_faceless_batch_is_redrawn_once_then_delivered_unranked(store, analyze
     assert [p.similarity for p in result.portraits] == [None, None]
 
 
-def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tiny_controlnet, tmp_path):
+def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tiny_controlnet, tiny_pose_detector, tmp_path):
     for name, value in {"DATA_DIR": tmp_path / "data", "BASE_MODEL": tiny_model, "TRAIN_RESOLUTION": 64,
                         "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 2, "DEVICE": "cpu",
-                        "POSE_CONTROLNET": tiny_controlnet}.items():
+                        "POSE_CONTROLNET": tiny_controlnet,
+                        "POSE_DETECTOR": tiny_pose_detector}.items():
         monkeypatch.setenv(f"FACECHAIN_{name}", str(value))
     assert main(["enroll", "--user", "u", *(str(DATA / p) for p in SELFIES)]) == 0
     capsys.readouterr()
@@ -179,6 +180,11 @@ def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tiny_co
     assert main(["portrait", "--user", "u", "--style", "cyberpunk", "--count", "1", "--pose", "moonwalk",
                  "--out", str(out)]) == 2
     assert "Unknown pose 'moonwalk': one of" in capsys.readouterr().err
+    # The pose of someone in a photo (the tiny detector sees the same standing person in any photo).
+    assert main(["portrait", "--user", "u", "--style", "cyberpunk", "--count", "1", "--pose",
+                 str(DATA / "biden" / "biden1.jpg"), "--out", str(tmp_path / "from-photo"), "--json"]) == 0
+    from_photo = json.loads(capsys.readouterr().out)
+    assert from_photo[0]["pose"] == "photo" and "full body" in from_photo[0]["prompt"]
 
     # Sharper x2 of the first one: the same style and face LoRA, twice the size, a new file.
     assert main(["upscale", "--user", "u", portraits[0]["path"], "--out", str(tmp_path / "up"), "--json"]) == 0

@@ -154,6 +154,8 @@ def queue_portrait(args: argparse.Namespace, settings: Settings, store, catalogu
     training = any(job.kind == "train" for job in queue.active_jobs(user_id=args.user))
     has_model = store.ready_face_model(args.user) is not None
     check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not training)
+    if pose_argument(args.pose)[1] is not None:
+        raise FaceChainError("--queue takes a preset pose: a pose photo is read here, so drop --queue for it.")
     check_pose(settings, args.pose)
     params = {"style": args.style, "count": args.count, "seed": args.seed, "fast": args.fast,
               "prompt": check_prompt_words(args.prompt or ""), "wait_for_training": not has_model, "pose": args.pose}
@@ -161,6 +163,13 @@ def queue_portrait(args: argparse.Namespace, settings: Settings, store, catalogu
     report(args, {"job_id": job.id}, f"Portraits of {args.user} queued as job {job.id}"
                                      + (", after the training queued for them" if not has_model else "") + ".")
     return 0
+
+
+def pose_argument(value: str | None) -> tuple[str | None, bytes | None]:
+    """--pose NAME|PHOTO as (preset name, None) or (None, the photo's bytes): a path to a file is a photo."""
+    if value and ("/" in value or "." in value or Path(value).is_file()):
+        return None, read_photo(value).data
+    return value, None
 
 
 def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
@@ -183,14 +192,15 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     if args.preview and not store.accepted_selfies(args.user):
         raise FaceChainError(f"User {args.user} has no enrolled selfies: run `facechain enroll` first.")
     words = check_prompt_words(args.prompt or "")
-    check_pose(settings, args.pose)
+    pose, pose_photo = pose_argument(args.pose)
+    check_pose(settings, pose, from_photo=pose_photo is not None)
     base = load_base_pipeline(settings, on_progress=download_bar())
     safety = load_safety_checker(settings, base)
     generator = PortraitGenerator(base, fast_lora=settings.fast_lora, pose_controlnet=settings.pose_controlnet)
     result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
                             show_flagged=args.show_flagged, fast=args.fast, words=words, teaser=args.preview,
-                            pose=args.pose)
+                            pose=pose, pose_photo=pose_photo)
     if result.notice:
         print(f"notice: {result.notice}", file=sys.stderr)
     if args.json:
@@ -246,8 +256,9 @@ def register(commands) -> None:
                                "training; results land in the data folder")
     portrait.add_argument("--prompt", metavar="WORDS", help="your own words, added to the style's prompt (at most 200 "
                                                              "characters)")
-    portrait.add_argument("--pose", metavar="NAME", help="a preset pose (`facechain poses list`): the portrait is "
-                                                          "drawn in it, 2 wide by 3 high")
+    portrait.add_argument("--pose", metavar="NAME|PHOTO", help="a preset pose (`facechain poses list`) or a photo of "
+                                                                "someone in the pose: the portrait is drawn in it, 2 "
+                                                                "wide by 3 high")
     portrait.add_argument("--preview", action="store_true",
                           help="before the face model is trained: the base model with the enrolled face fused on")
     portrait.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,

@@ -73,13 +73,16 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.models.random_models import make_random_controlnet, make_tiny_model
+    from engine.models.random_models import make_random_controlnet, make_tiny_model, make_tiny_pose_detector
 
     folder = make_tiny_model(Path(args.folder))
     controlnet = make_random_controlnet(folder / "controlnet-openpose", folder)
-    needed = {"FACECHAIN_BASE_MODEL": str(folder), "FACECHAIN_POSE_CONTROLNET": str(controlnet)}
+    detector = make_tiny_pose_detector(folder / "pose-detector")
+    needed = {"FACECHAIN_BASE_MODEL": str(folder), "FACECHAIN_POSE_CONTROLNET": str(controlnet),
+              "FACECHAIN_POSE_DETECTOR": str(detector)}
     report(args, {"path": str(folder), "settings": needed},
-           f"Tiny random model written to {folder}, with a pose ControlNet in it. To use them, set:\n"
+           f"Tiny random model written to {folder}, with a pose ControlNet and a pose detector (which finds the "
+           "same standing person in any photo) in it. To use them, set:\n"
            + "\n".join(f"  {name}={value}" for name, value in needed.items()))
     return 0
 

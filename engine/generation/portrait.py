@@ -20,6 +20,7 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.generation.generate import PortraitGenerator, PortraitRequest, build_prompt
+from engine.generation.poses import Pose
 from engine.generation.requests import CheckedRequest, check_pose, check_prompt_words, check_request
 from engine.models.safety import SafetyChecker
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
@@ -88,6 +89,7 @@ class PortraitInputs:
     count: int
     show_flagged: bool
     teaser: bool = False
+    pose_photo: bytes | None = None  # a photo whose body pose the portraits take (read where they are drawn)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class DrawnPortraits:
     portraits: list[RankedPortrait]  # best first, `count` at most
     notice: str | None
     held_back: int
+    pose: Pose | None = None  # the pose drawn in (read from the photo, when one was brought)
 
 
 def member_face(store: Store, user_id: str) -> MemberFace:
@@ -169,6 +172,8 @@ def portrait_inputs(
     blocked_words: list[str] | tuple[str, ...] = (),
     teaser: bool = False,
     pose: str | None = None,
+    pose_photo: bytes | None = None,
+    pose_points: dict | None = None,
 ) -> PortraitInputs:
     """Check a request and read what drawing it needs (FaceChainError says what is wrong)."""
     if teaser:  # while the face model trains: the base model and the style, the enrolled face fused on
@@ -180,7 +185,7 @@ def portrait_inputs(
     else:
         checked = check_request(store, settings, catalogue, user_id, style_id, count)
     words = check_prompt_words(words, blocked_words)
-    posed = check_pose(settings, pose)
+    posed = check_pose(settings, pose, from_photo=pose_photo is not None, points=pose_points)
     fast = settings.fast_by_default if fast is None else fast
     request = PortraitRequest(style=checked.style, trigger=checked.trigger, face_model=None,
                               count=settings.portrait_candidates, seed=seed, size=settings.portrait_size,
@@ -189,7 +194,7 @@ def portrait_inputs(
                               guidance=settings.fast_guidance if fast else None, pose=posed)
     return PortraitInputs(user_id, checked.style.id, request,
                           face_model_files(store, user_id) if checked.face_model else None,
-                          member_face(store, user_id), count, show_flagged, teaser)
+                          member_face(store, user_id), count, show_flagged, teaser, pose_photo)
 
 
 def draw_portraits(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings: Settings,
@@ -198,6 +203,11 @@ def draw_portraits(generator: PortraitGenerator, analyzer: FaceAnalyzer, setting
     are marked, and dropped (the next best take their place) unless the inputs may show them."""
     enrolled = enrolled_face_from(analyzer, inputs.face)
     fuser = make_fuser(settings, analyzer)
+    if inputs.pose_photo is not None:  # before the drawing: a photo with no body is the member's to fix
+        from engine.generation.body_pose import pose_of_photo
+
+        inputs = replace(inputs, request=replace(inputs.request, pose=pose_of_photo(settings, inputs.pose_photo)),
+                         pose_photo=None)
     with face_model_folder(inputs.face_model) as folder:
         request = replace(inputs.request, face_model=folder)
         candidates = generator.generate(request, on_step=on_step)
@@ -214,15 +224,17 @@ def draw_portraits(generator: PortraitGenerator, analyzer: FaceAnalyzer, setting
     if held_back:
         log.info("safety check held back %d of %d candidates", held_back, held_back + len(ranked))
         notice = held_back_notice(notice, passed=len(ranked), wanted=inputs.count)
-    return DrawnPortraits(ranked[:inputs.count], notice, held_back)
+    return DrawnPortraits(ranked[:inputs.count], notice, held_back, inputs.request.pose)
 
 
 def record_portraits(store: Store, inputs: PortraitInputs, drawn: DrawnPortraits, out_dir: Path | None = None,
                      job_id: int | None = None) -> PortraitResult:
     saved = save_portraits(store, inputs.user_id, inputs.style_id, drawn.portraits, out_dir, job_id)
-    prompt = build_prompt(inputs.request.trigger, inputs.request.style, inputs.request.words, inputs.request.pose)
+    prompt = build_prompt(inputs.request.trigger, inputs.request.style, inputs.request.words,
+                          drawn.pose or inputs.request.pose)
     notice = " ".join(filter(None, [TEASER_NOTICE, drawn.notice])) if inputs.teaser else drawn.notice
-    pose = inputs.request.pose.id if inputs.request.pose else None
+    posed = drawn.pose or inputs.request.pose
+    pose = posed.id if posed else None
     return PortraitResult([replace(portrait, prompt=prompt, pose=pose) for portrait in saved], notice or None,
                           drawn.held_back)
 

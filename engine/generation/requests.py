@@ -58,10 +58,18 @@ def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, u
     return CheckedRequest(style, model.meta.get("trigger", user.trigger), model.path)
 
 
-def check_pose(settings: Settings, pose_id: str | None) -> Pose | None:
-    """The preset pose a request names (None for none); FaceChainError when it is unknown or poses are off."""
-    if not pose_id:
+def check_pose(settings: Settings, pose_id: str | None, from_photo: bool = False,
+               points: dict | None = None) -> Pose | None:
+    """The preset pose a request names, or the one kept from a photo (`points`, for a re-roll); None for
+    none or for a photo still to be read. FaceChainError when it is unknown or poses are off."""
+    if not pose_id and not from_photo and points is None:
         return None
     if not settings.pose_controlnet.strip():
         raise FaceChainError("This bot does not draw poses: ask again without one.")
-    return find_pose(load_poses(), pose_id)
+    if pose_id and (from_photo or points is not None):
+        raise FaceChainError("Choose a preset pose or a pose photo, not both.")
+    if from_photo and not settings.pose_detector.strip():
+        raise FaceChainError("This bot reads no poses from photos: choose one of the preset poses.")
+    if points is not None:
+        return Pose.model_validate(points)
+    return find_pose(load_poses(), pose_id) if pose_id else None

@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from engine.errors import FaceChainError
 from engine.jobs.queue import Job
 from engine.models.loaded import LoadedModels
 
@@ -82,3 +84,11 @@ def show_flagged(worker: Worker, job: Job) -> bool:
     from engine.store.community import server_nsfw_policy
 
     return may_show_flagged(server_nsfw_policy(worker.store, job.guild_id), bool(job.params.get("age_restricted")))
+
+
+def uploaded_file(worker: Worker, path: str, gone: str) -> Path:
+    """A file the bot saved for a job: only under <data>/tmp/, and still there (else FaceChainError `gone`)."""
+    upload = Path(path or "").resolve()
+    if not upload.is_relative_to((worker.settings.data_dir / "tmp").resolve()) or not upload.is_file():
+        raise FaceChainError(gone)
+    return upload

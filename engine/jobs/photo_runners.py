@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import FaceChainError
-from engine.jobs.job_types import JobCancelled, JobContext, Runner, show_flagged
+from engine.jobs.job_types import JobCancelled, JobContext, Runner, show_flagged, uploaded_file
 from engine.jobs.queue import Job
 from engine.models.loaded import LoadedModels
 
@@ -45,10 +45,8 @@ class SwapOutputs:
 
 
 def _upload(job: Job, worker: Worker) -> Path:
-    upload = Path(job.params.get("upload", "")).resolve()
-    if not upload.is_relative_to((worker.settings.data_dir / "tmp").resolve()) or not upload.is_file():
-        raise FaceChainError("That photo is no longer here: send it again with `/facechain swap`.")
-    return upload
+    return uploaded_file(worker, job.params.get("upload", ""), "That photo is no longer here: send it again with "
+                                                               "`/facechain swap`.")
 
 
 def _swap_gather(worker: Worker, job: Job):

@@ -22,6 +22,7 @@ from engine.jobs.job_types import (  # noqa: F401 - JobContext and the outcomes 
     JobContext,
     Runner,
     show_flagged,
+    uploaded_file,
 )
 from engine.jobs.photo_runners import PHOTO_RUNNERS
 from engine.jobs.queue import Job, LeaseLost, QueueLimit
@@ -95,12 +96,10 @@ def _enroll_gather(worker: Worker, job: Job):
     from engine.preprocess import UploadedPhoto
     from engine.preprocess.enroll import enrollment_inputs
 
-    uploads_root = (worker.settings.data_dir / "tmp").resolve()
     photos = []
     for upload in job.params.get("uploads", []):
-        path = Path(upload["path"]).resolve()
-        if not path.is_relative_to(uploads_root) or not path.is_file():
-            raise FaceChainError(f"Upload {upload.get('name', '?')} is missing; send the photos again.")
+        path = uploaded_file(worker, upload["path"], f"Upload {upload.get('name', '?')} is missing; send the photos "
+                                                     "again.")
         photos.append(UploadedPhoto(upload.get("name") or path.name, path.read_bytes()))
     try:
         return enrollment_inputs(worker.store, worker.settings, job.user_id, photos, job.params.get("subject"))
@@ -217,7 +216,37 @@ def _generate_gather(worker: Worker, job: Job):
         count=int(params.get("count", 4)), seed=params.get("seed"), variation_of=params.get("variation_of"),
         show_flagged=may_show_flagged(server.nsfw_policy if server else "block", bool(params.get("age_restricted"))),
         fast=params.get("fast"), words=params.get("prompt") or "", blocked_words=server.blocked_words if server else (),
-        pose=params.get("pose"))
+        pose=params.get("pose"), pose_photo=_pose_photo(worker, job), pose_points=params.get("pose_points"))
+
+
+def _pose_photo(worker: Worker, job: Job) -> bytes | None:
+    """The pose photo the member sent with a portrait request (saved by the bot under <data>/tmp/)."""
+    if not job.params.get("pose_upload"):
+        return None
+    return uploaded_file(worker, job.params["pose_upload"], "That pose photo is no longer here: ask again with it."
+                         ).read_bytes()
+
+
+def _forget_pose_photo(job: Job) -> None:
+    if job.params.get("pose_upload"):
+        Path(job.params["pose_upload"]).unlink(missing_ok=True)
+
+
+def _portraits_abandon(worker: Worker, job: Job, inputs, error: Exception) -> None:
+    _forget_pose_photo(job)  # the request can't be drawn: its pose photo is not kept
+
+
+def _resolve_model_problems(worker: Worker, fast: bool, pose) -> None:
+    """The optional models a drawing used loaded: an open incident about them is over."""
+    from engine.generation.body_pose import POSE_DETECTOR_PROBLEM
+    from engine.generation.generate import FAST_PROBLEM
+    from engine.generation.pose_control import POSE_PROBLEM
+    from engine.store.setup_problems import resolve_setup_problems
+
+    used = [FAST_PROBLEM] * fast + [POSE_PROBLEM] * (pose is not None)
+    used += [POSE_DETECTOR_PROBLEM] * (pose is not None and pose.id == "photo")
+    for key in used:
+        resolve_setup_problems(worker.store, key)
 
 
 def _teaser_gather(worker: Worker, job: Job):
@@ -253,18 +282,12 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
     from engine.generation.portrait import record_portraits
 
     result = record_portraits(worker.store, inputs, drawn, job_id=job.id)
-    if inputs.request.fast:
-        from engine.generation.generate import FAST_PROBLEM
-        from engine.store.setup_problems import resolve_setup_problems
-
-        resolve_setup_problems(worker.store, FAST_PROBLEM)  # it loaded: an open incident is over
-    if inputs.request.pose:
-        from engine.generation.pose_control import POSE_PROBLEM
-        from engine.store.setup_problems import resolve_setup_problems
-
-        resolve_setup_problems(worker.store, POSE_PROBLEM)
+    _forget_pose_photo(job)  # read: only its pose is kept, for re-rolls
+    pose = drawn.pose
+    _resolve_model_problems(worker, inputs.request.fast, pose)
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
-            "held_back": result.held_back, "pose": inputs.request.pose.id if inputs.request.pose else None}
+            "held_back": result.held_back, "pose": pose.id if pose else None,
+            "pose_points": pose.model_dump(exclude={"file"}) if pose and pose.id == "photo" else None}
 
 
 # --- Sharper x2 and style previews ------------------------------------------------------------------
@@ -319,7 +342,7 @@ RUNNERS: dict[str, Runner] = {
     "enroll": Runner(_enroll_gather, _enroll_compute, _enroll_record, uses_gpu=False),
     "train": Runner(_train_gather, _train_compute, _train_record, keep_checkpoint=_train_keep_checkpoint,
                     abandon=_train_abandon),
-    "generate": Runner(_generate_gather, _portraits_compute, _portraits_record),
+    "generate": Runner(_generate_gather, _portraits_compute, _portraits_record, abandon=_portraits_abandon),
     "teaser": Runner(_teaser_gather, _portraits_compute, _portraits_record),
     **PHOTO_RUNNERS,
     "upscale": Runner(_upscale_gather, _upscale_compute, _upscale_record),

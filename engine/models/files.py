@@ -41,6 +41,11 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
         models.append(NamedModel("safety checker", settings.safety_checker, "FACECHAIN_SAFETY_CHECKER", "component"))
     if settings.pose_controlnet.strip():
         models.append(pose_controlnet_model(settings))
+    if settings.pose_detector.strip():
+        from engine.generation.body_pose import DETECTOR_FILE, KEYPOINTS_FILE
+
+        models += [NamedModel(f"pose detector ({what})", settings.pose_detector, "FACECHAIN_POSE_DETECTOR", "file",
+                              filename) for what, filename in (("people", DETECTOR_FILE), ("body points", KEYPOINTS_FILE))]
     if settings.fast_lora.strip():
         models.append(NamedModel("fast-mode LoRA", settings.fast_lora, "FACECHAIN_FAST_LORA", "file", WEIGHTS_FILE))
     if include_styles:

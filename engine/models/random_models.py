@@ -12,6 +12,7 @@ pictures are noise.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 # A character-level vocabulary: every prompt tokenizes, with no merges to ship.
@@ -222,3 +223,57 @@ def make_random_lora(unet, path: Path, rank: int = 4, kohya: bool = False, seed:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path
+
+
+def make_tiny_pose_detector(folder: Path, person: tuple[float, float, float, float] | None = (220, 60, 420, 600),
+                            points: dict[str, tuple[float, float]] | None = None) -> Path:
+    """DWPose's two ONNX files with their real inputs and outputs (YOLOX: 1x3x640x640 -> 1x8400x85;
+    RTMPose: 1x3x384x288 -> SimCC 1x133x576 and 1x133x768) whose answers are fixed, as the tiny
+    insightface pack's gender-age model is: the detector finds one person at `person` (x1, y1, x2, y2 in
+    its 640 px letterboxed input; None: nobody) and the keypoint model puts the body points at `points`
+    (x, y as shares of its 288x384 crop; by default a person standing with raised arms). Loading,
+    letterboxing, the crop's warp and SimCC decoding are what they test; the answers mean nothing."""
+    import torch
+
+    from engine.generation.body_pose import COCO_BODY, DETECTOR_FILE, KEYPOINTS_FILE, STRIDES
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    detections = torch.zeros(1, sum((640 // s) ** 2 for s in STRIDES), 85)
+    if person is not None:
+        x1, y1, x2, y2 = person
+        stride, cells = STRIDES[-1], 640 // STRIDES[-1]
+        centre_x, centre_y = (x1 + x2) / 2 / stride, (y1 + y2) / 2 / stride
+        anchor = sum((640 // s) ** 2 for s in STRIDES[:-1]) + int(centre_y) * cells + int(centre_x)
+        detections[0, anchor, :6] = torch.tensor([centre_x - int(centre_x), centre_y - int(centre_y),
+                                                  math.log((x2 - x1) / stride), math.log((y2 - y1) / stride), 0.95, 0.95])
+    points = points or DEFAULT_BODY
+    simcc_x, simcc_y = torch.zeros(1, 133, 576), torch.zeros(1, 133, 768)
+    for index, name in enumerate(COCO_BODY):
+        if name in points:
+            x, y = points[name]
+            simcc_x[0, index, round(x * 575)] = simcc_y[0, index, round(y * 767)] = 0.9
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, *answers):
+            super().__init__()
+            self.answers = torch.nn.ParameterList([torch.nn.Parameter(a, requires_grad=False) for a in answers])
+
+        def forward(self, x):
+            anchor = x.mean() * 0  # the input stays part of the graph, as a real model's is
+            return tuple(answer + anchor for answer in self.answers)
+
+    for module, size, path, outputs in ((Fixed(detections), (640, 640), DETECTOR_FILE, ["output"]),
+                                        (Fixed(simcc_x, simcc_y), (384, 288), KEYPOINTS_FILE, ["simcc_x", "simcc_y"])):
+        torch.onnx.export(module, torch.zeros(1, 3, *size), str(folder / path), input_names=["input"],
+                          output_names=outputs, dynamo=False)
+    return folder
+
+
+# A standing person with the arms out, as shares of RTMPose's 288x384 crop (COCO names).
+DEFAULT_BODY = {"nose": (0.5, 0.16), "left_eye": (0.53, 0.14), "right_eye": (0.47, 0.14), "left_ear": (0.56, 0.15),
+                "right_ear": (0.44, 0.15), "left_shoulder": (0.62, 0.26), "right_shoulder": (0.38, 0.26),
+                "left_elbow": (0.75, 0.3), "right_elbow": (0.25, 0.3), "left_wrist": (0.86, 0.24),
+                "right_wrist": (0.14, 0.24), "left_hip": (0.57, 0.55), "right_hip": (0.43, 0.55),
+                "left_knee": (0.58, 0.72), "right_knee": (0.42, 0.72), "left_ankle": (0.58, 0.88),
+                "right_ankle": (0.42, 0.88)}
