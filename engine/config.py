@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     # The body pose of a photo a member brings: DWPose's two ONNX models (yolox_l.onnx and
     # dw-ll_ucoco_384.onnx: a local folder, a Hugging Face id or modelscope:<id>); empty = preset poses only.
     pose_detector: str = "yzd-v/DWPose"
+    # FaceChain's pose "with depth": a pose photo's depth map read by a second ControlNet (at half the
+    # pose's strength). Off by default; the depth ControlNet and the transformers depth estimator
+    # (local folder, Hugging Face id or modelscope:<id>) are fetched only when it is on.
+    pose_depth: bool = False
+    depth_controlnet: str = "lllyasviel/control_v11f1p_sd15_depth"
+    depth_estimator: str = "Intel/dpt-hybrid-midas"
     # Portraits use fast mode unless the member asks otherwise; steps and guidance of fast mode.
     fast_by_default: bool = False
     fast_steps: int = Field(default=6, ge=1, le=50)

@@ -1,5 +1,7 @@
 """Portraits in a preset pose: the OpenPose ControlNet on the base pipeline's own models (tiny model)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,39 @@ def test_a_photo_with_nobody_and_a_missing_detector_are_said_plainly(detectors, 
         check_pose(settings.model_copy(update={"pose_detector": ""}), None, from_photo=True)
     kept = BodyPoseDetector(detectors["standing"]).pose(image_array("biden/biden1.jpg"))
     assert check_pose(settings, None, points=kept.model_dump(exclude={"file"})) == kept  # a re-roll's pose
+
+
+def test_with_depth_a_pose_photos_depth_joins_the_pose(base, tiny_model, tiny_controlnet, detectors, tmp_path):
+    from engine.generation.body_pose import read_pose_photo
+    from engine.generation.depth import DEPTH_PROBLEM, get_depth_estimator
+    from engine.models.random_models import make_random_controlnet, make_tiny_depth_estimator
+
+    settings = load_settings(_env_file=None, pose_detector=str(detectors["standing"]), pose_depth=True,
+                             depth_estimator=str(make_tiny_depth_estimator(tmp_path / "dpt")))
+    data = (Path(__file__).parent / "data" / "biden" / "biden1.jpg").read_bytes()
+    pose, depth = read_pose_photo(settings, data)
+    assert pose.id == "photo" and depth.mode == "RGB" and abs(depth.height / depth.width - 1.5) < 0.01
+    assert np.asarray(depth).max() > 0  # the photo's depth, inside the pose's frame
+    assert read_pose_photo(settings.model_copy(update={"pose_depth": False}), data)[1] is None
+
+    generator = PortraitGenerator(base, pose_controlnet=str(tiny_controlnet),
+                                  depth_controlnet=str(make_random_controlnet(tmp_path / "depth-cn", tiny_model, seed=1)))
+    style = load_styles().get("studio-headshot")
+    style = style.model_copy(update={"sampler": style.sampler.model_copy(update={"steps": 3})})
+
+    def draw_with(depth_map):
+        request = PortraitRequest(style=style, trigger="a man", face_model=None, count=1, seed=3, size=64, pose=pose,
+                                  depth=depth_map)
+        return np.asarray(generator.generate(request)[0].image, dtype=np.int16)
+
+    with_depth, without = draw_with(depth), draw_with(None)
+    assert with_depth.shape == (96, 64, 3) and np.abs(with_depth - without).mean() > 0.5
+    both = generator._derived["pose and depth"]
+    assert len(both.controlnet.nets) == 2 and both.controlnet.nets[0] is generator._derived[
+        "StableDiffusionControlNetPipeline"].controlnet  # one pose ControlNet, shared
+    assert both.unet is base.pipeline.unet
+
+    get_depth_estimator.cache_clear()
+    with pytest.raises(ModelUnavailable, match="FACECHAIN_DEPTH_ESTIMATOR is empty") as empty:
+        read_pose_photo(settings.model_copy(update={"depth_estimator": ""}), data)
+    assert empty.value.key == DEPTH_PROBLEM

@@ -98,6 +98,10 @@ class BodyPoseDetector:
 
     def pose(self, image: np.ndarray) -> Pose:
         """The pose of the photo's surest person, framed for a portrait; FaceChainError when there is none."""
+        return self.pose_in_frame(image)[0]
+
+    def pose_in_frame(self, image: np.ndarray) -> tuple[Pose, tuple[float, float, float, float]]:
+        """The pose, and the frame of the photo (left, top, width, height) its points are shares of."""
         people = self.people(image)
         if not people:
             raise FaceChainError(NO_BODY)
@@ -108,21 +112,27 @@ class BodyPoseDetector:
         if not {"nose", "neck"} <= set(points):
             raise FaceChainError(NO_BODY)
         full = any(name in points for name in ("left_knee", "right_knee", "left_ankle", "right_ankle"))
+        frame = body_frame(points)
         return Pose(id="photo", name="your photo", description="the pose of the person in your photo",
-                    framing="full" if full else "upper", points=framed(points))
+                    framing="full" if full else "upper", points=framed(points, frame)), frame
 
 
 
-def framed(points: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-    """Points in photo pixels as shares of a 2-wide-by-3-high frame around them (with a margin)."""
+def body_frame(points: dict[str, tuple[float, float]]) -> tuple[float, float, float, float]:
+    """A 2-wide-by-3-high frame around the points (with a margin): left, top, width, height in photo pixels."""
     xs, ys = [x for x, _ in points.values()], [y for _, y in points.values()]
     height = max(ys) - min(ys) or 1.0
     top, bottom = min(ys) - FRAME_MARGIN * height, max(ys) + FRAME_MARGIN * height
     frame_height = max(bottom - top, 1.5 * (max(xs) - min(xs)) * (1 + 2 * FRAME_MARGIN))
     frame_width = frame_height / 1.5
-    left = (min(xs) + max(xs)) / 2 - frame_width / 2
-    top = (top + bottom) / 2 - frame_height / 2
-    return {name: (float(np.clip((x - left) / frame_width, 0, 1)), float(np.clip((y - top) / frame_height, 0, 1)))
+    return (min(xs) + max(xs)) / 2 - frame_width / 2, (top + bottom) / 2 - frame_height / 2, frame_width, frame_height
+
+
+def framed(points: dict[str, tuple[float, float]],
+           frame: tuple[float, float, float, float]) -> dict[str, tuple[float, float]]:
+    """Points in photo pixels as shares of the frame."""
+    left, top, width, height = frame
+    return {name: (float(np.clip((x - left) / width, 0, 1)), float(np.clip((y - top) / height, 0, 1)))
             for name, (x, y) in points.items()}
 
 
@@ -170,8 +180,9 @@ def get_body_pose_detector(reference: str) -> BodyPoseDetector:
     return BodyPoseDetector(folder)
 
 
-def pose_of_photo(settings, data: bytes) -> Pose:
-    """The body pose in a photo's bytes (checked as a selfie is: size, format); FaceChainError in plain words."""
+def read_pose_photo(settings, data: bytes):
+    """The body pose in a photo's bytes (checked as a selfie is: size, format), and with FACECHAIN_POSE_DEPTH
+    the photo's depth in the pose's frame (else None); FaceChainError in plain words."""
     from engine.preprocess.decode import decode_photo
     from engine.preprocess.reasons import ADVICE, PhotoRejected
 
@@ -179,4 +190,9 @@ def pose_of_photo(settings, data: bytes) -> Pose:
         image = decode_photo(data, settings.max_photo_megapixels)
     except PhotoRejected as rejection:
         raise FaceChainError(f"That pose photo can't be used: {rejection.detail}. {ADVICE[rejection.reason]}.") from None
-    return get_body_pose_detector(settings.pose_detector).pose(image)
+    pose, frame = get_body_pose_detector(settings.pose_detector).pose_in_frame(image)
+    if not settings.pose_depth:
+        return pose, None
+    from engine.generation.depth import depth_in_frame
+
+    return pose, depth_in_frame(settings.depth_estimator, image, frame)

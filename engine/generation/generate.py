@@ -20,7 +20,8 @@ from pathlib import Path
 from PIL import Image
 
 from engine.errors import ModelMissing, ModelUnavailable
-from engine.generation.pose_control import CONDITIONING_SCALE, load_pose_controlnet, pose_size
+from engine.generation.depth import DEPTH_CONTROLNET_SETTING, DEPTH_PROBLEM, DEPTH_SCALE
+from engine.generation.pose_control import CONDITIONING_SCALE, load_controlnet, load_pose_controlnet, pose_size
 from engine.generation.pose_drawing import skeleton
 from engine.generation.poses import Pose
 from engine.models.base_model import BasePipeline, derived_pipeline
@@ -66,6 +67,7 @@ class PortraitRequest:
     words: str = ""  # the member's own words, added after the style's prompt (checked before)
     # A body pose the OpenPose ControlNet holds the portrait to; it is then drawn 2 wide by 3 high.
     pose: Pose | None = None
+    depth: Image.Image | None = None  # with a pose from a photo: its depth, for the depth ControlNet
 
     @property
     def width_height(self) -> tuple[int, int]:
@@ -147,11 +149,13 @@ class StyleUnavailable(ModelMissing):
 
 class PortraitGenerator:
     def __init__(self, base: BasePipeline, max_adapters: int = 8, fast_lora: str = "",
-                 pose_controlnet: str = "") -> None:
+                 pose_controlnet: str = "", depth_controlnet: str = "") -> None:
         self.base = base
         self.max_adapters = max_adapters
         self.fast_lora = fast_lora  # the LCM-LoRA reference (FACECHAIN_FAST_LORA)
         self.pose_controlnet = pose_controlnet  # FACECHAIN_POSE_CONTROLNET, loaded at the first pose
+        self.depth_controlnet = depth_controlnet  # FACECHAIN_DEPTH_CONTROLNET, loaded at the first depth
+        self._controlnets: dict[str, object] = {}
         self._derived: dict[str, object] = {}  # pipeline class name -> a pipeline on the base's models
         self._adapters: OrderedDict[str, str] = OrderedDict()  # source key -> adapter name
         self._schedulers: dict[str, object] = {}
@@ -272,6 +276,9 @@ class PortraitGenerator:
                 return kwargs
         pose = {} if request.pose is None else {"image": skeleton(request.pose, (width, height)),
                                                 "controlnet_conditioning_scale": CONDITIONING_SCALE}
+        if request.pose is not None and request.depth is not None:  # FaceChain's "with depth"
+            pose = {"image": [pose["image"], request.depth.resize((width, height))],
+                    "controlnet_conditioning_scale": [CONDITIONING_SCALE, DEPTH_SCALE]}
         with self.drawing_with(self._pipeline_for(request)) as pipeline:
             images = pipeline(
                 prompt=[build_prompt(request.trigger, request.style, request.words, request.pose)] * request.count,
@@ -291,7 +298,7 @@ class PortraitGenerator:
         """A pipeline of another kind (ControlNet, inpainting) on the base pipeline's own models, made
         once: `from_pipe` shares the UNet, VAE and text encoder, the adapters loaded on them included."""
         key = pipeline_class.__name__
-        if key not in self._derived:
+        if key not in self._derived:  # `extra` is made before the call even when cached: keep it cheap
             self._derived[key] = derived_pipeline(self.base, pipeline_class, **extra)
         return self._derived[key]
 
@@ -316,15 +323,29 @@ class PortraitGenerator:
             base.pipeline.enable_model_cpu_offload(device=base.device)
 
     def _pipeline_for(self, request: PortraitRequest):
-        """The base pipeline, or for a pose the ControlNet pipeline on the same models (made at the first pose)."""
+        """The base pipeline, or for a pose a ControlNet pipeline on the same models (made at the first
+        pose; with depth, a second one holding both ControlNets)."""
         if request.pose is None:
             return self.base.pipeline
         from diffusers import StableDiffusionControlNetPipeline
 
-        if StableDiffusionControlNetPipeline.__name__ not in self._derived:
-            self.derived_pipeline(StableDiffusionControlNetPipeline,
-                                  controlnet=load_pose_controlnet(self.pose_controlnet, self.base))
-        return self._derived[StableDiffusionControlNetPipeline.__name__]
+        if request.depth is None:
+            return self.derived_pipeline(StableDiffusionControlNetPipeline, controlnet=self._controlnet("pose"))
+        from diffusers import MultiControlNetModel
+
+        key = "pose and depth"
+        if key not in self._derived:
+            both = MultiControlNetModel([self._controlnet("pose"), self._controlnet("depth")])
+            self._derived[key] = derived_pipeline(self.base, StableDiffusionControlNetPipeline, controlnet=both)
+        return self._derived[key]
+
+    def _controlnet(self, which: str):
+        """The pose or the depth ControlNet, loaded once (both pipelines that use one share it)."""
+        if which not in self._controlnets:
+            self._controlnets[which] = load_pose_controlnet(self.pose_controlnet, self.base) if which == "pose" \
+                else load_controlnet(self.depth_controlnet, self.base, DEPTH_CONTROLNET_SETTING, DEPTH_PROBLEM,
+                                     "depth", "lllyasviel/control_v11f1p_sd15_depth")
+        return self._controlnets[which]
 
     def _variation_latents(self, request: PortraitRequest, seeds: list[int]):
         """Starting noise near `request.variation_of`'s, or None for the pipeline's own."""

@@ -204,10 +204,10 @@ def draw_portraits(generator: PortraitGenerator, analyzer: FaceAnalyzer, setting
     enrolled = enrolled_face_from(analyzer, inputs.face)
     fuser = make_fuser(settings, analyzer)
     if inputs.pose_photo is not None:  # before the drawing: a photo with no body is the member's to fix
-        from engine.generation.body_pose import pose_of_photo
+        from engine.generation.body_pose import read_pose_photo
 
-        inputs = replace(inputs, request=replace(inputs.request, pose=pose_of_photo(settings, inputs.pose_photo)),
-                         pose_photo=None)
+        pose, depth = read_pose_photo(settings, inputs.pose_photo)
+        inputs = replace(inputs, request=replace(inputs.request, pose=pose, depth=depth), pose_photo=None)
     with face_model_folder(inputs.face_model) as folder:
         request = replace(inputs.request, face_model=folder)
         candidates = generator.generate(request, on_step=on_step)

@@ -25,31 +25,37 @@ def pose_size(width: int) -> tuple[int, int]:
 
 
 def load_pose_controlnet(reference: str, base: BasePipeline):
-    """The ControlNet `reference` names, in the base pipeline's precision; ModelUnavailable (an owner's
-    problem: members' jobs wait) when it is not set, not here and out of reach, damaged or unfit."""
+    """The pose ControlNet `reference` names (see load_controlnet)."""
+    return load_controlnet(reference, base, POSE_SETTING, POSE_PROBLEM, "pose",
+                           "lllyasviel/control_v11p_sd15_openpose")
+
+
+def load_controlnet(reference: str, base: BasePipeline, setting: str, problem: str, what: str, default: str):
+    """The `what` ControlNet `reference` names, in the base pipeline's precision; ModelUnavailable (an
+    owner's problem: members' jobs wait) when it is not set, not here and out of reach, damaged or unfit."""
     import torch
     from diffusers import ControlNetModel
 
     if not reference.strip():
-        raise ModelUnavailable(f"A portrait in a pose was asked for but {POSE_SETTING} is empty: set it to "
-                               "lllyasviel/control_v11p_sd15_openpose (or a local copy).", POSE_PROBLEM)
+        raise ModelUnavailable(f"A portrait with a {what} ControlNet was asked for but {setting} is empty: set it "
+                               f"to {default} (or a local copy).", problem)
     dtype = base.pipeline.unet.dtype
     half = dtype != torch.float32
     try:
-        folder = resolve_model_folder(parse_model_reference(reference), setting=POSE_SETTING, kind="component",
-                                      half=half, what="the pose ControlNet")
+        folder = resolve_model_folder(parse_model_reference(reference), setting=setting, kind="component",
+                                      half=half, what=f"the {what} ControlNet")
     except ModelUnavailable as error:
-        raise ModelUnavailable(str(error), POSE_PROBLEM) from None
+        raise ModelUnavailable(str(error), problem) from None
     try:
         controlnet = ControlNetModel.from_pretrained(folder, torch_dtype=dtype,
                                                      variant=weights_variant(folder, half, "component"))
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelUnavailable(f"The pose ControlNet at {folder} could not be loaded ({type(error).__name__}: "
-                               f"{str(error)[:200]}): re-download it, or fix {POSE_SETTING}.", POSE_PROBLEM) from None
+        raise ModelUnavailable(f"The {what} ControlNet at {folder} could not be loaded ({type(error).__name__}: "
+                               f"{str(error)[:200]}): re-download it, or fix {setting}.", problem) from None
     unet = base.pipeline.unet.config
     if (controlnet.config.cross_attention_dim, tuple(controlnet.config.block_out_channels)) != \
             (unet.cross_attention_dim, tuple(unet.block_out_channels)):
-        raise ModelUnavailable(f"The pose ControlNet {reference} was made for another base model than "
-                               f"{base.reference} (its blocks or text width differ): set {POSE_SETTING} to "
-                               "an SD1.5 OpenPose ControlNet.", POSE_PROBLEM)
+        raise ModelUnavailable(f"The {what} ControlNet {reference} was made for another base model than "
+                               f"{base.reference} (its blocks or text width differ): set {setting} to "
+                               f"an SD1.5 {what} ControlNet.", problem)
     return controlnet

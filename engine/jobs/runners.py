@@ -239,12 +239,14 @@ def _portraits_abandon(worker: Worker, job: Job, inputs, error: Exception) -> No
 def _resolve_model_problems(worker: Worker, fast: bool, pose) -> None:
     """The optional models a drawing used loaded: an open incident about them is over."""
     from engine.generation.body_pose import POSE_DETECTOR_PROBLEM
+    from engine.generation.depth import DEPTH_PROBLEM
     from engine.generation.generate import FAST_PROBLEM
     from engine.generation.pose_control import POSE_PROBLEM
     from engine.store.setup_problems import resolve_setup_problems
 
     used = [FAST_PROBLEM] * fast + [POSE_PROBLEM] * (pose is not None)
-    used += [POSE_DETECTOR_PROBLEM] * (pose is not None and pose.id == "photo")
+    from_photo = pose is not None and pose.id == "photo"
+    used += [POSE_DETECTOR_PROBLEM] * from_photo + [DEPTH_PROBLEM] * (from_photo and worker.settings.pose_depth)
     for key in used:
         resolve_setup_problems(worker.store, key)
 

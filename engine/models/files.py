@@ -41,6 +41,9 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
         models.append(NamedModel("safety checker", settings.safety_checker, "FACECHAIN_SAFETY_CHECKER", "component"))
     if settings.pose_controlnet.strip():
         models.append(pose_controlnet_model(settings))
+    if settings.pose_depth:
+        models += [NamedModel("depth ControlNet", settings.depth_controlnet, "FACECHAIN_DEPTH_CONTROLNET", "component"),
+                   NamedModel("depth estimator", settings.depth_estimator, "FACECHAIN_DEPTH_ESTIMATOR", "component")]
     if settings.pose_detector.strip():
         from engine.generation.body_pose import DETECTOR_FILE, KEYPOINTS_FILE
 

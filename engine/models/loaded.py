@@ -46,7 +46,8 @@ class LoadedModels:
             from engine.generation.generate import PortraitGenerator
 
             self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora,
-                                                pose_controlnet=self.settings.pose_controlnet)
+                                                pose_controlnet=self.settings.pose_controlnet,
+                                                depth_controlnet=self.settings.depth_controlnet)
         return self._generator
 
     @property

@@ -225,6 +225,21 @@ def make_random_lora(unet, path: Path, rank: int = 4, kohya: bool = False, seed:
     return path
 
 
+def make_tiny_depth_estimator(folder: Path, seed: int = 0) -> Path:
+    """A tiny random DPT depth model with its image processor, saved as Intel/dpt-hybrid-midas is."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    model = DPTForDepthEstimation(DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8,
+        neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16, backbone_out_indices=[0, 1, 2, 3]))
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(folder)
+    return folder
+
+
 def make_tiny_pose_detector(folder: Path, person: tuple[float, float, float, float] | None = (220, 60, 420, 600),
                             points: dict[str, tuple[float, float]] | None = None) -> Path:
     """DWPose's two ONNX files with their real inputs and outputs (YOLOX: 1x3x640x640 -> 1x8400x85;
