@@ -1,6 +1,7 @@
 """Model references and the base-pipeline loader, on a tiny model the project writes itself."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,11 @@ GIB = 2**30
 
 def test_make_tiny_model_cli_writes_a_diffusers_folder(tmp_path, capsys):
     assert main(["make-tiny-model", str(tmp_path / "tiny"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["path"] == str(tmp_path / "tiny")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["path"] == str(tmp_path / "tiny")
+    assert set(printed["settings"]) == {"FACECHAIN_BASE_MODEL", "FACECHAIN_POSE_CONTROLNET", "FACECHAIN_POSE_DETECTOR",
+                                        "FACECHAIN_DEPTH_CONTROLNET", "FACECHAIN_DEPTH_ESTIMATOR"}
+    assert all(Path(path).is_dir() for path in printed["settings"].values())  # every new mode runs on them
     index = json.loads((tmp_path / "tiny" / "model_index.json").read_text())
     assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
     size = sum(p.stat().st_size for p in (tmp_path / "tiny").rglob("*") if p.is_file())

@@ -73,16 +73,18 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.models.random_models import make_random_controlnet, make_tiny_model, make_tiny_pose_detector
+    from engine.models import random_models as make
 
-    folder = make_tiny_model(Path(args.folder))
-    controlnet = make_random_controlnet(folder / "controlnet-openpose", folder)
-    detector = make_tiny_pose_detector(folder / "pose-detector")
-    needed = {"FACECHAIN_BASE_MODEL": str(folder), "FACECHAIN_POSE_CONTROLNET": str(controlnet),
-              "FACECHAIN_POSE_DETECTOR": str(detector)}
+    folder = make.make_tiny_model(Path(args.folder))
+    needed = {"FACECHAIN_BASE_MODEL": str(folder),
+              "FACECHAIN_POSE_CONTROLNET": str(make.make_random_controlnet(folder / "controlnet-openpose", folder)),
+              "FACECHAIN_POSE_DETECTOR": str(make.make_tiny_pose_detector(folder / "pose-detector")),
+              "FACECHAIN_DEPTH_CONTROLNET": str(make.make_random_controlnet(folder / "controlnet-depth", folder, seed=1)),
+              "FACECHAIN_DEPTH_ESTIMATOR": str(make.make_tiny_depth_estimator(folder / "depth-estimator"))}
     report(args, {"path": str(folder), "settings": needed},
-           f"Tiny random model written to {folder}, with a pose ControlNet and a pose detector (which finds the "
-           "same standing person in any photo) in it. To use them, set:\n"
+           f"Tiny random model written to {folder}, with the pose and depth ControlNets, a pose detector (which "
+           "finds the same standing person in any photo) and a depth estimator in it. To use them, set (and "
+           "FACECHAIN_POSE_DEPTH=true for depth):\n"
            + "\n".join(f"  {name}={value}" for name, value in needed.items()))
     return 0
 
