@@ -294,6 +294,8 @@ def test_train_and_portrait_can_be_queued_for_the_worker(capsys, data_dir):
     assert queued["wait_for_training"] is True and queued["prompt"] == "holding a guitar" and queued["count"] == 2
     assert main(["portrait", "--user", "ghost", "--style", "anime", "--queue"]) == 2
     assert "no trained face model yet" in capsys.readouterr().err
+    assert main(["portrait", "--user", "1234", "--style", "anime", "--queue", "--pose", OBAMA[0]]) == 2
+    assert "--queue takes a preset pose: a pose photo is read here" in capsys.readouterr().err
     assert main(["train", "--user", "ghost", "--queue"]) == 2
     assert "no enrolled selfies" in capsys.readouterr().err
     assert main(["portrait", "--user", "1234", "--style", "anime"]) == 2

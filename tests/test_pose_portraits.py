@@ -196,3 +196,19 @@ def test_with_depth_a_pose_photos_depth_joins_the_pose(base, tiny_model, tiny_co
     with pytest.raises(ModelUnavailable, match="FACECHAIN_DEPTH_ESTIMATOR is empty") as empty:
         read_pose_photo(settings.model_copy(update={"depth_estimator": ""}), data)
     assert empty.value.key == DEPTH_PROBLEM
+
+
+def test_a_pose_photo_that_cannot_be_read_or_is_gone_is_said_plainly(detectors, tmp_path):
+    from types import SimpleNamespace
+
+    from engine.generation.body_pose import read_pose_photo
+    from engine.jobs.runners import _pose_photo
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data", pose_detector=str(detectors["standing"]))
+    with pytest.raises(FaceChainError, match="That pose photo can't be used: ") as unreadable:
+        read_pose_photo(settings, b"not a picture at all")
+    assert "Traceback" not in str(unreadable.value)
+    worker = SimpleNamespace(settings=settings)
+    job = SimpleNamespace(params={"pose_upload": str(tmp_path / "data" / "tmp" / "gone" / "photo.upload")})
+    with pytest.raises(FaceChainError, match="That pose photo is no longer here: ask again with it."):
+        _pose_photo(worker, job)

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from engine.cli import main
 from engine.config import load_settings
+from engine.errors import FaceChainError
 from engine.generation.generate import Candidate, PortraitGenerator
 from engine.generation.portrait import enrolled_face
 from engine.generation.redraw import (
@@ -173,3 +174,17 @@ def test_the_cli_redraws_with_a_face_model_unless_asked_for_the_quick_paste(memb
     assert main(["swap", "--user", "obama", photo_path, "--face", "2", "--fast", "--out", str(tmp_path / "fast.png"),
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "classical"
+
+
+def test_a_redraw_whose_face_model_is_gone_says_so(member, tmp_path):
+    from types import SimpleNamespace
+
+    from engine.jobs.photo_runners import _redraw_gather
+
+    settings, store, _, _ = member
+    upload = settings.data_dir / "tmp" / "enroll-nobody-x" / "photo.upload"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    upload.write_bytes((Path(__file__).parent / "data" / "biden" / "biden1.jpg").read_bytes())
+    job = SimpleNamespace(user_id="nobody", guild_id=None, params={"upload": str(upload), "name": "p.jpg"})
+    with pytest.raises(FaceChainError, match="Your face model is gone: enroll again, or ask for the quick version"):
+        _redraw_gather(SimpleNamespace(store=store, settings=settings), job)

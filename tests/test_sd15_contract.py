@@ -1,8 +1,8 @@
 """The real shapes and file formats: a full-size SD1.5 (860M-parameter UNet, CLIP ViT-L/14 text encoder,
 the 4-channel VAE) with random weights, saved in the default base model's layout, runs on the CPU at
 128 px through training -> portraits -> fusion -> ranking, with a kohya-format style LoRA of the real key
-names, the LCM-LoRA fast path, the separate VAE and the pose ControlNet (the full-size one, made from
-that UNet). Its pictures are noise; its contract is real."""
+names, the LCM-LoRA fast path, the separate VAE, the pose ControlNet (the full-size one, made from
+that UNet) and the inpainting of a redrawn swap. Its pictures are noise; its contract is real."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from safetensors import safe_open
 from engine.config import load_settings
 from engine.generation.generate import Candidate, PortraitGenerator
 from engine.generation.portrait import enrolled_face, make_portraits
+from engine.generation.redraw import draw_region, face_region
 from engine.models.base_model import load_base_pipeline
 from engine.models.random_models import make_random_controlnet, make_random_lora, make_sd15_shaped_model
 from engine.postprocess import make_fuser, rank_candidates
@@ -121,6 +122,14 @@ def test_the_full_size_pipeline_trains_draws_fuses_and_ranks(sd15, sd15_settings
     controlnet = posed_pipeline.controlnet
     assert controlnet.config.block_out_channels == [320, 640, 1280, 1280] and controlnet.config.cross_attention_dim == 768
     assert posed_pipeline.unet is pipe.unet and len(generator.loaded_adapters) == 3
+
+    # A swap redrawn by the face model: the inpainting pipeline on the same models, one seed.
+    photo = np.asarray(Image.open(DATA / "biden" / "biden2.jpg").convert("RGB"))
+    face = analyzer.detect(photo)[0]
+    region = face_region(face, photo.shape)
+    [drawn_face] = draw_region(generator, photo, face, region, SIZE, model.path, "a man", [5])
+    assert drawn_face.image.size == (SIZE, SIZE)
+    assert generator._derived["StableDiffusionInpaintPipeline"].unet is pipe.unet
 
     # Random weights draw noise, which has no face to fuse; a photo at the pipeline's output size stands in
     # for the face real weights draw, beside the real candidates: fusion and ranking take it and drop noise.
