@@ -124,10 +124,10 @@ def test_the_full_size_pipeline_trains_draws_fuses_and_ranks(sd15, sd15_settings
     assert posed_pipeline.unet is pipe.unet and len(generator.loaded_adapters) == 3
 
     # A swap redrawn by the face model: the inpainting pipeline on the same models, one seed.
-    photo = np.asarray(Image.open(DATA / "biden" / "biden2.jpg").convert("RGB"))
-    face = analyzer.detect(photo)[0]
-    region = face_region(face, photo.shape)
-    [drawn_face] = draw_region(generator, photo, face, region, SIZE, model.path, "a man", [5])
+    picture = np.asarray(Image.open(DATA / "biden" / "biden2.jpg").convert("RGB"))
+    face = analyzer.detect(picture)[0]
+    region = face_region(face, picture.shape)
+    [drawn_face] = draw_region(generator, picture, face, region, SIZE, model.path, "a man", [5], steps=4)
     assert drawn_face.image.size == (SIZE, SIZE)
     assert generator._derived["StableDiffusionInpaintPipeline"].unet is pipe.unet
 

@@ -131,15 +131,16 @@ def redraw_face(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings, 
 
 
 def draw_region(generator: PortraitGenerator, image: np.ndarray, face: Face, region: Region, size: int, face_model,
-                trigger: str, seeds: list[int], on_step=None) -> list[Candidate]:
-    """The region, `size` px square, redrawn inside the face's mask once per seed."""
+                trigger: str, seeds: list[int], on_step=None, steps: int | None = None) -> list[Candidate]:
+    """The region, `size` px square, redrawn inside the face's mask once per seed (`steps`: the sampler's
+    schedule, of which the last REDRAW_STRENGTH share is drawn; default the redraw style's)."""
     import torch
     from diffusers import StableDiffusionInpaintPipeline
 
     crop = Image.fromarray(np.ascontiguousarray(region.of(image))).resize((size, size), Image.Resampling.LANCZOS)
     mask = Image.fromarray((face_mask(face, region, size, feathered=False) * 255).astype(np.uint8))
     generator._activate(PortraitRequest(style=REDRAW_STYLE, trigger=trigger, face_model=face_model, size=size))
-    steps = REDRAW_STYLE.sampler.steps
+    steps = steps or REDRAW_STYLE.sampler.steps
     callback = None
     if on_step is not None:
         drawn_steps = max(1, int(steps * REDRAW_STRENGTH))
