@@ -274,11 +274,6 @@ class PortraitGenerator:
             def callback(pipe, step, timestep, kwargs):
                 on_step(step + 1, steps)
                 return kwargs
-        pose = {} if request.pose is None else {"image": skeleton(request.pose, (width, height)),
-                                                "controlnet_conditioning_scale": CONDITIONING_SCALE}
-        if request.pose is not None and request.depth is not None:  # FaceChain's "with depth"
-            pose = {"image": [pose["image"], request.depth.resize((width, height))],
-                    "controlnet_conditioning_scale": [CONDITIONING_SCALE, DEPTH_SCALE]}
         with self.drawing_with(self._pipeline_for(request)) as pipeline:
             images = pipeline(
                 prompt=[build_prompt(request.trigger, request.style, request.words, request.pose)] * request.count,
@@ -290,7 +285,7 @@ class PortraitGenerator:
                 generator=[torch.Generator().manual_seed(seed) for seed in seeds],
                 latents=self._variation_latents(request, seeds),
                 callback_on_step_end=callback,
-                **pose,
+                **control_images(request, width, height),
             ).images
         return [Candidate(image, seed) for image, seed in zip(images, seeds)]
 
@@ -364,6 +359,18 @@ class PortraitGenerator:
         anchor = noise(request.variation_of)
         latents = torch.stack([slerp(request.variation_strength, anchor, noise(seed)) for seed in seeds])
         return latents.to(self.base.device, pipeline.unet.dtype)
+
+
+def control_images(request: PortraitRequest, width: int, height: int) -> dict:
+    """The ControlNet pipeline's condition arguments for a request in a pose (none without one): the
+    skeleton, and with depth the depth map at half strength beside it, as FaceChain conditions them."""
+    if request.pose is None:
+        return {}
+    pose = skeleton(request.pose, (width, height))
+    if request.depth is None:
+        return {"image": pose, "controlnet_conditioning_scale": CONDITIONING_SCALE}
+    return {"image": [pose, request.depth.resize((width, height))],
+            "controlnet_conditioning_scale": [CONDITIONING_SCALE, DEPTH_SCALE]}
 
 
 def slerp(t: float, start, end):
