@@ -148,7 +148,7 @@ async def portrait(interaction: discord.Interaction, style: str, count: app_comm
     order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private,
                           age_restricted=age_restricted(interaction.channel), fast=fast, words=prompt or "",
                           pose=pose.strip().lower() if pose else None)
-    if pose_photo is not None:
+    if pose_photo is not None:  # a request that will be refused downloads nothing
         await bot.backend.run(bot.backend.check_portrait, user_id, interaction.guild_id, order, from_photo=True)
         order.pose_upload = str(await save_photo(bot, user_id, pose_photo, "That pose photo"))
     try:
