@@ -178,6 +178,11 @@ class Settings(BaseSettings):
     def vae_reference(self) -> str:
         return self.vae_for(self.base_model)
 
+    @classmethod
+    def default(cls, name: str):
+        """A setting's default, for messages that tell an owner what to set it back to."""
+        return cls.model_fields[name].default
+
     def vae_for(self, base_model: str) -> str:
         """The separate VAE to load beside `base_model` ("" = the base model's own): the setting, or when
         it is unset, the one that base model needs."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.config import Settings
 from engine.errors import FaceChainError, ModelUnavailable
 from engine.generation.poses import Pose
 from engine.models.references import hub_file, parse_model_reference
@@ -168,7 +169,7 @@ def get_body_pose_detector(reference: str) -> BodyPoseDetector:
     modelscope:<id>), loaded once; ModelUnavailable when it is not set or not to be had."""
     if not reference.strip():
         raise ModelUnavailable(f"A pose from a photo was asked for but {POSE_DETECTOR_SETTING} is empty: set it to "
-                               "yzd-v/DWPose (or a local copy).", POSE_DETECTOR_PROBLEM)
+                               f"{Settings.default('pose_detector')} (or a local copy).", POSE_DETECTOR_PROBLEM)
     parsed = parse_model_reference(reference)
     if parsed.kind == "local":
         return BodyPoseDetector(Path(parsed.value).expanduser())

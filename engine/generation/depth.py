@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from engine.config import Settings
 from engine.errors import ModelUnavailable
 from engine.models.references import parse_model_reference, resolve_model_folder
 
@@ -32,7 +33,7 @@ def get_depth_estimator(reference: str):
     quiet_loaders()
     if not reference.strip():
         raise ModelUnavailable(f"Depth was asked for but {DEPTH_ESTIMATOR_SETTING} is empty: set it to "
-                               "Intel/dpt-hybrid-midas, or FACECHAIN_POSE_DEPTH=false.", DEPTH_PROBLEM)
+                               f"{Settings.default('depth_estimator')}, or FACECHAIN_POSE_DEPTH=false.", DEPTH_PROBLEM)
     try:
         folder = resolve_model_folder(parse_model_reference(reference), setting=DEPTH_ESTIMATOR_SETTING,
                                       kind="component", half=False, what="the depth estimator")

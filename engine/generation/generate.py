@@ -289,12 +289,14 @@ class PortraitGenerator:
             ).images
         return [Candidate(image, seed) for image, seed in zip(images, seeds)]
 
-    def derived_pipeline(self, pipeline_class, **extra):
+    def derived_pipeline(self, pipeline_class, key: str | None = None,
+                         components: Callable[[], dict] = dict):
         """A pipeline of another kind (ControlNet, inpainting) on the base pipeline's own models, made
-        once: `from_pipe` shares the UNet, VAE and text encoder, the adapters loaded on them included."""
-        key = pipeline_class.__name__
-        if key not in self._derived:  # `extra` is made before the call even when cached: keep it cheap
-            self._derived[key] = derived_pipeline(self.base, pipeline_class, **extra)
+        once per `key` (default: the class's name): `from_pipe` shares the UNet, VAE and text encoder,
+        the adapters loaded on them included. `components` makes what it adds (a ControlNet)."""
+        key = key or pipeline_class.__name__
+        if key not in self._derived:
+            self._derived[key] = derived_pipeline(self.base, pipeline_class, **components())
         return self._derived[key]
 
     @contextmanager
@@ -325,21 +327,18 @@ class PortraitGenerator:
         from diffusers import StableDiffusionControlNetPipeline
 
         if request.depth is None:
-            return self.derived_pipeline(StableDiffusionControlNetPipeline, controlnet=self._controlnet("pose"))
+            return self.derived_pipeline(StableDiffusionControlNetPipeline,
+                                         components=lambda: {"controlnet": self._controlnet("pose")})
         from diffusers import MultiControlNetModel
 
-        key = "pose and depth"
-        if key not in self._derived:
-            both = MultiControlNetModel([self._controlnet("pose"), self._controlnet("depth")])
-            self._derived[key] = derived_pipeline(self.base, StableDiffusionControlNetPipeline, controlnet=both)
-        return self._derived[key]
+        return self.derived_pipeline(StableDiffusionControlNetPipeline, "pose and depth", lambda: {
+            "controlnet": MultiControlNetModel([self._controlnet("pose"), self._controlnet("depth")])})
 
     def _controlnet(self, which: str):
         """The pose or the depth ControlNet, loaded once (both pipelines that use one share it)."""
         if which not in self._controlnets:
             self._controlnets[which] = load_pose_controlnet(self.pose_controlnet, self.base) if which == "pose" \
-                else load_controlnet(self.depth_controlnet, self.base, DEPTH_CONTROLNET_SETTING, DEPTH_PROBLEM,
-                                     "depth", "lllyasviel/control_v11f1p_sd15_depth")
+                else load_controlnet(self.depth_controlnet, self.base, DEPTH_CONTROLNET_SETTING, DEPTH_PROBLEM, "depth")
         return self._controlnets[which]
 
     def _variation_latents(self, request: PortraitRequest, seeds: list[int]):

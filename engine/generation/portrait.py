@@ -48,7 +48,7 @@ class SavedPortrait:
     style: str
     nsfw: bool = False
     prompt: str = ""  # the full prompt it was drawn with
-    pose: str | None = None  # the preset pose it was drawn in
+    pose: str | None = None  # the preset pose it was drawn in, or "photo" for one read from a photo
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "similarity": self.similarity, "seed": self.seed, "style": self.style,

@@ -7,6 +7,7 @@ encoder: a pose costs the ControlNet's weights, never a second copy of the model
 
 from __future__ import annotations
 
+from engine.config import ENV_PREFIX, Settings
 from engine.errors import ModelUnavailable
 from engine.models.base_model import BasePipeline
 from engine.models.references import parse_model_reference, resolve_model_folder, weights_variant
@@ -26,17 +27,17 @@ def pose_size(width: int) -> tuple[int, int]:
 
 def load_pose_controlnet(reference: str, base: BasePipeline):
     """The pose ControlNet `reference` names (see load_controlnet)."""
-    return load_controlnet(reference, base, POSE_SETTING, POSE_PROBLEM, "pose",
-                           "lllyasviel/control_v11p_sd15_openpose")
+    return load_controlnet(reference, base, POSE_SETTING, POSE_PROBLEM, "pose")
 
 
-def load_controlnet(reference: str, base: BasePipeline, setting: str, problem: str, what: str, default: str):
+def load_controlnet(reference: str, base: BasePipeline, setting: str, problem: str, what: str):
     """The `what` ControlNet `reference` names, in the base pipeline's precision; ModelUnavailable (an
     owner's problem: members' jobs wait) when it is not set, not here and out of reach, damaged or unfit."""
     import torch
     from diffusers import ControlNetModel
 
     if not reference.strip():
+        default = Settings.default(setting.removeprefix(ENV_PREFIX).lower())
         raise ModelUnavailable(f"A portrait with a {what} ControlNet was asked for but {setting} is empty: set it "
                                f"to {default} (or a local copy).", problem)
     dtype = base.pipeline.unet.dtype
