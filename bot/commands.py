@@ -120,9 +120,9 @@ async def style_choices(interaction: discord.Interaction, typed: str) -> list[ap
     return [app_commands.Choice(name=f"{s.name} — {s.description}"[:100], value=s.id) for s in styles[:25]]
 
 
-async def pose_choices(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
+async def pose_choices(interaction: discord.Interaction, typed: str, people: int = 1) -> list[app_commands.Choice[str]]:
     typed = typed.strip().lower()
-    poses = client(interaction).backend.poses.poses.values()
+    poses = [p for p in client(interaction).backend.poses.poses.values() if len(p.people) == people]
     found = [p for p in poses if typed in f"{p.id} {p.name} {p.description}".lower()]
     framing = {"upper": "upper body", "full": "full body"}
     return [app_commands.Choice(name=f"{p.name} ({framing[p.framing]}) — {p.description}"[:100], value=p.id)

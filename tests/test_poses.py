@@ -21,12 +21,16 @@ def test_the_presets_cover_facechains_poses_in_both_framings():
     catalogue = load_poses()
     assert catalogue.problems == [] and PRESETS <= set(catalogue.poses)
     assert {pose.framing for pose in catalogue.poses.values()} == {"upper", "full"}
+    assert {len(pose.people) for pose in catalogue.poses.values()} == {1, 2}  # portraits, and /facechain together
     for pose in catalogue.poses.values():
-        assert {"nose", "neck", "right_shoulder", "left_shoulder", "right_wrist", "left_wrist"} <= set(pose.points)
-        if pose.framing == "full":
-            assert {"right_ankle", "left_ankle"} <= set(pose.points) and pose.points["neck"][1] < 0.3
+        for person in pose.people:
+            assert {"nose", "neck", "right_shoulder", "left_shoulder", "right_wrist", "left_wrist"} <= set(person)
+            if pose.framing == "full":
+                assert {"right_ankle", "left_ankle"} <= set(person) and person["neck"][1] < 0.3
+        if pose.partner:  # the one who asks on the left
+            assert pose.points["nose"][0] < 0.5 < pose.partner["nose"][0]
     cards = [preview(pose) for pose in catalogue.poses.values()]
-    width, height = cards[0].size
+    width, height = max(card.width for card in cards), cards[0].height
     sheet = Image.new("RGB", (width * 4, height * ((len(cards) + 3) // 4)))
     for index, card in enumerate(cards):
         sheet.paste(card, ((index % 4) * width, (index // 4) * height))

@@ -85,15 +85,28 @@ def cmd_users_remove_photo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_users_set(args: argparse.Namespace, settings: Settings) -> int:
     from engine.jobs.queue import open_queue
     from engine.store.members import change_subject
+    from engine.store.together import set_together
 
+    if args.subject is None and args.together is None:
+        raise FaceChainError("Nothing to set: give --subject, --together or both.")
     store = open_store(settings)
-    change = change_subject(store, open_queue(settings, store), args.user, args.subject)
-    then = ("unchanged" if not change.changed else f"retraining with it (job {change.train_job_id})"
-            if change.train_job_id else "no photos to retrain on yet")
-    report(args, {"user": args.user, "subject": change.subject, "trigger": change.trigger, "changed": change.changed,
-                  "train_job_id": change.train_job_id},
-           f"Portraits describe {args.user} as \"{change.trigger}\"; {then}.")
+    summary, lines = {"user": args.user}, []
+    if args.together is not None:
+        summary["together"] = set_together(store, args.user, args.together)
+        lines.append(f"Pictures with other members: {TOGETHER_WORDS[args.together]}.")
+    if args.subject is not None:
+        change = change_subject(store, open_queue(settings, store), args.user, args.subject)
+        then = ("unchanged" if not change.changed else f"retraining with it (job {change.train_job_id})"
+                if change.train_job_id else "no photos to retrain on yet")
+        summary.update({"subject": change.subject, "trigger": change.trigger, "changed": change.changed,
+                        "train_job_id": change.train_job_id})
+        lines.insert(0, f"Portraits describe {args.user} as \"{change.trigger}\"; {then}.")
+    report(args, summary, " ".join(lines))
     return 0
+
+
+TOGETHER_WORDS = {"ask": "each request is asked first", "always": "allowed without asking",
+                  "never": "never allowed"}
 
 
 def cmd_users_forget(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,9 +172,13 @@ def register(commands) -> None:
     remove.add_argument("user")
     remove.add_argument("number", type=int, metavar="N")
     set_words = command(users, "set", cmd_users_set,
-                        "how portraits describe a user (their subject); a change retrains their face model")
+                        "how portraits describe a user (their subject; a change retrains their face model), and who "
+                        "may put them in a picture together (`facechain together`)")
     set_words.add_argument("user")
-    set_words.add_argument("--subject", required=True, choices=list(SUBJECTS))
+    set_words.add_argument("--subject", choices=list(SUBJECTS))
+    set_words.add_argument("--together", choices=["ask", "always", "never"],
+                           help="pictures with another member: ask each time (the default; the bot asks them), "
+                                "always allowed, or never")
     train = command(commands, "train", cmd_train, "train a user's face LoRA from their enrolled selfies")
     train.add_argument("--user", required=True)
     train.add_argument("--steps", type=int, help="training steps (default: scaled with the number of photos)")

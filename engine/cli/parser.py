@@ -13,11 +13,13 @@ from engine.cli.pictures import register as register_pictures
 from engine.cli.poses import register as register_poses
 from engine.cli.setup import register as register_setup
 from engine.cli.styles import register as register_styles
+from engine.cli.together import register as register_together
 from engine.config import load_settings
 from engine.errors import FaceChainError
 
 # Each command group adds its own commands, in the order `facechain --help` lists them.
-GROUPS = (register_setup, register_members, register_pictures, register_jobs, register_styles, register_poses)
+GROUPS = (register_setup, register_members, register_pictures, register_together, register_jobs, register_styles,
+          register_poses)
 QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3")
 
 

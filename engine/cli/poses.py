@@ -17,13 +17,15 @@ def cmd_poses_list(args: argparse.Namespace, settings: Settings) -> int:
 
     catalogue = load_poses()
     if args.json:
-        print_json([pose.model_dump(mode="json", exclude={"points"}) for pose in catalogue.poses.values()])
+        print_json([{**pose.model_dump(mode="json", exclude={"points", "partner"}), "people": len(pose.people)}
+                    for pose in catalogue.poses.values()])
         return 0
     table = Table(title=f"{len(catalogue.poses)} poses")
-    for column in ("id", "name", "framing", "description"):
+    for column in ("id", "name", "framing", "people", "description"):
         table.add_column(column)
     for pose in catalogue.poses.values():
-        table.add_row(pose.id, pose.name, "upper body" if pose.framing == "upper" else "full body", pose.description)
+        table.add_row(pose.id, pose.name, "upper body" if pose.framing == "upper" else "full body",
+                      str(len(pose.people)), pose.description)
     console.print(table)
     for problem in catalogue.problems:
         console.print(f"[red]{problem}[/red]", soft_wrap=True)
@@ -34,7 +36,7 @@ def cmd_poses_show(args: argparse.Namespace, settings: Settings) -> int:
     from engine.generation.pose_drawing import preview, skeleton
     from engine.generation.poses import find_pose, load_poses
 
-    pose = find_pose(load_poses(), args.pose)
+    pose = find_pose(load_poses(), args.pose, people=None)
     written = {}
     if args.out:
         out = Path(args.out)

@@ -43,6 +43,8 @@ QUALITY_NEGATIVE = ("paintings, sketches, worst quality, low quality, normal qua
 NEGATIVE_PROMPT = f"{NSFW_TERMS}, {QUALITY_NEGATIVE}"
 MAX_SEED = 2**31 - 1
 UPPER_BODY = re.compile(r"upper[_ ]body( portrait)?")
+SOLO = re.compile(r"\bsolo\b")
+SEVERAL_PEOPLE = re.compile(r",?\s*\b(multiple people|multiple persons|2girls|2boys|group)\b")
 # Adapter names are unique in the process: generators may share one base pipeline.
 _adapter_ids = itertools.count()
 
@@ -71,7 +73,7 @@ class PortraitRequest:
 
     @property
     def width_height(self) -> tuple[int, int]:
-        return pose_size(self.size) if self.pose is not None else (self.size, self.size)
+        return pose_size(self.size, len(self.pose.people)) if self.pose is not None else (self.size, self.size)
 
 
 @dataclass
@@ -86,13 +88,20 @@ def build_prompt(trigger: str, style: Style, words: str = "", pose: Pose | None 
     frame = style.frame or PORTRAIT_PROMPT
     if pose is not None and pose.framing == "full":  # the frames say upper body: the pose shows all of it
         frame = UPPER_BODY.sub("full body", frame).replace("medium shot", "wide shot")
-    parts = [TRIGGER_TOKEN, trigger, style.prompt, words, frame]
+    if pose is not None and len(pose.people) == 2:  # a scene for two members: nobody's face model draws it
+        frame = SOLO.sub("two people", frame)
+    # No trigger: a scene drawn without a face model (each face is redrawn with its own afterwards).
+    parts = [TRIGGER_TOKEN if trigger else "", trigger, style.prompt, words, frame]
     return ", ".join(part for part in parts if part)
 
 
-def build_negative_prompt(style: Style) -> str:
-    """The NSFW terms first (77-token truncation never drops them), then the style's look."""
-    parts = [NSFW_TERMS, style.negative_frame or QUALITY_NEGATIVE, style.negative_prompt]
+def build_negative_prompt(style: Style, people: int = 1) -> str:
+    """The NSFW terms first (77-token truncation never drops them), then the style's look (which refuses
+    several people, unless the picture is of two)."""
+    look = style.negative_frame or QUALITY_NEGATIVE
+    if people > 1:
+        look = SEVERAL_PEOPLE.sub("", look)
+    parts = [NSFW_TERMS, look, style.negative_prompt]
     return ", ".join(part for part in parts if part)
 
 
@@ -277,7 +286,7 @@ class PortraitGenerator:
         with self.drawing_with(self._pipeline_for(request)) as pipeline:
             images = pipeline(
                 prompt=[build_prompt(request.trigger, request.style, request.words, request.pose)] * request.count,
-                negative_prompt=[build_negative_prompt(request.style)] * request.count,
+                negative_prompt=[build_negative_prompt(request.style, people(request))] * request.count,
                 num_inference_steps=steps,
                 guidance_scale=request.guidance if request.guidance is not None else request.style.sampler.guidance,
                 height=height, width=width,
@@ -358,6 +367,10 @@ class PortraitGenerator:
         anchor = noise(request.variation_of)
         latents = torch.stack([slerp(request.variation_strength, anchor, noise(seed)) for seed in seeds])
         return latents.to(self.base.device, pipeline.unet.dtype)
+
+
+def people(request: PortraitRequest) -> int:
+    return len(request.pose.people) if request.pose is not None else 1
 
 
 def control_images(request: PortraitRequest, width: int, height: int) -> dict:

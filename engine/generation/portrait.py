@@ -286,9 +286,10 @@ def picture_path(out: Path, default_name: str) -> Path:
 
 
 def save_portraits(store: Store, user_id: str, style_id: str, ranked: list[RankedPortrait],
-                   out_dir: Path | None, job_id: int | None = None) -> list[SavedPortrait]:
+                   out_dir: Path | None, job_id: int | None = None, partner_id: str | None = None) -> list[SavedPortrait]:
     """Save and record portraits in `out_dir` (default: the member's private folder); one portrait may
-    be given its file instead (an `out_dir` with an image extension)."""
+    be given its file instead (an `out_dir` with an image extension). `partner_id`: the other member in
+    a two-member picture."""
     one_file = out_dir is not None and out_dir.suffix.lower() in IMAGE_SUFFIXES and len(ranked) == 1
     folder = out_dir.parent if one_file else out_dir or store.private_dir(user_id, "portraits")
     folder.mkdir(parents=True, exist_ok=True)
@@ -303,7 +304,7 @@ def save_portraits(store: Store, user_id: str, style_id: str, ranked: list[Ranke
                 "user_id": user_id, "job_id": job_id, "style": style_id, "seed": portrait.seed,
                 "similarity": portrait.similarity, "nsfw": int(portrait.nsfw),
                 "path": store.relative(path) if path.is_relative_to(store.data_dir) else str(path),
-                "created_at": utc_now(),
+                "created_at": utc_now(), "partner_id": partner_id,
             })
         saved.append(SavedPortrait(path, portrait.similarity, portrait.seed, style_id, portrait.nsfw))
     return saved

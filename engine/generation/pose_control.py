@@ -20,9 +20,11 @@ CONDITIONING_SCALE = 1.0
 POSE_ASPECT = 1.5
 
 
-def pose_size(width: int) -> tuple[int, int]:
-    """(width, height) of a portrait in a pose, `width` wide; both multiples of 8 as the VAE needs."""
-    return width, round(width * POSE_ASPECT / 8) * 8
+def pose_size(width: int, people: int = 1) -> tuple[int, int]:
+    """(width, height) of a portrait in a pose, `width` wide, both multiples of 8 as the VAE needs; a pose of
+    two people lies the other way (`width` high and half as wide again), so both fit side by side."""
+    long_side = round(width * POSE_ASPECT / 8) * 8
+    return (long_side, width) if people == 2 else (width, long_side)
 
 
 def load_pose_controlnet(reference: str, base: BasePipeline):

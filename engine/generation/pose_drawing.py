@@ -30,8 +30,14 @@ def skeleton(pose: Pose, size: tuple[int, int] = DEFAULT_SIZE) -> Image.Image:
     """The pose as the OpenPose skeleton a pose ControlNet reads: `size` is (width, height)."""
     width, height = size
     canvas = np.zeros((height, width, 3), np.uint8)
-    scale = width / 512
-    at = {POINTS.index(name): (x * width, y * height) for name, (x, y) in pose.points.items()}
+    scale = min(width, height) / 512
+    for points in pose.people:
+        canvas = _draw_person(canvas, points, width, height, scale)
+    return Image.fromarray(canvas)
+
+
+def _draw_person(canvas: np.ndarray, points: dict, width: int, height: int, scale: float) -> np.ndarray:
+    at = {POINTS.index(name): (x * width, y * height) for name, (x, y) in points.items()}
     for index, (start, end) in enumerate(LIMBS):
         if start not in at or end not in at:
             continue
@@ -45,14 +51,15 @@ def skeleton(pose: Pose, size: tuple[int, int] = DEFAULT_SIZE) -> Image.Image:
         canvas = cv2.addWeighted(canvas, 1 - LIMB_OPACITY, limb, LIMB_OPACITY, 0)
     for index, (x, y) in at.items():
         cv2.circle(canvas, (round(x), round(y)), max(1, round(DOT_RADIUS * scale)), COLOURS[index], thickness=-1)
-    return Image.fromarray(canvas)
+    return canvas
 
 
 def preview(pose: Pose, width: int = 192) -> Image.Image:
     """A small picture for people: the skeleton with the pose's name and framing under it."""
-    drawn = skeleton(pose, (width, width * 3 // 2))
-    card = Image.new("RGB", (width, drawn.height + 28), (24, 24, 24))
+    drawn = skeleton(pose, (width, width * 3 // 2) if len(pose.people) == 1 else (width * 3 // 2, width))
+    card = Image.new("RGB", (drawn.width, drawn.height + 28), (24, 24, 24))
     card.paste(drawn, (0, 0))
-    label = f"{pose.name} ({'upper body' if pose.framing == 'upper' else 'full body'})"
+    label = f"{pose.name} ({'upper body' if pose.framing == 'upper' else 'full body'}" + (
+        ", two people)" if len(pose.people) == 2 else ")")
     ImageDraw.Draw(card).text((6, drawn.height + 7), label, fill=(235, 235, 235), font_size=13)
     return card

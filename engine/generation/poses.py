@@ -27,14 +27,23 @@ class Pose(BaseModel):
     description: str = Field(min_length=1, max_length=200)
     framing: Literal["upper", "full"]  # upper body or full body, FaceChain's two framings
     points: dict[Literal[POINTS], tuple[float, float]]
+    # A second person, on the picture's right: a pose for two members (/facechain together), drawn 3 wide
+    # by 2 high; `points` is then the person on the left.
+    partner: dict[Literal[POINTS], tuple[float, float]] | None = None
     file: Path | None = Field(default=None, exclude=True)
 
     def model_post_init(self, context) -> None:
-        outside = [name for name, (x, y) in self.points.items() if not (0 <= x <= 1 and 0 <= y <= 1)]
-        if outside:
-            raise ValueError(f"points outside the picture (x and y go from 0 to 1): {', '.join(outside)}")
-        if missing := {"nose", "neck"} - set(self.points):
-            raise ValueError(f"a pose needs at least the {' and the '.join(sorted(missing))}")
+        for person in self.people:
+            outside = [name for name, (x, y) in person.items() if not (0 <= x <= 1 and 0 <= y <= 1)]
+            if outside:
+                raise ValueError(f"points outside the picture (x and y go from 0 to 1): {', '.join(outside)}")
+            if missing := {"nose", "neck"} - set(person):
+                raise ValueError(f"a pose needs at least the {' and the '.join(sorted(missing))} of each person")
+
+    @property
+    def people(self) -> list[dict[str, tuple[float, float]]]:
+        """Each person's points, left to right."""
+        return [self.points] + ([self.partner] if self.partner else [])
 
 
 @dataclass
@@ -68,8 +77,11 @@ def _where(location: tuple) -> str:
     return f"{'.'.join(map(str, location))}: " if location else ""
 
 
-def find_pose(catalogue: PoseCatalogue, pose_id: str) -> Pose:
+def find_pose(catalogue: PoseCatalogue, pose_id: str, people: int | None = 1) -> Pose:
+    """The preset `pose_id` for `people` people (1: portraits, 2: two members together, None: any)."""
     pose = catalogue.get(pose_id)
-    if pose is None:
-        raise FaceChainError(f"Unknown pose {pose_id!r}: one of {', '.join(catalogue.poses)}.")
+    if pose is None or people not in (None, len(pose.people)):
+        fitting = [pose.id for pose in catalogue.poses.values() if people in (None, len(pose.people))]
+        raise FaceChainError(f"Unknown pose {pose_id!r}" + (" for two people" if people == 2 else "")
+                             + f": one of {', '.join(fitting)}.")
     return pose

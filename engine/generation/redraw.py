@@ -30,6 +30,7 @@ from engine.generation.generate import (
     build_prompt,
 )
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
+from engine.postprocess.rank import central_face
 from engine.styles import Sampler, Style
 
 REDRAW_STRENGTH = 0.65
@@ -131,16 +132,20 @@ def redraw_face(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings, 
 
 
 def draw_region(generator: PortraitGenerator, image: np.ndarray, face: Face, region: Region, size: int, face_model,
-                trigger: str, seeds: list[int], on_step=None, steps: int | None = None) -> list[Candidate]:
-    """The region, `size` px square, redrawn inside the face's mask once per seed (`steps`: the sampler's
-    schedule, of which the last REDRAW_STRENGTH share is drawn; default the redraw style's)."""
+                trigger: str, seeds: list[int], on_step=None, steps: int | None = None,
+                style: Style = REDRAW_STYLE) -> list[Candidate]:
+    """The region, `size` px square, redrawn inside the face's mask once per seed in `style`'s words (and
+    LoRA), `steps` the sampler's schedule, of which the last REDRAW_STRENGTH share is drawn (default the
+    style's). Without a `face_model`, the region as it is, once per seed (for the enrolled face's paste)."""
     import torch
     from diffusers import StableDiffusionInpaintPipeline
 
+    if face_model is None:  # at the photo's own resolution: the enrolled face is pasted, not drawn
+        return [Candidate(Image.fromarray(np.ascontiguousarray(region.of(image))), seed) for seed in seeds]
     crop = Image.fromarray(np.ascontiguousarray(region.of(image))).resize((size, size), Image.Resampling.LANCZOS)
     mask = Image.fromarray((face_mask(face, region, size, feathered=False) * 255).astype(np.uint8))
-    generator._activate(PortraitRequest(style=REDRAW_STYLE, trigger=trigger, face_model=face_model, size=size))
-    steps = steps or REDRAW_STYLE.sampler.steps
+    generator._activate(PortraitRequest(style=style, trigger=trigger, face_model=face_model, size=size))
+    steps = steps or style.sampler.steps
     callback = None
     if on_step is not None:
         drawn_steps = max(1, int(steps * REDRAW_STRENGTH))
@@ -150,10 +155,10 @@ def draw_region(generator: PortraitGenerator, image: np.ndarray, face: Face, reg
             return kwargs
     inpaint = generator.derived_pipeline(StableDiffusionInpaintPipeline)
     with generator.drawing_with(inpaint):
-        drawn = inpaint(prompt=[build_prompt(trigger, REDRAW_STYLE)] * len(seeds),
-                        negative_prompt=[build_negative_prompt(REDRAW_STYLE)] * len(seeds),
+        drawn = inpaint(prompt=[build_prompt(trigger, style)] * len(seeds),
+                        negative_prompt=[build_negative_prompt(style)] * len(seeds),
                         image=crop, mask_image=mask, strength=REDRAW_STRENGTH, num_inference_steps=steps,
-                        guidance_scale=REDRAW_STYLE.sampler.guidance, height=size, width=size,
+                        guidance_scale=style.sampler.guidance, height=size, width=size,
                         generator=[torch.Generator().manual_seed(seed) for seed in seeds],
                         callback_on_step_end=callback).images
     return [Candidate(picture, seed) for picture, seed in zip(drawn, seeds)]
@@ -163,9 +168,15 @@ def compose(analyzer: FaceAnalyzer, settings, enrolled: EnrolledFace, image: np.
             drawn: list[Candidate]) -> list[RankedPortrait]:
     """The redrawn regions fused with the enrolled face, ranked by likeness (unranked when none shows a
     clear face) and each pasted back into the whole photo."""
-    ranked = rank_candidates(analyzer, drawn, enrolled, make_fuser(settings, analyzer))
-    if not ranked:
-        ranked = [RankedPortrait(candidate.image, candidate.seed, None) for candidate in drawn]
     weight = paste_weight(face, region)
     return [RankedPortrait(Image.fromarray(paste_back(image, region, np.asarray(r.image.convert("RGB")), weight)),
-                           r.seed, r.similarity) for r in ranked]
+                           r.seed, r.similarity) for r in ranked_drawings(analyzer, settings, enrolled, drawn)]
+
+
+def ranked_drawings(analyzer: FaceAnalyzer, settings, enrolled: EnrolledFace,
+                    drawn: list[Candidate]) -> list[RankedPortrait]:
+    """Drawings of a region, each with the enrolled face fused on the face at its centre, best first; as
+    drawn and unranked when none shows a clear face."""
+    ranked = rank_candidates(analyzer, drawn, enrolled, make_fuser(settings, analyzer),
+                             pick=lambda image: central_face(analyzer, image))
+    return ranked or [RankedPortrait(candidate.image, candidate.seed, None) for candidate in drawn]

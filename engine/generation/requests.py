@@ -59,9 +59,10 @@ def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, u
 
 
 def check_pose(settings: Settings, pose_id: str | None, from_photo: bool = False,
-               points: dict | None = None) -> Pose | None:
-    """The preset pose a request names, or the one kept from a photo (`points`, for a re-roll); None for
-    none or for a photo still to be read. FaceChainError when it is unknown or poses are off."""
+               points: dict | None = None, people: int = 1) -> Pose | None:
+    """The preset pose a request names (for `people` people), or the one kept from a photo (`points`, for a
+    re-roll); None for none or for a photo still to be read. FaceChainError when it is unknown or poses are
+    off."""
     if not pose_id and not from_photo and points is None:
         return None
     if not settings.pose_controlnet.strip():
@@ -72,4 +73,4 @@ def check_pose(settings: Settings, pose_id: str | None, from_photo: bool = False
         raise FaceChainError("This bot reads no poses from photos: choose one of the preset poses.")
     if points is not None:
         return Pose.model_validate(points)
-    return find_pose(load_poses(), pose_id) if pose_id else None
+    return find_pose(load_poses(), pose_id, people) if pose_id else None

@@ -74,8 +74,14 @@ class Runner:
     abandon: Callable[[Worker, Job, Any, Exception], None] | None = None
 
 
-# Jobs that draw with the member's face adapter: the cluster sends them to an actor that has it loaded.
-FACE_ADAPTER_KINDS = ("generate", "redraw")
+# Jobs that draw with the member's face adapter (a `together` job: with the adapters of both members, see
+# `job_members`): the cluster sends them to an actor that has them loaded.
+FACE_ADAPTER_KINDS = ("generate", "redraw", "together")
+
+
+def job_members(job: Job) -> list[str]:
+    """Whose face models a job draws with: its member's, and for a picture together the other member's."""
+    return [job.user_id] + ([job.params["with"]] if job.kind == "together" and job.params.get("with") else [])
 
 
 def show_flagged(worker: Worker, job: Job) -> bool:

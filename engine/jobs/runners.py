@@ -26,6 +26,7 @@ from engine.jobs.job_types import (  # noqa: F401 - JobContext and the outcomes 
 )
 from engine.jobs.photo_runners import PHOTO_RUNNERS
 from engine.jobs.queue import Job, LeaseLost, QueueLimit
+from engine.jobs.together_runner import TOGETHER_RUNNERS
 from engine.models.loaded import LoadedModels
 
 if TYPE_CHECKING:  # types only: the worker runs the runners, they never run it
@@ -347,6 +348,7 @@ RUNNERS: dict[str, Runner] = {
     "generate": Runner(_generate_gather, _portraits_compute, _portraits_record, abandon=_portraits_abandon),
     "teaser": Runner(_teaser_gather, _portraits_compute, _portraits_record),
     **PHOTO_RUNNERS,
+    **TOGETHER_RUNNERS,
     "upscale": Runner(_upscale_gather, _upscale_compute, _upscale_record),
     "preview": Runner(_preview_gather, _preview_compute, _preview_record),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,15 @@ def single_clear_face(analyzer: FaceAnalyzer, image: np.ndarray) -> Face | None:
     return faces[0]
 
 
+def central_face(analyzer: FaceAnalyzer, image: np.ndarray) -> Face | None:
+    """The clear face nearest the image's centre: a face cropped around, whoever else shows at the edges."""
+    height, width = image.shape[:2]
+    faces = [face for face in analyzer.detect(image) if face.box[2] >= MIN_FACE_SHARE * width]
+    if not faces:
+        return None
+    return min(faces, key=lambda f: abs(f.box[0] + f.box[2] / 2 - width / 2) + abs(f.box[1] + f.box[3] / 2 - height / 2))
+
+
 def similarity(analyzer: FaceAnalyzer, embedding: np.ndarray, enrolled: list[np.ndarray]) -> float:
     distance = float(np.mean([analyzer.distance(embedding, reference) for reference in enrolled]))
     return round(max(0.0, 1.0 - distance), 4)
@@ -39,19 +49,21 @@ def similarity(analyzer: FaceAnalyzer, embedding: np.ndarray, enrolled: list[np.
 
 def rank_candidates(
     analyzer: FaceAnalyzer, candidates: list[Candidate], enrolled: EnrolledFace,
-    fuser: Fuser | None = classical_fuser,
+    fuser: Fuser | None = classical_fuser, pick: Callable[[np.ndarray], Face | None] | None = None,
 ) -> list[RankedPortrait]:
-    """The candidates that show one clear face, fused (unless `fuser` is None) and sorted by similarity."""
+    """The candidates that show one clear face (or where `pick` finds the face to rank), fused (unless
+    `fuser` is None) and sorted by similarity."""
+    pick = pick or (lambda image: single_clear_face(analyzer, image))
     ranked = []
     for candidate in candidates:
         image = np.asarray(candidate.image.convert("RGB"))
-        face = single_clear_face(analyzer, image)
+        face = pick(image)
         if face is None:
             continue
         if fuser is not None:
             try:
                 image = fuser(enrolled, image, face)
-                face = single_clear_face(analyzer, image) or face
+                face = pick(image) or face
             except ValueError:
                 log.warning("fusion failed for seed %s; keeping the candidate as drawn", candidate.seed)
         score = similarity(analyzer, analyzer.embed(image, face), enrolled.embeddings)

@@ -217,7 +217,31 @@ def _suggested_subject(db: sqlite_utils.Database) -> None:
     db["users"].add_column("suggested_subject", str)
 
 
+def _together(db: sqlite_utils.Database) -> None:
+    """Two members in one picture: who may put a member in one (users.together: ask, always or never;
+    null is ask), the requests waiting on an answer, the requesters a member refuses for good, a
+    picture's second member, and which of a two-member picture's members agreed to share it."""
+    db["users"].add_column("together", str)
+    db["portraits"].add_column("partner_id", str)
+    db["portraits"].create_index(["partner_id"])
+    db["together_requests"].create({
+        "id": int, "requester_id": str, "partner_id": str, "guild_id": str, "channel_id": str,
+        "params": str,  # json: what to draw, as the job will get it
+        "state": str,  # asked / allowed / declined / expired
+        "created_at": str, "expires_at": str, "answered_at": str,
+        "message_channel_id": str, "message_id": str,  # the partner's Allow / Decline message
+        "job_id": int,
+    }, pk="id")
+    db["together_requests"].create_index(["partner_id", "state"])
+    db["together_requests"].create_index(["requester_id"])
+    db["together_requests"].create_index(["state", "expires_at"])
+    db["together_refusals"].create({"user_id": str, "requester_id": str, "created_at": str},
+                                   pk=("user_id", "requester_id"))
+    db["share_approvals"].create({"portrait_id": int, "user_id": str, "created_at": str}, pk=("portrait_id", "user_id"))
+    db["share_approvals"].create_index(["user_id"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
                                                              _queue_speed, _setup_problems, _blocked_words, _ran_on,
                                                              _typical_run_times, _lease_tokens, _job_ids_never_reused,
-                                                             _suggested_subject]
+                                                             _suggested_subject, _together]

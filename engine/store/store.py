@@ -22,6 +22,7 @@ import sqlite_utils
 
 from engine.errors import FaceChainError
 from engine.store.schema import MIGRATIONS
+from engine.store.together import erase_together
 
 SCHEMA_VERSION = len(MIGRATIONS)
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -61,6 +62,7 @@ class UserRecord:
     consent_at: str | None
     created_at: str
     suggested_subject: str | None = None  # a face engine's reading, shown beside the member's own choice
+    together: str | None = None  # who may put them in a picture with someone: ask (None), always, never
 
 
 @dataclass(frozen=True)
@@ -393,6 +395,7 @@ class Store:
             self.db.execute(f"delete from gallery_likes where entry_id in (select id from gallery_entries "
                             f"where portrait_id in ({marks}))", portrait_ids)
             self.db.execute(f"delete from gallery_entries where portrait_id in ({marks})", portrait_ids)
+            self.db.execute(f"delete from share_approvals where portrait_id in ({marks})", portrait_ids)
             deleted = self.db.execute(f"delete from portraits where id in ({marks})", portrait_ids).rowcount
         for path in paths:
             self.absolute(path).unlink(missing_ok=True)
@@ -414,17 +417,32 @@ class Store:
         check_user_id(user_id)
         counts: dict[str, int] = {}
         portrait_ids = [row[0] for row in self.db.execute("select id from portraits where user_id = ?", [user_id])]
+        # Pictures they are in beside another member go too (their files are in that member's folder).
+        shown_in = [row[0] for row in self.db.execute("select id from portraits where partner_id = ?", [user_id])]
+        shown_in_files = sum(1 for i in shown_in if self.thumbnail_path(i).exists()) + sum(
+            1 for (path,) in self.db.execute("select path from portraits where id in "
+                                             f"({', '.join('?' for _ in shown_in)})", shown_in)
+            if path and self.absolute(path).is_file())
+        shown_in_deleted = self.delete_portraits(shown_in)  # with their gallery posts, whoever shared them
         with self.transaction():
-            # Likes on this user's gallery entries (by anyone); their own likes go with USER_TABLES.
-            received = self.db.execute(
-                "delete from gallery_likes where entry_id in (select id from gallery_entries where user_id = ?)",
-                [user_id]).rowcount
+            counts["together"] = erase_together(self.db, user_id)
+            # Likes on this user's gallery entries (by anyone) and on their pictures another member shared
+            # (a two-member picture); their own likes go with USER_TABLES.
+            on_theirs = ("select id from gallery_entries where user_id = ? or portrait_id in "
+                         "(select id from portraits where user_id = ?)")
+            received = self.db.execute(f"delete from gallery_likes where entry_id in ({on_theirs})",
+                                       [user_id, user_id]).rowcount
+            shared_by_others = self.db.execute("delete from gallery_entries where user_id != ? and portrait_id in "
+                                               "(select id from portraits where user_id = ?)",
+                                               [user_id, user_id]).rowcount
             for table in USER_TABLES:
                 counts[table] = self.db.execute(f"delete from {table} where user_id = ?", [user_id]).rowcount
             counts["gallery_likes"] += received
+            counts["gallery_entries"] += shared_by_others
+            counts["portraits"] += shown_in_deleted
             counts["users"] = self.db.execute("delete from users where id = ?", [user_id]).rowcount
         folder = self.user_dir(user_id)
-        files = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+        files = shown_in_files + (sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0)
         shutil.rmtree(folder, ignore_errors=True)
         files += sum(1 for i in portrait_ids if self.thumbnail_path(i).exists())
         self._drop_thumbnails(portrait_ids)

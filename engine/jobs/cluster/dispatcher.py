@@ -27,6 +27,7 @@ from engine.generation.portrait import face_key_owner
 from engine.jobs.cluster.actor import ACTOR_PREFIX, JOB_GROUP, NAMESPACE, GpuActor
 from engine.jobs.cluster.address import check_address, check_node_addresses, check_reachable
 from engine.jobs.heartbeat import Heartbeat
+from engine.jobs.job_types import job_members
 from engine.jobs.queue import Job
 from engine.jobs.runners import FACE_ADAPTER_KINDS, ComputeLost, JobCancelled, JobContext, run_job_with
 from engine.jobs.worker import Worker, stale_face_adapters
@@ -132,13 +133,15 @@ class ActorPool:
             slot.ready = False
         slot.ping = None
 
-    def take(self, user_id: str | None, portrait: bool) -> ActorSlot | None:
-        """A free actor for a job of `user_id`: one holding their face model, else the one idle longest."""
+    def take(self, members: list[str], portrait: bool) -> ActorSlot | None:
+        """A free actor for a job drawing `members`' faces: the one holding most of their face models,
+        else the one idle longest."""
         with self.lock:
             free = [slot for slot in self.slots if slot.ready and slot.busy_with is None]
             if not free:
                 return None
-            holding = [slot for slot in free if user_id in slot.faces]
+            held = {id(slot): sum(member in slot.faces for member in members) for slot in free}
+            holding = sorted((slot for slot in free if held[id(slot)]), key=lambda s: -held[id(s)])
             slot = (holding or sorted(free, key=lambda s: s.idle_since))[0]
             if portrait:
                 self.stats.portraits += 1
@@ -324,7 +327,7 @@ class Dispatcher:
         if job is None:
             self._next_claim_at = time.monotonic() + EMPTY_QUEUE_SECONDS
             return False
-        slot = self.pool.take(job.user_id, portrait=job.kind in FACE_ADAPTER_KINDS)
+        slot = self.pool.take(job_members(job), portrait=job.kind in FACE_ADAPTER_KINDS)
         if slot is None:  # every actor went away meanwhile: back to the queue, untouched
             self.worker.queue.release(job.lease)
             return False
@@ -359,7 +362,8 @@ class Dispatcher:
                     lost = True
                     raise
                 if job.kind in FACE_ADAPTER_KINDS:
-                    self.pool.remember_face(slot, job.user_id)
+                    for member in job_members(job):
+                        self.pool.remember_face(slot, member)
                 resolve_setup_problems(worker.store, "models")  # the actor had the models it needed
                 return result
 

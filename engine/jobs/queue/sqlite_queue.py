@@ -34,14 +34,14 @@ from engine.jobs.queue.base import (
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 
-KINDS = ("enroll", "train", "generate", "swap", "redraw", "upscale", "teaser", "preview")
+KINDS = ("enroll", "train", "generate", "swap", "redraw", "upscale", "together", "teaser", "preview")
 # Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while
 # their first face model trains ("teaser", queued before that training: behind trained members'
 # portraits, before the member's own training); then the styles browser's preview images.
-TIERS = (("enroll", "train", "generate", "swap", "redraw", "upscale"), ("teaser",), ("preview",))
-PICTURE_KINDS = ("generate", "swap", "redraw", "upscale")
+TIERS = (("enroll", "train", "generate", "swap", "redraw", "upscale", "together"), ("teaser",), ("preview",))
+PICTURE_KINDS = ("generate", "swap", "redraw", "upscale", "together")
 # Used for ETAs until the server has finished jobs of its own to measure.
-TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0, "upscale": 30.0, "teaser": 20.0, "preview": 5.0}
+TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0, "upscale": 30.0, "together": 40.0, "teaser": 20.0, "preview": 5.0}
 
 # A job back in the queue, or finished, is leased to nobody.
 NO_LEASE = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
