@@ -23,7 +23,8 @@ from engine.generation.poses import load_poses
 from engine.generation.requests import check_pose, check_prompt_words, check_request
 from engine.jobs.queue import Job, QueuePosition, SqliteJobQueue
 from engine.store import ForgetReport, Store
-from engine.store.community import GuildSettings, guild_settings, user_gallery_posts
+from engine.store.community import GuildSettings, guild_settings, portrait_gallery_posts, user_gallery_posts
+from engine.store.together import DEFAULT_STYLE, Asked, TogetherRequest, ask, set_request_job
 from engine.styles import STYLES_DIR, StyleCatalogue, load_styles, owner_styles_folder, style_files
 
 T = TypeVar("T")
@@ -40,6 +41,25 @@ class PortraitOrder:
     words: str = ""  # the member's own words for the prompt
     pose: str | None = None  # a preset pose's id (poses/)
     pose_upload: str = ""  # or a pose photo, downloaded under <data>/tmp/
+
+
+@dataclass
+class TogetherOrder:
+    """A picture with another member, as /facechain together asked for it."""
+
+    partner_id: str
+    style: str | None = None
+    pose: str | None = None
+    faces: list[int] | None = None  # on a photo: the asker's face, then the partner's (left to right)
+    private: bool = False
+    age_restricted: bool = False
+    upload: str = ""  # a photo to redraw, downloaded under <data>/tmp/
+    name: str = ""
+
+    def params(self) -> dict:
+        return {"with": self.partner_id, "style": self.style, "pose": self.pose, "faces": self.faces,
+                "private": self.private, "age_restricted": self.age_restricted, "upload": self.upload or None,
+                "name": self.name}
 
 
 class Styles:
@@ -136,6 +156,52 @@ class Backend:
         check_pose(self.settings, order.pose, from_photo=from_photo)
         return words, has_model
 
+    def check_together(self, user_id: str, guild_id: int | None, order: TogetherOrder, on_photo: bool) -> None:
+        """Everything that can be wrong with a picture together before anyone is asked."""
+        if order.partner_id == user_id:
+            raise FaceChainError("Choose another member: a picture together is of two people.")
+        if on_photo and (order.style or order.pose):
+            raise FaceChainError("A photo keeps its own scene: ask with a photo, or with a style and pose, not both.")
+        if not on_photo and order.faces:
+            raise FaceChainError("face_a and face_b choose faces on a photo: attach the photo too.")
+        need = ("a face model", self.store.ready_face_model) if not on_photo else (
+            "enrolled selfies", lambda member: self.store.accepted_selfies(member) or None)
+        if need[1](user_id) is None:
+            raise FaceChainError(f"You have no {need[0]} yet: `/facechain enroll` starts with a few selfies."
+                                 if not on_photo else "Enroll a few selfies first with `/facechain enroll`: your "
+                                                      "face comes from them.")
+        if need[1](order.partner_id) is None:
+            raise FaceChainError(f"<@{order.partner_id}> has no {need[0]} with FaceChain yet: they can start with "
+                                 "`/facechain enroll`.")
+        if not on_photo:
+            style = order.style or DEFAULT_STYLE
+            settings = self.guild(guild_id)
+            if settings and not settings.allows_style(style):
+                raise FaceChainError(f"The style {style!r} is not allowed on this server.")
+            if self.styles.catalogue().get(style) is None:
+                raise FaceChainError(f"There is no style {style!r}: choose one from the list.")
+            if not self.settings.pose_controlnet.strip():
+                raise FaceChainError("This bot draws two members together only on a photo: attach one of the two "
+                                     "of you.")
+            check_pose(self.settings, order.pose, people=2)
+
+    def ask_together(self, user_id: str, guild_id: int | None, channel_id: int,
+                     order: TogetherOrder) -> tuple[Asked, Job | None]:
+        """Ask the partner (their choice in /facechain me decides how); the job when they allow it always."""
+        asked = ask(self.store, user_id, order.partner_id, order.params(), _text(guild_id), str(channel_id))
+        job = None
+        if asked.outcome == "go":
+            job = self.queue.enqueue("together", user_id, order.params(), guild_id=_text(guild_id),
+                                     channel_id=str(channel_id))
+        return asked, job
+
+    def start_together(self, request: TogetherRequest) -> Job:
+        """The partner allowed it: the job, for the member who asked."""
+        job = self.queue.enqueue("together", request.requester_id, {**request.params, "request_id": request.id},
+                                 guild_id=request.guild_id, channel_id=request.channel_id)
+        set_request_job(self.store, request.id, job.id)
+        return job
+
     def reorder(self, job: Job, seed: int | None = None, variation_of: int | None = None) -> Job:
         """The same portrait request again (Re-roll: new seeds; More like #k: variations of its seed)."""
         params = {**job.params, "seed": seed, "variation_of": variation_of, "wait_for_training": False}
@@ -161,14 +227,21 @@ class Backend:
         return [(job, positions.get(job.id)) for job in jobs]
 
     def cancel_all(self, user_id: str) -> int:
-        """Cancel the user's queued jobs and ask running ones to stop; returns how many are still running."""
-        for job in self.queue.active_jobs(user_id=user_id):
-            self.queue.cancel(job.id)
-        return len(self.queue.active_jobs(user_id=user_id))
+        """Cancel the user's queued jobs, and other members' pictures with them, and ask running ones to stop;
+        returns how many are still running."""
+        def theirs() -> list[Job]:
+            return self.queue.active_jobs(user_id=user_id) + [
+                job for job in self.queue.active_jobs() if job.kind == "together" and job.params.get("with") == user_id]
+        for job in theirs():
+            if not job.cancel_requested:
+                self.queue.cancel(job.id)
+        return len(theirs())
 
     def erase(self, user_id: str) -> tuple[ForgetReport, list[dict]]:
-        """Delete everything of the user's; returns the report and the gallery posts to take down."""
-        posts = user_gallery_posts(self.store, user_id)
+        """Delete everything of the user's; returns the report and the gallery posts to take down (of their
+        pictures, and of pictures they are in with another member)."""
+        shown_in = [row[0] for row in self.store.db.execute("select id from portraits where partner_id = ?", [user_id])]
+        posts = user_gallery_posts(self.store, user_id) + portrait_gallery_posts(self.store, shown_in)
         for upload_dir in (self.settings.data_dir / "tmp").glob(f"enroll-{user_id}-*"):
             shutil.rmtree(upload_dir, ignore_errors=True)
         return self.store.delete_user(user_id), posts

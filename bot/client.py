@@ -18,6 +18,7 @@ from bot.delivery import Deliveries
 from bot.downloads import allowed_sources, download_session
 from bot.loop_lag import LoopLag
 from bot.setup_notices import notify_owner_forever
+from bot.together import TogetherAnswer, TogetherAsks
 from bot.web import WebGallery
 from engine.config import Settings
 from engine.jobs.worker_process import WorkerProcess
@@ -35,6 +36,7 @@ class FaceChainBot(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.backend = Backend(settings)
         self.deliveries = Deliveries(self)
+        self.together = TogetherAsks(self)
         self.worker = WorkerProcess() if settings.bot_runs_worker else None
         self.http_session: aiohttp.ClientSession | None = None
         self.scheduler = None  # maintenance, in a thread
@@ -45,7 +47,7 @@ class FaceChainBot(discord.Client):
 
     async def setup_hook(self) -> None:
         install(self.tree, self.settings)
-        self.add_dynamic_items(*DYNAMIC_ITEMS, gallery.GalleryButton)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, gallery.GalleryButton, TogetherAnswer)
         self.http_session = download_session(allowed_sources(self.settings.attachment_hosts))
         await self._sync_commands()
         self.scheduler = build_scheduler(self.settings)
@@ -56,6 +58,7 @@ class FaceChainBot(discord.Client):
             await self.web.start()
         self._background.append(asyncio.create_task(self.deliveries.run_forever()))
         self._background.append(asyncio.create_task(self.loop_lag.run()))
+        self._background.append(asyncio.create_task(self.together.expire_forever()))
         self._background.append(asyncio.create_task(notify_owner_forever(self)))
         if self.worker is not None:
             self._background.append(asyncio.create_task(self._supervise_worker()))

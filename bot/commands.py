@@ -20,15 +20,17 @@ from bot.admin_commands import admin
 from bot.backend import PortraitOrder
 from bot.components import CancelButton
 from bot.downloads import DownloadRefused, allowed_sources, download, upload_dir
+from bot.inputs import pose_choices, save_photo, style_choices
 from bot.messages import COLOUR, CONSENT_TEXT, SUBJECT_LABELS, help_embed, job_title, progress_line, thumbnail_grid
 from bot.replies import report_error
-from bot.views import ConfirmView, ConsentView, MeView, PagerView, age_restricted, client
+from bot.together import together
+from bot.views import TOGETHER_LABELS, ConfirmView, ConsentView, MeView, PagerView, age_restricted, client
 from engine.errors import FaceChainError
 from engine.generation.previews import shown_preview
 from engine.store.members import change_subject, describe_member, remove_photo
+from engine.store.together import set_together
 
 if TYPE_CHECKING:
-    from bot.client import FaceChainBot
     from engine.config import Settings
 
 SUBJECTS = tuple(SUBJECT_LABELS)
@@ -40,6 +42,7 @@ FOR_SERVERS = app_commands.AppInstallationType(guild=True, user=False)
 
 facechain = app_commands.Group(name="facechain", description="Portraits that look like you",
                                allowed_contexts=EVERYWHERE, allowed_installs=FOR_SERVERS)
+facechain.add_command(together)  # bot/together.py
 
 
 # --- enroll -------------------------------------------------------------------------------------------
@@ -112,23 +115,6 @@ async def start_enroll(interaction: discord.Interaction, photos: list[discord.At
 
 # --- portrait -----------------------------------------------------------------------------------------
 
-async def style_choices(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
-    bot = client(interaction)
-    guild = await bot.backend.run(bot.backend.guild, interaction.guild_id)
-    found = bot.backend.styles.catalogue().search(typed, limit=100)
-    styles = [s for s in found if not guild or guild.allows_style(s.id)]
-    return [app_commands.Choice(name=f"{s.name} — {s.description}"[:100], value=s.id) for s in styles[:25]]
-
-
-async def pose_choices(interaction: discord.Interaction, typed: str, people: int = 1) -> list[app_commands.Choice[str]]:
-    typed = typed.strip().lower()
-    poses = [p for p in client(interaction).backend.poses.poses.values() if len(p.people) == people]
-    found = [p for p in poses if typed in f"{p.id} {p.name} {p.description}".lower()]
-    framing = {"upper": "upper body", "full": "full body"}
-    return [app_commands.Choice(name=f"{p.name} ({framing[p.framing]}) — {p.description}"[:100], value=p.id)
-            for p in found[:25]]
-
-
 @facechain.command(name="portrait", description="Portraits of you in a style, ranked by likeness")
 @app_commands.describe(style="Start typing to search the styles", count="How many portraits (default 4)",
                        seed="Same seed + style = same pictures", private="Only you see the result",
@@ -191,23 +177,6 @@ async def swap(interaction: discord.Interaction, photo: discord.Attachment,
         shutil.rmtree(destination.parent, ignore_errors=True)
         raise
     await bot.deliveries.follow(job, interaction, "Your face on that photo")
-
-
-async def save_photo(bot: FaceChainBot, user_id: str, photo: discord.Attachment, what: str) -> Path:
-    """The attachment downloaded into a fresh folder under <data>/tmp/ (the worker reads it from there);
-    FaceChainError naming `what` when it can't be had."""
-    folder = upload_dir(bot.settings.data_dir, user_id)
-    destination = folder / "photo.upload"
-    max_bytes = int(bot.settings.max_upload_mb * 2**20)
-    try:
-        if photo.size > max_bytes:
-            raise DownloadRefused(f"it is larger than {bot.settings.max_upload_mb:g} MB")
-        sources = allowed_sources(bot.settings.attachment_hosts)
-        await download(bot.http_session, photo.url, destination, max_bytes, sources)
-    except DownloadRefused as reason:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise FaceChainError(f"{what} could not be used: {reason}.") from None
-    return destination
 
 
 # --- styles, status, forget, help ------------------------------------------------------------------
@@ -327,7 +296,8 @@ async def show_me(interaction: discord.Interaction, notice: str | None = None) -
         + (f"version {model['version']}, trained {model['finished_at'][:10]} on {model['photos']} photos."
            if model else "not trained yet.")
         + f"\nPortraits describe you as **{described(member['subject'])}** "
-          "(the menu below changes it)."))
+          "(the menu below changes it)."
+        + f"\nPictures with other members (`/facechain together`): **{TOGETHER_LABELS[member['together']].lower()}**."))
     files = []
     if member["photos"]:
         grid = await asyncio.to_thread(thumbnail_grid, [Path(p["path"]) for p in member["photos"]], numbered=True)
@@ -335,7 +305,8 @@ async def show_me(interaction: discord.Interaction, notice: str | None = None) -
         embed.set_image(url="attachment://photos.jpg")
     view = MeView(interaction.user.id, [(p["number"], p["name"]) for p in member["photos"]],
                   lambda chosen, number: remove_and_show(chosen, number), forget_dialog,
-                  SUBJECT_LABELS, member["subject"], member["suggested_subject"], change_subject_and_show)
+                  SUBJECT_LABELS, member["subject"], member["suggested_subject"], change_subject_and_show,
+                  member["together"], change_together_and_show)
     await interaction.edit_original_response(content=notice, embed=embed, attachments=files, view=view)
 
 
@@ -357,6 +328,13 @@ async def change_subject_and_show(interaction: discord.Interaction, subject: str
               + ("Your face model is retraining with it; you'll be pinged when it's ready." if change.train_job_id
                  else "" if change.changed else "(No change.)")).strip()
     await show_me(interaction, notice)
+
+
+async def change_together_and_show(interaction: discord.Interaction, choice: str) -> None:
+    await interaction.response.defer()
+    bot = client(interaction)
+    await bot.backend.run(set_together, bot.backend.store, str(interaction.user.id), choice)
+    await show_me(interaction, f"Pictures with other members: {TOGETHER_LABELS[choice].lower()}.")
 
 
 async def remove_and_show(interaction: discord.Interaction, number: int) -> None:

@@ -16,13 +16,15 @@ from engine.errors import FaceChainError
 from engine.jobs.queue import Job
 
 
-async def owned_job(interaction: discord.Interaction, job_id: int) -> Job | None:
-    """The job, if the one who pressed is its owner; otherwise tells them and returns None."""
+async def owned_job(interaction: discord.Interaction, job_id: int, partner_may: bool = False) -> Job | None:
+    """The job, if the one who pressed is its owner (or, with `partner_may`, the other member of a picture
+    together); otherwise tells them and returns None."""
     job = await client(interaction).backend.run(client(interaction).backend.queue.get, job_id)
     if job is None:
         await reply(interaction, "This request no longer exists.")
         return None
-    if job.user_id != str(interaction.user.id):
+    pressed = str(interaction.user.id)
+    if job.user_id != pressed and not (partner_may and job.kind == "together" and job.params.get("with") == pressed):
         await reply(interaction, not_yours(job.user_id))
         return None
     return job
@@ -62,7 +64,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:(?P<act
 
     async def callback(self, interaction: discord.Interaction) -> None:
         async def action() -> None:
-            job = await owned_job(interaction, self.job_id)
+            job = await owned_job(interaction, self.job_id, partner_may=self.action == "delete")
             if job is None:
                 return
             if self.action == "reroll":
@@ -92,7 +94,7 @@ class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select],
 
     async def callback(self, interaction: discord.Interaction) -> None:
         async def action() -> None:
-            job = await owned_job(interaction, self.job_id)
+            job = await owned_job(interaction, self.job_id, partner_may=self.what == "share")
             if job is None:
                 return
             bot = client(interaction)
@@ -161,7 +163,45 @@ class SwapFaceButton(discord.ui.DynamicItem[discord.ui.Button],
         await guarded(interaction, action)
 
 
-DYNAMIC_ITEMS = (JobButton, PortraitSelect, CancelButton, SwapFaceButton)
+class FacePairSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"fc:pair:(?P<job>[0-9]+)"):
+    """On a photo of more than two faces sent to /facechain together: which face is whose."""
+
+    def __init__(self, job_id: int, options: list[discord.SelectOption] | None = None) -> None:
+        super().__init__(discord.ui.Select(custom_id=f"fc:pair:{job_id}", placeholder="Which faces are the two of you…",
+                                           options=options or [discord.SelectOption(label="-")]))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match):
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def action() -> None:
+            job = await owned_job(interaction, self.job_id)
+            if job is not None:
+                mine, theirs = (int(n) for n in interaction.data["values"][0].split(","))  # type: ignore[index]
+                await queue_and_follow(interaction, job, job.kind, {**job.params, "faces": [mine, theirs]},
+                                       f"You on face {mine}, <@{job.params.get('with')}> on face {theirs}")
+        await guarded(interaction, action)
+
+
+DYNAMIC_ITEMS = (JobButton, PortraitSelect, CancelButton, SwapFaceButton, FacePairSelect)
+
+
+def face_pairs(job: Job, count: int) -> discord.ui.View:
+    """Every (you, them) pair of faces a select can hold (25: up to 5 faces; with more, the command's face_a and
+    face_b choose)."""
+    pairs = [(mine, theirs) for mine in range(1, count + 1) for theirs in range(1, count + 1) if mine != theirs][:25]
+    view = discord.ui.View(timeout=None)
+    view.add_item(FacePairSelect(job.id, [discord.SelectOption(label=f"You on face {mine}, them on face {theirs}",
+                                                               value=f"{mine},{theirs}") for mine, theirs in pairs]))
+    return view
+
+
+def together_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
+    """Delete (by either member) and Share (once both have shared it) on a picture together; no Re-roll, which
+    would draw the other member again without asking."""
+    return swap_actions(job, portraits)
 
 
 def face_choices(job: Job, count: int) -> discord.ui.View:

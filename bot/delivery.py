@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.components import face_choices, portrait_actions, swap_actions
+from bot.components import face_choices, face_pairs, portrait_actions, swap_actions, together_actions
 from bot.messages import (
     enroll_card,
     job_title,
@@ -29,6 +29,7 @@ from bot.messages import (
     progress_line,
     swap_lines,
     thumbnail_grid,
+    together_lines,
     with_training_line,
 )
 from engine.jobs.queue import Job, QueuePosition
@@ -171,7 +172,8 @@ class Deliveries:
         if watch is not None and not watch.usable():
             watch = None
         handlers = {"enroll": self._enroll_done, "train": self._train_done, "generate": self._portraits_done,
-                    "swap": self._swap_done, "redraw": self._swap_done, "teaser": self._portraits_done, "upscale": self._portraits_done}
+                    "swap": self._swap_done, "redraw": self._swap_done, "teaser": self._portraits_done, "upscale": self._portraits_done,
+                    "together": self._together_done}
         try:
             if job.state == "cancelled":
                 await self._cancelled(job, watch)
@@ -290,6 +292,41 @@ class Deliveries:
             content=swap_lines(job.user_id, result, portraits),
             paths=[(store.absolute(p["path"]), "swap.png" if len(portraits) == 1 else f"swap-{i}.png")
                    for i, p in enumerate(portraits, start=1)], view=swap_actions(job, portraits)), private=private)
+
+    async def _together_done(self, job: Job, watch: Watch | None) -> None:
+        """To the member who asked as any result; the other member gets the pictures too: a DM when private,
+        else a mention in the channel."""
+        private, result, partner = bool(job.params.get("private")), job.result or {}, job.params.get("with", "")
+        if job.state == "failed":
+            await self._to_owner(job, watch, Outgoing(content=f"⚠️ <@{job.user_id}> your picture with <@{partner}> "
+                                                              f"failed: {job.error}"), private=private)
+            return
+        store = self.bot.backend.store
+        if "choose" in result:
+            await self._to_owner(job, watch, Outgoing(
+                content=f"<@{job.user_id}> this photo shows {result['choose']} faces: which is you, and which is "
+                        f"<@{partner}>? (numbered left to right)", paths=[(store.absolute(result["preview"]), "faces.jpg")],
+                view=face_pairs(job, result["choose"])), private=private)
+            return
+        portraits = await self.bot.backend.run(store.job_portraits, job.id)
+        if not portraits:
+            notice = result.get("notice") or "Nothing to show."
+            await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {notice}"), private=private)
+            return
+        style = self.bot.backend.styles.catalogue().get(job.params.get("style") or "")
+        outgoing = Outgoing(content=together_lines(job.user_id, partner, result, portraits, style.name if style else None),
+                            paths=[(store.absolute(p["path"]), f"together-{i}.png") for i, p in enumerate(portraits, 1)],
+                            view=together_actions(job, portraits))
+        shown = await self._to_owner(job, watch, outgoing, private=private)
+        try:
+            if private:
+                await (await self.bot.fetch_user(int(partner))).send(**outgoing.kwargs())
+            elif shown is not None and job.channel_id:  # an edited message pings nobody
+                await self.bot.get_partial_messageable(int(job.channel_id)).send(
+                    f"<@{partner}> you're in <@{job.user_id}>'s new picture, just above.",
+                    allowed_mentions=discord.AllowedMentions(users=[discord.Object(int(partner))]))
+        except discord.HTTPException as error:  # the asker has it; the partner's copy is not retried
+            log.info("could not send job %s's picture to %s: %s", job.id, partner, error, extra={"job": job.id})
 
     # --- sending -----------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from engine.store.community import (
     update_guild_settings,
     week_winners,
 )
+from engine.store.together import approve_share
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot
@@ -101,11 +102,19 @@ async def share(interaction: discord.Interaction, portrait: dict) -> None:
     if portrait["nsfw"] and not may_show_flagged(settings.nsfw_policy, gallery_age_restricted(bot, settings)):
         raise FaceChainError("The safety filter flagged this portrait, and this server's gallery channel is not "
                              "age-restricted: it can't be shared there.")
+    if portrait.get("partner_id"):  # a picture of two members goes up once both have shared it
+        members = {portrait["user_id"], portrait["partner_id"]}
+        waiting = members - await bot.backend.run(approve_share, bot.backend.store, portrait["id"], str(interaction.user.id))
+        if waiting:
+            await reply(interaction, f"It goes to the gallery once <@{waiting.pop()}> shares it too (Share, on the "
+                                     "same picture).")
+            return
     entry = await bot.backend.run(add_gallery_entry, bot.backend.store, str(interaction.guild_id), portrait["id"],
                                   str(interaction.user.id), settings.gallery_channel_id, interaction.user.display_name)
     name = style_name(bot, portrait["style"])
     link = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
-    embed = discord.Embed(title=name, colour=COLOUR, description=f"by <@{portrait['user_id']}>{link}")
+    credit = f"<@{portrait['user_id']}>" + (f" and <@{portrait['partner_id']}>" if portrait.get("partner_id") else "")
+    embed = discord.Embed(title=name, colour=COLOUR, description=f"by {credit}{link}")
     embed.set_image(url="attachment://portrait.png")
     embed.set_footer(text="Made with /facechain portrait")
     try:
@@ -162,7 +171,7 @@ class GalleryButton(discord.ui.DynamicItem[discord.ui.Button],
                 _, likes = await bot.backend.run(toggle_like, bot.backend.store, item.entry_id, user_id)
                 await interaction.response.edit_message(view=post_view(item.entry_id, likes))
                 return
-            if item.user_id != str(interaction.user.id):
+            if str(interaction.user.id) not in {item.user_id, *item.members}:  # either member of a picture of two
                 await reply(interaction, "Only the member who shared this portrait can un-share it.")
                 return
             await reply(interaction, "Removed from the gallery.")
@@ -250,7 +259,8 @@ class PageModal(discord.ui.Modal, title="Go to page"):
 
 def gallery_embed(bot: FaceChainBot, item: GalleryItem, footer: str) -> discord.Embed:
     embed = discord.Embed(title=style_name(bot, item.style), colour=COLOUR,
-                          description=f"by <@{item.user_id}> · ❤️ {item.likes} · shared {item.created_at[:10]}")
+                          description=f"by {' and '.join(f'<@{m}>' for m in item.members)} · ❤️ {item.likes} · "
+                                      f"shared {item.created_at[:10]}")
     embed.set_image(url="attachment://portrait.png")
     embed.set_footer(text=footer)
     return embed

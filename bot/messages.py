@@ -63,7 +63,7 @@ def progress_line(job: Job, position: QueuePosition | None) -> str:
 JOB_TITLES = {"enroll": "checking your photos", "train": "training your face model", "generate": "portraits",
               "swap": "your face on a photo", "redraw": "your face redrawn into a photo",
               "teaser": "a preview while your face model trains",
-              "upscale": "a sharper x2 portrait"}
+              "upscale": "a sharper x2 portrait", "together": "a picture together"}
 
 
 def job_title(job: Job) -> str:
@@ -131,6 +131,22 @@ def swap_lines(user_id: str, result: dict, portraits: list[dict]) -> str:
     for index, portrait in enumerate(portraits, start=1):
         likeness = portrait["similarity"]
         lines.append(f"**#{index}** " + (f"likeness {likeness:.0%}" if likeness is not None else "not ranked"))
+    return "\n".join(lines)
+
+
+def together_lines(user_id: str, partner_id: str, result: dict, portraits: list[dict], style_name: str | None) -> str:
+    """A picture together's message: where the two were put, and each picture's lower likeness."""
+    where = (f" on faces {result['faces'][0]} and {result['faces'][1]} of your photo" if result.get("faces")
+             else f" in **{style_name}**" if style_name else "")
+    ranked = portraits[0]["similarity"] is not None
+    lines = [f"<@{user_id}> and <@{partner_id}> together{where}" + (", the lower of your two likenesses first:"
+                                                                    if ranked else ":")]
+    for index, portrait in enumerate(portraits, start=1):
+        likeness = portrait["similarity"]
+        lines.append(f"**#{index}** " + (f"likeness {likeness:.0%}" if likeness is not None else "not ranked"))
+    if result.get("notice"):
+        lines.append(f"_{result['notice']}_")
+    lines.append("Either of you can delete them; one goes to the gallery once you have both shared it.")
     return "\n".join(lines)
 
 

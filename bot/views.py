@@ -134,6 +134,10 @@ class PagerView(OwnerView):
         await interaction.response.edit_message(embed=embed, attachments=files, view=self)
 
 
+TOGETHER_LABELS = {"ask": "Others may ask me for a picture together",
+                   "always": "Anyone may put me in a picture together", "never": "Nobody may put me in a picture"}
+
+
 class MeView(OwnerView):
     """/facechain me: how portraits describe the member, a menu to remove one photo (asking first) and a
     button to forget everything."""
@@ -142,7 +146,9 @@ class MeView(OwnerView):
                  on_remove: Callable[[discord.Interaction, int], Awaitable[None]],
                  on_forget: Callable[[discord.Interaction], Awaitable[None]],
                  subjects: dict[str, str] | None = None, subject: str | None = None, suggested: str | None = None,
-                 on_subject: Callable[[discord.Interaction, str], Awaitable[None]] | None = None) -> None:
+                 on_subject: Callable[[discord.Interaction, str], Awaitable[None]] | None = None,
+                 together: str | None = None,
+                 on_together: Callable[[discord.Interaction, str], Awaitable[None]] | None = None) -> None:
         super().__init__(owner_id)
         self.on_remove = on_remove
         if subjects and on_subject is not None:
@@ -157,6 +163,16 @@ class MeView(OwnerView):
 
             words.callback = chosen
             self.add_item(words)
+        if on_together is not None:
+            who = discord.ui.Select(placeholder="Pictures with other members…", options=[
+                discord.SelectOption(label=label, value=value, default=value == together)
+                for value, label in TOGETHER_LABELS.items()])
+
+            async def together_chosen(interaction: discord.Interaction) -> None:
+                await on_together(interaction, who.values[0])
+
+            who.callback = together_chosen
+            self.add_item(who)
         if photos:
             menu = discord.ui.Select(placeholder="Remove a photo…", options=[
                 discord.SelectOption(label=f"Photo {number}", description=name[:100], value=str(number))

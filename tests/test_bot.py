@@ -415,7 +415,7 @@ def test_me_shows_the_numbered_photos_and_removes_one_then_retrains(deployment):
     before = d.rows("select count(*) from selfies where user_id = ? and status = 'accepted'", d.alice)[0][0]
     assert f"{before} enrolled photos" in panel.text() and "Face model: version" in panel.text()
     assert list(panel.files) == ["photos.jpg"] and panel.ephemeral
-    words, menu, forget_button = panel.custom_ids()
+    words, _together, menu, forget_button = panel.custom_ids()
     assert "belong to" in fake.response(fake.click(d.bob, panel, menu, ["1"])).text()
     fake.wait_acked(fake.click(d.alice, panel, menu, ["2"]))
     fake.wait_for(lambda: "Remove photo 2?" in panel.text(), 10, "the question")
@@ -514,3 +514,115 @@ def gallery_channel_set(d: Deployment) -> None:
 
 def _custom_id(message: Message, kind: str) -> str:
     return next(c for c in message.custom_ids() if c.split(":")[1] == kind)
+
+
+# --- /facechain together ---------------------------------------------------------------------------
+
+GROUP = "group/two_people.jpg"
+
+
+def bob_enrolled(d: Deployment) -> None:
+    """Bob enrolled (Rose's photos): on a photo, a picture together needs only enrolled selfies."""
+    if d.rows("select count(*) from selfies where user_id = ? and status = 'accepted'", d.bob) != [(0,)]:
+        return
+    fake = d.fake
+    prompt = fake.response(fake.command(d.bob, d.general, d.guild, "enroll", attachments=d.upload(
+        "rose_leslie/rose1.jpg", "rose_leslie/rose2.jpg")))
+    agree_to_consent(fake, d.bob, prompt, subject="woman")
+    fake.wait_for(lambda: d.rows("select count(*) from selfies where user_id = ? and status = 'accepted'", d.bob)
+                  != [(0,)], 90, "bob's selfies")
+
+
+def set_choice(d: Deployment, member: str, choice: str) -> None:
+    fake = d.fake
+    panel = fake.response(fake.command(member, d.general, d.guild, "me"))
+    fake.wait_for(lambda: panel.embeds, 30, "the panel")
+    together_menu = panel.custom_ids()[1]
+    fake.wait_acked(fake.click(member, panel, together_menu, [choice]))
+    fake.wait_for(lambda: d.rows("select coalesce(together, 'ask') from users where id = ?", member) == [(choice,)],
+                  10, "the choice")
+
+
+def ask(d: Deployment, **options) -> Message:
+    fake = d.fake
+    return fake.response(fake.command(d.alice, d.general, d.guild, "together", {"member": {"user": d.bob}, **options},
+                                      attachments={"photo": d.upload(GROUP)["photo1"]}))
+
+
+def question(d: Deployment) -> Message:
+    """The newest Allow / Decline question to Bob in the channel."""
+    return d.fake.wait_for(lambda: ([m for m in d.fake.channel_messages(d.general)
+                                     if any(c.startswith("fc:together:allow") for c in m.custom_ids())] or [None])[-1],
+                           30, "the question")
+
+
+def test_a_member_asked_decides_and_the_asker_hears_only_not_allowed_or_no_answer(deployment):
+    d, fake = deployment, deployment.fake
+    trained(d)
+    bob_enrolled(d)
+    uploads = d.data_dir / "tmp"
+
+    # never: answered at once, in the same words as a decline.
+    set_choice(d, d.bob, "never")
+    refused = ask(d)
+    fake.wait_for(lambda: "not allowed" in refused.text(), 30, "the refusal")
+    assert f"<@{d.bob}>" in refused.text() and "never" not in refused.text()
+    assert d.rows("select count(*) from together_requests") == [(0,)]
+    assert not list(uploads.glob(f"enroll-{d.alice}-*/photo.upload"))  # nothing kept
+
+    # ask, then decline: only Bob can answer.
+    set_choice(d, d.bob, "ask")
+    waiting = ask(d)
+    fake.wait_for(lambda: "Asked" in waiting.text(), 30, "the waiting line")
+    asked = question(d)
+    assert f"<@{d.bob}>" in asked.text() and "expires" in asked.text()
+    allow, decline, refuse = asked.custom_ids()
+    assert "Only" in fake.response(fake.click(d.alice, asked, allow)).text()
+    fake.wait_acked(fake.click(d.bob, asked, decline))
+    fake.wait_for(lambda: "not allowed" in waiting.text(), 30, "the answer to alice")
+    assert "declined" not in waiting.text().lower() and "nothing will be drawn" in asked.text()
+    assert d.rows("select state from together_requests order by id desc limit 1") == [("declined",)]
+
+    # ask, then no answer for a day.
+    waiting = ask(d)
+    asked = question(d)
+    d.rows("update together_requests set expires_at = '2000-01-01T00:00:00+00:00' where state = 'asked'")  # a day on
+    fake.wait_for(lambda: "no answer" in waiting.text(), 30, "the expiry")
+    fake.wait_for(lambda: "expired" in asked.text() and not asked.custom_ids(), 30, "the question closed")
+    assert d.rows("select count(*) from jobs where kind = 'together'") == [(0,)]  # nothing was drawn
+    assert not list(uploads.glob(f"enroll-{d.alice}-*/photo.upload"))
+
+    # ask, then allow: both get the picture; Share needs both; either may delete.
+    waiting = ask(d)
+    asked = question(d)
+    fake.wait_acked(fake.click(d.bob, asked, asked.custom_ids()[0]))
+    fake.wait_for(lambda: "allowed" in asked.text(), 30, "bob's answer shown")
+    picture = fake.wait_for(lambda: waiting.files and waiting, 120, "the picture")
+    assert sorted(picture.files)[0] == "together-1.png" and "together on faces 1 and 2" in picture.text()
+    assert f"<@{d.bob}>" in picture.text() and "reroll" not in " ".join(picture.custom_ids())
+    fake.wait_for(lambda: any(f"<@{d.bob}> you're in" in m.text() for m in fake.channel_messages(d.general)), 30,
+                  "bob's mention")
+    assert d.rows("select count(*) from portraits where partner_id = ?", d.bob) != [(0,)]
+
+    gallery_channel_set(d)
+    share = next(c for c in picture.custom_ids() if c.startswith("fc:share"))
+    first = next(iter(picture.components[-1]["components"][0]["options"]))["value"]
+    assert "once" in fake.response(fake.click(d.alice, picture, share, [first])).text()
+    assert not fake.channel_messages(d.gallery) or all(first not in str(m.files) for m in fake.channel_messages(d.gallery))
+    before = len(fake.channel_messages(d.gallery))
+    fake.wait_acked(fake.click(d.bob, picture, share, [first]))
+    post = fake.wait_for(lambda: len(fake.channel_messages(d.gallery)) > before and fake.channel_messages(d.gallery)[-1],
+                         30, "the gallery post")
+    assert f"<@{d.alice}> and <@{d.bob}>" in post.text()
+
+    # always: no question; then Bob forgets, and the pictures he is in go with him.
+    set_choice(d, d.bob, "always")
+    direct = ask(d)
+    fake.wait_for(lambda: direct.files, 120, "the picture drawn at once")
+    assert d.rows("select count(*) from together_requests where state = 'asked'") == [(0,)]
+    forget = fake.response(fake.command(d.bob, d.general, d.guild, "forget"))
+    fake.wait_acked(fake.click(d.bob, forget, forget.custom_ids()[0]))
+    fake.wait_for(lambda: "Done" in forget.text(), 60, "the forgetting")
+    assert d.rows("select count(*) from portraits where partner_id = ?", d.bob) == [(0,)]
+    assert d.rows("select count(*) from together_requests") == [(0,)]
+    fake.wait_for(lambda: post.deleted, 10, "the gallery post taken down")

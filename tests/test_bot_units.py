@@ -125,7 +125,7 @@ def test_a_dev_guild_gets_the_commands_at_once(tmp_path):
         facechain = next(c for c in dev.fake.commands if c["name"] == "facechain")
         subcommands = {o["name"]: o for o in facechain["options"]}
         assert set(subcommands) == {"enroll", "portrait", "styles", "status", "forget", "help", "gallery", "swap",
-                                    "me"}
+                                    "together", "me"}
         enroll_options = [o for o in subcommands["enroll"]["options"] if o["type"] == 11]  # attachments
         assert [o["name"] for o in enroll_options] == [f"photo{i}" for i in range(1, 11)]
         style = next(o for o in subcommands["portrait"]["options"] if o["name"] == "style")

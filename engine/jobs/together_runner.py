@@ -13,12 +13,11 @@ from engine.errors import FaceChainError
 from engine.jobs.job_types import JobCancelled, JobContext, Runner, show_flagged, uploaded_file
 from engine.jobs.queue import Job
 from engine.models.loaded import LoadedModels
+from engine.store.together import DEFAULT_POSE, DEFAULT_STYLE
 
 if TYPE_CHECKING:
     from engine.jobs.worker import Worker
 
-DEFAULT_STYLE = "polaroid"  # a snapshot of friends
-DEFAULT_POSE = "side-by-side"
 NOT_ALLOWED_NOW = "This picture can't be drawn: not allowed."
 
 

@@ -136,11 +136,17 @@ class GalleryItem:
     created_at: str
     display_name: str | None
     nsfw: int = 0  # the portrait was flagged by the safety check
+    owner_id: str = ""  # whose picture it is (the sharer, or for a picture of two, either of them)
+    partner_id: str | None = None  # the other member in a picture of two
+
+    @property
+    def members(self) -> list[str]:
+        return [self.owner_id or self.user_id] + ([self.partner_id] if self.partner_id else [])
 
 
 ITEM_QUERY = """
     select e.id as entry_id, e.guild_id, e.portrait_id, e.user_id, p.style, p.path, e.channel_id, e.message_id,
-           e.created_at, e.display_name, p.nsfw,
+           e.created_at, e.display_name, p.nsfw, p.user_id as owner_id, p.partner_id,
            (select count(*) from gallery_likes l where l.entry_id = e.id) as likes
     from gallery_entries e join portraits p on p.id = e.portrait_id
 """
@@ -158,7 +164,10 @@ def browse_gallery(store: Store, guild_id: str, style: str | None = None, user_i
     safety check flagged are left out unless `include_flagged`."""
     if sort not in SORTS:
         raise FaceChainError(f"Sort by one of {', '.join(SORTS)}.")
-    where, params = equal_to({"e.guild_id": guild_id, "p.style": style, "e.user_id": user_id})
+    where, params = equal_to({"e.guild_id": guild_id, "p.style": style})
+    if user_id:  # their pictures, and pictures of two they are in
+        where.append("(p.user_id = ? or p.partner_id = ?)")
+        params += [user_id, user_id]
     where.append("e.message_id is not null")
     if not include_flagged:
         where.append("p.nsfw = 0")

@@ -32,7 +32,7 @@ def describe_member(store: Store, user_id: str) -> dict:
     model = store.ready_face_model(user_id)
     return {
         "id": user_id, "subject": user.subject, "trigger": user.trigger, "consent_at": user.consent_at,
-        "suggested_subject": user.suggested_subject,
+        "suggested_subject": user.suggested_subject, "together": user.together or "ask",
         "photos": [{"number": number, "name": selfie.original_name, "path": str(selfie.path),
                     "quality": round(selfie.quality, 3), "created_at": selfie.created_at}
                    for number, selfie in numbered_photos(store, user_id)],

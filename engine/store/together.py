@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 CHOICES = ("ask", "always", "never")
 DEFAULT_CHOICE = "ask"
 ANSWER_HOURS = 24
+DEFAULT_STYLE = "polaroid"  # a scene without a style named: a snapshot of friends
+DEFAULT_POSE = "side-by-side"
 NOT_ALLOWED = "not allowed"
 NO_ANSWER = "no answer"
 
@@ -126,9 +128,9 @@ def answer(store: Store, request_id: int, partner_id: str, allow: bool, refuse_f
         request = get_request(store, request_id)
         if request is None or request.partner_id != partner_id:
             raise FaceChainError("This request is not for you.")
-        if request.state != "asked":
+        if request.state != "asked" and request.state != "expired":
             raise FaceChainError(f"You already answered this request ({request.state}).")
-        if request.expires_at <= _stamp(moment):
+        if request.state == "expired" or request.expires_at <= _stamp(moment):
             raise FaceChainError("This request has expired: nothing will be drawn.")
         state = "allowed" if allow else "declined"
         store.db["together_requests"].update(request_id, {"state": state, "answered_at": _stamp(moment)})

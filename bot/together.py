@@ -1,0 +1,239 @@
+"""/facechain together: a picture of two members, each looking like themselves, with the other's
+consent first.
+
+The member asked decides in /facechain me: `ask` (the default) sends them a message only they can
+answer (Allow, Decline, or Decline and never ask again), which expires after a day; `always` draws at
+once; `never` refuses at once. The member who asked only ever hears "not allowed" or "no answer".
+Requests live in the database (`engine/store/together.py`), so answers and expiries survive a restart;
+only the asker's "thinking…" message is held in memory, to show the picture on it when it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+
+from bot.backend import TogetherOrder
+from bot.inputs import save_photo, style_choices, two_person_pose_choices
+from bot.views import age_restricted, client, guarded
+from engine.errors import FaceChainError
+from engine.store.together import (
+    NO_ANSWER,
+    NOT_ALLOWED,
+    TogetherRequest,
+    answer,
+    expire_due,
+    get_request,
+    set_request_message,
+)
+
+if TYPE_CHECKING:
+    from bot.client import FaceChainBot
+
+log = logging.getLogger("bot")
+EXPIRY_CHECK_SECONDS = 5.0
+TOKEN_SECONDS = 14 * 60  # an interaction's message can be edited for 15 minutes
+MENTION_USERS = discord.AllowedMentions(everyone=False, roles=False, users=True)
+
+
+@app_commands.command(name="together", description="A picture of you with another member, each of you looking like "
+                                                    "yourself (they allow it first)")
+@app_commands.describe(member="Who to be in the picture with", style="The scene's style (without a photo)",
+                       pose="How the two of you stand (without a photo)",
+                       photo="Or a photo of two or more people: your faces go on two of them",
+                       face_a="On the photo: which face becomes you (numbered left to right)",
+                       face_b="On the photo: which face becomes them", private="Only the two of you see the picture")
+@app_commands.autocomplete(style=style_choices, pose=two_person_pose_choices)
+async def together(interaction: discord.Interaction, member: discord.User, style: str | None = None,
+                   pose: str | None = None, photo: discord.Attachment | None = None,
+                   face_a: app_commands.Range[int, 1, 20] | None = None,
+                   face_b: app_commands.Range[int, 1, 20] | None = None, private: bool = False) -> None:
+    await interaction.response.defer(ephemeral=private, thinking=True)
+    bot = client(interaction)
+    user_id = str(interaction.user.id)
+    if (face_a is None) != (face_b is None):
+        raise FaceChainError("Choose both faces (face_a for you, face_b for them), or neither.")
+    order = TogetherOrder(str(member.id), style.strip()[:40] if style else None,
+                          pose.strip().lower()[:40] if pose else None, [face_a, face_b] if face_a else None,
+                          private, age_restricted(interaction.channel))
+    await bot.backend.run(bot.backend.check_together, user_id, interaction.guild_id, order, photo is not None)
+    if photo is not None:  # a request that will be refused downloads nothing
+        order.upload, order.name = str(await save_photo(bot, user_id, photo, "That photo")), photo.filename[:100]
+    try:
+        asked, job = await bot.backend.run(bot.backend.ask_together, user_id, interaction.guild_id,
+                                           interaction.channel_id, order)
+    except FaceChainError:
+        forget_upload(order.upload)
+        raise
+    if asked.outcome == "refused":
+        forget_upload(order.upload)
+        await interaction.edit_original_response(content=f"<@{order.partner_id}> can't be in a picture with you: "
+                                                         f"{NOT_ALLOWED}.", allowed_mentions=discord.AllowedMentions.none())
+    elif asked.outcome == "go":
+        await bot.deliveries.follow(job, interaction, f"You and <@{order.partner_id}>")
+    else:
+        await bot.together.ask(interaction, asked.request)
+
+
+def forget_upload(upload: str | None) -> None:
+    if upload:
+        shutil.rmtree(Path(upload).parent, ignore_errors=True)
+
+
+def request_words(request: TogetherRequest) -> str:
+    params = request.params
+    if params.get("upload"):
+        return "on a photo they brought"
+    words = f"in the {params.get('style') or 'polaroid'} style"
+    return words + (f", posed {params['pose']}" if params.get("pose") else "")
+
+
+class TogetherAsks:
+    """The questions to members asked for a picture together, and the answers back to those who asked."""
+
+    def __init__(self, bot: FaceChainBot) -> None:
+        self.bot = bot
+        self.waiting: dict[int, tuple[discord.Interaction, float]] = {}  # request -> the asker's message
+
+    async def ask(self, interaction: discord.Interaction, request: TogetherRequest) -> None:
+        """Send the partner their Allow / Decline message; tell the asker it is waiting."""
+        expires = int(datetime.fromisoformat(request.expires_at).timestamp())
+        content = (f"<@{request.partner_id}>, <@{request.requester_id}> would like a picture of the two of you "
+                   f"together ({request_words(request)}), each looking like yourselves. Only you can answer; "
+                   f"the question expires <t:{expires}:R>. You can change who may ask in `/facechain me`.")
+        view = answer_buttons(request.id)
+        try:
+            if request.params.get("private") or not request.channel_id:
+                user = await self.bot.fetch_user(int(request.partner_id))
+                sent = await user.send(content, view=view)
+            else:
+                channel = self.bot.get_partial_messageable(int(request.channel_id))
+                sent = await channel.send(content, view=view, allowed_mentions=MENTION_USERS)
+        except discord.HTTPException as error:
+            log.info("could not ask %s for request %s: %s", request.partner_id, request.id, error)
+            await self.bot.backend.run(answer, self.bot.backend.store, request.id, request.partner_id, allow=False)
+            forget_upload(request.params.get("upload"))
+            await interaction.edit_original_response(content=f"I could not reach <@{request.partner_id}> to ask "
+                                                             "them: try again in a channel they can see.")
+            return
+        await self.bot.backend.run(set_request_message, self.bot.backend.store, request.id, str(sent.channel.id),
+                                   str(sent.id))
+        self.waiting[request.id] = (interaction, time.monotonic())
+        await interaction.edit_original_response(content=f"⏳ Asked <@{request.partner_id}>: the picture is drawn once "
+                                                         f"they allow it (the question expires <t:{expires}:R>).",
+                                                 allowed_mentions=discord.AllowedMentions.none())
+
+    async def answered(self, interaction: discord.Interaction, request_id: int, choice: str) -> None:
+        backend = self.bot.backend
+        request = await backend.run(answer, backend.store, request_id, str(interaction.user.id), choice == "allow",
+                                    refuse_for_good=choice == "refuse")
+        if request.state != "allowed":
+            forget_upload(request.params.get("upload"))
+            await interaction.response.edit_message(content="Answered: nothing will be drawn.", view=None)
+            await interaction.followup.send("You declined." + (f" <@{request.requester_id}> can't ask you again."
+                                                               if choice == "refuse" else "")
+                                            + " They are told only that it is not allowed.", ephemeral=True)
+            await self.tell_asker(request, f"<@{request.requester_id}> your picture with <@{request.partner_id}>: "
+                                           f"{NOT_ALLOWED}.")
+            return
+        try:
+            job = await backend.run(backend.start_together, request)
+        except FaceChainError as error:  # the asker's limits filled up meanwhile
+            forget_upload(request.params.get("upload"))
+            await interaction.response.edit_message(content="Answered: it can't be drawn right now.", view=None)
+            await self.tell_asker(request, f"<@{request.requester_id}> your picture with <@{request.partner_id}> "
+                                           f"was allowed but can't be drawn: {error}")
+            return
+        await interaction.response.edit_message(content=f"✅ You allowed a picture with <@{request.requester_id}>: it "
+                                                        "is being drawn, and you'll both get it.", view=None)
+        shown = self._asker_message(request.id)
+        if shown is not None:
+            await self.bot.deliveries.follow(job, shown, f"You and <@{request.partner_id}>")
+
+    def _asker_message(self, request_id: int) -> discord.Interaction | None:
+        interaction, received = self.waiting.pop(request_id, (None, 0.0))
+        return interaction if interaction is not None and time.monotonic() - received < TOKEN_SECONDS else None
+
+    async def tell_asker(self, request: TogetherRequest, text: str) -> None:
+        """On the asker's waiting message while it can be edited; else in the channel, or by DM when private."""
+        shown = self._asker_message(request.id)
+        try:
+            if shown is not None:
+                await shown.edit_original_response(content=text, allowed_mentions=discord.AllowedMentions.none())
+                return
+        except discord.HTTPException:
+            pass
+        try:
+            if request.channel_id and not request.params.get("private"):
+                channel = self.bot.get_partial_messageable(int(request.channel_id))
+                await channel.send(text, allowed_mentions=discord.AllowedMentions(users=[discord.Object(
+                    int(request.requester_id))]))
+            else:
+                await (await self.bot.fetch_user(int(request.requester_id))).send(text)
+        except discord.HTTPException as error:
+            log.info("could not tell %s about request %s: %s", request.requester_id, request.id, error)
+
+    async def expire_forever(self, every: float = EXPIRY_CHECK_SECONDS) -> None:
+        while True:
+            try:
+                for request in await self.bot.backend.run(expire_due, self.bot.backend.store):
+                    await self._expired(request)
+            except Exception:  # noqa: BLE001 - the loop must survive anything and try again
+                log.exception("expiring requests failed")
+            await asyncio.sleep(every)
+
+    async def _expired(self, request: TogetherRequest) -> None:
+        forget_upload(request.params.get("upload"))
+        if request.message_channel_id and request.message_id:
+            try:
+                message = self.bot.get_partial_messageable(int(request.message_channel_id)).get_partial_message(
+                    int(request.message_id))
+                await message.edit(content="This question expired: nothing was drawn.", view=None)
+            except discord.HTTPException as error:
+                log.info("could not close request %s: %s", request.id, error)
+        await self.tell_asker(request, f"<@{request.requester_id}> your picture with <@{request.partner_id}>: "
+                                       f"{NO_ANSWER}.")
+
+
+class TogetherAnswer(discord.ui.DynamicItem[discord.ui.Button],
+                     template=r"fc:together:(?P<choice>allow|decline|refuse):(?P<request>[0-9]+)"):
+    """Allow, Decline, or Decline and never ask again, on a request for a picture together: only the member
+    asked may press them."""
+
+    LOOK = {"allow": ("Allow", discord.ButtonStyle.success), "decline": ("Decline", discord.ButtonStyle.secondary),
+            "refuse": ("Decline, and don't let them ask again", discord.ButtonStyle.danger)}
+
+    def __init__(self, choice: str, request_id: int) -> None:
+        label, style = self.LOOK[choice]
+        super().__init__(discord.ui.Button(label=label, style=style, custom_id=f"fc:together:{choice}:{request_id}"))
+        self.choice, self.request_id = choice, request_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match):
+        return cls(match["choice"], int(match["request"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def action() -> None:
+            bot = client(interaction)
+            request = await bot.backend.run(get_request, bot.backend.store, self.request_id)
+            if request is None:
+                raise FaceChainError("This question no longer exists.")
+            if request.partner_id != str(interaction.user.id):
+                raise FaceChainError(f"Only <@{request.partner_id}> can answer this.")
+            await bot.together.answered(interaction, self.request_id, self.choice)
+        await guarded(interaction, action)
+
+
+def answer_buttons(request_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for choice in ("allow", "decline", "refuse"):
+        view.add_item(TogetherAnswer(choice, request_id))
+    return view
