@@ -15,6 +15,7 @@ import io
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -277,21 +278,30 @@ class Deliveries:
             await self._to_owner(job, watch, Outgoing(content=f"⚠️ <@{job.user_id}> {job.error}"), private=private)
             return
         store = self.bot.backend.store
-        if "choose" in result:
-            await self._to_owner(job, watch, Outgoing(
-                content=f"<@{job.user_id}> this photo shows {result['choose']} faces: which one becomes you? "
-                        "(numbered left to right)", paths=[(store.absolute(result["preview"]), "faces.jpg")],
-                view=face_choices(job, result["choose"])), private=private)
-            return
-        portraits = await self.bot.backend.run(store.job_portraits, job.id)
+        portraits = await self._photo_pictures(job, watch, private, "which one becomes you?", face_choices)
         if not portraits:
-            notice = result.get("notice") or "Nothing to show."
-            await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {notice}"), private=private)
             return
         await self._to_owner(job, watch, Outgoing(
             content=swap_lines(job.user_id, result, portraits),
             paths=[(store.absolute(p["path"]), "swap.png" if len(portraits) == 1 else f"swap-{i}.png")
                    for i, p in enumerate(portraits, start=1)], view=swap_actions(job, portraits)), private=private)
+
+    async def _photo_pictures(self, job: Job, watch: Watch | None, private: bool, question: str,
+                              choices: Callable[[Job, int], discord.ui.View]) -> list[dict]:
+        """A job on a member's photo: its pictures; or, having answered already, nothing: the question of
+        which face is whose (with the numbered preview), or the notice when no picture is left to show."""
+        result, store = job.result or {}, self.bot.backend.store
+        if "choose" in result:
+            await self._to_owner(job, watch, Outgoing(
+                content=f"<@{job.user_id}> this photo shows {result['choose']} faces: {question} (numbered left to "
+                        "right)", paths=[(store.absolute(result["preview"]), "faces.jpg")],
+                view=choices(job, result["choose"])), private=private)
+            return []
+        portraits = await self.bot.backend.run(store.job_portraits, job.id)
+        if not portraits:
+            notice = result.get("notice") or "Nothing to show."
+            await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {notice}"), private=private)
+        return portraits
 
     async def _together_done(self, job: Job, watch: Watch | None) -> None:
         """To the member who asked as any result; the other member gets the pictures too: a DM when private,
@@ -302,16 +312,9 @@ class Deliveries:
                                                               f"failed: {job.error}"), private=private)
             return
         store = self.bot.backend.store
-        if "choose" in result:
-            await self._to_owner(job, watch, Outgoing(
-                content=f"<@{job.user_id}> this photo shows {result['choose']} faces: which is you, and which is "
-                        f"<@{partner}>? (numbered left to right)", paths=[(store.absolute(result["preview"]), "faces.jpg")],
-                view=face_pairs(job, result["choose"])), private=private)
-            return
-        portraits = await self.bot.backend.run(store.job_portraits, job.id)
+        portraits = await self._photo_pictures(job, watch, private, f"which is you, and which is <@{partner}>?",
+                                               face_pairs)
         if not portraits:
-            notice = result.get("notice") or "Nothing to show."
-            await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {notice}"), private=private)
             return
         style = self.bot.backend.styles.catalogue().get(job.params.get("style") or "")
         outgoing = Outgoing(content=together_lines(job.user_id, partner, result, portraits, style.name if style else None),

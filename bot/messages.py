@@ -30,8 +30,10 @@ HELP_LINES = [
     ("/facechain styles", "Browse the styles."),
     ("/facechain status", "Your face model and queued requests (with cancel buttons)."),
     ("/facechain swap", "Your face on a photo you bring: no face model needed, right after you enroll."),
-    ("/facechain me", "Your enrolled photos, numbered, and your face model; how portraits describe you; remove one "
-                      "photo (then it retrains)."),
+    ("/facechain together", "A picture of you with another member, each looking like yourselves: in a style, or on "
+                            "a photo of you both. They allow it first."),
+    ("/facechain me", "Your enrolled photos, numbered, and your face model; how portraits describe you; who may put "
+                      "you in a picture together; remove one photo (then it retrains)."),
     ("/facechain forget", "Delete everything FaceChain stores about you."),
     ("/facechain-admin settings", "Server admins: gallery channel, daily quota, allowed styles, NSFW policy."),
     ("/facechain-admin queue", "Server admins: this server's queued jobs."),

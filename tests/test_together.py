@@ -192,3 +192,103 @@ def write_sheet(image: np.ndarray, faces, picture: np.ndarray) -> None:
         y += tile.height + 20
     ARTIFACTS.mkdir(exist_ok=True)
     sheet.save(ARTIFACTS / "together_sheet.png")
+
+
+# --- consent, in the store -----------------------------------------------------------------------------
+
+@pytest.fixture
+def members(tmp_path):
+    store = Store(tmp_path / "data")
+    for user in ("ann", "ben", "cat"):
+        store.ensure_user(user, "person", "a person")
+    yield store
+    store.close()
+
+
+def test_asking_follows_the_partners_choice_and_refusals(members):
+    from engine.store.together import ask, together_choice
+
+    store = members
+    assert together_choice(store, "ben") == "ask"  # the default
+    asked = ask(store, "ann", "ben", {"style": "polaroid"}, "g", "c")
+    assert asked.outcome == "asked" and asked.request.state == "asked" and asked.request.params == {"style": "polaroid"}
+    set_together(store, "ben", "always")
+    assert ask(store, "ann", "ben", {}).outcome == "go"
+    set_together(store, "ben", "never")
+    assert ask(store, "ann", "ben", {}).outcome == "refused"
+    with pytest.raises(FaceChainError, match="Unknown choice 'maybe'"):
+        set_together(store, "ben", "maybe")
+    with pytest.raises(FaceChainError, match="User nobody is not enrolled"):
+        set_together(store, "nobody", "always")
+
+
+def test_answers_allow_only_that_request_and_a_refusal_for_good_outlasts_always(members):
+    from datetime import datetime, timedelta, timezone
+
+    from engine.store.together import answer, ask, expire_due, may_draw
+
+    store = members
+    first = ask(store, "ann", "ben", {}).request
+    assert not may_draw(store, "ann", "ben", first.id)  # not answered yet
+    with pytest.raises(FaceChainError, match="This request is not for you"):
+        answer(store, first.id, "cat", allow=True)
+    assert answer(store, first.id, "ben", allow=True).state == "allowed"
+    assert may_draw(store, "ann", "ben", first.id) and not may_draw(store, "cat", "ben", first.id)
+    with pytest.raises(FaceChainError, match="You already answered this request"):
+        answer(store, first.id, "ben", allow=False)
+    set_together(store, "ben", "never")  # a change of mind stops a picture not drawn yet
+    assert not may_draw(store, "ann", "ben", first.id)
+    set_together(store, "ben", "ask")
+
+    second = ask(store, "cat", "ben", {}).request
+    answer(store, second.id, "ben", allow=False, refuse_for_good=True)
+    set_together(store, "ben", "always")
+    assert ask(store, "cat", "ben", {}).outcome == "refused" and ask(store, "ann", "ben", {}).outcome == "go"
+    assert not may_draw(store, "cat", "ben", None) and may_draw(store, "ann", "ben", None)
+
+    set_together(store, "ben", "ask")
+    late = ask(store, "ann", "ben", {}).request
+    tomorrow = datetime.now(timezone.utc) + timedelta(hours=25)
+    assert [r.id for r in expire_due(store, tomorrow)] == [late.id] and expire_due(store, tomorrow) == []
+    with pytest.raises(FaceChainError, match="This request has expired"):
+        answer(store, late.id, "ben", allow=True)
+
+
+def test_forgetting_either_member_erases_their_requests_refusals_and_pictures_together(members):
+    from engine.store.together import answer, approve_share, ask
+
+    store = members
+    request = ask(store, "ann", "ben", {}).request
+    answer(store, request.id, "ben", allow=False, refuse_for_good=True)
+    folder = store.private_dir("ann", "portraits")
+    (folder / "both.png").write_bytes(b"png")
+    with store.transaction():
+        picture = store.db["portraits"].insert({"user_id": "ann", "partner_id": "ben", "style": "together", "seed": 1,
+                                                "path": store.relative(folder / "both.png"), "nsfw": 0}).last_pk
+        store.db["gallery_entries"].insert({"guild_id": "g", "portrait_id": picture, "user_id": "ben",
+                                            "channel_id": "c", "message_id": "m", "likes": 0})
+    assert approve_share(store, picture, "ann") == {"ann"} and approve_share(store, picture, "ben") == {"ann", "ben"}
+    report = store.delete_user("ben")
+    assert report.rows_deleted["portraits"] == 1 and report.rows_deleted["together"] >= 2
+    assert not (folder / "both.png").exists()  # in ann's folder, but ben was in it
+    for table in ("portraits", "gallery_entries", "together_requests", "together_refusals", "share_approvals"):
+        assert store.db[table].count == 0, table
+    assert store.get_user("ann") is not None
+
+
+def test_the_cluster_sends_a_picture_together_to_the_actor_holding_most_of_its_face_models(tmp_path):
+    from engine.jobs.cluster.dispatcher import ActorPool, ActorSlot
+    from engine.jobs.job_types import job_members
+    from engine.jobs.queue import Job
+
+    pool = ActorPool(load_settings(_env_file=None, data_dir=tmp_path))
+    first, second, third = pool.slots = [ActorSlot(name, None, ready=True) for name in ("a", "b", "c")]
+    pool.remember_face(first, "ann")
+    pool.remember_face(second, "ann")
+    pool.remember_face(second, "ben")
+    job = Job(id=1, kind="together", user_id="ann", guild_id=None, channel_id=None, params={"with": "ben"},
+              state="queued", attempts=0, progress=0.0, progress_text="", error=None, result=None, created_at="",
+              started_at=None, finished_at=None, cancel_requested=False, delivered_at=None)
+    assert job_members(job) == ["ann", "ben"]
+    assert pool.take(job_members(job), portrait=True) is second
+    assert pool.take(["ben"], portrait=True) in (first, third)  # its holder is busy now: one idle
