@@ -322,7 +322,7 @@ class Deliveries:
                             view=together_actions(job, portraits))
         shown = await self._to_owner(job, watch, outgoing, private=private)
         try:
-            if private:
+            if private or not job.guild_id:  # asked in a DM: the partner's copy goes to theirs
                 await (await self.bot.fetch_user(int(partner))).send(**outgoing.kwargs())
             elif shown is not None and job.channel_id:  # an edited message pings nobody
                 await self.bot.get_partial_messageable(int(job.channel_id)).send(

@@ -111,7 +111,7 @@ class TogetherAsks:
                    f"the question expires <t:{expires}:R>. You can change who may ask in `/facechain me`.")
         view = answer_buttons(request.id)
         try:
-            if request.params.get("private") or not request.channel_id:
+            if request.params.get("private") or not request.guild_id:  # asked in a DM: theirs, not the asker's
                 user = await self.bot.fetch_user(int(request.partner_id))
                 sent = await user.send(content, view=view)
             else:
