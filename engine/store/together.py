@@ -148,6 +148,10 @@ def set_request_job(store: Store, request_id: int, job_id: int) -> None:
 def expire_due(store: Store, now: datetime | None = None) -> list[TogetherRequest]:
     """Requests unanswered past their day, now marked expired (their requesters are owed NO_ANSWER)."""
     moment = _stamp(_now(now))
+    # The bot asks every few seconds: a read first, so the database's write lock is taken only when one is due.
+    if not store.db.execute("select 1 from together_requests where state = 'asked' and expires_at <= ? limit 1",
+                            [moment]).fetchone():
+        return []
     with store.transaction():
         rows = list(store.db["together_requests"].rows_where("state = 'asked' and expires_at <= ?", [moment]))
         store.db.execute("update together_requests set state = 'expired', answered_at = ? "
