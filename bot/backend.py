@@ -164,15 +164,16 @@ class Backend:
             raise FaceChainError("A photo keeps its own scene: ask with a photo, or with a style and pose, not both.")
         if not on_photo and order.faces:
             raise FaceChainError("face_a and face_b choose faces on a photo: attach the photo too.")
-        need = ("a face model", self.store.ready_face_model) if not on_photo else (
-            "enrolled selfies", lambda member: self.store.accepted_selfies(member) or None)
-        if need[1](user_id) is None:
-            raise FaceChainError(f"You have no {need[0]} yet: `/facechain enroll` starts with a few selfies."
-                                 if not on_photo else "Enroll a few selfies first with `/facechain enroll`: your "
-                                                      "face comes from them.")
-        if need[1](order.partner_id) is None:
-            raise FaceChainError(f"<@{order.partner_id}> has no {need[0]} with FaceChain yet: they can start with "
-                                 "`/facechain enroll`.")
+        for member in (user_id, order.partner_id):
+            ready = self.store.accepted_selfies(member) if on_photo else self.store.ready_face_model(member)
+            if ready:
+                continue
+            if member == user_id:
+                raise FaceChainError("Enroll a few selfies first with `/facechain enroll`: your face comes from them."
+                                     if on_photo else "You have no face model yet: `/facechain enroll` starts with a "
+                                                      "few selfies.")
+            raise FaceChainError(f"<@{member}> has no {'enrolled selfies' if on_photo else 'face model'} with "
+                                 "FaceChain yet: they can start with `/facechain enroll`.")
         if not on_photo:
             style = order.style or DEFAULT_STYLE
             settings = self.guild(guild_id)
@@ -188,11 +189,11 @@ class Backend:
     def ask_together(self, user_id: str, guild_id: int | None, channel_id: int,
                      order: TogetherOrder) -> tuple[Asked, Job | None]:
         """Ask the partner (their choice in /facechain me decides how); the job when they allow it always."""
-        asked = ask(self.store, user_id, order.partner_id, order.params(), _text(guild_id), str(channel_id))
+        params = order.params()
+        asked = ask(self.store, user_id, order.partner_id, params, _text(guild_id), str(channel_id))
         job = None
         if asked.outcome == "go":
-            job = self.queue.enqueue("together", user_id, order.params(), guild_id=_text(guild_id),
-                                     channel_id=str(channel_id))
+            job = self.queue.enqueue("together", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
         return asked, job
 
     def start_together(self, request: TogetherRequest) -> Job:
@@ -230,8 +231,7 @@ class Backend:
         """Cancel the user's queued jobs, and other members' pictures with them, and ask running ones to stop;
         returns how many are still running."""
         def theirs() -> list[Job]:
-            return self.queue.active_jobs(user_id=user_id) + [
-                job for job in self.queue.active_jobs() if job.kind == "together" and job.params.get("with") == user_id]
+            return self.queue.active_jobs(user_id=user_id) + self.queue.active_pictures_with(user_id)
         for job in theirs():
             if not job.cancel_requested:
                 self.queue.cancel(job.id)
@@ -240,8 +240,8 @@ class Backend:
     def erase(self, user_id: str) -> tuple[ForgetReport, list[dict]]:
         """Delete everything of the user's; returns the report and the gallery posts to take down (of their
         pictures, and of pictures they are in with another member)."""
-        shown_in = [row[0] for row in self.store.db.execute("select id from portraits where partner_id = ?", [user_id])]
-        posts = user_gallery_posts(self.store, user_id) + portrait_gallery_posts(self.store, shown_in)
+        posts = user_gallery_posts(self.store, user_id) + portrait_gallery_posts(self.store,
+                                                                                 self.store.pictures_shown_in(user_id))
         for upload_dir in (self.settings.data_dir / "tmp").glob(f"enroll-{user_id}-*"):
             shutil.rmtree(upload_dir, ignore_errors=True)
         return self.store.delete_user(user_id), posts

@@ -22,6 +22,7 @@ import discord
 from discord import app_commands
 
 from bot.backend import TogetherOrder
+from bot.delivery import MENTION_USERS, Watch
 from bot.inputs import save_photo, style_choices, two_person_pose_choices
 from bot.views import age_restricted, client, guarded
 from engine.errors import FaceChainError
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot")
 EXPIRY_CHECK_SECONDS = 5.0
-TOKEN_SECONDS = 14 * 60  # an interaction's message can be edited for 15 minutes
-MENTION_USERS = discord.AllowedMentions(everyone=False, roles=False, users=True)
 
 
 @app_commands.command(name="together", description="A picture of you with another member, each of you looking like "
@@ -101,7 +100,7 @@ class TogetherAsks:
 
     def __init__(self, bot: FaceChainBot) -> None:
         self.bot = bot
-        self.waiting: dict[int, tuple[discord.Interaction, float]] = {}  # request -> the asker's message
+        self.waiting: dict[int, Watch] = {}  # request -> the asker's message, while it can be edited
 
     async def ask(self, interaction: discord.Interaction, request: TogetherRequest) -> None:
         """Send the partner their Allow / Decline message; tell the asker it is waiting."""
@@ -126,7 +125,7 @@ class TogetherAsks:
             return
         await self.bot.backend.run(set_request_message, self.bot.backend.store, request.id, str(sent.channel.id),
                                    str(sent.id))
-        self.waiting[request.id] = (interaction, time.monotonic())
+        self.waiting[request.id] = Watch(interaction, time.monotonic())
         await interaction.edit_original_response(content=f"⏳ Asked <@{request.partner_id}>: the picture is drawn once "
                                                          f"they allow it (the question expires <t:{expires}:R>).",
                                                  allowed_mentions=discord.AllowedMentions.none())
@@ -159,8 +158,8 @@ class TogetherAsks:
             await self.bot.deliveries.follow(job, shown, f"You and <@{request.partner_id}>")
 
     def _asker_message(self, request_id: int) -> discord.Interaction | None:
-        interaction, received = self.waiting.pop(request_id, (None, 0.0))
-        return interaction if interaction is not None and time.monotonic() - received < TOKEN_SECONDS else None
+        watch = self.waiting.pop(request_id, None)
+        return watch.interaction if watch is not None and watch.usable() else None
 
     async def tell_asker(self, request: TogetherRequest, text: str) -> None:
         """On the asker's waiting message while it can be edited; else in the channel, or by DM when private."""

@@ -292,3 +292,28 @@ def test_the_cluster_sends_a_picture_together_to_the_actor_holding_most_of_its_f
     assert job_members(job) == ["ann", "ben"]
     assert pool.take(job_members(job), portrait=True) is second
     assert pool.take(["ben"], portrait=True) in (first, third)  # its holder is busy now: one idle
+
+
+def test_a_request_that_cannot_be_drawn_is_refused_before_anyone_is_asked(pair):
+    from bot.backend import Backend, TogetherOrder
+
+    settings, store, _, _ = pair
+    backend = Backend(settings.model_copy(update={"pose_controlnet": ""}))
+    store.ensure_user("newcomer", "person", "a person")
+    cases = [
+        ("rose", TogetherOrder("rose"), False, "Choose another member"),
+        ("rose", TogetherOrder("obama", style="polaroid"), True, "A photo keeps its own scene"),
+        ("rose", TogetherOrder("obama", faces=[1, 2]), False, "face_a and face_b choose faces on a photo"),
+        ("newcomer", TogetherOrder("obama"), False, "You have no face model yet"),
+        ("newcomer", TogetherOrder("obama"), True, "Enroll a few selfies first"),
+        ("rose", TogetherOrder("newcomer"), False, "<@newcomer> has no face model with FaceChain yet"),
+        ("rose", TogetherOrder("obama", style="no-such-style"), False, "There is no style 'no-such-style'"),
+        ("rose", TogetherOrder("obama"), False, "This bot draws two members together only on a photo"),
+    ]
+    try:
+        for asker, order, on_photo, words in cases:
+            with pytest.raises(FaceChainError, match=words):
+                backend.check_together(asker, None, order, on_photo)
+        backend.check_together("rose", None, TogetherOrder("obama"), True)  # a photo needs no pose model
+    finally:
+        backend.close()

@@ -402,6 +402,10 @@ class Store:
         self._drop_thumbnails(portrait_ids)
         return deleted
 
+    def pictures_shown_in(self, user_id: str) -> list[int]:
+        """The ids of other members' pictures `user_id` is in (pictures together)."""
+        return [row[0] for row in self.db.execute("select id from portraits where partner_id = ?", [user_id])]
+
     def thumbnail_path(self, portrait_id: int) -> Path:
         """Where the web gallery caches a shared portrait's thumbnail."""
         return self.data_dir / "cache" / "thumbs" / f"{int(portrait_id)}.jpg"
@@ -418,7 +422,7 @@ class Store:
         counts: dict[str, int] = {}
         portrait_ids = [row[0] for row in self.db.execute("select id from portraits where user_id = ?", [user_id])]
         # Pictures they are in beside another member go too (their files are in that member's folder).
-        shown_in = [row[0] for row in self.db.execute("select id from portraits where partner_id = ?", [user_id])]
+        shown_in = self.pictures_shown_in(user_id)
         shown_in_files = sum(1 for i in shown_in if self.thumbnail_path(i).exists()) + sum(
             1 for (path,) in self.db.execute("select path from portraits where id in "
                                              f"({', '.join('?' for _ in shown_in)})", shown_in)

@@ -353,6 +353,11 @@ class SqliteJobQueue:
         where.append("state in ('queued', 'running')")
         return [_job(row) for row in self.db["jobs"].rows_where(" and ".join(where), params, order_by="id")]
 
+    def active_pictures_with(self, partner_id: str) -> list[Job]:
+        """Queued and running pictures together that draw `partner_id` beside the member who asked."""
+        where = "kind = 'together' and state in ('queued', 'running') and json_extract(params, '$.with') = ?"
+        return [_job(row) for row in self.db["jobs"].rows_where(where, [partner_id], order_by="id")]
+
     # --- position and ETA -----------------------------------------------------------------------------
 
     def typical_seconds(self, kind: str) -> float:
