@@ -24,6 +24,7 @@ from engine.generation.requests import check_pose, check_prompt_words, check_req
 from engine.jobs.queue import Job, QueuePosition, SqliteJobQueue
 from engine.store import ForgetReport, Store
 from engine.store.community import GuildSettings, guild_settings, portrait_gallery_posts, user_gallery_posts
+from engine.store.families import check_draws_scenes, rebuild_if_needed, recorded_family, sync_family
 from engine.store.together import DEFAULT_STYLE, Asked, TogetherRequest, ask, set_request_job
 from engine.styles import STYLES_DIR, StyleCatalogue, load_styles, owner_styles_folder, style_files
 
@@ -122,6 +123,15 @@ class Backend:
 
     # --- helpers that run on the store thread (call them through `run`) ---------------------------
 
+    def sync_family(self) -> None:
+        """Record the base model's family when it is on this machine (the worker records it otherwise)."""
+        sync_family(self.store, self.settings, fetch=False)
+
+    def redraws_faces(self, user_id: str) -> bool:
+        """Whether the member's face model can redraw their face into a photo (SD1.5's inpainting)."""
+        family = recorded_family(self.store)
+        return (family is None or family.draws_scenes) and self.store.ready_face_model(user_id) is not None
+
     def guild(self, guild_id: int | None) -> GuildSettings | None:
         return guild_settings(self.store, str(guild_id)) if guild_id else None
 
@@ -131,10 +141,12 @@ class Backend:
 
     def order_portrait(self, user_id: str, guild_id: int | None, channel_id: int, order: PortraitOrder) -> Job:
         """Check a portrait request and queue it; FaceChainError says what is wrong."""
+        rebuilding = rebuild_if_needed(self.store, self.queue, user_id, _text(guild_id), str(channel_id))
         words, has_model = self.check_portrait(user_id, guild_id, order, from_photo=bool(order.pose_upload))
         params = {"style": order.style, "count": order.count, "seed": order.seed, "private": order.private,
                   "age_restricted": order.age_restricted, "wait_for_training": not has_model, "fast": order.fast,
-                  "prompt": words, "pose": order.pose, "pose_upload": order.pose_upload or None}
+                  "prompt": words, "pose": order.pose, "pose_upload": order.pose_upload or None,
+                  "rebuilding": rebuilding}
         return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
 
     def check_portrait(self, user_id: str, guild_id: int | None, order: PortraitOrder,
@@ -153,6 +165,8 @@ class Backend:
         check_request(self.store, self.settings, self.styles.catalogue(), user_id, order.style, order.count,
                       need_model=has_model)
         words = check_prompt_words(order.words, settings.blocked_words if settings else ())
+        if order.pose or from_photo:
+            check_draws_scenes(self.store)
         check_pose(self.settings, order.pose, from_photo=from_photo)
         return words, has_model
 
@@ -175,6 +189,7 @@ class Backend:
             raise FaceChainError(f"<@{member}> has no {'enrolled selfies' if on_photo else 'face model'} with "
                                  "FaceChain yet: they can start with `/facechain enroll`.")
         if not on_photo:
+            check_draws_scenes(self.store)
             style = order.style or DEFAULT_STYLE
             settings = self.guild(guild_id)
             if settings and not settings.allows_style(style):

@@ -49,6 +49,7 @@ class FaceChainBot(discord.Client):
         install(self.tree, self.settings)
         self.add_dynamic_items(*DYNAMIC_ITEMS, gallery.GalleryButton, TogetherAnswer)
         self.http_session = download_session(allowed_sources(self.settings.attachment_hosts))
+        await self.backend.run(self.backend.sync_family)
         await self._sync_commands()
         self.scheduler = build_scheduler(self.settings)
         self.scheduler.start()

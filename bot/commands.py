@@ -165,8 +165,8 @@ async def swap(interaction: discord.Interaction, photo: discord.Attachment,
     user_id = str(interaction.user.id)
     if not await bot.backend.run(bot.backend.store.accepted_selfies, user_id):
         raise FaceChainError("Enroll a few selfies first with `/facechain enroll`: your face comes from them.")
-    has_model = await bot.backend.run(bot.backend.store.ready_face_model, user_id) is not None
-    kind = "redraw" if has_model and quality != "fast" else "swap"
+    redraws = await bot.backend.run(bot.backend.redraws_faces, user_id)
+    kind = "redraw" if redraws and quality != "fast" else "swap"
     destination = await save_photo(bot, user_id, photo, "That photo")
     try:
         params = {"upload": str(destination), "name": photo.filename[:100], "face": face, "private": private,

@@ -54,6 +54,8 @@ def progress_line(job: Job, position: QueuePosition | None) -> str:
         if position is None:
             return "queued"
         waiting = "waiting for your face model to finish training" if job.params.get("wait_for_training") else ""
+        if job.params.get("rebuilding"):
+            waiting = "waiting for your face model, rebuilt for the bot's new image model"
         return waiting or f"queued #{position.position}, {eta(position.eta_seconds)}"
     if job.state == "running":
         text = job.progress_text or "starting"

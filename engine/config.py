@@ -37,15 +37,22 @@ class Settings(BaseSettings):
     # entry written http://host:port is trusted as written (a local proxy).
     attachment_hosts: str = "cdn.discordapp.com,media.discordapp.net"
 
-    # Stable Diffusion 1.5-family base: a local folder, a Hugging Face id, or `modelscope:<id>`.
+    # The base model: a Stable Diffusion 1.5 or an SDXL model (read from its model_index.json), as a local
+    # folder, a Hugging Face id, or `modelscope:<id>`. Members' face models are retrained after a switch.
     base_model: str = DEFAULT_BASE_MODEL
     # Separate VAE passed to the base pipeline: a local folder, a Hugging Face id or modelscope:<id>;
     # empty = the base model's own. Unset = the one the base model needs: sd-vae-ft-mse for the default
-    # base (which ships without a good one, its card says), the model's own for any other.
+    # base (which ships without a good one, its card says), madebyollin/sdxl-vae-fp16-fix for an SDXL
+    # base in half precision (SDXL's own VAE overflows in fp16), the model's own otherwise.
     vae: str | None = None
     # Fast mode: an LCM-LoRA for SD1.5 (a .safetensors file, a folder holding
-    # pytorch_lora_weights.safetensors, a Hugging Face id or modelscope:<id>), drawn in few steps.
+    # pytorch_lora_weights.safetensors, a Hugging Face id or modelscope:<id>), drawn in few steps;
+    # and the one for an SDXL base.
     fast_lora: str = "latent-consistency/lcm-lora-sdv1-5"
+    fast_lora_sdxl: str = "latent-consistency/lcm-lora-sdxl"
+    # With an SDXL base: the side of its portraits and training images in pixels (1024 is SDXL's own;
+    # FaceChain's 768 is lighter). SD1.5 uses portrait_size and train_resolution.
+    sdxl_size: int = Field(default=1024, ge=64, le=1536, multiple_of=8)
     # Pose control: an OpenPose ControlNet for SD1.5 (a local folder, a Hugging Face id or modelscope:<id>),
     # loaded the first time a portrait asks for a pose and sharing the base model's weights; empty = no poses.
     pose_controlnet: str = "lllyasviel/control_v11p_sd15_openpose"
@@ -183,12 +190,21 @@ class Settings(BaseSettings):
         """A setting's default, for messages that tell an owner what to set it back to."""
         return cls.model_fields[name].default
 
-    def vae_for(self, base_model: str) -> str:
+    def vae_for(self, base_model: str, half_vae: str = "") -> str:
         """The separate VAE to load beside `base_model` ("" = the base model's own): the setting, or when
-        it is unset, the one that base model needs."""
+        it is unset, the one that base model needs (`half_vae`: its family's fp16-safe VAE, in half precision)."""
         if self.vae is not None:
             return self.vae.strip()
-        return DEFAULT_BASE_VAE if base_model.strip() == DEFAULT_BASE_MODEL else ""
+        return DEFAULT_BASE_VAE if base_model.strip() == DEFAULT_BASE_MODEL else half_vae
+
+    def portrait_size_for(self, family: str) -> int:
+        return self.sdxl_size if family == "sdxl" else self.portrait_size
+
+    def train_resolution_for(self, family: str) -> int:
+        return self.sdxl_size if family == "sdxl" else self.train_resolution
+
+    def fast_lora_for(self, family: str) -> str:
+        return self.fast_lora_sdxl if family == "sdxl" else self.fast_lora
 
     def time_limit_seconds(self, kind: str) -> float:
         """How long a cluster job of `kind` may run before its machine is taken to be hung."""

@@ -41,6 +41,12 @@ class StyleLora(BaseModel):
     weight_name: str | None = None  # the one file fetched from a hub repo, or read from a folder
     revision: str | None = None  # hub revision (branch, tag or commit); None = the default branch
     weight: float = Field(default=0.35, ge=0, le=1.5)  # FaceChain uses 0.25-0.45
+    # The base model families it was trained for (engine.models.family): on another, the style is drawn
+    # from its words alone.
+    bases: list[Literal["sd15", "sdxl"]] = Field(default=["sd15"], min_length=1)
+
+    def fits(self, family: str) -> bool:
+        return family in self.bases
 
     @model_validator(mode="after")
     def _hub_needs_a_file(self) -> StyleLora:

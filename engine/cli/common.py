@@ -48,9 +48,14 @@ def report(args: argparse.Namespace, data: object, sentence: str) -> None:
 
 
 def open_store(settings: Settings):
+    """The store, with the base model's family recorded when the model is on this machine (face models
+    of another family are then not drawn with)."""
     from engine.store import Store
+    from engine.store.families import sync_family
 
-    return Store(settings.data_dir)
+    store = Store(settings.data_dir)
+    sync_family(store, settings, fetch=False)
+    return store
 
 
 def download_bar():

@@ -222,9 +222,30 @@ def check_cluster_auth(settings: Settings) -> Check | None:
                  "for `ray start` and the bot (see the README)")
 
 
+def check_base_family(settings: Settings, usable_gib: float | None = None) -> Check | None:
+    """Which family the base model is, and whether this machine's GPU can train its face models
+    (`usable_gib`: the GPU memory free for it; None reads the card, or means no GPU)."""
+    from engine.models.device import resolve_device
+    from engine.models.family import family_of_reference, training_plan
+
+    family = family_of_reference(settings.base_model)
+    if family is None:
+        return None  # not downloaded yet: check_models says so
+    if usable_gib is None and resolve_device(settings.device) == "cuda":
+        import torch
+
+        usable_gib = torch.cuda.mem_get_info()[0] / 2**30
+    plan = training_plan(family, usable_gib)
+    if not plan.fits:
+        return Check("base model family", "fail", f"{family.label}: {plan.reason}",
+                     "set FACECHAIN_BASE_MODEL to a Stable Diffusion 1.5 model, or use a GPU with 12 GB or more")
+    return Check("base model family", "ok", f"{family.label} ({plan.reason})")
+
+
 def run_checks(settings: Settings) -> list[Check]:
     checks = [
-        check_packages(), check_device(settings), *check_models(settings), check_face_models(settings),
+        check_packages(), check_device(settings), *check_models(settings), check_base_family(settings),
+        check_face_models(settings),
         check_face_parser(settings), check_safety_checker(settings), check_data_dir(settings),
         check_setup_problems(settings), check_token(settings),
         check_cluster(settings), check_cluster_auth(settings),

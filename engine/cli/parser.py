@@ -31,11 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes: a caller that swaps it after setup (a test's
+    capture, since closed) never gets a logging error in place of a message."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s",
+                            handlers=[StderrHandler()])
         for chatty in QUIET_LOGGERS:  # a line per HTTP request of the hub clients is no news to a person
             logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
         return args.handler(args, settings)

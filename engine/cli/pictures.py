@@ -196,7 +196,7 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     check_pose(settings, pose, from_photo=pose_photo is not None)
     base = load_base_pipeline(settings, on_progress=download_bar())
     safety = load_safety_checker(settings, base)
-    generator = PortraitGenerator(base, fast_lora=settings.fast_lora, pose_controlnet=settings.pose_controlnet,
+    generator = PortraitGenerator(base, fast_lora=settings.fast_lora_for(base.family.name), pose_controlnet=settings.pose_controlnet,
                                   depth_controlnet=settings.depth_controlnet)
     result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,

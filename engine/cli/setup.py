@@ -75,6 +75,15 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
     from engine.models import random_models as make
 
+    if args.sdxl:
+        from engine.models.random_sdxl import make_tiny_sdxl_model
+
+        folder = make_tiny_sdxl_model(Path(args.folder))
+        needed = {"FACECHAIN_BASE_MODEL": str(folder), "FACECHAIN_VAE": "", "FACECHAIN_SDXL_SIZE": "128"}
+        report(args, {"path": str(folder), "settings": needed},
+               f"Tiny random SDXL model written to {folder} (it carries its own VAE; poses and pictures together are "
+               "SD1.5's). To use it, set:\n" + "\n".join(f"  {name}={value}" for name, value in needed.items()))
+        return 0
     folder = make.make_tiny_model(Path(args.folder))
     needed = {"FACECHAIN_BASE_MODEL": str(folder),
               "FACECHAIN_POSE_CONTROLNET": str(make.make_random_controlnet(folder / "controlnet-openpose", folder)),
@@ -120,6 +129,7 @@ def register(commands) -> None:
     tiny = command(commands, "make-tiny-model", cmd_make_tiny_model,
                    "write a tiny random Stable Diffusion model (for tests; its pictures are noise)")
     tiny.add_argument("folder", metavar="DIR")
+    tiny.add_argument("--sdxl", action="store_true", help="an SDXL-shaped one (two text encoders, time ids)")
 
     bench = command(commands, "bench", cmd_bench,
                     "run the benchmarks in bench/ and write results.json and a Markdown report with charts")

@@ -32,24 +32,31 @@ def cmd_styles_list(args: argparse.Namespace, settings: Settings) -> int:
 def style_recipe(style, settings: Settings) -> dict:
     """Exactly what generation uses for a style: prompts, sampler, LoRAs and weights, what is downloaded."""
     from engine.generation.generate import build_negative_prompt, build_prompt
+    from engine.models.family import FAMILIES, SD15, family_of_reference
     from engine.models.files import NamedModel, where_is
     from engine.training.lora import WEIGHTS_FILE
 
+    base = family_of_reference(settings.base_model) or SD15
     loras = [{"role": "face", "reference": "the member's face model", "weight": style.face_weight}]
     if style.lora is not None:
         model = NamedModel("style LoRA", style.lora.reference, style.lora_setting, "file",
                            style.lora.weight_name or WEIGHTS_FILE, style.lora.revision)
+        fits = style.lora.fits(base.name)
         loras.append({"role": "style", "reference": style.lora.reference, "file": model.filename,
-                      "revision": style.lora.revision, "weight": style.lora.weight,
-                      "downloaded": where_is(model) is not None})
-    fast = NamedModel("fast-mode LoRA", settings.fast_lora, "FACECHAIN_FAST_LORA", "file", WEIGHTS_FILE)
+                      "revision": style.lora.revision, "weight": style.lora.weight, "bases": style.lora.bases,
+                      "used": fits, "downloaded": where_is(model) is not None,
+                      **({} if fits else {"note": f"made for {', '.join(FAMILIES[b].label for b in style.lora.bases)}; "
+                                                  f"on this bot's {base.label} base the style is drawn from its words "
+                                                  "alone"})})
+    fast_lora = settings.fast_lora_for(base.name)
+    fast = NamedModel("fast-mode LoRA", fast_lora, base.fast_setting, "file", WEIGHTS_FILE)
     return {
-        "id": style.id, "name": style.name, "family": style.family,
+        "id": style.id, "name": style.name, "family": style.family, "base": base.name,
         "prompt": build_prompt("{trigger}", style), "negative_prompt": build_negative_prompt(style),
         "sampler": style.sampler.model_dump(), "loras": loras,
         "fast_mode": {"sampler": "lcm", "steps": settings.fast_steps, "guidance": settings.fast_guidance,
-                      "lora": settings.fast_lora, "weight": 1.0,
-                      "downloaded": bool(settings.fast_lora.strip()) and where_is(fast) is not None},
+                      "lora": fast_lora, "weight": 1.0,
+                      "downloaded": bool(fast_lora.strip()) and where_is(fast) is not None},
     }
 
 
@@ -74,6 +81,8 @@ def cmd_styles_show(args: argparse.Namespace, settings: Settings) -> int:
         where = "" if "downloaded" not in lora else (" (downloaded)" if lora["downloaded"] else " (not downloaded yet)")
         file = f" {lora['file']}" if lora.get("file") else ""
         console.print(f"{lora['role']} LoRA: {lora['reference']}{file} at {lora['weight']:g}{where}", soft_wrap=True)
+        if lora.get("note"):
+            console.print(f"  not used: {lora['note']}", soft_wrap=True)
     fast = recipe["fast_mode"]
     console.print(f"fast mode: {fast['lora']} at 1, LCM, {fast['steps']} steps, guidance {fast['guidance']:g}"
                   f"{' (downloaded)' if fast['downloaded'] else ' (not downloaded yet)'}", soft_wrap=True)

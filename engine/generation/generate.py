@@ -24,11 +24,11 @@ from engine.generation.depth import DEPTH_CONTROLNET_SETTING, DEPTH_PROBLEM, DEP
 from engine.generation.pose_control import CONDITIONING_SCALE, load_controlnet, load_pose_controlnet, pose_size
 from engine.generation.pose_drawing import skeleton
 from engine.generation.poses import Pose
-from engine.models.base_model import BasePipeline, derived_pipeline
+from engine.models.base_model import BasePipeline, derived_pipeline, diffusers_silenced
 from engine.models.references import hub_file, parse_model_reference
 from engine.preprocess.trigger import TRIGGER_TOKEN
 from engine.styles import Style
-from engine.training.lora import WEIGHTS_FILE
+from engine.training.lora import META_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 # FaceChain's portrait prompt, minus A1111 weight syntax that diffusers would read as plain text.
@@ -105,7 +105,6 @@ def build_negative_prompt(style: Style, people: int = 1) -> str:
     return ", ".join(part for part in parts if part)
 
 
-FAST_SETTING = "FACECHAIN_FAST_LORA"
 FAST_PROBLEM = "fast-mode LoRA"  # its setup-problem key
 
 
@@ -161,7 +160,7 @@ class PortraitGenerator:
                  pose_controlnet: str = "", depth_controlnet: str = "") -> None:
         self.base = base
         self.max_adapters = max_adapters
-        self.fast_lora = fast_lora  # the LCM-LoRA reference (FACECHAIN_FAST_LORA)
+        self.fast_lora = fast_lora  # the LCM-LoRA reference for the base's family (FACECHAIN_FAST_LORA...)
         self.pose_controlnet = pose_controlnet  # FACECHAIN_POSE_CONTROLNET, loaded at the first pose
         self.depth_controlnet = depth_controlnet  # FACECHAIN_DEPTH_CONTROLNET, loaded at the first depth
         self._controlnets: dict[str, object] = {}
@@ -196,10 +195,14 @@ class PortraitGenerator:
     def _face_adapter(self, folder: Path) -> str:
         if not (folder / WEIGHTS_FILE).is_file():
             raise ModelMissing(f"The face model at {folder} has no {WEIGHTS_FILE}: train it again.")
+        if trained_for(folder) != self.base.family.name:  # an SD1.5 LoRA does not fit SDXL, nor the reverse
+            raise ModelMissing("This face model was made for another image model than the one this bot draws "
+                               "with now: it is rebuilt from the enrolled selfies at the next request.")
 
         def load(name: str) -> None:
             try:
-                self.base.pipeline.load_lora_weights(folder, weight_name=WEIGHTS_FILE, adapter_name=name)
+                with diffusers_silenced():
+                    self.base.pipeline.load_lora_weights(folder, weight_name=WEIGHTS_FILE, adapter_name=name)
             except Exception as error:  # noqa: BLE001 - a truncated or garbled file fails in many ways
                 self._discard_partial(name)
                 raise ModelMissing(f"The face model file is damaged ({type(error).__name__}): enroll again to "
@@ -235,24 +238,24 @@ class PortraitGenerator:
                                           f"({detail}); `facechain styles check` validates it.") from None
 
     def _fast_adapter(self) -> str:
+        setting = self.base.family.fast_setting
         if not self.fast_lora.strip():
-            raise ModelUnavailable(f"Fast mode was asked for but {FAST_SETTING} is empty: set it to "
-                                   "latent-consistency/lcm-lora-sdv1-5 (or a local copy).", FAST_PROBLEM)
+            raise ModelUnavailable(f"Fast mode was asked for but {setting} is empty: set it to the "
+                                   f"{self.base.family.label} LCM-LoRA (or a local copy).", FAST_PROBLEM)
         try:
-            return self._file_adapter(f"fast:{self.fast_lora}",
-                                      lambda: lora_file(self.fast_lora, None, FAST_SETTING))
+            return self._file_adapter(f"fast:{self.fast_lora}", lambda: lora_file(self.fast_lora, None, setting))
         except ModelUnavailable as error:
             raise ModelUnavailable(str(error), FAST_PROBLEM) from None
         except Exception as error:  # noqa: BLE001
             raise ModelUnavailable(f"The fast-mode LoRA {self.fast_lora} could not be loaded ({type(error).__name__}):"
-                                   f" re-download it or fix {FAST_SETTING}.", FAST_PROBLEM) from None
+                                   f" re-download it or fix {setting}.", FAST_PROBLEM) from None
 
     def _activate(self, request: PortraitRequest) -> None:
         names, weights = [], []
         if request.face_model is not None:
             names.append(self._face_adapter(request.face_model))
             weights.append(request.style.face_weight)
-        if request.style.lora is not None:
+        if request.style.lora is not None and request.style.lora.fits(self.base.family.name):
             names.append(self._style_adapter(request.style))
             weights.append(request.style.lora.weight)
         if request.fast:
@@ -367,6 +370,16 @@ class PortraitGenerator:
         anchor = noise(request.variation_of)
         latents = torch.stack([slerp(request.variation_strength, anchor, noise(seed)) for seed in seeds])
         return latents.to(self.base.device, pipeline.unet.dtype)
+
+
+def trained_for(face_model: Path) -> str:
+    """The base model family a face model was trained on (its meta.json; older ones are SD1.5's)."""
+    import json
+
+    try:
+        return json.loads((face_model / META_FILE).read_text()).get("family", "sd15")
+    except (OSError, ValueError):
+        return "sd15"
 
 
 def people(request: PortraitRequest) -> int:

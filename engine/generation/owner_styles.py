@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from engine.config import Settings
 from engine.errors import FaceChainError
+from engine.models.family import Family
 from engine.models.references import parse_model_reference
 from engine.styles import STYLE_ID, Style, load_catalogue, look_problems, owner_styles_folder
 
@@ -36,10 +37,11 @@ class AddedStyle:
 def add_style(settings: Settings, style_id: str, lora: str | None, prompt: str, weight: float = 0.35,
               negative: str = "", family: str = "photo", name: str | None = None, description: str | None = None,
               weight_name: str | None = None, revision: str | None = None, face_weight: float = 0.9,
-              check_lora: bool = True) -> AddedStyle:
+              check_lora: bool = True, bases: list[str] | None = None) -> AddedStyle:
     """Check everything, then write the style (and copy a local LoRA) into the data folder. Without
     `check_lora` (an import) a hub LoRA is only referenced: `facechain models pull` fetches it and
-    `facechain styles check` reads it then."""
+    `facechain styles check` reads it then. A checked LoRA fits the running base model's family (its
+    `bases`); an unchecked one is taken to be for `bases` (default SD1.5)."""
     folder = owner_styles_folder(settings)
     style_id = style_id.strip().lower()
     if not re.match(STYLE_ID, style_id):
@@ -55,7 +57,7 @@ def add_style(settings: Settings, style_id: str, lora: str | None, prompt: str, 
         local = parse_model_reference(lora).kind == "local"
         lora_file = _lora_file(lora, weight_name, revision) if check_lora or local else None
         weights = {"reference": str(kept_copy) if local else lora, "weight_name": None if local else weight_name,
-                   "revision": None if local else revision, "weight": weight}
+                   "revision": None if local else revision, "weight": weight, "bases": bases or ["sd15"]}
     style = _valid_style(catalogue, {
         "id": style_id, "name": name or style_id.replace("-", " ").replace("_", " ").title(),
         "description": description or "Added by this server's owner.", "prompt": prompt,
@@ -63,7 +65,8 @@ def add_style(settings: Settings, style_id: str, lora: str | None, prompt: str, 
         "lora": {k: v for k, v in (weights or {}).items() if v is not None} or None,
     })
     if lora_file is not None and check_lora:
-        refuse_unless_it_fits(settings, lora_file)
+        family = refuse_unless_it_fits(settings, lora_file)
+        style.lora.bases = [family.name]
     folder.mkdir(parents=True, exist_ok=True)
     if lora_file is not None and style.lora.reference == str(kept_copy):
         kept_copy.parent.mkdir(exist_ok=True)
@@ -91,7 +94,8 @@ def remove_style(settings: Settings, style_id: str) -> Path:
 
 def import_facechain_styles(settings: Settings, files: list[Path]) -> list[AddedStyle]:
     """FaceChain's own style files (styles/<base>/*.json: name, add_prompt_style, model_id, revision,
-    bin_file, multiplier_style, multiplier_human) as styles; the LoRA is fetched by `models pull`."""
+    bin_file, multiplier_style, multiplier_human) as styles; the LoRA is fetched by `models pull`. The
+    folder names the base: FaceChain's styles/sdxl_1.0/ hold SDXL LoRAs, the others SD1.5 ones."""
     read = [(path, _facechain_style(path)) for path in files]  # every file checked before one is written
     names = [_imported_names(path, data) for path, data in read]
     ids = [style_id for style_id, _ in names]
@@ -107,7 +111,8 @@ def import_facechain_styles(settings: Settings, files: list[Path]) -> list[Added
             weight=float(data.get("multiplier_style", 0.35)), name=title[:60],
             description=f"FaceChain's {title} style"[:200], weight_name=data.get("bin_file") if model_id else None,
             revision=data.get("revision") if model_id else None,
-            face_weight=float(data.get("multiplier_human", 0.9)), check_lora=False))
+            face_weight=float(data.get("multiplier_human", 0.9)), check_lora=False,
+            bases=["sdxl"] if "sdxl" in path.parent.name.lower() else ["sd15"]))
     return added
 
 
@@ -194,20 +199,22 @@ def lora_file_problem(path: Path) -> str | None:
     return not_a_lora(path)
 
 
-def refuse_unless_it_fits(settings: Settings, path: Path) -> None:
+def refuse_unless_it_fits(settings: Settings, path: Path) -> Family:
     """Load the LoRA onto the running base model's UNet (and take it off again): a LoRA for another
-    family or architecture has other module names or shapes, and is refused."""
-    from engine.models.base_model import load_base_pipeline
+    family or architecture has other module names or shapes, and is refused. Returns the family it fits."""
+    from engine.models.base_model import diffusers_silenced, load_base_pipeline
 
-    pipeline = load_base_pipeline(settings).pipeline
+    base = load_base_pipeline(settings)
+    pipeline = base.pipeline
     check = "facechain-style-check"
     try:
-        pipeline.load_lora_weights(path.parent, weight_name=path.name, adapter_name=check)
+        with diffusers_silenced():
+            pipeline.load_lora_weights(path.parent, weight_name=path.name, adapter_name=check)
         loaded = check in pipeline.get_list_adapters().get("unet", [])
     except Exception as error:  # noqa: BLE001 - any failure to load means it does not fit
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise FaceChainError(f"{path.name} does not fit this bot's base model ({reason}): a LoRA made for "
-                             "Stable Diffusion 1.5 is needed.") from None
+                             f"{base.family.label} is needed.") from None
     finally:
         try:
             pipeline.delete_adapters(check)
@@ -215,7 +222,8 @@ def refuse_unless_it_fits(settings: Settings, path: Path) -> None:
             pass
     if not loaded:
         raise FaceChainError(f"{path.name} does not fit this bot's base model: none of its weights match the "
-                             "UNet (a LoRA for another model family).")
+                             f"UNet (a LoRA for another model family: {base.family.label} is needed).")
+    return base.family
 
 
 def style_toml(style: Style) -> str:
@@ -235,4 +243,5 @@ def style_toml(style: Style) -> str:
         if style.lora.revision:
             lines.append(f"revision = {text(style.lora.revision)}")
         lines.append(f"weight = {style.lora.weight}")
+        lines.append(f"bases = {json.dumps(style.lora.bases)}")
     return "\n".join(lines) + "\n"

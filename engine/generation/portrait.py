@@ -25,6 +25,7 @@ from engine.generation.requests import CheckedRequest, check_pose, check_prompt_
 from engine.models.safety import SafetyChecker
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
+from engine.store.families import recorded_family
 from engine.store.store import utc_now
 from engine.styles import StyleCatalogue
 from engine.training.lora import WEIGHTS_FILE
@@ -102,6 +103,12 @@ class DrawnPortraits:
 
 def member_face(store: Store, user_id: str) -> MemberFace:
     return MemberFace([(s.embedding_backend, s.path.read_bytes(), s.embedding) for s in store.accepted_selfies(user_id)])
+
+
+def portrait_size(store: Store, settings: Settings) -> int:
+    """The side of a portrait for the base model family the workers draw with."""
+    family = recorded_family(store)
+    return settings.portrait_size_for(family.name if family else "sd15")
 
 
 def face_model_files(store: Store, user_id: str) -> FaceModelFiles:
@@ -188,7 +195,7 @@ def portrait_inputs(
     posed = check_pose(settings, pose, from_photo=pose_photo is not None, points=pose_points)
     fast = settings.fast_by_default if fast is None else fast
     request = PortraitRequest(style=checked.style, trigger=checked.trigger, face_model=None,
-                              count=settings.portrait_candidates, seed=seed, size=settings.portrait_size,
+                              count=settings.portrait_candidates, seed=seed, size=portrait_size(store, settings),
                               variation_of=variation_of, fast=fast, words=words,
                               steps=settings.fast_steps if fast else None,
                               guidance=settings.fast_guidance if fast else None, pose=posed)

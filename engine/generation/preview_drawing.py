@@ -24,4 +24,4 @@ def draw_preview_image(generator, size: int, style: Style) -> bytes:
 
 def draw_preview(generator, settings: Settings, style: Style) -> Path:
     """Draw a style's preview and keep it as the cached one."""
-    return save_preview(settings, style.id, draw_preview_image(generator, settings.portrait_size, style))
+    return save_preview(settings, style.id, draw_preview_image(generator, settings.portrait_size_for(generator.base.family.name), style))

@@ -51,6 +51,10 @@ def check_request(store: Store, settings: Settings, catalogue: StyleCatalogue, u
         return None
     user = store.get_user(user_id)
     model = store.ready_face_model(user_id)
+    if user is not None and model is None and (older := store.face_models(user_id, status="ready")):
+        raise FaceChainError(f"User {user_id}'s face model was trained on another base model family "
+                             f"({older[0].family}): `facechain train --user {user_id}` retrains it from their "
+                             "enrolled selfies.")
     if user is None or model is None:
         raise FaceChainError(
             f"User {user_id} has no trained face model yet: enroll selfies, then `facechain train --user {user_id}`.")

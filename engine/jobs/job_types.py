@@ -22,6 +22,10 @@ class JobCancelled(Exception):
     """The job's owner cancelled it while it ran."""
 
 
+class WaitForTraining(Exception):
+    """The member's face model is being (re)built first: the job goes back to the queue and waits for it."""
+
+
 class JobContext(Protocol):
     """What a running job's model work talks to: progress out, stop requests and checkpoints."""
 

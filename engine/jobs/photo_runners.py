@@ -106,7 +106,9 @@ def _redraw_gather(worker: Worker, job: Job) -> RedrawInputs:
     """As a swap's, with the member's face model and its words; a fresh seed unless one was asked for."""
     from engine.generation.generate import MAX_SEED
     from engine.generation.portrait import face_model_files
+    from engine.store.families import check_draws_scenes
 
+    check_draws_scenes(worker.store)
     swap = _swap_gather(worker, job)
     model, user = worker.store.ready_face_model(job.user_id), worker.store.get_user(job.user_id)
     if model is None or user is None:

@@ -21,6 +21,7 @@ from engine.jobs.job_types import (  # noqa: F401 - JobContext and the outcomes 
     JobCancelled,
     JobContext,
     Runner,
+    WaitForTraining,
     show_flagged,
     uploaded_file,
 )
@@ -203,13 +204,27 @@ def _train_abandon(worker: Worker, job: Job, inputs, error: Exception) -> None:
 
 # --- generate and teaser -------------------------------------------------------------------------------
 
+def current_face_model(worker: Worker, job: Job) -> None:
+    """Record the base model's family; a member whose face model is of the previous one waits for its
+    rebuild from their selfies (queued here) instead of failing."""
+    from engine.store.families import REBUILDING, rebuild_if_needed, sync_family
+
+    sync_family(worker.store, worker.settings)
+    if rebuild_if_needed(worker.store, worker.queue, job.user_id, job.guild_id, job.channel_id):
+        raise WaitForTraining(REBUILDING)
+
+
 def _generate_gather(worker: Worker, job: Job):
     from engine.generation.portrait import portrait_inputs
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import guild_settings
+    from engine.store.families import check_draws_scenes
     from engine.styles import load_catalogue
 
     params = job.params
+    current_face_model(worker, job)
+    if params.get("pose") or params.get("pose_upload") or params.get("pose_points"):
+        check_draws_scenes(worker.store)
     # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
     server = guild_settings(worker.store, job.guild_id) if job.guild_id else None
     return portrait_inputs(
@@ -257,8 +272,10 @@ def _teaser_gather(worker: Worker, job: Job):
     from engine.generation.portrait import portrait_inputs
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import server_nsfw_policy
+    from engine.store.families import sync_family
     from engine.styles import load_catalogue
 
+    sync_family(worker.store, worker.settings)
     if worker.store.ready_face_model(job.user_id) is not None:
         return Finished({"skipped": "the face model is ready", "portraits": []})
     policy = server_nsfw_policy(worker.store, job.guild_id)
@@ -297,8 +314,10 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
 
 def _upscale_gather(worker: Worker, job: Job):
     from engine.generation.upscale import upscale_inputs
+    from engine.store.families import check_draws_scenes
     from engine.styles import load_catalogue
 
+    check_draws_scenes(worker.store)
     return upscale_inputs(worker.store, worker.settings, load_catalogue(worker.settings), job.user_id,
                           int(job.params["portrait_id"]), show_flagged=show_flagged(worker, job))
 
@@ -332,7 +351,7 @@ def _preview_compute(models: LoadedModels, style, context: JobContext) -> bytes:
     from engine.generation.preview_drawing import draw_preview_image
 
     context.update(0.0, f"drawing the {style.name} preview")
-    return draw_preview_image(models.generator, models.settings.portrait_size, style)
+    return draw_preview_image(models.generator, models.settings.portrait_size_for(models.base.family.name), style)
 
 
 def _preview_record(worker: Worker, job: Job, style, png: bytes) -> dict:

@@ -62,10 +62,10 @@ def check_faces(faces: tuple[int, int] | None, found: int) -> tuple[int, int] | 
     return faces
 
 
-def _member(store, user_id: str, need_model: bool, whose: str) -> Member:
+def _member(store, user_id: str, need_model: bool, whose: str, use_model: bool = True) -> Member:
     from engine.generation.portrait import face_model_files, member_face
 
-    user, model = store.get_user(user_id), store.ready_face_model(user_id)
+    user, model = store.get_user(user_id), store.ready_face_model(user_id) if use_model else None
     if user is None or not store.accepted_selfies(user_id):
         raise FaceChainError(f"{whose} enrolled selfies are gone." if whose == "Your" else NOT_ALLOWED_NOW)
     if model is None and need_model:
@@ -81,12 +81,18 @@ def together_inputs(store, settings, user_id: str, partner_id: str, request_id: 
     (an UploadedPhoto), or else in a scene of `style_id` and `pose_id`. FaceChainError in plain words."""
     from engine.generation.generate import MAX_SEED
     from engine.generation.requests import check_pose
+    from engine.store.families import check_draws_scenes, recorded_family
     from engine.store.together import may_draw
     from engine.styles import load_catalogue
 
     if not may_draw(store, user_id, partner_id, request_id):
         raise FaceChainError(NOT_ALLOWED_NOW)
-    members = [_member(store, user_id, photo is None, "Your"), _member(store, partner_id, photo is None, "Their")]
+    family = recorded_family(store)
+    redraws = family is None or family.draws_scenes  # else faces are pasted from the selfies (SD1.5's inpainting)
+    if photo is None:
+        check_draws_scenes(store)
+    members = [_member(store, user_id, photo is None, "Your", redraws),
+               _member(store, partner_id, photo is None, "Their", redraws)]
     style = pose = None
     if photo is None:
         style = load_catalogue(settings).get(style_id or DEFAULT_STYLE)

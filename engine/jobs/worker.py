@@ -20,6 +20,7 @@ from collections.abc import Callable
 from engine.config import Settings
 from engine.errors import FaceChainError, ModelUnavailable
 from engine.jobs.heartbeat import Heartbeat
+from engine.jobs.job_types import WaitForTraining
 from engine.jobs.queue import Job, LeaseLost, SqliteJobQueue
 from engine.jobs.runners import RUNNERS, ComputeLost, JobCancelled, run_locally, training_cancelled
 from engine.jobs.scratch import process_alive, sweep_stale_scratch
@@ -176,6 +177,8 @@ class Worker:
             self.queue.complete(job.lease, run())
         except ModelUnavailable as problem:  # the owner's to fix: the job waits, the member is not failed
             self._wait_for_setup(job, problem.key, str(problem))
+        except WaitForTraining as waiting:
+            self.queue.wait_for_training(job.lease, str(waiting))
         except LeaseLost:
             raise  # settle() says so; nothing of this claim is recorded
         except (JobCancelled, training_cancelled()) as stopped:

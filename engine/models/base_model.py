@@ -11,20 +11,18 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.config import Settings
 from engine.errors import ModelUnavailable
 from engine.models.device import resolve_device
+from engine.models.family import FAMILIES, SD15, Family, family_of_folder, family_of_reference
 from engine.models.references import parse_model_reference, resolve_model_folder, weights_variant
 
 log = logging.getLogger(__name__)
 GIB = 2**30
-# SD1.5 at 512x512 in fp16 runs in ~4 GiB with the savers off; below these, turn them on. An 8 GB
-# card (7.6 GiB usable) lands on the middle plan: slicing and tiling, everything on the GPU.
-ROOMY_GIB = 10.0
-TIGHT_GIB = 6.0
 VAE_SETTING = "FACECHAIN_VAE"
 
 
@@ -40,17 +38,19 @@ class MemoryPlan:
 NO_SAVERS = MemoryPlan("float32", False, False, False, "nothing applied yet")
 
 
-def plan_memory(device: str, budget_bytes: int | None = None, bf16: bool = False) -> MemoryPlan:
-    """Choose precision and memory savers from the device and the GPU memory this process may use."""
+def plan_memory(device: str, budget_bytes: int | None = None, bf16: bool = False, family: Family = SD15) -> MemoryPlan:
+    """Choose precision and memory savers from the device and the GPU memory this process may use.
+    SD1.5 at 512x512 in fp16 runs in ~4 GiB with the savers off: an 8 GB card (7.6 GiB usable) lands on
+    the middle plan, slicing and tiling with everything on the GPU. The family's thresholds decide."""
     if device == "cpu":
         return MemoryPlan("float32", False, False, False, "cpu: full precision")
     if device == "mps":
         return MemoryPlan("float16", True, False, False, "apple mps: fp16 with attention slicing")
     dtype = "bfloat16" if bf16 else "float16"
     gib = (budget_bytes or 0) / GIB
-    if gib >= ROOMY_GIB:
+    if gib >= family.roomy_gib:
         return MemoryPlan(dtype, False, False, False, f"{gib:.1f} GiB usable: everything on the GPU")
-    if gib >= TIGHT_GIB:
+    if gib >= family.tight_gib:
         return MemoryPlan(dtype, True, True, False, f"{gib:.1f} GiB usable: attention slicing and VAE tiling")
     return MemoryPlan(dtype, True, True, True, f"{gib:.1f} GiB usable: model CPU offload")
 
@@ -84,6 +84,7 @@ class BasePipeline:
     reference: str
     scheduler_config: dict | None = None  # the repository's scheduler, before any sampler choice
     vae_reference: str = ""
+    family: Family = SD15
 
     @property
     def execution_device(self):
@@ -91,10 +92,10 @@ class BasePipeline:
         return self.pipeline._execution_device
 
 
-def current_plan(device: str) -> MemoryPlan:
+def current_plan(device: str, family: Family = SD15) -> MemoryPlan:
     if device != "cuda":
         return plan_memory(device)
-    return plan_memory(device, usable_gpu_bytes(), bf16=native_bf16())
+    return plan_memory(device, usable_gpu_bytes(), bf16=native_bf16(), family=family)
 
 
 def quiet_loaders() -> None:
@@ -107,6 +108,20 @@ def quiet_loaders() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
+
+
+@contextmanager
+def diffusers_silenced():
+    """Inside the block diffusers logs nothing: a load that may fail (a LoRA tried on the base) is an
+    answer the caller words, not an error log."""
+    import diffusers
+
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
 
 
 def apply_memory_savers(base: BasePipeline, plan: MemoryPlan) -> BasePipeline:
@@ -145,11 +160,17 @@ def release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def load_vae(settings: Settings, reference: str, dtype, half: bool,
+def vae_reference_for(settings: Settings, reference: str, family: Family, half: bool) -> str:
+    """The separate VAE to load beside the base model `reference` ("" = its own)."""
+    return settings.vae_for(reference, family.half_vae if half else "")
+
+
+def load_vae(settings: Settings, reference: str, family: Family, dtype, half: bool,
              on_progress: Callable[[int, int], None] | None = None):
     """The separate VAE the settings name (FACECHAIN_VAE, or the one the base model `reference` needs),
-    or None for the base model's own."""
-    vae_reference = settings.vae_for(reference)
+    or None for the base model's own. A VAE of the other family is refused: its latents are scaled
+    differently, and every picture would come out wrong."""
+    vae_reference = vae_reference_for(settings, reference, family, half)
     if not vae_reference:
         return None
     from diffusers import AutoencoderKL
@@ -157,24 +178,32 @@ def load_vae(settings: Settings, reference: str, dtype, half: bool,
     folder = resolve_model_folder(parse_model_reference(vae_reference), setting=VAE_SETTING, kind="component",
                                   half=half, what="the VAE", on_progress=on_progress)
     try:
-        return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, variant=weights_variant(folder, half, "component"))
+        vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, variant=weights_variant(folder, half, "component"))
     except (OSError, ValueError, KeyError) as error:
         raise ModelUnavailable(
             f"The VAE at {folder} could not be loaded ({type(error).__name__}: {str(error)[:200]}): re-download it, "
             f"or set {VAE_SETTING} to another VAE (empty = the base model's own)."
         ) from None
+    scaling = vae.config.get("scaling_factor", SD15.vae_scaling)
+    if abs(scaling - family.vae_scaling) > 1e-3:
+        other = next((f for f in FAMILIES.values() if abs(f.vae_scaling - scaling) < 1e-3), None)
+        made_for = f"a {other.label} VAE" if other else "a VAE of another kind"
+        raise ModelUnavailable(f"{VAE_SETTING}={vae_reference} is {made_for}, but the base model is {family.label}: "
+                               f"set {VAE_SETTING} to a {family.label} VAE, or leave it unset.")
+    return vae
 
 
 def load_base_pipeline(settings: Settings, reference: str | None = None,
                        on_progress: Callable[[str, int, int], None] | None = None) -> BasePipeline:
     """The base pipeline on its device. `on_progress(what, bytes done, bytes in all)` reports downloads."""
     quiet_loaders()
+    import diffusers
     import torch
-    from diffusers import StableDiffusionPipeline
 
     reference = reference or settings.base_model
     device = resolve_device(settings.device)
-    plan = current_plan(device)  # before anything is loaded: the whole card is ours to plan
+    # Before anything is loaded: the whole card is ours to plan (the family's needs, once it is known).
+    plan = current_plan(device, family_of_reference(reference) or SD15)
     half = plan.dtype_name != "float32"
 
     def progress_of(what: str):
@@ -182,15 +211,18 @@ def load_base_pipeline(settings: Settings, reference: str | None = None,
 
     folder = resolve_model_folder(parse_model_reference(reference), half=half,
                                   on_progress=progress_of("the base model"))
+    family = family_of_folder(folder)
+    plan = current_plan(device, family)
     dtype = getattr(torch, plan.dtype_name)
-    vae = load_vae(settings, reference, dtype, half, progress_of("the VAE"))
+    vae = load_vae(settings, reference, family, dtype, half, progress_of("the VAE"))
     extra = {"vae": vae} if vae is not None else {}
+    if family is SD15:  # SD1.5 pipelines carry a safety checker slot: the optional check is its own setting
+        extra |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
         with warnings.catch_warnings():  # torch_dtype= still works across our diffusers range
             warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
-            pipeline = StableDiffusionPipeline.from_pretrained(
-                folder, torch_dtype=dtype, variant=weights_variant(folder, half), safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False, **extra,
+            pipeline = getattr(diffusers, family.pipeline_class).from_pretrained(
+                folder, torch_dtype=dtype, variant=weights_variant(folder, half), **extra,
             )
     except (OSError, ValueError, KeyError) as error:
         raise ModelUnavailable(
@@ -201,9 +233,9 @@ def load_base_pipeline(settings: Settings, reference: str | None = None,
     if not plan.cpu_offload:  # offload keeps the models on the CPU until each runs
         pipeline.to(device)
     base = BasePipeline(pipeline, device, replace(NO_SAVERS, dtype_name=plan.dtype_name), folder, reference,
-                        dict(pipeline.scheduler.config), settings.vae_for(reference))
+                        dict(pipeline.scheduler.config), vae_reference_for(settings, reference, family, half), family)
     apply_memory_savers(base, plan)
-    log.info("base model %s loaded on %s (%s)%s", reference, device, plan.reason,
+    log.info("%s base model %s loaded on %s (%s)%s", family.label, reference, device, plan.reason,
              f" with the VAE {base.vae_reference}" if base.vae_reference else "")
     return base
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 from engine.config import Settings
 from engine.errors import ModelUnavailable
+from engine.models.family import SD15, family_of_reference
 from engine.models.references import hub_file, local_copy, parse_model_reference, resolve_model_folder, size_on_disk
 from engine.training.lora import WEIGHTS_FILE
 
@@ -32,16 +33,18 @@ class NamedModel:
 
 
 def named_models(settings: Settings, include_styles: bool = True) -> list[NamedModel]:
+    # The family is known once the base model is here (`models pull` fetches it first).
+    family = family_of_reference(settings.base_model) or SD15
     models = [NamedModel("base model", settings.base_model, "FACECHAIN_BASE_MODEL", "pipeline")]
-    if settings.vae_reference:
-        models.append(NamedModel("VAE", settings.vae_reference, "FACECHAIN_VAE", "component"))
+    if vae := settings.vae_for(settings.base_model, family.half_vae):
+        models.append(NamedModel("VAE", vae, "FACECHAIN_VAE", "component"))
     if settings.face_parser.strip():
         models.append(face_parser_model(settings))
     if settings.safety_checker.strip():
         models.append(NamedModel("safety checker", settings.safety_checker, "FACECHAIN_SAFETY_CHECKER", "component"))
-    if settings.pose_controlnet.strip():
+    if settings.pose_controlnet.strip() and family.draws_scenes:
         models.append(pose_controlnet_model(settings))
-    if settings.pose_depth:
+    if settings.pose_depth and family.draws_scenes:
         models += [NamedModel("depth ControlNet", settings.depth_controlnet, "FACECHAIN_DEPTH_CONTROLNET", "component"),
                    NamedModel("depth estimator", settings.depth_estimator, "FACECHAIN_DEPTH_ESTIMATOR", "component")]
     if settings.pose_detector.strip():
@@ -49,13 +52,13 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
 
         models += [NamedModel(f"pose detector ({what})", settings.pose_detector, "FACECHAIN_POSE_DETECTOR", "file",
                               filename) for what, filename in (("people", DETECTOR_FILE), ("body points", KEYPOINTS_FILE))]
-    if settings.fast_lora.strip():
-        models.append(NamedModel("fast-mode LoRA", settings.fast_lora, "FACECHAIN_FAST_LORA", "file", WEIGHTS_FILE))
+    if fast := settings.fast_lora_for(family.name).strip():
+        models.append(NamedModel("fast-mode LoRA", fast, family.fast_setting, "file", WEIGHTS_FILE))
     if include_styles:
         from engine.styles import load_catalogue
 
         for style in load_catalogue(settings).styles.values():
-            if style.lora is not None:
+            if style.lora is not None and style.lora.fits(family.name):
                 models.append(NamedModel(f"style {style.id} LoRA", style.lora.reference, style.lora_setting, "file",
                                          style.lora.weight_name or WEIGHTS_FILE, style.lora.revision))
     return models

@@ -45,7 +45,7 @@ class LoadedModels:
         if self._generator is None:
             from engine.generation.generate import PortraitGenerator
 
-            self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora,
+            self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora_for(self.base.family.name),
                                                 pose_controlnet=self.settings.pose_controlnet,
                                                 depth_controlnet=self.settings.depth_controlnet)
         return self._generator
@@ -91,7 +91,7 @@ class LoadedModels:
         them for a retry after running out of memory. The job after plans afresh."""
         from engine.models.base_model import MemoryPlan, apply_memory_savers, current_plan
 
-        plan = current_plan(self.base.device)
+        plan = current_plan(self.base.device, self.base.family)
         if low_memory:
             plan = MemoryPlan(plan.dtype_name, True, True, self.base.device == "cuda", "retry after running out of memory")
         apply_memory_savers(self.base, plan)

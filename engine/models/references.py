@@ -27,7 +27,7 @@ HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 GB = 1e9
 # The parts of a Stable Diffusion pipeline folder that the loader reads (no safety checker, no
 # feature extractor: the optional check is its own setting).
-PIPELINE_FOLDERS = ("scheduler", "text_encoder", "tokenizer", "unet", "vae")
+PIPELINE_FOLDERS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae")
 CONFIG_SUFFIXES = (".json", ".txt", ".model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Free space kept beyond a download's size, so a model never fills the disk the database lives on.

@@ -241,7 +241,14 @@ def _together(db: sqlite_utils.Database) -> None:
     db["share_approvals"].create_index(["user_id"])
 
 
+def _families(db: sqlite_utils.Database) -> None:
+    """Face models belong to a base model family (sd15, sdxl); `runtime` keeps the family the workers draw
+    with, so every process looks up face models of that one."""
+    db["face_models"].add_column("family", str, not_null_default="sd15")
+    db["runtime"].create({"key": str, "value": str}, pk="key")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
                                                              _queue_speed, _setup_problems, _blocked_words, _ran_on,
                                                              _typical_run_times, _lease_tokens, _job_ids_never_reused,
-                                                             _suggested_subject, _together]
+                                                             _suggested_subject, _together, _families]

@@ -89,6 +89,7 @@ class FaceModelRecord:
     meta: dict
     created_at: str
     finished_at: str | None
+    family: str = "sd15"  # the base model family it was trained on (engine.models.family)
 
 
 @dataclass(frozen=True)
@@ -317,18 +318,20 @@ class Store:
 
     # --- face models ----------------------------------------------------------------------------
 
-    def start_face_model(self, user_id: str, base_model: str) -> FaceModelRecord:
-        """The user's unfinished training to resume, or a new version in state 'training'."""
-        unfinished = self.face_models(user_id, status="training")
-        if unfinished:
-            return unfinished[0]
+    def start_face_model(self, user_id: str, base_model: str, family: str = "sd15") -> FaceModelRecord:
+        """The user's unfinished training to resume, or a new version in state 'training' (one of another
+        family cannot be resumed: it is marked failed)."""
+        for unfinished in self.face_models(user_id, status="training"):
+            if unfinished.family == family:
+                return unfinished
+            self.fail_face_model(unfinished.id, f"the base model is {family} now")
         folder = self.private_dir(user_id, "models")
         with self.transaction():
             version = 1 + (self.db.execute(
                 "select coalesce(max(version), 0) from face_models where user_id = ?", [user_id]).fetchone()[0])
             row_id = self.db["face_models"].insert({
                 "user_id": user_id, "version": version, "status": "training",
-                "path": self.relative(folder / f"v{version}"), "base_model": base_model, "meta": "{}",
+                "path": self.relative(folder / f"v{version}"), "base_model": base_model, "family": family, "meta": "{}",
                 "created_at": utc_now(), "finished_at": None,
             }).last_pk
         return self._face_model(self.db["face_models"].get(row_id))
@@ -364,14 +367,17 @@ class Store:
                                [user_id, version]).fetchone() is not None
 
     def ready_face_model(self, user_id: str) -> FaceModelRecord | None:
+        """The member's face model for the family the workers draw with (store.families); one trained on
+        another base model family is none."""
         ready = self.face_models(user_id, status="ready")
-        return ready[0] if ready else None
+        family = self.db.execute("select value from runtime where key = 'base_family'").fetchone()
+        return ready[0] if ready and (family is None or ready[0].family == family[0]) else None
 
     def _face_model(self, row: dict) -> FaceModelRecord:
         return FaceModelRecord(
             id=row["id"], user_id=row["user_id"], version=row["version"], status=row["status"],
             path=self.absolute(row["path"]), base_model=row["base_model"], meta=json.loads(row["meta"] or "{}"),
-            created_at=row["created_at"], finished_at=row["finished_at"],
+            created_at=row["created_at"], finished_at=row["finished_at"], family=row["family"],
         )
 
     # --- portraits -----------------------------------------------------------------------------

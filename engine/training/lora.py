@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.errors import FaceChainError
+from engine.errors import FaceChainError, ModelUnavailable
 from engine.models.base_model import BasePipeline
+from engine.models.family import SDXL, TrainingPlan, training_plan
 
 log = logging.getLogger(__name__)
 ADAPTER = "facechain_training"
@@ -63,6 +64,22 @@ class TrainProgress:
 
 
 @dataclass
+class TextConditioning:
+    """The caption as the UNet reads it: the text encoder's hidden states, and on SDXL the second
+    encoder's pooled embedding, which goes in with the time ids (sizes and crop) of each step."""
+
+    hidden_states: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def added_conditions(self, original: int, crop: tuple[int, int], target: int) -> dict:
+        if self.pooled is None:
+            return {}
+        time_ids = torch.tensor([[original, original, *crop, target, target]], device=self.pooled.device,
+                                dtype=self.pooled.dtype)
+        return {"added_cond_kwargs": {"text_embeds": self.pooled, "time_ids": time_ids}}
+
+
+@dataclass
 class TrainResult:
     folder: Path
     meta: dict
@@ -91,30 +108,43 @@ def _cache_inputs(base: BasePipeline, photos: list[Path], caption: str, options:
     encoder and the VAE visit `device` only for this (they stay on the CPU under offload)."""
     pipe = base.pipeline
     dtype = pipe.unet.dtype
-    with _visiting(pipe.text_encoder, device):
-        ids = pipe.tokenizer(caption, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(device)
-        text_embedding = pipe.text_encoder(ids)[0].to(device, dtype)
+    text = _encode_caption(base, caption, device)
     jitter = options.resolution // 16  # pixels of crop jitter each side
     latents = []
-    with _visiting(pipe.vae, device):
+    # SDXL's own VAE overflows in fp16 (its config says force_upcast): it encodes in fp32 then.
+    upcast = pipe.vae.dtype == torch.float16 and pipe.vae.config.get("force_upcast", False)
+    with _visiting(pipe.vae, device, torch.float32 if upcast else None):
         for photo in photos:
             for flip in (False, True):
                 pixels = _image_tensor(photo, options.resolution + 2 * jitter, flip).to(device, pipe.vae.dtype)
                 distribution = pipe.vae.encode(pixels).latent_dist
                 latents.append((distribution.mean.to(device, dtype), distribution.std.to(device, dtype)))
-    return latents, text_embedding
+    return latents, text
+
+
+def _encode_caption(base: BasePipeline, caption: str, device: torch.device) -> TextConditioning:
+    pipe = base.pipeline
+    dtype = pipe.unet.dtype
+    if base.family is SDXL:
+        with _visiting(pipe.text_encoder, device), _visiting(pipe.text_encoder_2, device):
+            hidden, _, pooled, _ = pipe.encode_prompt(caption, device=device, do_classifier_free_guidance=False)
+        return TextConditioning(hidden.to(device, dtype), pooled.to(device, dtype))
+    with _visiting(pipe.text_encoder, device):
+        ids = pipe.tokenizer(caption, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(device)
+        return TextConditioning(pipe.text_encoder(ids)[0].to(device, dtype))
 
 
 @contextmanager
-def _visiting(module: torch.nn.Module, device: torch.device):
-    """`module` on `device` inside the block, back where it was after."""
-    home = next(module.parameters()).device
-    module.to(device)
+def _visiting(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None):
+    """`module` on `device` (and in `dtype`) inside the block, back where and as it was after."""
+    home = next(module.parameters())
+    home_device, home_dtype = home.device, home.dtype
+    module.to(device, dtype or home_dtype)
     try:
         yield module
     finally:
-        module.to(home)
+        module.to(home_device, home_dtype)
 
 
 @contextmanager
@@ -131,6 +161,15 @@ def _offload_paused(base: BasePipeline):
         yield device
     finally:
         base.pipeline.enable_model_cpu_offload(device=base.device)
+
+
+def training_room(base: BasePipeline) -> TrainingPlan:
+    """Whether this GPU has room to train a face model of the base's family, and how."""
+    if base.device != "cuda":
+        return training_plan(base.family, None)
+    from engine.models.base_model import GIB, usable_gpu_bytes
+
+    return training_plan(base.family, usable_gpu_bytes() / GIB)
 
 
 def adapter_metadata(options: TrainOptions) -> dict:
@@ -158,7 +197,8 @@ def train_face_lora(
 ) -> TrainResult:
     """Train a face LoRA into `output` (created whole at the end; `output.partial` meanwhile). A run
     resumes from `output.partial/checkpoint.pt`; `on_checkpoint` is told of each one written."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    import diffusers
+    from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -174,8 +214,9 @@ def train_face_lora(
     checkpoint_path = work / CHECKPOINT_FILE
     run_id = fingerprint(photos, caption, options, base.reference)
 
-    for module in (unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False)
+    for module in (unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
     if ADAPTER in getattr(unet, "peft_config", {}):
         unet.delete_adapters(ADAPTER)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
@@ -218,27 +259,31 @@ def train_face_lora(
         if on_checkpoint is not None:
             on_checkpoint(checkpoint_path)
 
+    room = training_room(base)
+    if not room.fits:
+        raise ModelUnavailable(room.reason, "base model family")
+    checkpointing = room.gradient_checkpointing or base.plan.attention_slicing  # trade compute for activations
     try:
         with _offload_paused(base) as device:
-            latents, text_embedding = _cache_inputs(base, photos, caption, options, device)
-            if base.plan.attention_slicing:  # memory is short: trade compute for activations
+            latents, text = _cache_inputs(base, photos, caption, options, device)
+            if checkpointing:
                 unet.enable_gradient_checkpointing()
             unet.train()
-            _loop(unet, device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text_embedding,
+            _loop(unet, device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text,
                   options, pipe.vae.config.scaling_factor, start, losses, checkpoint, on_progress, should_cancel)
         weights = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
         # The adapter's config (rank and alpha) travels in the file: without it a loader assumes
         # alpha = rank and the face model comes back at the wrong scale.
-        StableDiffusionPipeline.save_lora_weights(work, unet_lora_layers=weights, safe_serialization=True,
-                                                  unet_lora_adapter_metadata=adapter_metadata(options))
+        getattr(diffusers, base.family.pipeline_class).save_lora_weights(
+            work, unet_lora_layers=weights, safe_serialization=True, unet_lora_adapter_metadata=adapter_metadata(options))
     finally:
         unet.eval()
-        if base.plan.attention_slicing:
+        if checkpointing:
             unet.disable_gradient_checkpointing()
         unet.delete_adapters(ADAPTER)
 
     meta = {
-        "base_model": base.reference, "caption": caption, "photos": [p.name for p in photos],
+        "base_model": base.reference, "family": base.family.name, "caption": caption, "photos": [p.name for p in photos],
         "steps": options.steps, "rank": options.rank, "alpha": options.alpha,
         "learning_rate": options.learning_rate, "resolution": options.resolution, "seed": options.seed,
         "resumed_from_step": start, "final_loss": float(np.mean(losses[-20:])) if losses else None,
@@ -253,7 +298,7 @@ def train_face_lora(
 
 
 def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
-          text_embedding, options: TrainOptions, scaling: float, start: int, losses: list[float], checkpoint,
+          text: TextConditioning, options: TrainOptions, scaling: float, start: int, losses: list[float], checkpoint,
           on_progress, should_cancel) -> None:
     dtype = unet.dtype
     autocast = device.type == "cuda" and dtype != torch.float32
@@ -279,7 +324,9 @@ def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_sch
         else:
             target = noise
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            prediction = unet(noisy, t, text_embedding).sample
+            prediction = unet(noisy, t, text.hidden_states,
+                              **text.added_conditions(options.resolution + 8 * pad, (8 * y, 8 * x),
+                                                      options.resolution)).sample
         loss = F.mse_loss(prediction.float(), target.float())
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Settings
-from engine.errors import FaceChainError
+from engine.errors import FaceChainError, ModelUnavailable
 from engine.jobs.scratch import scratch_prefix
 from engine.models.base_model import BasePipeline
+from engine.models.family import base_family
 from engine.preprocess.trigger import caption
 from engine.store import FaceModelRecord, Store
+from engine.store.families import record_family
 from engine.training.lora import CHECKPOINT_FILE, TrainingCancelled, TrainOptions, TrainProgress, train_face_lora
 
 
@@ -32,6 +34,7 @@ class TrainingInputs:
     trigger: str
     options: TrainOptions
     checkpoint: bytes | None  # the last checkpoint of this version, to resume from
+    family: str = "sd15"  # the base model family it is trained for
 
 
 @dataclass
@@ -40,11 +43,11 @@ class TrainedWeights:
     meta: dict
 
 
-def options_for(settings: Settings, photo_count: int, steps: int | None = None) -> TrainOptions:
+def options_for(settings: Settings, photo_count: int, steps: int | None = None, family: str = "sd15") -> TrainOptions:
     total = steps or min(settings.train_max_steps, settings.train_steps_per_photo * photo_count)
     return TrainOptions(
         steps=total, rank=settings.lora_rank, alpha=settings.lora_alpha, learning_rate=settings.learning_rate,
-        resolution=settings.train_resolution, checkpoint_every=max(10, total // 10),
+        resolution=settings.train_resolution_for(family), checkpoint_every=max(10, total // 10),
     )
 
 
@@ -59,11 +62,14 @@ def training_inputs(store: Store, settings: Settings, user_id: str, base_referen
     selfies = store.accepted_selfies(user_id)
     if user is None or not selfies:
         raise FaceChainError(f"User {user_id} has no enrolled selfies: run `facechain enroll --user {user_id}` first.")
-    model = store.start_face_model(user_id, base_reference)
+    family = base_family(base_reference)
+    if base_reference == settings.base_model:
+        record_family(store, family)
+    model = store.start_face_model(user_id, base_reference, family.name)
     checkpoint = checkpoint_path(model)
     return TrainingInputs(user_id, model.id, [(s.path.name, s.path.read_bytes()) for s in selfies],
-                          caption(user.trigger), user.trigger, options_for(settings, len(selfies), steps),
-                          checkpoint.read_bytes() if checkpoint.is_file() else None)
+                          caption(user.trigger), user.trigger, options_for(settings, len(selfies), steps, family.name),
+                          checkpoint.read_bytes() if checkpoint.is_file() else None, family.name)
 
 
 def train_from_inputs(
@@ -74,6 +80,9 @@ def train_from_inputs(
     on_checkpoint: Callable[[bytes], None] | None = None,
 ) -> TrainedWeights:
     """Train in a scratch folder (anywhere: no store); each checkpoint's bytes go to `on_checkpoint`."""
+    if base.family.name != inputs.family:  # a machine left on another base model than the settings name
+        raise ModelUnavailable(f"This machine's base model is {base.family.label}, but the face model is to be "
+                               f"trained for {inputs.family}: give every machine the same FACECHAIN_BASE_MODEL.")
     with tempfile.TemporaryDirectory(prefix=scratch_prefix("train")) as scratch:
         photos = Path(scratch) / "photos"
         photos.mkdir()

@@ -258,6 +258,16 @@ class SqliteJobQueue:
                 "attempts = attempts - 1, progress_text = 'queued (worker restarted)' where id = ?", [lease.job_id])
         return self.get(lease.job_id)
 
+    def wait_for_training(self, lease: Lease, text: str) -> Job:
+        """Put a portrait back to wait for the member's face model, rebuilt for a new base model (no attempt
+        used): it runs once that training ends."""
+        with self.store.transaction():
+            row = self._owned(lease)
+            params = {**json.loads(row["params"] or "{}"), "wait_for_training": True, "rebuilding": True}
+            self.db.execute(f"update jobs set {BACK_IN_QUEUE}, attempts = attempts - 1, params = ?, progress = 0, "
+                            "progress_text = ? where id = ?", [json.dumps(params), text, lease.job_id])
+        return self.get(lease.job_id)
+
     def wait_for_setup(self, lease: Lease, seconds: float, also_kinds: tuple[str, ...] = ()) -> Job:
         """Put a job back to wait for the owner to fix the setup: no attempt is used, and it is tried
         again after about `seconds` (and again, until the setup works). The same member's queued jobs of
