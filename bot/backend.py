@@ -178,6 +178,8 @@ class Backend:
             raise FaceChainError("A photo keeps its own scene: ask with a photo, or with a style and pose, not both.")
         if not on_photo and order.faces:
             raise FaceChainError("face_a and face_b choose faces on a photo: attach the photo too.")
+        if not on_photo:
+            check_draws_scenes(self.store)
         for member in (user_id, order.partner_id):
             ready = self.store.accepted_selfies(member) if on_photo else self.store.ready_face_model(member)
             if ready:
@@ -189,7 +191,6 @@ class Backend:
             raise FaceChainError(f"<@{member}> has no {'enrolled selfies' if on_photo else 'face model'} with "
                                  "FaceChain yet: they can start with `/facechain enroll`.")
         if not on_photo:
-            check_draws_scenes(self.store)
             style = order.style or DEFAULT_STYLE
             settings = self.guild(guild_id)
             if settings and not settings.allows_style(style):

@@ -113,3 +113,11 @@ def safety_checkers(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkers")
     return {"flags_all": make_tiny_safety_checker(folder / "flags_all", flags_everything=True),
             "flags_none": make_tiny_safety_checker(folder / "flags_none", flags_everything=False)}
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A tiny random SDXL pipeline (two text encoders, time ids) written once per test session."""
+    from engine.models.random_sdxl import make_tiny_sdxl_model
+
+    return make_tiny_sdxl_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")

@@ -146,3 +146,15 @@ def test_the_tiny_engine_benchmark_runs(tmp_path):
     assert finished.returncode == 0, finished.stderr[-2000:]
     figures = json.loads(figures_file.read_text())
     assert figures["train_steps_per_s"] > 0 and figures["images_per_s"] > 0 and len(figures["hot_spots"]) == 4
+
+
+def test_the_sdxl_gpu_script_runs_in_smoke_mode(tmp_path):
+    figures_file = tmp_path / "gpu_sdxl.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_sdxl.py"), "--smoke", "--json", str(figures_file)],
+                   check=True, capture_output=True, timeout=300, cwd=tmp_path,
+                   env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    figures = json.loads(figures_file.read_text())
+    assert figures["smoke"] and figures["family"] == "sdxl" and figures["cap_gib"] == 12.0
+    assert [run["gradient_checkpointing"] for run in figures["training"]] == [True, False]
+    assert [run["fast"] for run in figures["generation"]] == [False, True]
+    assert all(run["tflops"] > 0 for run in figures["training"] + figures["generation"])
