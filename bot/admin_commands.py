@@ -59,7 +59,7 @@ async def admin_settings(interaction: discord.Interaction,
     if daily_quota is not None:
         changes["daily_quota"] = daily_quota
     if allowed_styles is not None:
-        changes["allowed_styles"] = parse_style_list(bot, allowed_styles)
+        changes["allowed_styles"] = parse_style_list(bot, allowed_styles, interaction.guild_id)
     if nsfw_policy is not None:
         changes["nsfw_policy"] = nsfw_policy.value
     if highlight_day is not None:
@@ -91,10 +91,10 @@ async def admin_settings(interaction: discord.Interaction,
     await reply(interaction, "Saved." if changes else None, embed=embed)
 
 
-def parse_style_list(bot: FaceChainBot, text: str) -> list[str]:
+def parse_style_list(bot: FaceChainBot, text: str, guild_id: int | None = None) -> list[str]:
     if text.strip().lower() in ("", "all"):
         return []
-    catalogue = bot.backend.styles.catalogue()
+    catalogue = bot.backend.styles.catalogue(guild_id)
     wanted = [part.strip().lower() for part in text.split(",") if part.strip()]
     unknown = [style for style in wanted if catalogue.get(style) is None]
     if unknown:

@@ -26,7 +26,7 @@ from engine.store import ForgetReport, Store
 from engine.store.community import GuildSettings, guild_settings, portrait_gallery_posts, user_gallery_posts
 from engine.store.families import check_draws_scenes, rebuild_if_needed, recorded_family, sync_family
 from engine.store.together import DEFAULT_STYLE, Asked, TogetherRequest, ask, set_request_job
-from engine.styles import STYLES_DIR, StyleCatalogue, load_styles, owner_styles_folder, style_files
+from engine.styles import STYLES_DIR, StyleCatalogue, guild_styles_folder, load_styles, owner_styles_folder, style_files
 
 T = TypeVar("T")
 
@@ -64,29 +64,37 @@ class TogetherOrder:
 
 
 class Styles:
-    """The style catalogue, re-read when a file in the styles folder changes (no restart needed).
+    """The style catalogue (a server's: with the styles its admins added), re-read when a style file
+    changes (no restart needed).
 
-    It is asked for on the event loop (every autocomplete keystroke), so the folder is looked at
-    no more than once every few seconds."""
+    It is asked for on the event loop (every autocomplete keystroke), so the folders are looked at
+    no more than once every few seconds per server."""
 
     CHECK_EVERY_SECONDS = 5.0
 
-    def __init__(self, folder: Path | None, owner_folder: Path | None = None) -> None:
-        self.folder, self.owner_folder = folder, owner_folder
-        self._stamp: tuple | None = None
-        self._checked_at = float("-inf")
-        self._catalogue: StyleCatalogue | None = None
+    def __init__(self, folder: Path | None, owner_folder: Path | None = None,
+                 guild_folder: Callable[[str], Path] | None = None) -> None:
+        self.folder, self.owner_folder, self.guild_folder = folder, owner_folder, guild_folder
+        self._cached: dict[str | None, tuple[float, tuple, StyleCatalogue]] = {}
 
-    def catalogue(self) -> StyleCatalogue:
-        if self._catalogue is not None and time.monotonic() - self._checked_at < self.CHECK_EVERY_SECONDS:
-            return self._catalogue
-        stamp, self._checked_at = self._folder_stamp(), time.monotonic()
-        if self._catalogue is None or stamp != self._stamp:
-            self._catalogue, self._stamp = load_styles(self.folder, self.owner_folder), stamp
-        return self._catalogue
+    def catalogue(self, guild_id: int | str | None = None) -> StyleCatalogue:
+        key = str(guild_id) if guild_id and self.guild_folder else None
+        checked_at, stamp, catalogue = self._cached.get(key, (float("-inf"), (), None))
+        if catalogue is not None and time.monotonic() - checked_at < self.CHECK_EVERY_SECONDS:
+            return catalogue
+        guild_folder = self.guild_folder(key) if key else None
+        now_stamp = self._folder_stamp(guild_folder)
+        if catalogue is None or now_stamp != stamp:
+            catalogue = load_styles(self.folder, self.owner_folder, guild_folder)
+        self._cached[key] = (time.monotonic(), now_stamp, catalogue)
+        return catalogue
 
-    def _folder_stamp(self) -> tuple:
-        files = [*style_files(self.folder or STYLES_DIR), *style_files(self.owner_folder)]
+    def forget(self, guild_id: int | str) -> None:
+        """Read a server's styles again at the next ask (one was just added or removed)."""
+        self._cached.pop(str(guild_id), None)
+
+    def _folder_stamp(self, guild_folder: Path | None) -> tuple:
+        files = [*style_files(self.folder or STYLES_DIR), *style_files(self.owner_folder), *style_files(guild_folder)]
         return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in files))
 
 
@@ -96,7 +104,8 @@ class Backend:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.store = Store(settings.data_dir)
         self.queue = SqliteJobQueue(self.store, settings)
-        self.styles = Styles(settings.styles_dir, owner_styles_folder(settings))
+        self.styles = Styles(settings.styles_dir, owner_styles_folder(settings),
+                             lambda guild_id: guild_styles_folder(settings, guild_id))
         self.poses = load_poses()  # shipped with the code: read once
         self.started = time.monotonic()
         self.busy_seconds = 0.0  # time the store thread spent in calls: every slash command waits behind it
@@ -162,7 +171,7 @@ class Backend:
         if not has_model and not training:
             raise FaceChainError("You have no face model yet: run `/facechain enroll` with 3 to 10 selfies of "
                                  "yourself, then ask again once it is trained.")
-        check_request(self.store, self.settings, self.styles.catalogue(), user_id, order.style, order.count,
+        check_request(self.store, self.settings, self.styles.catalogue(guild_id), user_id, order.style, order.count,
                       need_model=has_model)
         words = check_prompt_words(order.words, settings.blocked_words if settings else ())
         if order.pose or from_photo:
@@ -195,7 +204,7 @@ class Backend:
             settings = self.guild(guild_id)
             if settings and not settings.allows_style(style):
                 raise FaceChainError(f"The style {style!r} is not allowed on this server.")
-            if self.styles.catalogue().get(style) is None:
+            if self.styles.catalogue(guild_id).get(style) is None:
                 raise FaceChainError(f"There is no style {style!r}: choose one from the list.")
             if not self.settings.pose_controlnet.strip():
                 raise FaceChainError("This bot draws two members together only on a photo: attach one of the two "

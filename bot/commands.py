@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from bot import gallery
+from bot import gallery, style_admin  # noqa: F401 - style_admin adds its commands to the admin group
 from bot.admin_commands import admin
 from bot.backend import PortraitOrder
 from bot.components import CancelButton
@@ -185,7 +185,7 @@ async def swap(interaction: discord.Interaction, photo: discord.Attachment,
 async def styles(interaction: discord.Interaction) -> None:
     bot = client(interaction)
     guild = await bot.backend.run(bot.backend.guild, interaction.guild_id)
-    catalogue = bot.backend.styles.catalogue()
+    catalogue = bot.backend.styles.catalogue(interaction.guild_id)
     listed = [s for s in catalogue.styles.values() if not guild or guild.allows_style(s.id)]
     if not listed:
         raise FaceChainError("No styles are available here: ask an admin to check `/facechain-admin settings`.")
@@ -359,7 +359,7 @@ def install(tree: app_commands.CommandTree, settings: Settings) -> None:
     count.default = min(DEFAULT_PORTRAITS, settings.portrait_candidates)
     count.description = f"How many portraits (default {count.default})"
     tree.add_command(facechain)
-    tree.add_command(admin)  # bot/admin_commands.py
+    tree.add_command(admin)  # bot/admin_commands.py and bot/style_admin.py
     tree.on_error = on_command_error
 
 

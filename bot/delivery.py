@@ -254,7 +254,7 @@ class Deliveries:
                 await self._to_owner(job, watch, Outgoing(content=f"<@{job.user_id}> {job.result['notice']}"),
                                      private=private)
             return
-        style = self.bot.backend.styles.catalogue().get(job.params.get("style", ""))
+        style = self.bot.backend.styles.catalogue(job.guild_id).get(job.params.get("style", ""))
         content = portrait_lines(job.user_id, style.name if style else job.params.get("style", "?"), portraits,
                                  (job.result or {}).get("notice"), job.params.get("prompt") or "", self._pose_name(job))
         store = self.bot.backend.store
@@ -316,7 +316,7 @@ class Deliveries:
                                                face_pairs)
         if not portraits:
             return
-        style = self.bot.backend.styles.catalogue().get(job.params.get("style") or "")
+        style = self.bot.backend.styles.catalogue(job.guild_id).get(job.params.get("style") or "")
         outgoing = Outgoing(content=together_lines(job.user_id, partner, result, portraits, style.name if style else None),
                             paths=[(store.absolute(p["path"]), f"together-{i}.png") for i, p in enumerate(portraits, 1)],
                             view=together_actions(job, portraits))

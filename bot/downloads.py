@@ -6,6 +6,7 @@ import ipaddress
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -113,6 +114,18 @@ def looks_like_a_photo(head: bytes) -> bool:
     return (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or (head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS)
 
 
+def not_a_photo(head: bytes) -> str | None:
+    """Why a download's first bytes are not a photo (None when they are)."""
+    return None if looks_like_a_photo(head) else f"it is not a photo ({what_it_is(head)})"
+
+
+def not_safetensors(head: bytes) -> str | None:
+    """Why a download's first bytes are not a safetensors file: an 8-byte header length, then its JSON."""
+    if len(head) > 8 and head[8:9] == b"{":
+        return None
+    return "it is not a .safetensors file (a pickle or another format: only safetensors are loaded)"
+
+
 def what_it_is(head: bytes) -> str:
     """A guess for the refusal message."""
     text = head.lstrip()[:15].lower()
@@ -135,9 +148,9 @@ def upload_dir(data_dir: Path, user_id: str) -> Path:
 
 
 async def download(session: aiohttp.ClientSession, url: str, destination: Path, max_bytes: int,
-                   sources: Sources) -> None:
-    """Stream `url` to `destination`, checking where it comes from, its size and its content;
-    DownloadRefused says why not."""
+                   sources: Sources, refuse: Callable[[bytes], str | None] = not_a_photo) -> None:
+    """Stream `url` to `destination`, checking where it comes from, its size and its content (`refuse`
+    says what is wrong with its first bytes: by default, not being a photo); DownloadRefused says why not."""
     check_source(url, sources)
     try:
         async with session.get(url, allow_redirects=False, timeout=TIMEOUT) as response:
@@ -152,8 +165,8 @@ async def download(session: aiohttp.ClientSession, url: str, destination: Path, 
                     received += len(chunk)
                     if received > max_bytes:
                         raise DownloadRefused(f"it is larger than {max_bytes // 2**20} MB")
-                    if received == len(chunk) and not looks_like_a_photo(chunk[:32]):
-                        raise DownloadRefused(f"it is not a photo ({what_it_is(chunk[:64])})")
+                    if received == len(chunk) and (problem := refuse(chunk[:64])):
+                        raise DownloadRefused(problem)
                     handle.write(chunk)
             if received == 0:
                 raise DownloadRefused("the file is empty")

@@ -37,6 +37,7 @@ HELP_LINES = [
     ("/facechain forget", "Delete everything FaceChain stores about you."),
     ("/facechain-admin settings", "Server admins: gallery channel, daily quota, allowed styles, NSFW policy."),
     ("/facechain-admin queue", "Server admins: this server's queued jobs."),
+    ("/facechain-admin style-add", "Server admins: a style of this server's own, from a style LoRA file and words."),
 ]
 
 

@@ -8,6 +8,7 @@ fails validation is reported with its path and field; the other styles still loa
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.errors import FaceChainError
 
 if TYPE_CHECKING:
     from engine.config import Settings
@@ -110,6 +113,7 @@ class StyleCatalogue:
     folder: Path = STYLES_DIR
     families: dict[str, Family] | None = None
     owner_folder: Path | None = None  # the styles the owner added (`facechain styles add`), in the data folder
+    guild_folder: Path | None = None  # a server's own styles (/facechain-admin style-add)
 
     def preview_path(self, style: Style) -> Path | None:
         """The style's preview image, if it exists inside the style's own folder."""
@@ -121,6 +125,9 @@ class StyleCatalogue:
 
     def added_by_owner(self, style: Style) -> bool:
         return self.owner_folder is not None and style.file is not None and style.file.parent == self.owner_folder
+
+    def added_by_guild(self, style: Style) -> bool:
+        return self.guild_folder is not None and style.file is not None and style.file.parent == self.guild_folder
 
     def get(self, style_id: str) -> Style | None:
         return self.styles.get(style_id)
@@ -192,17 +199,25 @@ def owner_styles_folder(settings: Settings) -> Path:
     return Path(settings.data_dir) / OWNER_STYLES
 
 
-def load_catalogue(settings: Settings) -> StyleCatalogue:
-    """The styles this bot offers: the shipped ones (or FACECHAIN_STYLES_DIR's) and those its owner added."""
-    return load_styles(settings.styles_dir, owner_styles_folder(settings))
+def guild_styles_folder(settings: Settings, guild_id: str) -> Path:
+    """Where a server's admins' styles live: theirs alone, beside the owner's in the data folder."""
+    return owner_styles_folder(settings) / "guilds" / str(int(guild_id))
 
 
-def load_styles(folder: Path | None = None, owner_folder: Path | None = None) -> StyleCatalogue:
+def load_catalogue(settings: Settings, guild_id: str | None = None) -> StyleCatalogue:
+    """The styles this bot offers: the shipped ones (or FACECHAIN_STYLES_DIR's), those its owner added,
+    and with `guild_id` those that server's admins added."""
+    return load_styles(settings.styles_dir, owner_styles_folder(settings),
+                       guild_styles_folder(settings, guild_id) if guild_id else None)
+
+
+def load_styles(folder: Path | None = None, owner_folder: Path | None = None,
+                guild_folder: Path | None = None) -> StyleCatalogue:
     folder = folder or STYLES_DIR
     styles: dict[str, Style] = {}
     problems: list[StyleProblem] = []
     families = load_families(Path(folder))
-    for path in [*style_files(folder), *style_files(owner_folder)]:
+    for path in [*style_files(folder), *style_files(owner_folder), *style_files(guild_folder)]:
         try:
             style = load_style(path)
         except tomllib.TOMLDecodeError as error:
@@ -230,4 +245,45 @@ def load_styles(folder: Path | None = None, owner_folder: Path | None = None) ->
             problems += [StyleProblem(path, field, message) for field, message in look]
             continue
         styles[style.id] = style
-    return StyleCatalogue(styles, problems, Path(folder), families, Path(owner_folder) if owner_folder else None)
+    return StyleCatalogue(styles, problems, Path(folder), families, Path(owner_folder) if owner_folder else None,
+                          Path(guild_folder) if guild_folder else None)
+
+
+def new_style(catalogue: StyleCatalogue, fields: dict) -> Style:
+    """A style to add, from its fields, checked by the same rules as the shipped ones (FaceChainError
+    names the first problem)."""
+    try:
+        style = Style.model_validate(fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise FaceChainError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    families = catalogue.families or {}
+    if style.family not in families:
+        raise FaceChainError(f"Unknown family {style.family!r}: one of {', '.join(families)}.")
+    family = families[style.family]
+    filled = style.model_copy(update={"frame": family.frame, "negative_frame": family.negative})
+    if problems := look_problems(filled, families):
+        field, message = problems[0]
+        raise FaceChainError(f"{field}: {message}.")
+    return style
+
+
+def style_toml(style: Style) -> str:
+    """The style file, in the fields styles/README.md documents."""
+    def text(value: str) -> str:
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+    lines = [f"# {style.name}: {style.description}", "# Added by `facechain styles` (the data folder's styles).",
+             f"name = {text(style.name)}", f"description = {text(style.description)}", f"prompt = {text(style.prompt)}"]
+    if style.negative_prompt:
+        lines.append(f"negative_prompt = {text(style.negative_prompt)}")
+    lines += [f"family = {text(style.family)}", f"face_weight = {style.face_weight}"]
+    if style.lora is not None:
+        lines += ["", "[lora]", f"reference = {text(style.lora.reference)}"]
+        if style.lora.weight_name:
+            lines.append(f"weight_name = {text(style.lora.weight_name)}")
+        if style.lora.revision:
+            lines.append(f"revision = {text(style.lora.revision)}")
+        lines.append(f"weight = {style.lora.weight}")
+        lines.append(f"bases = {json.dumps(style.lora.bases)}")
+    return "\n".join(lines) + "\n"

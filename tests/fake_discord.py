@@ -30,7 +30,7 @@ DISCORD_EPOCH_MS = 1_420_070_400_000
 EPHEMERAL = 64
 MEMBER_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
 MANAGE_GUILD = 1 << 5
-OPTION_TYPES = {str: 3, int: 4, bool: 5}
+OPTION_TYPES = {str: 3, int: 4, bool: 5, float: 10}
 THREAD_METADATA = {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": "2026-01-01T00:00:00+00:00",
                    "locked": False}
 

@@ -626,3 +626,43 @@ def test_a_member_asked_decides_and_the_asker_hears_only_not_allowed_or_no_answe
     assert d.rows("select count(*) from portraits where partner_id = ?", d.bob) == [(0,)]
     assert d.rows("select count(*) from together_requests") == [(0,)]
     fake.wait_for(lambda: post.deleted, 10, "the gallery post taken down")
+
+
+def test_admins_add_a_style_from_a_lora_file_for_their_server_only(deployment, tiny_model, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from engine.models.random_models import make_random_lora
+
+    d, fake = deployment, deployment.fake
+    lora = make_random_lora(UNet2DConditionModel.from_pretrained(tiny_model / "unet"), tmp_path / "neon.safetensors",
+                            kohya=True).read_bytes()
+    options = {"style_id": "neon-look", "prompt": "neon portrait, rain, city lights", "weight": 0.5}
+
+    def add(member: str, name: str, data: bytes, guild: str = d.guild, channel: str = d.general) -> Message:
+        upload = {"lora": fake.host_attachment(name, data, "application/octet-stream")}
+        return fake.response(fake.command(member, channel, guild, "style-add", options, attachments=upload,
+                                          group="facechain-admin"))
+
+    def offered(guild: str, channel: str) -> list[str]:
+        answer = fake.wait_acked(fake.command(d.alice, channel, guild, "portrait", {"style": "neon"}, focused="style"))
+        return [choice["value"] for choice in answer.choices]
+
+    assert "Only this server's admins" in add(d.bob, "neon.safetensors", lora).text()
+    assert ".safetensors file" in add(d.alice, "neon.ckpt", lora).text()
+    assert "not a .safetensors file" in add(d.alice, "evil.safetensors", b"\x80\x04\x95" + b"\x00" * 64).text()
+    assert not list((d.data_dir / "styles").rglob("*.toml"))  # nothing of a refused file is kept
+    assert not list((d.data_dir / "tmp").rglob("*.safetensors"))
+
+    added = add(d.alice, "neon.safetensors", lora)
+    assert "Added **Neon Look** (`neon-look`)" in added.text()
+    assert "neon-look" in offered(d.guild, d.general)  # in autocomplete at once
+    assert "neon-look" not in offered(d.other_guild, d.other_general)  # that server's alone
+    assert "taken by this server's styles" in add(d.alice, "neon.safetensors", lora).text()
+
+    choices = fake.wait_acked(fake.command(d.alice, d.general, d.guild, "style-remove", {"style_id": ""},
+                                           focused="style_id", group="facechain-admin"))
+    assert [choice["value"] for choice in choices.choices] == ["neon-look"]
+    removed = fake.response(fake.command(d.alice, d.general, d.guild, "style-remove", {"style_id": "neon-look"},
+                                         group="facechain-admin"))
+    assert "Removed **Neon Look**" in removed.text() and "neon-look" not in offered(d.guild, d.general)
+    assert not list((d.data_dir / "styles").rglob("*.safetensors"))

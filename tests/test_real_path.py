@@ -178,7 +178,7 @@ def test_styles_check_validates_every_lora_reference(tmp_path, capsys, monkeypat
     assert main(["styles", "check", "--json"]) == 1
     problems = {p["path"].rsplit("/", 1)[-1]: p["message"] for p in json.loads(capsys.readouterr().out)["problems"]}
     assert "does not exist" in problems["anime.toml"]
-    assert "not a readable .safetensors" in problems["clay.toml"]
+    assert "not a .safetensors file" in problems["clay.toml"]
     assert "weight_name is needed" in problems["pixel-art.toml"]
 
 

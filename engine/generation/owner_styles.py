@@ -11,21 +11,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from engine.config import Settings
 from engine.errors import FaceChainError
+from engine.generation.requests import check_style_words
 from engine.models.family import Family
+from engine.models.lora_header import lora_file_problem
 from engine.models.references import parse_model_reference
-from engine.styles import STYLE_ID, Style, load_catalogue, look_problems, owner_styles_folder
-
-# Style LoRAs are 10-300 MB; anything far past that is not one.
-MAX_LORA_BYTES = 1024 * 2**20
-MAX_HEADER_BYTES = 32 * 2**20  # a safetensors header (the tensor index) is kilobytes
+from engine.styles import STYLE_ID, Style, load_catalogue, new_style, owner_styles_folder, style_toml
 
 
 @dataclass
@@ -46,6 +41,7 @@ def add_style(settings: Settings, style_id: str, lora: str | None, prompt: str, 
     style_id = style_id.strip().lower()
     if not re.match(STYLE_ID, style_id):
         raise FaceChainError(f"{style_id!r} is not a style id: use 1-40 lowercase letters, digits, '-' or '_'.")
+    prompt = check_style_words(prompt)
     catalogue = load_catalogue(settings)
     if (taken := catalogue.get(style_id)) is not None:
         where = "one you added" if catalogue.added_by_owner(taken) else "a shipped style"
@@ -58,7 +54,7 @@ def add_style(settings: Settings, style_id: str, lora: str | None, prompt: str, 
         lora_file = _lora_file(lora, weight_name, revision) if check_lora or local else None
         weights = {"reference": str(kept_copy) if local else lora, "weight_name": None if local else weight_name,
                    "revision": None if local else revision, "weight": weight, "bases": bases or ["sd15"]}
-    style = _valid_style(catalogue, {
+    style = new_style(catalogue, {
         "id": style_id, "name": name or style_id.replace("-", " ").replace("_", " ").title(),
         "description": description or "Added by this server's owner.", "prompt": prompt,
         "negative_prompt": negative, "family": family, "face_weight": face_weight,
@@ -140,23 +136,6 @@ def _facechain_style(path: Path) -> dict:
     return data
 
 
-def _valid_style(catalogue, fields: dict) -> Style:
-    try:
-        style = Style.model_validate(fields)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise FaceChainError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    families = catalogue.families or {}
-    if style.family not in families:
-        raise FaceChainError(f"Unknown family {style.family!r}: one of {', '.join(families)}.")
-    family = families[style.family]
-    filled = style.model_copy(update={"frame": family.frame, "negative_frame": family.negative})
-    if problems := look_problems(filled, families):
-        field, message = problems[0]
-        raise FaceChainError(f"{field}: {message}.")
-    return style
-
-
 def _lora_file(reference: str, weight_name: str | None, revision: str | None) -> Path:
     """The LoRA file on this machine (a hub file is fetched), checked to be a sane safetensors LoRA."""
     from engine.models.references import hub_file
@@ -175,28 +154,6 @@ def _lora_file(reference: str, weight_name: str | None, revision: str | None) ->
     if reason := lora_file_problem(path):
         raise FaceChainError(f"{path.name} was refused: {reason}.")
     return path
-
-
-def lora_file_problem(path: Path) -> str | None:
-    """Why a file is not a LoRA this bot will keep (None when it is): size, format, contents. Nothing in
-    it is executed: a safetensors header is JSON, and a pickle never gets as far as a loader."""
-    from engine.models.files import not_a_lora
-
-    size = path.stat().st_size
-    if size > MAX_LORA_BYTES:
-        return f"it is {size / 2**20:.0f} MB; a style LoRA is at most {MAX_LORA_BYTES // 2**20} MB"
-    with path.open("rb") as file:
-        head = file.read(8)
-        if len(head) < 8:
-            return "it is not a .safetensors file (too short)"
-        header_bytes = struct.unpack("<Q", head)[0]
-        if not 2 <= header_bytes <= min(MAX_HEADER_BYTES, size - 8):
-            return "it is not a .safetensors file (a pickle or another format: only safetensors are loaded)"
-        try:
-            json.loads(file.read(header_bytes))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return "it is not a .safetensors file (its header is not a tensor index)"
-    return not_a_lora(path)
 
 
 def refuse_unless_it_fits(settings: Settings, path: Path) -> Family:
@@ -224,24 +181,3 @@ def refuse_unless_it_fits(settings: Settings, path: Path) -> Family:
         raise FaceChainError(f"{path.name} does not fit this bot's base model: none of its weights match the "
                              f"UNet (a LoRA for another model family: {base.family.label} is needed).")
     return base.family
-
-
-def style_toml(style: Style) -> str:
-    """The style file, in the fields styles/README.md documents."""
-    def text(value: str) -> str:
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
-
-    lines = [f"# {style.name}: {style.description}", "# Added by `facechain styles` (the data folder's styles).",
-             f"name = {text(style.name)}", f"description = {text(style.description)}", f"prompt = {text(style.prompt)}"]
-    if style.negative_prompt:
-        lines.append(f"negative_prompt = {text(style.negative_prompt)}")
-    lines += [f"family = {text(style.family)}", f"face_weight = {style.face_weight}"]
-    if style.lora is not None:
-        lines += ["", "[lora]", f"reference = {text(style.lora.reference)}"]
-        if style.lora.weight_name:
-            lines.append(f"weight_name = {text(style.lora.weight_name)}")
-        if style.lora.revision:
-            lines.append(f"revision = {text(style.lora.revision)}")
-        lines.append(f"weight = {style.lora.weight}")
-        lines.append(f"bases = {json.dumps(style.lora.bases)}")
-    return "\n".join(lines) + "\n"

@@ -29,6 +29,14 @@ def check_prompt_words(words: str, blocked: list[str] | tuple[str, ...] = ()) ->
     return words
 
 
+def check_style_words(words: str) -> str:
+    """A new style's prompt or negative prompt, tidied; the words no prompt may hold are refused."""
+    words = " ".join(words.split())
+    if found := mentions(words, list(ALWAYS_BLOCKED)):
+        raise FaceChainError(f"The word {found[0]!r} is not allowed in a style's words.")
+    return words
+
+
 @dataclass
 class CheckedRequest:
     style: Style

@@ -150,7 +150,7 @@ def _queue_teaser(worker: Worker, job: Job) -> int | None:
     from engine.styles import load_catalogue
 
     style = worker.settings.training_preview_style
-    if load_catalogue(worker.settings).get(style) is None:
+    if load_catalogue(worker.settings, job.guild_id).get(style) is None:
         logging.getLogger(__name__).warning(
             "FACECHAIN_TRAINING_PREVIEW_STYLE=%s is not a style: no preview portraits", style)
         return None
@@ -228,7 +228,7 @@ def _generate_gather(worker: Worker, job: Job):
     # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
     server = guild_settings(worker.store, job.guild_id) if job.guild_id else None
     return portrait_inputs(
-        worker.store, worker.settings, load_catalogue(worker.settings), job.user_id, params.get("style", ""),
+        worker.store, worker.settings, load_catalogue(worker.settings, job.guild_id), job.user_id, params.get("style", ""),
         count=int(params.get("count", 4)), seed=params.get("seed"), variation_of=params.get("variation_of"),
         show_flagged=may_show_flagged(server.nsfw_policy if server else "block", bool(params.get("age_restricted"))),
         fast=params.get("fast"), words=params.get("prompt") or "", blocked_words=server.blocked_words if server else (),
@@ -279,7 +279,7 @@ def _teaser_gather(worker: Worker, job: Job):
     if worker.store.ready_face_model(job.user_id) is not None:
         return Finished({"skipped": "the face model is ready", "portraits": []})
     policy = server_nsfw_policy(worker.store, job.guild_id)
-    return portrait_inputs(worker.store, worker.settings, load_catalogue(worker.settings), job.user_id,
+    return portrait_inputs(worker.store, worker.settings, load_catalogue(worker.settings, job.guild_id), job.user_id,
                            job.params["style"], count=int(job.params.get("count", 2)),
                            show_flagged=may_show_flagged(policy, False), teaser=True)
 
@@ -318,7 +318,7 @@ def _upscale_gather(worker: Worker, job: Job):
     from engine.styles import load_catalogue
 
     check_draws_scenes(worker.store)
-    return upscale_inputs(worker.store, worker.settings, load_catalogue(worker.settings), job.user_id,
+    return upscale_inputs(worker.store, worker.settings, load_catalogue(worker.settings, job.guild_id), job.user_id,
                           int(job.params["portrait_id"]), show_flagged=show_flagged(worker, job))
 
 
@@ -340,7 +340,7 @@ def _upscale_record(worker: Worker, job: Job, inputs, drawn) -> dict:
 def _preview_gather(worker: Worker, job: Job):
     from engine.styles import load_catalogue
 
-    style = load_catalogue(worker.settings).get(job.params.get("style", ""))
+    style = load_catalogue(worker.settings, job.guild_id).get(job.params.get("style", ""))
     if style is None:
         raise FaceChainError(f"No style {job.params.get('style')!r} to draw a preview of (removed meanwhile).")
     return style

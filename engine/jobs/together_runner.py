@@ -76,7 +76,8 @@ def _member(store, user_id: str, need_model: bool, whose: str, use_model: bool =
 
 def together_inputs(store, settings, user_id: str, partner_id: str, request_id: int | None = None,
                     photo: Any = None, faces: tuple[int, int] | None = None, style_id: str | None = None,
-                    pose_id: str | None = None, seed: int | None = None, show_flagged: bool = False) -> TogetherInputs:
+                    pose_id: str | None = None, seed: int | None = None, show_flagged: bool = False,
+                    guild_id: str | None = None) -> TogetherInputs:
     """Check that `partner_id` allows it now and read what drawing `user_id` with them needs: on `photo`
     (an UploadedPhoto), or else in a scene of `style_id` and `pose_id`. FaceChainError in plain words."""
     from engine.generation.generate import MAX_SEED
@@ -95,7 +96,7 @@ def together_inputs(store, settings, user_id: str, partner_id: str, request_id: 
                _member(store, partner_id, photo is None, "Their", redraws)]
     style = pose = None
     if photo is None:
-        style = load_catalogue(settings).get(style_id or DEFAULT_STYLE)
+        style = load_catalogue(settings, guild_id).get(style_id or DEFAULT_STYLE)
         if style is None:
             raise FaceChainError(f"There is no style {style_id!r}: choose one from the list.")
         if not settings.pose_controlnet.strip():
@@ -121,7 +122,8 @@ def _gather(worker: Worker, job: Job) -> TogetherInputs:
     seed = params.get("seed")
     return together_inputs(worker.store, worker.settings, job.user_id, params.get("with", ""), params.get("request_id"),
                            photo, tuple(params["faces"]) if params.get("faces") else None, params.get("style"),
-                           params.get("pose"), int(seed) if seed is not None else None, show_flagged(worker, job))
+                           params.get("pose"), int(seed) if seed is not None else None, show_flagged(worker, job),
+                           job.guild_id)
 
 
 def draw_together(models: LoadedModels, inputs: TogetherInputs, context: JobContext) -> TogetherOutputs:

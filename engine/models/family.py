@@ -26,6 +26,7 @@ class Family:
     fast_setting: str  # the setting naming its LCM-LoRA (fast mode)
     half_vae: str  # a VAE that does not overflow in fp16 ("" = the base model's own is fine)
     vae_scaling: float  # the scaling factor of its VAE's latents (tells an SD1.5 VAE from an SDXL one)
+    text_width: int  # the text embedding its UNet's cross-attention reads (tells its LoRAs from others)
     roomy_gib: float  # drawing: everything on the GPU from this much usable memory
     tight_gib: float  # below this, model CPU offload
     train_gib: float  # the least usable memory its face-LoRA training fits in (gradient checkpointing on)
@@ -34,13 +35,13 @@ class Family:
 
 
 SD15 = Family("sd15", "Stable Diffusion 1.5", "StableDiffusionPipeline", "FACECHAIN_FAST_LORA", "",
-              0.18215, roomy_gib=10.0, tight_gib=6.0, train_gib=0.0, train_roomy_gib=10.0, draws_scenes=True)
+              0.18215, 768, roomy_gib=10.0, tight_gib=6.0, train_gib=0.0, train_roomy_gib=10.0, draws_scenes=True)
 # SDXL in fp16: a 5 GB UNet and 1.6 GB of text encoders. At 1024 px it draws comfortably from 16 GiB,
 # with slicing and tiling from 10, offloaded below. Its training (the UNet alone on the GPU, the text
 # encoders' work cached) needs gradient checkpointing and about 11 GiB: a 12 GB card, not an 8 GB one.
 # Without checkpointing its activations at 1024 px take some 20 GiB more.
 SDXL = Family("sdxl", "SDXL", "StableDiffusionXLPipeline", "FACECHAIN_FAST_LORA_SDXL",
-              "madebyollin/sdxl-vae-fp16-fix", 0.13025, roomy_gib=16.0, tight_gib=10.0, train_gib=11.0,
+              "madebyollin/sdxl-vae-fp16-fix", 0.13025, 2048, roomy_gib=16.0, tight_gib=10.0, train_gib=11.0,
               train_roomy_gib=32.0, draws_scenes=False)
 FAMILIES = {family.name: family for family in (SD15, SDXL)}
 

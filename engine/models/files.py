@@ -14,6 +14,7 @@ from typing import Literal
 from engine.config import Settings
 from engine.errors import ModelUnavailable
 from engine.models.family import SD15, family_of_reference
+from engine.models.lora_header import lora_file_problem
 from engine.models.references import hub_file, local_copy, parse_model_reference, resolve_model_folder, size_on_disk
 from engine.training.lora import WEIGHTS_FILE
 
@@ -137,20 +138,6 @@ def style_lora_problems(catalogue) -> list:
             if parse_model_reference(model.reference).kind == "local":
                 problems.append(StyleProblem(where, "lora.reference", f"{model.reference} does not exist"))
             continue
-        if reason := not_a_lora(path):
-            problems.append(StyleProblem(where, "lora.reference", f"{path} {reason}"))
+        if reason := lora_file_problem(path):
+            problems.append(StyleProblem(where, "lora.reference", f"{path}: {reason}"))
     return problems
-
-
-def not_a_lora(path: Path) -> str | None:
-    """Why `path` is not a LoRA file (None when it is one): a .safetensors whose tensors are LoRA pairs."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as weights:
-            keys = list(weights.keys())
-    except Exception as error:  # noqa: BLE001 - any unreadable file gives the same answer
-        return f"is not a readable .safetensors file ({type(error).__name__})"
-    if not any(marker in key for key in keys for marker in ("lora_down", "lora_A", "lora.down")):
-        return "holds no LoRA weights (no lora_down / lora_A tensors)"
-    return None

@@ -1,0 +1,83 @@
+"""Styles a server's admins add from Discord (`/facechain-admin style-add`): that server's alone.
+
+They live in `<data>/styles/guilds/<server id>/`, beside the owner's styles, with the LoRA copied
+under `loras/`, so an upgrade keeps them. The bot checks an upload without loading a model (it never
+imports torch): a real safetensors LoRA of at most MAX_GUILD_LORA_MB, whose cross-attention reads the
+text width of the running base model's UNet (a LoRA for another family is refused by name). Nothing
+of a refused file is kept.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from engine.config import Settings
+from engine.errors import FaceChainError
+from engine.generation.requests import check_style_words
+from engine.models.family import FAMILIES, family_of_reference
+from engine.models.lora_header import cross_attention_width, lora_file_problem, read_header, unet_cross_attention_width
+from engine.models.references import local_copy, parse_model_reference
+from engine.styles import STYLE_ID, Style, guild_styles_folder, load_catalogue, new_style, style_toml
+
+MAX_GUILD_LORA_MB = 256
+
+
+def add_guild_style(settings: Settings, guild_id: str, style_id: str, lora: Path, prompt: str,
+                    weight: float = 0.35, negative: str = "", family: str = "photo") -> Style:
+    """Check the LoRA file and the words, then keep the style for server `guild_id`; FaceChainError in
+    words for the admin. `lora` (a downloaded upload) is copied, never moved: the caller deletes it."""
+    style_id = style_id.strip().lower()
+    if not re.match(STYLE_ID, style_id):
+        raise FaceChainError(f"{style_id!r} can't be a style id: use 1-40 lowercase letters, digits, '-' or '_'.")
+    catalogue = load_catalogue(settings, guild_id)
+    if (taken := catalogue.get(style_id)) is not None:
+        whose = "this server's" if catalogue.added_by_guild(taken) else "one of the bot's"
+        raise FaceChainError(f"The id {style_id!r} is taken by {whose} styles: choose another"
+                             + (", or remove that one first." if whose == "this server's" else "."))
+    prompt = check_style_words(prompt)  # a negative prompt may name them: it keeps them out
+    base = _base_family(settings, lora)
+    folder = guild_styles_folder(settings, guild_id)
+    kept = folder / "loras" / f"{style_id}.safetensors"
+    style = new_style(catalogue, {
+        "id": style_id, "name": style_id.replace("-", " ").replace("_", " ").title(),
+        "description": "Added by this server's admins.", "prompt": prompt, "negative_prompt": negative,
+        "family": family, "lora": {"reference": str(kept), "weight": weight, "bases": [base]},
+    })
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(lora, kept)
+    (folder / f"{style_id}.toml").write_text(style_toml(style), encoding="utf-8")
+    return style
+
+
+def _base_family(settings: Settings, lora: Path) -> str:
+    """The running base model's family, once the LoRA is shown to fit its UNet."""
+    if problem := lora_file_problem(lora, MAX_GUILD_LORA_MB * 2**20):
+        raise FaceChainError(f"That file was refused: {problem}.")
+    folder = local_copy(parse_model_reference(settings.base_model))
+    family = family_of_reference(settings.base_model)
+    if folder is None or family is None:
+        raise FaceChainError("The bot's image model is not downloaded yet, so a style LoRA can't be checked: try "
+                             "again once the bot has drawn its first portrait.")
+    width, expected = cross_attention_width(read_header(lora)), unet_cross_attention_width(folder)
+    if width is None:
+        raise FaceChainError("That file was refused: it has no cross-attention weights, so it is not a style LoRA "
+                             "for an image model.")
+    if width != expected:
+        made_for = next((f.label for f in FAMILIES.values() if f.text_width == width), "another image model")
+        raise FaceChainError(f"That file was refused: it is a LoRA for {made_for}, and this bot draws with "
+                             f"{family.label}. Find the {family.label} version of it.")
+    return family.name
+
+
+def remove_guild_style(settings: Settings, guild_id: str, style_id: str) -> Style:
+    """Delete a style this server's admins added, and its LoRA; the bot's own styles stay."""
+    catalogue = load_catalogue(settings, guild_id)
+    style = catalogue.get(style_id)
+    if style is None or not catalogue.added_by_guild(style):
+        raise FaceChainError(f"This server added no style {style_id!r}: only styles added with `/facechain-admin "
+                             "style-add` can be removed (allowed_styles in settings hides the bot's own).")
+    style.file.unlink()
+    (guild_styles_folder(settings, guild_id) / "loras" / f"{style.id}.safetensors").unlink(missing_ok=True)
+    return style

@@ -1,0 +1,68 @@
+"""A LoRA file read by its safetensors header alone: is it one, and which UNet does it fit?
+
+Nothing in the file is executed or loaded: the header is JSON (tensor names, dtypes and shapes), and a
+pickle never gets past its first eight bytes. The bot checks an admin's upload with this (it never
+imports torch); the owner's `facechain styles add` also loads the LoRA onto the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+# Style LoRAs are 10-300 MB; anything far past that is not one.
+MAX_LORA_BYTES = 1024 * 2**20
+MAX_HEADER_BYTES = 32 * 2**20  # a safetensors header (the tensor index) is kilobytes
+LORA_MARKERS = ("lora_down", "lora_A", "lora.down")
+# The cross-attention key projection's down weight, in diffusers', peft's and kohya's spellings.
+CROSS_ATTENTION_DOWN = re.compile(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)\.weight$")
+
+
+def read_header(path: Path, max_bytes: int = MAX_LORA_BYTES) -> dict:
+    """The tensor index of a safetensors file; ValueError says why it is not one (or too big)."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"it is {size / 2**20:.0f} MB; a style LoRA is at most {max_bytes // 2**20} MB")
+    with path.open("rb") as file:
+        head = file.read(8)
+        if len(head) < 8:
+            raise ValueError("it is not a .safetensors file (too short)")
+        header_bytes = struct.unpack("<Q", head)[0]
+        if not 2 <= header_bytes <= min(MAX_HEADER_BYTES, size - 8):
+            raise ValueError("it is not a .safetensors file (a pickle or another format: only safetensors are loaded)")
+        try:
+            header = json.loads(file.read(header_bytes))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError("it is not a .safetensors file (its header is not a tensor index)") from None
+    if not isinstance(header, dict):
+        raise ValueError("it is not a .safetensors file (its header is not a tensor index)")
+    return {name: entry for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)}
+
+
+def lora_file_problem(path: Path, max_bytes: int = MAX_LORA_BYTES) -> str | None:
+    """Why a file is not a LoRA this bot will keep (None when it is): size, format, contents."""
+    try:
+        header = read_header(path, max_bytes)
+    except ValueError as error:
+        return str(error)
+    if not any(marker in name for name in header for marker in LORA_MARKERS):
+        return "it holds no LoRA weights (no lora_down / lora_A tensors)"
+    return None
+
+
+def cross_attention_width(header: dict) -> int | None:
+    """The text-embedding width the LoRA's cross-attention reads (SD1.5 768, SDXL 2048), if it has one."""
+    for name, entry in header.items():
+        shape = entry.get("shape") or []
+        if CROSS_ATTENTION_DOWN.search(name) and len(shape) == 2:
+            return int(shape[1])
+    return None
+
+
+def unet_cross_attention_width(base_folder: Path) -> int:
+    """The cross-attention width of the base model's UNet, from its config (no weights read)."""
+    config = json.loads((Path(base_folder) / "unet" / "config.json").read_text())
+    width = config.get("cross_attention_dim", 768)
+    return int(width[0] if isinstance(width, list) else width)
