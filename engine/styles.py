@@ -201,7 +201,7 @@ def owner_styles_folder(settings: Settings) -> Path:
 
 def guild_styles_folder(settings: Settings, guild_id: str) -> Path:
     """Where a server's admins' styles live: theirs alone, beside the owner's in the data folder."""
-    return owner_styles_folder(settings) / "guilds" / str(int(guild_id))
+    return owner_styles_folder(settings) / "guilds" / re.sub(r"[^\w-]", "_", str(guild_id))  # never a path
 
 
 def load_catalogue(settings: Settings, guild_id: str | None = None) -> StyleCatalogue:

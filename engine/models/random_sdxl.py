@@ -16,7 +16,7 @@ from engine.models.random_models import _tokenizer
 SDXL_VAE_SCALING = 0.13025
 
 
-def _save_sdxl(folder: Path, text_encoder, text_encoder_2, unet, vae, dtype=None) -> Path:
+def _save_sdxl(folder: Path, text_encoder, text_encoder_2, unet, vae) -> Path:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -24,11 +24,8 @@ def _save_sdxl(folder: Path, text_encoder, text_encoder_2, unet, vae, dtype=None
     pipeline = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                          tokenizer=_tokenizer(), tokenizer_2=_tokenizer(), unet=unet,
                                          scheduler=scheduler)
-    if dtype is not None:
-        pipeline.to(dtype=dtype)
     folder = Path(folder)
-    # SDXL's repositories publish fp16 weights as a variant beside the full ones; a half copy is saved so.
-    pipeline.save_pretrained(folder, variant="fp16" if dtype is not None else None)
+    pipeline.save_pretrained(folder)  # fp16 weights under the plain names, as RealVisXL publishes them
     return folder
 
 
@@ -71,14 +68,26 @@ def make_tiny_sdxl_model(folder: Path, seed: int = 0) -> Path:
 
 
 def make_sdxl_shaped_model(folder: Path, seed: int = 0, half: bool = True) -> Path:
-    """SDXL 1.0's architecture and sizes with random weights (saved as the fp16 variant when `half`)."""
+    """SDXL 1.0's architecture and sizes with random weights, saved in fp16 when `half` (then also made
+    in fp16: 3.5B parameters in fp32 would take 14 GB of memory to write 7 GB of files)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from engine.models.base_model import quiet_loaders
 
     quiet_loaders()
     torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16 if half else torch.float32)
+    try:
+        return _save_sdxl(folder, *_sdxl_parts())
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _sdxl_parts():
+    """SDXL 1.0's text encoders, UNet and VAE, as their configs describe them, with random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
     text_encoder, text_encoder_2 = _text_encoders(  # CLIP ViT-L, then OpenCLIP ViT-bigG
         49408, {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
                 "hidden_act": "quick_gelu"},
@@ -97,4 +106,4 @@ def make_sdxl_shaped_model(folder: Path, seed: int = 0, half: bool = True) -> Pa
         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=1024,
         scaling_factor=SDXL_VAE_SCALING, force_upcast=True,
     )
-    return _save_sdxl(folder, text_encoder, text_encoder_2, unet, vae, dtype=torch.float16 if half else None)
+    return text_encoder, text_encoder_2, unet, vae
