@@ -1,6 +1,6 @@
 """The real shapes and file formats: a full-size SD1.5 (860M-parameter UNet, CLIP ViT-L/14 text encoder,
 the 4-channel VAE) with random weights, saved in the default base model's layout, runs on the CPU at
-128 px through training -> portraits -> fusion -> ranking, with a kohya-format style LoRA of the real key
+64 px through training -> portraits -> fusion -> ranking, with a kohya-format style LoRA of the real key
 names, the LCM-LoRA fast path, the separate VAE, the pose ControlNet (the full-size one, made from
 that UNet) and the inpainting of a redrawn swap. Its pictures are noise; its contract is real."""
 
@@ -34,7 +34,7 @@ from tests.conftest import DATA, photo
 pytestmark = pytest.mark.slow
 
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
-SIZE = 128
+SIZE = 64  # 8x8 latents: every level of the UNet still runs (at 8, 4, 2 and 1)
 
 
 @pytest.fixture(scope="module")
