@@ -146,6 +146,7 @@ def test_a_faceless_batch_is_redrawn_once_then_delivered_unranked(store, analyze
     assert [p.similarity for p in result.portraits] == [None, None]
 
 
+@pytest.mark.slow  # the CLI end to end in every mode (~10 s): CI runs it, the quick lane need not
 def test_portrait_cli_on_the_tiny_model(capsys, monkeypatch, tiny_model, tiny_controlnet, tiny_pose_detector, tmp_path):
     for name, value in {"DATA_DIR": tmp_path / "data", "BASE_MODEL": tiny_model, "TRAIN_RESOLUTION": 64,
                         "PORTRAIT_SIZE": 64, "PORTRAIT_CANDIDATES": 2, "DEVICE": "cpu",

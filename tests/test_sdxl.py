@@ -126,6 +126,7 @@ def test_a_face_model_trains_and_draws_on_sdxl(tiny_sdxl, tmp_path, analyzer):
     assert any("/7-v1-" in key for key in worker.models.generator.loaded_adapters)  # the face model drew it
 
 
+@pytest.mark.slow  # two workers and two trainings: CI runs it, the quick lane need not
 def test_after_a_switch_of_base_the_next_portrait_waits_for_a_retraining_from_the_selfies(tiny_model, tiny_sdxl,
                                                                                           tmp_path, analyzer):
     from bot.backend import Backend, PortraitOrder
@@ -158,6 +159,7 @@ def test_after_a_switch_of_base_the_next_portrait_waits_for_a_retraining_from_th
     assert len(xl_worker.store.accepted_selfies("7")) == 3  # nothing enrolled is lost
 
 
+@pytest.mark.slow  # two workers and two trainings: CI runs it, the quick lane need not
 def test_a_job_queued_before_the_switch_waits_for_the_retraining_instead_of_failing(tiny_model, tiny_sdxl, tmp_path,
                                                                                      analyzer):
     before = small(tmp_path, tiny_model)
