@@ -254,7 +254,10 @@ def test_an_owners_style_lora_must_fit_the_running_family(tiny_model, tiny_sdxl,
 
 def test_poses_scenes_and_redraws_stay_sd15s_and_say_so_in_plain_words(tiny_sdxl, tmp_path, analyzer):
     from bot.backend import Backend, PortraitOrder, TogetherOrder
+    from engine.generation.portrait import portrait_inputs
+    from engine.generation.upscale import upscale_inputs
     from engine.models.family import scenes_unavailable
+    from engine.styles import load_catalogue
 
     settings = small(tmp_path, tiny_sdxl)
     enrolled(settings, analyzer)
@@ -272,6 +275,11 @@ def test_poses_scenes_and_redraws_stay_sd15s_and_say_so_in_plain_words(tiny_sdxl
         with pytest.raises(FaceChainError, match="not poses"):
             backend.check_together("7", None, TogetherOrder("8"), on_photo=False)
         assert not backend.redraws_faces("7")  # /facechain swap pastes the selfie's face instead
+        # The engine refuses them too (the CLI, a job queued before the switch).
+        with pytest.raises(FaceChainError, match="not poses"):
+            portrait_inputs(backend.store, settings, load_catalogue(settings), "7", "cyberpunk", count=1, pose="standing")
+        with pytest.raises(FaceChainError, match="not poses"):
+            upscale_inputs(backend.store, settings, load_catalogue(settings), "7", 1)
         record_family(backend.store, SD15)
         check_draws_scenes(backend.store)
     finally:

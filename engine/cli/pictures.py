@@ -99,9 +99,12 @@ def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
     from engine.faces import get_analyzer
     from engine.generation.portrait import picture_path
     from engine.generation.swap import save_swap, swap_face
+    from engine.store.families import recorded_family
 
     store = open_store(settings)
-    if not args.fast and store.ready_face_model(args.user) is not None:
+    family = recorded_family(store)
+    redraws = family is None or family.draws_scenes  # SDXL pastes the enrolled face (no inpainting model)
+    if not args.fast and redraws and store.ready_face_model(args.user) is not None:
         return redraw_swap(args, settings, store)
     result = swap_face(store, get_analyzer(settings), settings, args.user, read_photo(args.photo), args.face)
     out = save_swap(result, picture_path(Path(args.out), f"swap-face{result.face}.png"))

@@ -7,6 +7,7 @@ costs a `set_adapters` call instead of a base-model reload.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import re
@@ -374,8 +375,6 @@ class PortraitGenerator:
 
 def trained_for(face_model: Path) -> str:
     """The base model family a face model was trained on (its meta.json; older ones are SD1.5's)."""
-    import json
-
     try:
         return json.loads((face_model / META_FILE).read_text()).get("family", "sd15")
     except (OSError, ValueError):

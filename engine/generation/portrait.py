@@ -25,7 +25,7 @@ from engine.generation.requests import CheckedRequest, check_pose, check_prompt_
 from engine.models.safety import SafetyChecker
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
-from engine.store.families import recorded_family
+from engine.store.families import check_draws_scenes, recorded_family
 from engine.store.store import utc_now
 from engine.styles import StyleCatalogue
 from engine.training.lora import WEIGHTS_FILE
@@ -183,6 +183,8 @@ def portrait_inputs(
     pose_points: dict | None = None,
 ) -> PortraitInputs:
     """Check a request and read what drawing it needs (FaceChainError says what is wrong)."""
+    if pose or pose_photo is not None or pose_points:
+        check_draws_scenes(store)  # the pose ControlNet is SD1.5's
     if teaser:  # while the face model trains: the base model and the style, the enrolled face fused on
         check_request(store, settings, catalogue, user_id, style_id, count, need_model=False)
         user = store.get_user(user_id)

@@ -28,6 +28,7 @@ from engine.generation.portrait import (
 from engine.models.safety import SafetyChecker
 from engine.postprocess import RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
+from engine.store.families import check_draws_scenes
 from engine.styles import StyleCatalogue
 
 STRENGTH = 0.35
@@ -57,6 +58,7 @@ class UpscaleInputs:
 
 def upscale_inputs(store: Store, settings: Settings, catalogue: StyleCatalogue, user_id: str, portrait: str | int,
                    show_flagged: bool = False) -> UpscaleInputs:
+    check_draws_scenes(store)  # SD1.5's img2img
     row = find_portrait(store, user_id, portrait)
     source = Path(row["path"]) if Path(row["path"]).is_absolute() else store.absolute(row["path"])
     if not source.is_file():

@@ -218,13 +218,10 @@ def _generate_gather(worker: Worker, job: Job):
     from engine.generation.portrait import portrait_inputs
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import guild_settings
-    from engine.store.families import check_draws_scenes
     from engine.styles import load_catalogue
 
     params = job.params
     current_face_model(worker, job)
-    if params.get("pose") or params.get("pose_upload") or params.get("pose_points"):
-        check_draws_scenes(worker.store)
     # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
     server = guild_settings(worker.store, job.guild_id) if job.guild_id else None
     return portrait_inputs(
@@ -314,10 +311,8 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
 
 def _upscale_gather(worker: Worker, job: Job):
     from engine.generation.upscale import upscale_inputs
-    from engine.store.families import check_draws_scenes
     from engine.styles import load_catalogue
 
-    check_draws_scenes(worker.store)
     return upscale_inputs(worker.store, worker.settings, load_catalogue(worker.settings, job.guild_id), job.user_id,
                           int(job.params["portrait_id"]), show_flagged=show_flagged(worker, job))
 

@@ -207,6 +207,9 @@ def train_face_lora(
 
     if not photos:
         raise FaceChainError("No accepted selfies to train on: enroll some photos first.")
+    room = training_room(base)
+    if not room.fits:  # before anything is added to the UNet
+        raise ModelUnavailable(room.reason, "base model family")
     pipe = base.pipeline
     unet = pipe.unet
     work = output.with_name(output.name + ".partial")
@@ -259,9 +262,6 @@ def train_face_lora(
         if on_checkpoint is not None:
             on_checkpoint(checkpoint_path)
 
-    room = training_room(base)
-    if not room.fits:
-        raise ModelUnavailable(room.reason, "base model family")
     checkpointing = room.gradient_checkpointing or base.plan.attention_slicing  # trade compute for activations
     try:
         with _offload_paused(base) as device:
