@@ -227,10 +227,11 @@ def portrait_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("reroll", job.id))
     view.add_item(JobButton("delete", job.id))
+    sharper = (job.result or {}).get("sharper", True)  # SD1.5's img2img: the worker says whether it has it
     for what, verb in (("more", "More like"), ("sharper", "Sharper x2"), ("share", "Share")):
         options = [discord.SelectOption(label=f"{verb} #{index}", value=str(portrait["id"]),
                                         description=f"seed {portrait['seed']}")
                    for index, portrait in enumerate(portraits[:25], start=1)]
-        if options and (what != "share" or job.guild_id):
+        if options and (what != "share" or job.guild_id) and (what != "sharper" or sharper):
             view.add_item(PortraitSelect(what, job.id, options))
     return view

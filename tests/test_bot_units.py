@@ -72,6 +72,21 @@ def test_progress_lines_say_where_a_job_stands():
     assert setup.startswith("waiting: the bot is not ready") and "Your photos are kept" in setup
 
 
+def test_results_offer_sharper_x2_only_where_the_worker_can_draw_it():
+    from bot.components import portrait_actions
+
+    portraits = [{"id": 7, "seed": 1}]
+
+    async def menus(result: dict) -> list[str]:
+        view = portrait_actions(job(state="done", guild_id="3", result=result), portraits)
+        return [item.item.placeholder for item in view.children if isinstance(item.item, discord.ui.Select)]
+
+    assert "Sharper x2…" in asyncio.run(menus({}))  # results recorded before SDXL came
+    assert "Sharper x2…" not in asyncio.run(menus({"sharper": False}))  # an SDXL bot
+    rebuilt = job(params={"wait_for_training": True, "rebuilding": True})
+    assert "rebuilt for the bot's new image model" in progress_line(rebuilt, QueuePosition(1, 10))
+
+
 def test_result_text_ranks_and_explains_unranked_portraits():
     ranked = portrait_lines("7", "Anime", [{"similarity": 0.82, "seed": 5}, {"similarity": 0.7, "seed": 6}], None)
     assert "<@7> 2 portraits in **Anime**, most alike first" in ranked and "**#1** likeness 82% · seed 5" in ranked

@@ -123,6 +123,7 @@ def test_a_face_model_trains_and_draws_on_sdxl(tiny_sdxl, tmp_path, analyzer):
     assert done.state == "done", done.error
     [saved] = done.result["portraits"]
     assert Image.open(saved["path"]).size == (64, 64)  # FACECHAIN_SDXL_SIZE, not the SD1.5 portrait size
+    assert done.result["sharper"] is False  # the results offer no Sharper x2 (SD1.5's img2img)
     assert any("/7-v1-" in key for key in worker.models.generator.loaded_adapters)  # the face model drew it
 
 

@@ -297,13 +297,16 @@ def _portraits_compute(models: LoadedModels, inputs, context: JobContext):
 
 def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
     from engine.generation.portrait import record_portraits
+    from engine.store.families import recorded_family
 
     result = record_portraits(worker.store, inputs, drawn, job_id=job.id)
     _forget_pose_photo(job)  # read: only its pose is kept, for re-rolls
     pose = drawn.pose
     _resolve_model_problems(worker, inputs.request.fast, pose)
+    family = recorded_family(worker.store)
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
             "held_back": result.held_back, "pose": pose.id if pose else None,
+            "sharper": family is None or family.draws_scenes,  # Sharper x2 is SD1.5's img2img
             "pose_points": pose.model_dump(exclude={"file"}) if pose and pose.id == "photo" else None}
 
 
