@@ -6,6 +6,7 @@ new style is in that server's autocomplete at once, and only there.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 
 import discord
@@ -44,8 +45,9 @@ async def style_add(interaction: discord.Interaction, style_id: app_commands.Ran
     upload = await save_attachment(bot, str(interaction.user.id), lora, "That file", MAX_GUILD_LORA_MB,
                                    "style.safetensors", refuse=not_safetensors)
     try:
-        style = await bot.backend.run(add_guild_style, bot.settings, str(interaction.guild_id), style_id, upload,
-                                      prompt, weight, negative, family.strip().lower())
+        # Files only, up to 256 MB: off the store thread every slash command waits behind.
+        style = await asyncio.to_thread(add_guild_style, bot.settings, str(interaction.guild_id), style_id, upload,
+                                        prompt, weight, negative, family.strip().lower())
     finally:
         shutil.rmtree(upload.parent, ignore_errors=True)  # kept only as the style's own copy
     bot.backend.styles.forget(interaction.guild_id)
@@ -59,6 +61,6 @@ async def style_add(interaction: discord.Interaction, style_id: app_commands.Ran
 async def style_remove(interaction: discord.Interaction, style_id: str) -> None:
     require_manage_guild(interaction)
     bot = client(interaction)
-    style = await bot.backend.run(remove_guild_style, bot.settings, str(interaction.guild_id), style_id)
+    style = await asyncio.to_thread(remove_guild_style, bot.settings, str(interaction.guild_id), style_id)
     bot.backend.styles.forget(interaction.guild_id)
     await reply(interaction, f"Removed **{style.name}** (`{style.id}`): it is no longer offered on this server.")

@@ -17,7 +17,7 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.generation.requests import check_style_words
 from engine.models.family import FAMILIES, family_of_reference
-from engine.models.lora_header import cross_attention_width, lora_file_problem, read_header, unet_cross_attention_width
+from engine.models.lora_header import cross_attention_width, read_lora_header, unet_cross_attention_width
 from engine.models.references import local_copy, parse_model_reference
 from engine.styles import STYLE_ID, Style, guild_styles_folder, load_catalogue, new_style, style_toml
 
@@ -53,14 +53,16 @@ def add_guild_style(settings: Settings, guild_id: str, style_id: str, lora: Path
 
 def _base_family(settings: Settings, lora: Path) -> str:
     """The running base model's family, once the LoRA is shown to fit its UNet."""
-    if problem := lora_file_problem(lora, MAX_GUILD_LORA_MB * 2**20):
-        raise FaceChainError(f"That file was refused: {problem}.")
+    try:
+        header = read_lora_header(lora, MAX_GUILD_LORA_MB * 2**20)
+    except ValueError as problem:
+        raise FaceChainError(f"That file was refused: {problem}.") from None
     folder = local_copy(parse_model_reference(settings.base_model))
     family = family_of_reference(settings.base_model)
     if folder is None or family is None:
         raise FaceChainError("The bot's image model is not downloaded yet, so a style LoRA can't be checked: try "
                              "again once the bot has drawn its first portrait.")
-    width, expected = cross_attention_width(read_header(lora)), unet_cross_attention_width(folder)
+    width, expected = cross_attention_width(header), unet_cross_attention_width(folder)
     if width is None:
         raise FaceChainError("That file was refused: it has no cross-attention weights, so it is not a style LoRA "
                              "for an image model.")

@@ -41,14 +41,20 @@ def read_header(path: Path, max_bytes: int = MAX_LORA_BYTES) -> dict:
     return {name: entry for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)}
 
 
+def read_lora_header(path: Path, max_bytes: int = MAX_LORA_BYTES) -> dict:
+    """The tensor index of a LoRA file; ValueError says why it is not one this bot will keep."""
+    header = read_header(path, max_bytes)
+    if not any(marker in name for name in header for marker in LORA_MARKERS):
+        raise ValueError("it holds no LoRA weights (no lora_down / lora_A tensors)")
+    return header
+
+
 def lora_file_problem(path: Path, max_bytes: int = MAX_LORA_BYTES) -> str | None:
     """Why a file is not a LoRA this bot will keep (None when it is): size, format, contents."""
     try:
-        header = read_header(path, max_bytes)
+        read_lora_header(path, max_bytes)
     except ValueError as error:
         return str(error)
-    if not any(marker in name for name in header for marker in LORA_MARKERS):
-        return "it holds no LoRA weights (no lora_down / lora_A tensors)"
     return None
 
 
