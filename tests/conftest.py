@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 # Tests never reach a model hub: set before anything imports huggingface_hub.
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.config import Settings, load_settings
-from engine.faces import FaceAnalyzer, get_analyzer
+from engine.faces import Face, FaceAnalyzer, get_analyzer
 from engine.preprocess import UploadedPhoto
 from engine.store import Store
 
@@ -37,6 +39,37 @@ def isolated_environment(monkeypatch, tmp_path):
     for name, value in TEST_MODEL_SETTINGS.items():  # the random test models carry their own VAE
         monkeypatch.setenv(f"FACECHAIN_{name}", value)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def faces_found_once():
+    """dlib answers the same for the same pixels, and the tests show it the same few photos hundreds of
+    times: each photo's faces and identity vectors are computed once per run, then handed out as copies.
+    (Subprocesses, such as the bot's worker, still compute every one.)"""
+    from engine.faces.dlib_backend import DlibAnalyzer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DlibAnalyzer, "detect", remembered(DlibAnalyzer.detect, copy_faces))
+        patch.setattr(DlibAnalyzer, "embed", remembered(DlibAnalyzer.embed, np.copy))
+        yield
+
+
+def remembered(method, copy):
+    answers: dict[tuple, object] = {}
+
+    def answer(analyzer, image: np.ndarray, *face):
+        pixels = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest()
+        key = (pixels, image.shape, image.dtype.str, *((f.box, f.landmarks.tobytes()) for f in face))
+        if key not in answers:
+            answers[key] = method(analyzer, image, *face)
+        return copy(answers[key])
+
+    return answer
+
+
+def copy_faces(faces: list[Face]) -> list[Face]:
+    return [replace(face, landmarks=face.landmarks.copy(), left_eye=face.left_eye.copy(),
+                    right_eye=face.right_eye.copy()) for face in faces]
 
 
 @pytest.fixture
