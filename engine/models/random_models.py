@@ -87,27 +87,72 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
 
 
 def make_sd15_shaped_model(folder: Path, seed: int = 0, half: bool = True) -> Path:
-    """Stable Diffusion 1.5's architecture and sizes (860M-parameter UNet) with random weights."""
+    """Stable Diffusion 1.5's architecture and sizes (860M-parameter UNet) with random weights, made in
+    fp16 when `half` (and saved so)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    def parts():
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        ))
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                                    block_out_channels=(320, 640, 1280, 1280))
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
+        )
+        return text_encoder, unet, vae
+
+    text_encoder, unet, vae = made_with_random_weights(parts, torch.float16 if half else torch.float32, seed)
+    return _save(folder, _tokenizer(), text_encoder, unet, vae)
+
+
+# Normal draws every weight matrix takes a window of: drawing billions of numbers one by one takes
+# longer than writing them to disk, and a shape-and-format contract needs no more randomness than this.
+RANDOM_POOL_SIZE = 1 << 24
+
+
+def made_with_random_weights(make_parts, dtype, seed: int = 0) -> tuple:
+    """The modules `make_parts()` returns, built without weights and then given small random ones in
+    `dtype` (so a full-size model is never drawn twice, nor held in fp32 to be saved in fp16): each
+    matrix is a window of one pool of N(0, 0.02) draws at a seeded offset; norms' scales are 1 and
+    biases 0, so nothing overflows in fp16."""
+    import torch
+    from accelerate import init_empty_weights
+
     from engine.models.base_model import quiet_loaders
 
     quiet_loaders()
-    torch.manual_seed(seed)
-    tokenizer = _tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
-                                block_out_channels=(320, 640, 1280, 1280))
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
-    )
-    return _save(folder, tokenizer, text_encoder, unet, vae, dtype=torch.float16 if half else None)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with init_empty_weights():  # no weights drawn twice: the modules' own initialisation is skipped
+            parts = make_parts()
+    finally:
+        torch.set_default_dtype(default)
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.randn(RANDOM_POOL_SIZE, generator=generator).mul_(0.02).to(dtype)
+    with torch.no_grad():
+        for part in parts:
+            part.to_empty(device="cpu")
+            for name, weight in part.named_parameters():
+                if weight.dim() > 1:
+                    _fill_from(weight.view(-1), pool, generator)
+                else:
+                    weight.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+    return parts
+
+
+def _fill_from(flat, pool, generator) -> None:
+    import torch
+
+    for start in range(0, flat.numel(), len(pool)):  # most matrices fit in one window
+        window = flat[start:start + len(pool)]
+        offset = int(torch.randint(0, len(pool) - window.numel() + 1, (1,), generator=generator))
+        window.copy_(pool[offset:offset + window.numel()])
 
 
 CONDITIONING_GAIN = 4.0

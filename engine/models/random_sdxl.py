@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.models.random_models import _tokenizer
+from engine.models.random_models import _tokenizer, made_with_random_weights
 
 SDXL_VAE_SCALING = 0.13025
 
@@ -71,27 +71,8 @@ def make_sdxl_shaped_model(folder: Path, seed: int = 0, half: bool = True) -> Pa
     """SDXL 1.0's architecture and sizes with random weights, saved in fp16 when `half` (then also made
     in fp16: 3.5B parameters in fp32 would take 14 GB of memory to write 7 GB of files)."""
     import torch
-    from accelerate import init_empty_weights
 
-    from engine.models.base_model import quiet_loaders
-
-    quiet_loaders()
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float16 if half else torch.float32)
-    try:
-        with init_empty_weights():  # no weights drawn twice: the modules' own initialisation is skipped
-            parts = _sdxl_parts()
-    finally:
-        torch.set_default_dtype(default)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for part in parts:
-            part.to_empty(device="cpu")
-            for name, weight in part.named_parameters():
-                if weight.dim() > 1:  # small, so no activation overflows in fp16
-                    weight.normal_(0.0, 0.02, generator=generator)
-                else:  # norms' scales 1, biases 0
-                    weight.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+    parts = made_with_random_weights(_sdxl_parts, torch.float16 if half else torch.float32, seed)
     return _save_sdxl(folder, *parts)
 
 
