@@ -40,7 +40,8 @@ from engine.models.random_models import (
     make_tiny_model,
 )
 from engine.styles import load_styles
-from engine.training.lora import WEIGHTS_FILE, TrainOptions, train_face_lora
+from engine.training.files import WEIGHTS_FILE
+from engine.training.lora import TrainOptions, train_face_lora
 
 PHOTOS = Path(__file__).parent.parent / "tests" / "data" / "obama"
 TARGETS = {"train_5_photos_s": 45.0, "train_5_photos_peak_gib": 8.0, "portraits_4x40_s": 3.0, "fast_4_s": 1.0}

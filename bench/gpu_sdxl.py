@@ -32,7 +32,8 @@ from engine.models.random_models import make_random_lora
 from engine.models.random_sdxl import make_sdxl_shaped_model, make_tiny_sdxl_model
 from engine.styles import load_styles
 from engine.training import lora
-from engine.training.lora import WEIGHTS_FILE, TrainOptions, train_face_lora
+from engine.training.files import WEIGHTS_FILE
+from engine.training.lora import TrainOptions, train_face_lora
 
 CAP_GIB = 12.0  # the smallest card the README names for SDXL
 

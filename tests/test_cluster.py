@@ -18,6 +18,7 @@ from ray.cluster_utils import Cluster  # the cluster extra, which the test comma
 
 from engine.config import load_settings
 from engine.jobs.queue import SqliteJobQueue
+from engine.jobs.scratch import SCRATCH_NAME, process_alive
 from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from tests.conftest import DATA, TEST_MODEL_SETTINGS, photo
@@ -310,22 +311,25 @@ def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, ana
     settings, queue, env, cluster = setup
     enrolled(settings, queue, analyzer, "ann")
     training = queue.enqueue("train", "ann", {"steps": 5000})  # longer than its limit: as if it hung
+    started = time.time()
     process = dispatcher(env, FACECHAIN_TRAIN_TIME_LIMIT_MINUTES="0.15", FACECHAIN_JOB_MAX_ATTEMPTS="1",
                          FACECHAIN_RAY_ACTORS="1")
     wait_for(lambda: queue.get(training.id).progress > 0.01, 120, "the training to be under way")
-    [running] = [actor for actor in actor_infos(env) if actor.get("job") == training.id]
-    assert training_scratch(running["pid"])  # ann's crops, on the GPU machine's disk while it trains
+    # ann's crops, on the GPU machine's disk while the one actor trains (read before its time limit)
+    [scratch] = [folder for folder in training_scratch() if folder.stat().st_mtime >= started - 1]
+    actor_pid = int(SCRATCH_NAME.match(scratch.name)["pid"])
+    assert process_alive(actor_pid)
     hung = wait_for(lambda: (job := queue.get(training.id)).finished and job, 120, "the time limit")
     assert hung.state == "failed" and hung.error.startswith("The GPU machine running this stopped answering."), hung
     [model] = queue.store.face_models("ann")
     assert model.status == "training"  # a passing failure: a later try resumes from its checkpoint
     # The killed actor's training folder goes with the actor that replaces it.
-    wait_for(lambda: not training_scratch(running["pid"]), 60, "the killed actor's scratch folder to be swept")
+    wait_for(lambda: not training_scratch(actor_pid), 60, "the killed actor's scratch folder to be swept")
     output = stop(process)
     assert "ran past its time limit" in output and "restarting actor" in output
 
 
-def training_scratch(pid: int) -> list[Path]:
+def training_scratch(pid: int | str = "*") -> list[Path]:
     import tempfile
 
     return list(Path(tempfile.gettempdir()).glob(f"facechain-train-{pid}-*"))

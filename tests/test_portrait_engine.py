@@ -21,7 +21,8 @@ from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from engine.styles import Style, StyleLora, load_styles
 from engine.training import lora as lora_training
-from engine.training.lora import WEIGHTS_FILE, TrainingCancelled
+from engine.training.files import WEIGHTS_FILE
+from engine.training.lora import TrainingCancelled
 from engine.training.train import train_user
 from tests.conftest import photo
 

@@ -19,7 +19,8 @@ from engine.models.base_model import apply_memory_savers, load_base_pipeline, pl
 from engine.models.random_models import make_random_lora, make_tiny_model
 from engine.preprocess.enroll import enroll_user
 from engine.styles import StyleLora, load_styles
-from engine.training.lora import WEIGHTS_FILE, TrainOptions, train_face_lora
+from engine.training.files import WEIGHTS_FILE
+from engine.training.lora import TrainOptions, train_face_lora
 from tests.conftest import DATA, photo
 
 GIB = 2**30

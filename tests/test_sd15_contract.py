@@ -25,7 +25,7 @@ from engine.postprocess import make_fuser, rank_candidates
 from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from engine.styles import load_styles
-from engine.training.lora import WEIGHTS_FILE
+from engine.training.files import WEIGHTS_FILE
 from engine.training.train import train_user
 from tests.conftest import DATA, photo
 

@@ -102,7 +102,7 @@ def test_a_card_too_small_for_sdxl_training_makes_the_training_wait_and_tells_th
 def test_a_face_model_trains_and_draws_on_sdxl(tiny_sdxl, tmp_path, analyzer):
     from safetensors.torch import load_file
 
-    from engine.training.lora import WEIGHTS_FILE
+    from engine.training.files import WEIGHTS_FILE
 
     settings = small(tmp_path, tiny_sdxl)
     enrolled(settings, analyzer)

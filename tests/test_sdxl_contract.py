@@ -20,7 +20,7 @@ from engine.models.random_sdxl import make_sdxl_shaped_model
 from engine.preprocess.enroll import enroll_user
 from engine.store import Store
 from engine.styles import Sampler, load_styles
-from engine.training.lora import WEIGHTS_FILE
+from engine.training.files import WEIGHTS_FILE
 from engine.training.train import train_user
 from tests.conftest import photo
 

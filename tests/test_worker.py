@@ -164,7 +164,7 @@ def test_out_of_memory_is_retried_once_with_memory_savers_then_fails_in_plain_wo
 
 
 def test_a_damaged_face_model_fails_once_with_a_plain_reason(worker, worker_settings):
-    from engine.training.lora import WEIGHTS_FILE
+    from engine.training.files import WEIGHTS_FILE
 
     enroll_user(worker.store, worker.analyzer, worker_settings, "77", [photo(p) for p in OBAMA], subject="man")
     worker.queue.enqueue("train", "77", {"steps": 2})

@@ -34,7 +34,7 @@ def style_recipe(style, settings: Settings) -> dict:
     from engine.generation.generate import build_negative_prompt, build_prompt
     from engine.models.family import FAMILIES, SD15, family_of_reference
     from engine.models.files import NamedModel, where_is
-    from engine.training.lora import WEIGHTS_FILE
+    from engine.training.files import WEIGHTS_FILE
 
     base = family_of_reference(settings.base_model) or SD15
     loras = [{"role": "face", "reference": "the member's face model", "weight": style.face_weight}]

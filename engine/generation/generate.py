@@ -29,7 +29,7 @@ from engine.models.base_model import BasePipeline, derived_pipeline, diffusers_s
 from engine.models.references import hub_file, parse_model_reference
 from engine.preprocess.trigger import TRIGGER_TOKEN
 from engine.styles import Style
-from engine.training.lora import META_FILE, WEIGHTS_FILE
+from engine.training.files import META_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 # FaceChain's portrait prompt, minus A1111 weight syntax that diffusers would read as plain text.

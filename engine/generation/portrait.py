@@ -28,7 +28,7 @@ from engine.store import Store
 from engine.store.families import check_draws_scenes, recorded_family
 from engine.store.store import utc_now
 from engine.styles import StyleCatalogue
-from engine.training.lora import WEIGHTS_FILE
+from engine.training.files import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 UNRANKED_NOTICE = ("No candidate showed one clear face, even after a second batch, so these portraits are not "

@@ -16,7 +16,7 @@ from engine.errors import ModelUnavailable
 from engine.models.family import SD15, family_of_reference
 from engine.models.lora_header import lora_file_problem
 from engine.models.references import hub_file, local_copy, parse_model_reference, resolve_model_folder, size_on_disk
-from engine.training.lora import WEIGHTS_FILE
+from engine.training.files import WEIGHTS_FILE
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,11 @@ from PIL import Image
 from engine.errors import FaceChainError, ModelUnavailable
 from engine.models.base_model import BasePipeline
 from engine.models.family import SDXL, TrainingPlan, training_plan
+from engine.training.files import CHECKPOINT_FILE, META_FILE
 
 log = logging.getLogger(__name__)
 ADAPTER = "facechain_training"
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
-WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
-META_FILE = "meta.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class TrainingCancelled(FaceChainError):

@@ -22,7 +22,8 @@ from engine.models.family import base_family
 from engine.preprocess.trigger import caption
 from engine.store import FaceModelRecord, Store
 from engine.store.families import record_family
-from engine.training.lora import CHECKPOINT_FILE, TrainingCancelled, TrainOptions, TrainProgress, train_face_lora
+from engine.training.files import CHECKPOINT_FILE
+from engine.training.lora import TrainingCancelled, TrainOptions, TrainProgress, train_face_lora
 
 
 @dataclass
