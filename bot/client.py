@@ -26,7 +26,7 @@ from engine.memory import peak_rss_mb
 from engine.store.maintenance import build_scheduler
 
 log = logging.getLogger("bot")
-WORKER_CHECK_SECONDS = 5
+WORKER_CHECK_SECONDS = 1  # a look at a child process: a dead worker is back within a second or two
 
 
 class FaceChainBot(discord.Client):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from bot.client import FaceChainBot
 
 log = logging.getLogger("bot")
-CHECK_EVERY_SECONDS = 10.0
+CHECK_EVERY_SECONDS = 2.0  # one small query; the owner hears of a problem within seconds
 
 
 def owner_message(problem: SetupProblem) -> str:

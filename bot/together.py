@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from bot.client import FaceChainBot
 
 log = logging.getLogger("bot")
-EXPIRY_CHECK_SECONDS = 5.0
+EXPIRY_CHECK_SECONDS = 2.0
 
 
 @app_commands.command(name="together", description="A picture of you with another member, each of you looking like "
