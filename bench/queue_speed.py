@@ -113,7 +113,7 @@ def main() -> None:
                                          *((500, 5000) if args.quick else (2000, 20000)))
     model = make_tiny_model(scratch / "tiny")
     figures |= latency_while_training(load_settings(_env_file=None, data_dir=scratch / "b"), model,
-                                      3 if args.quick else 10)
+                                      1 if args.quick else 10)
     write_figures(args.json, figures)
 
 
