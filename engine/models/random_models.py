@@ -40,7 +40,7 @@ def _tokenizer():
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
 
-def _save(folder: Path, tokenizer, text_encoder, unet, vae, dtype=None) -> Path:
+def _save(folder: Path, tokenizer, text_encoder, unet, vae) -> Path:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     scheduler = DPMSolverMultistepScheduler(
@@ -50,8 +50,6 @@ def _save(folder: Path, tokenizer, text_encoder, unet, vae, dtype=None) -> Path:
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    if dtype is not None:
-        pipeline.to(dtype=dtype)
     folder = Path(folder)
     pipeline.save_pretrained(folder)
     return folder
