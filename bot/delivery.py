@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot")
 TOKEN_SECONDS = 14 * 60  # interaction tokens last 15 minutes; keep a margin
+# How often the bot looks for finished jobs and due progress edits (of the jobs it shows).
+TICK_SECONDS = 0.5
 EDIT_EVERY_SECONDS = 2.0
 # A delivery that fails (Discord down, DMs closed) is retried with doubling waits, up to ~6 hours.
 RETRY_FIRST_SECONDS = 2.0
@@ -112,7 +114,7 @@ class Deliveries:
               received: float | None = None) -> None:
         self.watches[job_id] = Watch(interaction, received or time.monotonic(), card, last_edit=time.monotonic())
 
-    async def run_forever(self, every: float = 1.0) -> None:
+    async def run_forever(self, every: float = TICK_SECONDS) -> None:
         while True:
             try:
                 await self.tick()

@@ -32,6 +32,8 @@ from engine.store.setup_problems import report_setup_problem, resolve_setup_prob
 log = logging.getLogger(__name__)
 # After an error in the loop itself (a locked database for longer than its timeout): wait, go on.
 LOOP_ERROR_SECONDS = 2.0
+# An idle worker looks for a job this often (one small write transaction): a new job starts within a quarter second.
+IDLE_POLL_SECONDS = 0.25
 # Below this much free GPU memory a job is not started (another program holds the card).
 MIN_FREE_GPU_GIB = 2.0
 # The incident key of the models every job needs (the base model and its VAE).
@@ -91,7 +93,7 @@ class Worker:
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def run(self, exit_when_idle: float | None = None, poll_seconds: float = 1.0) -> None:
+    def run(self, exit_when_idle: float | None = None, poll_seconds: float = IDLE_POLL_SECONDS) -> None:
         """Take jobs until SIGTERM/SIGINT (or, with `exit_when_idle`, until the queue stays empty that long)."""
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
