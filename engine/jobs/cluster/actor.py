@@ -63,6 +63,7 @@ class GpuActor:
         self._stops: dict[int, threading.Event] = {}
         self._working = threading.Lock()  # held while a job computes
         self._to_unload: set[str] = set()  # adapters to drop once the running job is done
+        import_model_libraries()
 
     def info(self) -> dict:
         """Where this actor runs and what it holds (for routing and `facechain cluster status`)."""
@@ -137,6 +138,15 @@ class GpuActor:
             self._stops.pop(job_id, None)
             self.models.on_download = None
             release_cached_memory()
+
+
+def import_model_libraries() -> None:
+    """Import what a job's model work needs (seconds of imports) while the actor starts, beside the
+    other GPUs' actors, rather than in the first job it is given."""
+    import diffusers
+    import peft  # noqa: F401 - the face-LoRA trainer's
+
+    diffusers.StableDiffusionPipeline  # noqa: B018 - diffusers imports a pipeline (and transformers) on first use
 
 
 def portable(error: BaseException) -> BaseException:
