@@ -75,10 +75,15 @@ def measure(label: str, action, flops: float | None, cuda: bool) -> Measured:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
-    result = Measured(label, round(seconds, 3), peak, round(flops / seconds / 1e12, 3) if flops else None)
+    result = Measured(label, round(seconds, 3), peak, achieved_tflops(flops, seconds) if flops else None)
     print(f"{label}: {seconds:.2f} s, peak {peak if peak is not None else '-'} GiB, "
           f"{result.tflops if result.tflops is not None else '-'} TFLOP/s")
     return result
+
+
+def achieved_tflops(flops: float, seconds: float) -> float:
+    """TFLOP/s to three significant figures (a smoke run on a busy CPU gets well under 0.001)."""
+    return float(f"{flops / seconds / 1e12:.3g}")
 
 
 def counted_flops(action) -> float:
@@ -104,7 +109,7 @@ def timed_training(label: str, train, steps: int, flops: float, cuda: bool, meas
     projected = round(short.seconds + per_step * (steps - short_steps), 3)
     print(f"{label}: {projected:.2f} s projected ({per_step * 1000:.0f} ms a step)")
     return asdict(Measured(f"{label} (projected from {short_steps} and {measure_steps})", projected, long.peak_gib,
-                           round(flops / projected / 1e12, 3))) | {"measured_steps": measure_steps}
+                           achieved_tflops(flops, projected))) | {"measured_steps": measure_steps}
 
 
 def training_crops(scratch: Path, count: int, size: int = 512) -> list[Path]:
