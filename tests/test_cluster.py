@@ -316,8 +316,8 @@ def test_a_job_on_a_hung_actor_is_handed_back_and_the_actor_restarted(setup, ana
                          FACECHAIN_RAY_ACTORS="1")
     wait_for(lambda: queue.get(training.id).progress > 0.01, 120, "the training to be under way")
     # ann's crops, on the GPU machine's disk while the one actor trains (read before its time limit)
-    [scratch] = [folder for folder in training_scratch() if folder.stat().st_mtime >= started - 1]
-    actor_pid = int(SCRATCH_NAME.match(scratch.name)["pid"])
+    # (made since the test started, by a Ray actor: other test processes may be training beside it)
+    [actor_pid] = [pid for pid in scratch_pids(since=started - 1) if ray_actor(pid)]
     assert process_alive(actor_pid)
     hung = wait_for(lambda: (job := queue.get(training.id)).finished and job, 120, "the time limit")
     assert hung.state == "failed" and hung.error.startswith("The GPU machine running this stopped answering."), hung
@@ -333,6 +333,16 @@ def training_scratch(pid: int | str = "*") -> list[Path]:
     import tempfile
 
     return list(Path(tempfile.gettempdir()).glob(f"facechain-train-{pid}-*"))
+
+
+def scratch_pids(since: float) -> set[int]:
+    return {int(SCRATCH_NAME.match(folder.name)["pid"]) for folder in training_scratch() if folder.stat().st_mtime >= since}
+
+
+def ray_actor(pid: int) -> bool:
+    """Whether a process is one of Ray's actors (Ray titles them `ray::<class>...`)."""
+    title = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True).stdout
+    return title.startswith("ray::")
 
 
 def cluster_status_shows(env, running_job: int) -> None:
