@@ -2,11 +2,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 # Tests never reach a model hub: set before anything imports huggingface_hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One math thread a process (set before torch is imported; the bots, workers and actors the tests start
+# inherit it): the suite runs a worker per core, and two threads each on two cores spin against each
+# other (the quick lane took 450 s so, 115 s with one thread each, 188 s in one process).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
@@ -28,6 +33,50 @@ IDENTITIES = {
 
 # Settings every test process starts from: no separate VAE (the hub's is out of reach in tests).
 TEST_MODEL_SETTINGS = {"VAE": ""}
+
+
+# pytest-xdist (`-n auto` in pyproject.toml): a worker per core, each given whole test files.
+MOST_WORKERS = 4  # past four, the longest file (the cluster's, 2-3 minutes) sets the pace anyway
+# The Ray cluster's dozen processes and a full-size SDXL (18 GB on the CPU) at the same time would pass
+# a 24 GB machine's memory: these files run one after the other, on one worker, while the others run
+# the rest.
+HEAVY_FILES = ("tests/test_cluster.py", "tests/test_sd15_contract.py", "tests/test_sdxl_contract.py")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """A worker per core, at most MOST_WORKERS; none when the command names single tests (they run in
+    this process, where -s and --pdb work)."""
+    if config.args and all("::" in arg for arg in config.args):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, MOST_WORKERS)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Whole files to a worker (a module's fixtures, such as the Ray cluster, are made once), the heavy
+    ones together, in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesInOrder(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return "heavy files" if file in HEAVY_FILES else file
+
+    config.option.loadscopereorder = False  # xdist would put the files with the most tests first
+    return FilesInOrder(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files in the order the workers should take them: the heavy ones (five minutes together), the
+    other slow ones, then the quick ones, each kind the files with the most tests first. The short
+    files come last and fill in, so the workers finish at about the same time."""
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    tests_in = Counter(file_of(item) for item in items)
+    slow_files = {file_of(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (file_of(item) not in HEAVY_FILES, file_of(item) not in slow_files,
+                                 -tests_in[file_of(item)], file_of(item)))
 
 
 @pytest.fixture(autouse=True)
