@@ -336,7 +336,8 @@ def training_scratch(pid: int | str = "*") -> list[Path]:
 
 
 def scratch_pids(since: float) -> set[int]:
-    return {int(SCRATCH_NAME.match(folder.name)["pid"]) for folder in training_scratch() if folder.stat().st_mtime >= since}
+    recent = [folder for folder in training_scratch() if folder.stat().st_mtime >= since]
+    return {int(SCRATCH_NAME.match(folder.name)["pid"]) for folder in recent}
 
 
 def ray_actor(pid: int) -> bool:
