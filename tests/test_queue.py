@@ -274,6 +274,23 @@ def test_a_long_reader_never_blocks_the_queue_and_a_long_writer_only_delays_it(s
     assert 0.8 < time.monotonic() - started < 10
 
 
+def test_an_idle_claim_takes_no_write_lock(store, settings):
+    """Idle workers look at the queue several times a second: with nothing to claim or take back, a look
+    is a plain read, so it never waits for (or blocks) a writer."""
+    import sqlite3
+
+    queue = SqliteJobQueue(store, settings)
+    writer = sqlite3.connect(store.db_path, isolation_level=None)
+    writer.execute("begin immediate")  # e.g. the bot recording an enrollment
+    started = time.monotonic()
+    assert queue.claim("w") is None
+    assert time.monotonic() - started < 1.0  # not the 30 s wait for the write lock
+    writer.execute("commit")
+
+    job = queue.enqueue("generate", "ann", {})
+    assert queue.claim("w").id == job.id  # with work in sight it claims as before
+
+
 def test_jobs_waiting_for_the_setup_are_tried_again_together_in_the_queues_order(queue, clock):
     """A member's preview (queued first) hits a missing model: their training, which needs the same
     model, waits with it, so once the model is there the preview still goes first."""

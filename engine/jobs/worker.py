@@ -32,7 +32,8 @@ from engine.store.setup_problems import report_setup_problem, resolve_setup_prob
 log = logging.getLogger(__name__)
 # After an error in the loop itself (a locked database for longer than its timeout): wait, go on.
 LOOP_ERROR_SECONDS = 2.0
-# An idle worker looks for a job this often (one small write transaction): a new job starts within a quarter second.
+# An idle worker looks for a job this often (a plain read while nothing is queued): a new job starts
+# within a quarter second.
 IDLE_POLL_SECONDS = 0.25
 # Below this much free GPU memory a job is not started (another program holds the card).
 MIN_FREE_GPU_GIB = 2.0

@@ -320,7 +320,7 @@ class Dispatcher:
 
     def _claim_next(self) -> bool:
         """Claim the next job in the queue's order while an actor is free; True when one was started.
-        An empty queue is looked at again after a second (a claim takes the database's write lock)."""
+        An empty queue is looked at again after a second."""
         if not self.pool.free() or time.monotonic() < self._next_claim_at:
             return False
         job = self.worker.queue.claim(self.worker_id)

@@ -3,7 +3,8 @@
 A claim happens inside `BEGIN IMMEDIATE`, which takes the database's write lock before reading,
 so two workers (threads or processes) can never take the same job. A claim is a lease: the
 worker heartbeats to keep it, and a job whose lease ran out (its worker was killed) goes back
-to the queue and is resumed by the next worker.
+to the queue and is resumed by the next worker. An idle worker's look at an empty queue is a plain
+read: it takes the write lock only when there is work in sight.
 
 Fairness: the next job belongs to the user served least recently, so one member's twenty
 requests wait behind everybody else's first one; a user's own jobs run in order.
@@ -117,6 +118,8 @@ class SqliteJobQueue:
     def claim(self, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None:
         """The next job in fair order, leased to `worker_id`; None when nothing is ready."""
         kinds = kinds or KINDS
+        if not self._work_in_sight(kinds):  # idle workers look several times a second: no write lock for that
+            return None
         with self.store.transaction():
             self._reap(now())
             # Each user's next job, then the first tier that has any: a user whose next job is a lower tier
@@ -134,6 +137,15 @@ class SqliteJobQueue:
                 [worker_id, token, stamp(moment + self._lease()), stamp(moment), stamp(moment), worker_id, job_id],
             )
         return replace(self.get(job_id), lease=Lease(job_id, worker_id, token))
+
+    def _work_in_sight(self, kinds: tuple[str, ...]) -> bool:
+        """A plain read: a queued job of `kinds`, or a lease to take back. (A job enqueued just after it
+        is claimed on the worker's next look.)"""
+        marks = ", ".join("?" for _ in kinds)
+        return bool(self.db.execute(
+            f"select exists(select 1 from jobs where state = 'queued' and kind in ({marks})) "
+            "or exists(select 1 from jobs where state = 'running' and lease_expires_at < ?)",
+            [*kinds, stamp(now())]).fetchone()[0])
 
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.job_lease_seconds)
