@@ -36,11 +36,15 @@ TEST_MODEL_SETTINGS = {"VAE": ""}
 
 
 # pytest-xdist (`-n auto` in pyproject.toml): a worker per core, each given whole test files.
-MOST_WORKERS = 4  # past four, the longest file (the cluster's, 2-3 minutes) sets the pace anyway
+MOST_WORKERS = 4  # past four, the worker with the heavy files (five minutes) sets the pace anyway
 # The Ray cluster's dozen processes and a full-size SDXL (18 GB on the CPU) at the same time would pass
 # a 24 GB machine's memory: these files run one after the other, on one worker, while the others run
 # the rest.
 HEAVY_FILES = ("tests/test_cluster.py", "tests/test_sd15_contract.py", "tests/test_sdxl_contract.py")
+
+
+def file_of_test(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -59,7 +63,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class FilesInOrder(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            file = nodeid.split("::", 1)[0]
+            file = file_of_test(nodeid)
             return "heavy files" if file in HEAVY_FILES else file
 
     config.option.loadscopereorder = False  # xdist would put the files with the most tests first
@@ -70,13 +74,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files in the order the workers should take them: the heavy ones (five minutes together), the
     other slow ones, then the quick ones, each kind the files with the most tests first. The short
     files come last and fill in, so the workers finish at about the same time."""
-    def file_of(item: pytest.Item) -> str:
-        return item.nodeid.split("::", 1)[0]
+    file_of = {item.nodeid: file_of_test(item.nodeid) for item in items}
+    tests_in = Counter(file_of.values())
+    slow_files = {file_of[item.nodeid] for item in items if item.get_closest_marker("slow")}
 
-    tests_in = Counter(file_of(item) for item in items)
-    slow_files = {file_of(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: (file_of(item) not in HEAVY_FILES, file_of(item) not in slow_files,
-                                 -tests_in[file_of(item)], file_of(item)))
+    def order(item: pytest.Item) -> tuple:
+        file = file_of[item.nodeid]
+        return file not in HEAVY_FILES, file not in slow_files, -tests_in[file], file
+
+    items.sort(key=order)
 
 
 @pytest.fixture(autouse=True)
