@@ -47,6 +47,8 @@ TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0
 # A job back in the queue, or finished, is leased to nobody.
 NO_LEASE = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
 BACK_IN_QUEUE = "state = 'queued', lease_owner = null, lease_token = null, lease_expires_at = null"
+# A running job whose worker stopped heartbeating (the moment is the one parameter).
+LEASE_RAN_OUT = "state = 'running' and lease_expires_at < ?"
 
 
 def now() -> datetime:
@@ -144,7 +146,7 @@ class SqliteJobQueue:
         marks = ", ".join("?" for _ in kinds)
         return bool(self.db.execute(
             f"select exists(select 1 from jobs where state = 'queued' and kind in ({marks})) "
-            "or exists(select 1 from jobs where state = 'running' and lease_expires_at < ?)",
+            f"or exists(select 1 from jobs where {LEASE_RAN_OUT})",
             [*kinds, stamp(now())]).fetchone()[0])
 
     def _lease(self) -> timedelta:
@@ -463,7 +465,7 @@ class SqliteJobQueue:
         """Running jobs whose worker stopped heartbeating go back to the queue."""
         return self.db.execute(
             f"update jobs set {BACK_IN_QUEUE}, "
-            "progress_text = 'queued (worker stopped)' where state = 'running' and lease_expires_at < ?",
+            f"progress_text = 'queued (worker stopped)' where {LEASE_RAN_OUT}",
             [stamp(moment)],
         ).rowcount
 
