@@ -296,7 +296,7 @@ async def post_highlight(bot: FaceChainBot, guild_id: str) -> bool:
     store = bot.backend.store
     tiles = [(store.absolute(w.path), f"#{rank} · {w.likes} like{'s' if w.likes != 1 else ''}")
              for rank, w in enumerate(winners, start=1)]
-    picture = await asyncio.to_thread(render_collage, tiles)
+    picture = await asyncio.to_thread(render_collage, tiles, store.data_dir)
     credits = "\n".join(f"**#{rank}** <@{w.user_id}> · {style_name(bot, w.style)} · ❤️ {w.likes}"
                         for rank, w in enumerate(winners, start=1))
     embed = discord.Embed(title="🏆 Highlights of the week", description=credits, colour=COLOUR)

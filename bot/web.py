@@ -18,6 +18,7 @@ from aiohttp import web
 from PIL import Image
 
 from engine.nsfw_policy import may_show_flagged
+from engine.provenance import mark
 from engine.store.community import GalleryItem, browse_gallery, gallery_item, gallery_styles, guild_for_web_token
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ class WebGallery:
         item = await self._item(request)
         cached = self.bot.backend.store.thumbnail_path(item.portrait_id)
         if not cached.exists():  # made once, then served from the cache
-            await asyncio.to_thread(make_thumbnail, self.bot.backend.store.absolute(item.path), cached)
+            await asyncio.to_thread(make_thumbnail, self.bot.backend.store.absolute(item.path), cached,
+                                    self.bot.backend.store.data_dir)
         return web.FileResponse(cached, headers={"Cache-Control": "private, max-age=86400"})
 
     async def image(self, request: web.Request) -> web.FileResponse:
@@ -147,11 +149,12 @@ class WebGallery:
         return web.FileResponse(self.bot.backend.store.absolute(item.path))
 
 
-def make_thumbnail(source: Path, destination: Path) -> None:
+def make_thumbnail(source: Path, destination: Path, data_dir: Path) -> None:
+    """A small JPEG of a portrait, marked as made by AI like the portrait (a resize loses its metadata)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(source) as image:
         thumb = image.convert("RGB")
         thumb.thumbnail((THUMB_PX, THUMB_PX))
     partial = destination.with_suffix(".partial")
-    thumb.save(partial, "JPEG", quality=85)
+    partial.write_bytes(mark(thumb, "JPEG", data_dir, "thumbnail", quality=85))
     partial.replace(destination)

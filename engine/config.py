@@ -174,6 +174,14 @@ class Settings(BaseSettings):
     # empty = http://<web_host>:<web_port>.
     web_base_url: str = ""
 
+    # Every picture carries a C2PA manifest saying it was made by AI, signed with a chain the bot makes in
+    # <data>/provenance on first start (validators call it untrusted, and intact). Set both to sign with
+    # your own (a PEM chain, leaf first, and its PEM private key; ES256).
+    provenance_cert: Path | None = None
+    provenance_key: Path | None = None
+    # Questions a member may send a day with /facechain together (0 = no limit).
+    together_asks_per_day: int = Field(default=10, ge=0)
+
     # Logging level for the CLI, worker and bot.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

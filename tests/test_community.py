@@ -153,6 +153,6 @@ def test_the_collage_is_a_captioned_grid(tmp_path):
     for index, colour in enumerate(("red", "green", "blue")):
         paths.append(tmp_path / f"{index}.png")
         Image.new("RGB", (64, 64), colour).save(paths[-1])
-    sheet = Image.open(io.BytesIO(render_collage([(p, f"#{i}") for i, p in enumerate(paths)], tile=100)))
+    sheet = Image.open(io.BytesIO(render_collage([(p, f"#{i}") for i, p in enumerate(paths)], tmp_path, tile=100)))
     assert sheet.size == (200, 2 * 140)
     assert sheet.getpixel((50, 50))[0] > 200 and sheet.getpixel((150, 50))[1] > 100 and sheet.getpixel((50, 190))[2] > 200

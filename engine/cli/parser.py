@@ -11,6 +11,7 @@ from engine.cli.jobs import register as register_jobs
 from engine.cli.members import register as register_members
 from engine.cli.pictures import register as register_pictures
 from engine.cli.poses import register as register_poses
+from engine.cli.provenance import register as register_provenance
 from engine.cli.setup import register as register_setup
 from engine.cli.styles import register as register_styles
 from engine.cli.together import register as register_together
@@ -19,7 +20,7 @@ from engine.errors import FaceChainError
 
 # Each command group adds its own commands, in the order `facechain --help` lists them.
 GROUPS = (register_setup, register_members, register_pictures, register_together, register_jobs, register_styles,
-          register_poses)
+          register_poses, register_provenance)
 QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3")
 
 

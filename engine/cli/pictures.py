@@ -9,6 +9,7 @@ from pathlib import Path
 from engine.cli.common import command, console, download_bar, open_store, print_json, read_photo, report
 from engine.config import Settings
 from engine.errors import FaceChainError
+from engine.provenance import save_marked
 
 
 def cmd_faces_analyze(args: argparse.Namespace, settings: Settings) -> int:
@@ -71,7 +72,7 @@ def cmd_fuse(args: argparse.Namespace, settings: Settings) -> int:
     result = fuse_photos(get_analyzer(settings), settings, [read_photo(p) for p in args.face], read_photo(args.template))
     out = picture_path(Path(args.out), "fused.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(result.image).save(out)
+    save_marked(Image.fromarray(result.image), out, settings.data_dir)
     summary = {"path": str(out), "distance_before": result.distance_before, "distance_after": result.distance_after}
     report(args, summary, f"Wrote {out}: identity distance to the selfies {result.distance_before:.3f} -> "
                           f"{result.distance_after:.3f} (lower is more alike)")
@@ -107,7 +108,7 @@ def cmd_swap(args: argparse.Namespace, settings: Settings) -> int:
     if not args.fast and redraws and store.ready_face_model(args.user) is not None:
         return redraw_swap(args, settings, store)
     result = swap_face(store, get_analyzer(settings), settings, args.user, read_photo(args.photo), args.face)
-    out = save_swap(result, picture_path(Path(args.out), f"swap-face{result.face}.png"))
+    out = save_swap(result, picture_path(Path(args.out), f"swap-face{result.face}.png"), settings.data_dir)
     report(args, {"method": "classical", "path": str(out), "face": result.face, "faces_found": result.faces_found,
                   "similarity": result.similarity},
            f"Wrote {out}: face {result.face} of {result.faces_found}, likeness {result.similarity:.0%}.")
@@ -138,7 +139,7 @@ def redraw_swap(args: argparse.Namespace, settings: Settings, store) -> int:
     results = []
     for index, result in enumerate(ranked, start=1):
         path = best if index == 1 else best.with_name(f"{best.stem}-{index}{best.suffix}")
-        result.image.save(path)
+        save_marked(result.image, path, settings.data_dir)
         results.append({"path": str(path), "similarity": result.similarity, "seed": result.seed})
     score = ranked[0].similarity
     report(args, {"method": "redrawn", "path": results[0]["path"], "face": chosen.number,

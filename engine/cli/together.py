@@ -9,6 +9,7 @@ from pathlib import Path
 from engine.cli.common import command, open_store, read_photo, report
 from engine.config import Settings
 from engine.errors import FaceChainError
+from engine.provenance import save_marked
 
 
 @dataclass
@@ -75,7 +76,7 @@ def cmd_together(args: argparse.Namespace, settings: Settings) -> int:
     results = []
     for index, picture in enumerate(outputs.drawn.portraits, start=1):
         path = best if index == 1 else best.with_name(f"{best.stem}-{index}{best.suffix}")
-        picture.image.save(path)
+        save_marked(picture.image, path, settings.data_dir)
         results.append({"path": str(path), "likeness": picture.similarity, "seed": picture.seed})
     score = results[0]["likeness"] if results else None
     report(args, {"path": results[0]["path"] if results else None, "results": results, "faces": outputs.faces,

@@ -23,6 +23,7 @@ from engine.generation.generate import PortraitGenerator, PortraitRequest, build
 from engine.generation.poses import Pose
 from engine.generation.requests import CheckedRequest, check_pose, check_prompt_words, check_request
 from engine.models.safety import SafetyChecker
+from engine.provenance import save_marked
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
 from engine.store import Store
 from engine.store.families import check_draws_scenes, recorded_family
@@ -307,7 +308,7 @@ def save_portraits(store: Store, user_id: str, style_id: str, ranked: list[Ranke
         # Stored portraits carry their job id: two requests may reuse a seed.
         name = f"{style_id}-{portrait.seed}-job{job_id}.png" if job_id else f"{style_id}-{portrait.seed}.png"
         path = out_dir if one_file else folder / name
-        portrait.image.save(path)
+        save_marked(portrait.image, path, store.data_dir)  # says made by AI: XMP, C2PA, watermark
         with store.transaction():
             store.db["portraits"].insert({
                 "user_id": user_id, "job_id": job_id, "style": style_id, "seed": portrait.seed,

@@ -37,10 +37,16 @@ def missing_previews(settings: Settings, catalogue: StyleCatalogue) -> list[Styl
 
 
 def save_preview(settings: Settings, style_id: str, png: bytes) -> Path:
-    """Keep a drawn preview as the style's cached one (written whole)."""
+    """Keep a drawn preview as the style's cached one (written whole, marked as made by AI)."""
+    import io
+
+    from PIL import Image
+
+    from engine.provenance import mark
+
     path = preview_file(settings, style_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(".tmp.png")
-    scratch.write_bytes(png)
+    scratch.write_bytes(mark(Image.open(io.BytesIO(png)), "PNG", settings.data_dir, f"{style_id} preview"))
     scratch.replace(path)
     return path

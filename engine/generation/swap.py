@@ -118,7 +118,8 @@ def swap_face(store: Store, analyzer: FaceAnalyzer, settings: Settings, user_id:
     return swap_face_on(analyzer, settings, enrolled_face(store, analyzer, user_id), photo, face_number)
 
 
-def save_swap(result: SwapResult, out: Path) -> Path:
+def save_swap(result: SwapResult, out: Path, data_dir: Path) -> Path:
+    from engine.provenance import save_marked
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(result.image).save(out)
-    return out
+    return save_marked(Image.fromarray(result.image), out, data_dir)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from engine.provenance import mark
 
 TILE = 384
 CAPTION_HEIGHT = 40
 
 
-def render_collage(tiles: list[tuple[Path, str]], tile: int = TILE) -> bytes:
-    """A PNG with up to 2 columns of `tile`-pixel portraits, each captioned (e.g. '#1 · 12 likes')."""
+def render_collage(tiles: list[tuple[Path, str]], data_dir: Path, tile: int = TILE) -> bytes:
+    """A PNG with up to 2 columns of `tile`-pixel portraits, each captioned (e.g. '#1 · 12 likes'), marked as made
+    by AI (its signing key lives in `data_dir`)."""
     if not tiles:
         raise ValueError("a collage needs at least one portrait")
     columns = 1 if len(tiles) == 1 else 2
@@ -25,6 +27,4 @@ def render_collage(tiles: list[tuple[Path, str]], tile: int = TILE) -> bytes:
         with Image.open(path) as portrait:
             sheet.paste(portrait.convert("RGB").resize((tile, tile), Image.Resampling.LANCZOS), (x, y))
         draw.text((x + 12, y + tile + 8), caption, fill=(240, 240, 240), font=font)
-    buffer = io.BytesIO()
-    sheet.save(buffer, "PNG", optimize=True)
-    return buffer.getvalue()
+    return mark(sheet, "PNG", data_dir, "highlights", optimize=True)
