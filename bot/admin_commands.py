@@ -16,6 +16,7 @@ from bot.views import client
 from engine.errors import FaceChainError
 from engine.nsfw_policy import NSFW_POLICIES, POLICY_MEANINGS
 from engine.store.community import rotate_web_token, update_guild_settings
+from engine.store.moderation import audit
 from engine.store.setup_problems import open_setup_problems
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def require_manage_guild(interaction: discord.Interaction) -> None:
                        nsfw_policy="What to do with NSFW results",
                        highlight_day="Weekly highlight of the most liked portraits (off by default)",
                        highlight_hour="Hour of the weekly highlight, UTC (default 18)",
-                       blocked_words="Words refused in members' own prompt words, comma-separated ('none' clears)")
+                       blocked_words="Words refused in members' own prompt words, comma-separated ('none' clears)",
+                       report_channel="Where members' reports of pictures go (default: the server owner's DMs)")
 @app_commands.choices(nsfw_policy=[app_commands.Choice(name=f"{p}: {POLICY_MEANINGS[p]}", value=p)
                                    for p in NSFW_POLICIES],
                       highlight_day=[app_commands.Choice(name="off", value=-1)]
@@ -50,7 +52,8 @@ async def admin_settings(interaction: discord.Interaction,
                          nsfw_policy: app_commands.Choice[str] | None = None,
                          highlight_day: app_commands.Choice[int] | None = None,
                          highlight_hour: app_commands.Range[int, 0, 23] | None = None,
-                         blocked_words: app_commands.Range[str, 1, 1000] | None = None) -> None:
+                         blocked_words: app_commands.Range[str, 1, 1000] | None = None,
+                         report_channel: discord.TextChannel | None = None) -> None:
     require_manage_guild(interaction)
     bot = client(interaction)
     changes: dict = {}
@@ -69,7 +72,12 @@ async def admin_settings(interaction: discord.Interaction,
     if blocked_words is not None:
         words = [w.strip().lower() for w in blocked_words.split(",") if w.strip()]
         changes["blocked_words"] = [] if words == ["none"] else words[:100]
+    if report_channel is not None:
+        changes["report_channel_id"] = str(report_channel.id)
     current = await bot.backend.run(update_guild_settings, bot.backend.store, str(interaction.guild_id), **changes)
+    if changes:
+        await bot.backend.run(audit, bot.backend.store, str(interaction.guild_id), "settings",
+                              str(interaction.user.id), None, ", ".join(sorted(changes)))
     gallery.schedule_highlight(bot, current)
     embed = discord.Embed(title="FaceChain settings for this server", colour=COLOUR)
     embed.add_field(name="Gallery channel", value=f"<#{current.gallery_channel_id}>" if current.gallery_channel_id
@@ -83,6 +91,8 @@ async def admin_settings(interaction: discord.Interaction,
     embed.add_field(name="NSFW policy", value=f"{policy}: {POLICY_MEANINGS[policy]} ({check})")
     embed.add_field(name="Weekly highlight", value="off" if current.highlight_day is None
                     else f"{WEEKDAYS[current.highlight_day]}s at {current.highlight_hour:02d}:00 UTC")
+    embed.add_field(name="Reports go to", value=f"<#{current.report_channel_id}>" if current.report_channel_id
+                    else "the server owner's DMs")
     embed.add_field(name="Blocked words", value=", ".join(current.blocked_words)[:1000] or
                     "none besides the always-blocked NSFW words")
     for problem in await bot.backend.run(open_setup_problems, bot.backend.store):

@@ -23,8 +23,16 @@ from engine.generation.poses import load_poses
 from engine.generation.requests import check_pose, check_prompt_words, check_request
 from engine.jobs.queue import Job, QueuePosition, SqliteJobQueue
 from engine.store import ForgetReport, Store
-from engine.store.community import GuildSettings, guild_settings, portrait_gallery_posts, user_gallery_posts
+from engine.store.community import (
+    GuildSettings,
+    guild_settings,
+    highlight_posts_showing,
+    member_result_messages,
+    portrait_gallery_posts,
+    user_gallery_posts,
+)
 from engine.store.families import check_draws_scenes, rebuild_if_needed, recorded_family, sync_family
+from engine.store.moderation import check_not_barred, close_reports_of, is_barred
 from engine.store.together import DEFAULT_STYLE, Asked, TogetherRequest, ask, set_request_job
 from engine.styles import STYLES_DIR, StyleCatalogue, guild_styles_folder, load_styles, owner_styles_folder, style_files
 
@@ -189,16 +197,13 @@ class Backend:
             raise FaceChainError("face_a and face_b choose faces on a photo: attach the photo too.")
         if not on_photo:
             check_draws_scenes(self.store)
-        for member in (user_id, order.partner_id):
-            ready = self.store.accepted_selfies(member) if on_photo else self.store.ready_face_model(member)
-            if ready:
-                continue
-            if member == user_id:
-                raise FaceChainError("Enroll a few selfies first with `/facechain enroll`: your face comes from them."
-                                     if on_photo else "You have no face model yet: `/facechain enroll` starts with a "
-                                                      "few selfies.")
-            raise FaceChainError(f"<@{member}> has no {'enrolled selfies' if on_photo else 'face model'} with "
-                                 "FaceChain yet: they can start with `/facechain enroll`.")
+        check_not_barred(self.store, _text(guild_id), user_id)
+        if not self._ready_for_together(user_id, on_photo):
+            raise FaceChainError("Enroll a few selfies first with `/facechain enroll`: your face comes from them."
+                                 if on_photo else "You have no face model yet: `/facechain enroll` starts with a "
+                                                  "few selfies.")
+        # Whether the partner is enrolled, ready or barred is never said here: they are asked, or answered for
+        # in the same words after the same kind of wait (engine/store/together.py).
         if not on_photo:
             style = order.style or DEFAULT_STYLE
             settings = self.guild(guild_id)
@@ -211,11 +216,18 @@ class Backend:
                                      "of you.")
             check_pose(self.settings, order.pose, people=2)
 
+    def _ready_for_together(self, member: str, on_photo: bool) -> bool:
+        return bool(self.store.accepted_selfies(member) if on_photo else self.store.ready_face_model(member))
+
     def ask_together(self, user_id: str, guild_id: int | None, channel_id: int,
                      order: TogetherOrder) -> tuple[Asked, Job | None]:
-        """Ask the partner (their choice in /facechain me decides how); the job when they allow it always."""
+        """Ask the partner (their choice in /facechain me decides how); the job when they allow it always. A
+        partner who cannot be drawn (not enrolled, not ready, barred here) is answered for, unasked."""
         params = order.params()
-        asked = ask(self.store, user_id, order.partner_id, params, _text(guild_id), str(channel_id))
+        ready = (self._ready_for_together(order.partner_id, bool(order.upload))
+                 and not is_barred(self.store, _text(guild_id), order.partner_id))
+        asked = ask(self.store, user_id, order.partner_id, params, _text(guild_id), str(channel_id), ready=ready,
+                    asks_per_day=self.settings.together_asks_per_day)
         job = None
         if asked.outcome == "go":
             job = self.queue.enqueue("together", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
@@ -262,14 +274,21 @@ class Backend:
                 self.queue.cancel(job.id)
         return len(theirs())
 
-    def erase(self, user_id: str) -> tuple[ForgetReport, list[dict]]:
-        """Delete everything of the user's; returns the report and the gallery posts to take down (of their
-        pictures, and of pictures they are in with another member)."""
+    def erase(self, user_id: str) -> tuple[ForgetReport, list[dict], list[dict]]:
+        """Delete everything of the user's; returns the report, the posts to take down (gallery posts and weekly
+        highlights of their pictures, and of pictures they are in with another member) and the messages that
+        showed their pictures, to clear."""
+        pictures = [row[0] for row in self.store.db.execute("select id from portraits where user_id = ? or "
+                                                            "partner_id = ?", [user_id, user_id])]
         posts = user_gallery_posts(self.store, user_id) + portrait_gallery_posts(self.store,
                                                                                  self.store.pictures_shown_in(user_id))
+        posts += highlight_posts_showing(self.store, pictures)
+        messages = member_result_messages(self.store, user_id)
         for upload_dir in (self.settings.data_dir / "tmp").glob(f"enroll-{user_id}-*"):
             shutil.rmtree(upload_dir, ignore_errors=True)
-        return self.store.delete_user(user_id), posts
+        report = self.store.delete_user(user_id)
+        close_reports_of(self.store, pictures)
+        return report, posts, messages
 
 def _text(snowflake: int | None) -> str | None:
     return None if snowflake is None else str(snowflake)

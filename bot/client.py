@@ -17,6 +17,7 @@ from bot.components import DYNAMIC_ITEMS
 from bot.delivery import Deliveries
 from bot.downloads import allowed_sources, download_session
 from bot.loop_lag import LoopLag
+from bot.reports import ReportButton, ReportDecision
 from bot.setup_notices import notify_owner_forever
 from bot.together import TogetherAnswer, TogetherAsks
 from bot.web import WebGallery
@@ -47,7 +48,7 @@ class FaceChainBot(discord.Client):
 
     async def setup_hook(self) -> None:
         install(self.tree, self.settings)
-        self.add_dynamic_items(*DYNAMIC_ITEMS, gallery.GalleryButton, TogetherAnswer)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, gallery.GalleryButton, TogetherAnswer, ReportButton, ReportDecision)
         self.http_session = download_session(allowed_sources(self.settings.attachment_hosts))
         await self.backend.run(self.backend.sync_family)
         await self._sync_commands()

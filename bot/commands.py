@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from bot import gallery, style_admin  # noqa: F401 - style_admin adds its commands to the admin group
+from bot import gallery, moderation, style_admin  # noqa: F401 - they add their commands to the admin group
 from bot.admin_commands import admin
 from bot.backend import PortraitOrder
 from bot.components import CancelButton
@@ -28,6 +28,7 @@ from bot.views import TOGETHER_LABELS, ConfirmView, ConsentView, MeView, PagerVi
 from engine.errors import FaceChainError
 from engine.generation.previews import shown_preview
 from engine.store.members import change_subject, describe_member, remove_photo
+from engine.store.moderation import check_not_barred
 from engine.store.together import set_together
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ async def enroll(
     photos = [p for p in (photo1, photo2, photo3, photo4, photo5, photo6, photo7, photo8, photo9, photo10) if p]
     chosen = subject.value if subject else None
     bot = client(interaction)
+    await bot.backend.run(check_not_barred, bot.backend.store, _text(interaction.guild_id), str(interaction.user.id))
     user = await bot.backend.run(bot.backend.store.get_user, str(interaction.user.id))
     if user is None or user.consent_at is None:
         async def accepted(button_interaction: discord.Interaction, subject: str) -> None:
@@ -258,8 +260,9 @@ async def forget_dialog(interaction: discord.Interaction) -> None:
             if not await bot.backend.run(bot.backend.cancel_all, user_id):
                 break
             await asyncio.sleep(0.2)
-        report, posts = await bot.backend.run(bot.backend.erase, user_id)
+        report, posts, messages = await bot.backend.run(bot.backend.erase, user_id)
         removed_posts = await gallery.delete_posts(bot, posts)
+        await gallery.clear_messages(bot, messages, "🗑️ These pictures were deleted.")
         rows = report.rows_deleted
         await button_interaction.edit_original_response(content=(
             f"🗑️ Done. Deleted {rows.get('selfies', 0)} photo records, {rows.get('face_models', 0)} face model "

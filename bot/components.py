@@ -11,7 +11,7 @@ import discord
 
 from bot import gallery
 from bot.replies import not_yours, reply
-from bot.views import client, guarded
+from bot.views import client, guarded, report_button
 from engine.errors import FaceChainError
 from engine.jobs.queue import Job
 
@@ -70,10 +70,14 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:(?P<act
             if self.action == "reroll":
                 await queue_again(interaction, job, "Re-rolling", seed=None)
                 return
-            removed = await gallery.delete_job_portraits(client(interaction), self.job_id)
+            bot = client(interaction)
+            removed = await gallery.delete_job_portraits(bot, self.job_id)
             await interaction.response.edit_message(
                 content=f"🗑️ Deleted {removed} portrait{'s' if removed != 1 else ''}.", attachments=[],
                 embed=None, view=None)
+            pressed_on = interaction.message.id if interaction.message else None
+            await gallery.clear_result_messages(bot, job, f"🗑️ <@{interaction.user.id}> deleted these pictures.",
+                                                keep=pressed_on)
         await guarded(interaction, action)
 
 
@@ -215,6 +219,7 @@ def swap_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
     """Delete, and Share (of any of the results) where the result was asked for on a server."""
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("delete", job.id))
+    add_report(view, job)
     if job.guild_id and portraits:
         options = [discord.SelectOption(label=f"Share #{index}" if len(portraits) > 1 else "Share",
                                         value=str(portrait["id"]))
@@ -223,10 +228,17 @@ def swap_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
     return view
 
 
+def add_report(view: discord.ui.View, job: Job) -> None:
+    """Report, on a result others on the server can see."""
+    if job.guild_id and not job.params.get("private"):
+        view.add_item(report_button("j", job.id))
+
+
 def portrait_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("reroll", job.id))
     view.add_item(JobButton("delete", job.id))
+    add_report(view, job)
     sharper = (job.result or {}).get("sharper", True)  # SD1.5's img2img: the worker says whether it has it
     for what, verb in (("more", "More like"), ("sharper", "Sharper x2"), ("share", "Share")):
         options = [discord.SelectOption(label=f"{verb} #{index}", value=str(portrait["id"]),

@@ -34,6 +34,7 @@ from bot.messages import (
     with_training_line,
 )
 from engine.jobs.queue import Job, QueuePosition
+from engine.store.community import record_result_message
 
 if TYPE_CHECKING:
     from bot.client import FaceChainBot
@@ -324,41 +325,53 @@ class Deliveries:
                             view=together_actions(job, portraits))
         shown = await self._to_owner(job, watch, outgoing, private=private)
         try:
+            copy = None
             if private or not job.guild_id:  # asked in a DM: the partner's copy goes to theirs
-                await (await self.bot.fetch_user(int(partner))).send(**outgoing.kwargs())
+                copy = await (await self.bot.fetch_user(int(partner))).send(**outgoing.kwargs())
             elif shown is not None and job.channel_id:  # an edited message pings nobody
-                await self.bot.get_partial_messageable(int(job.channel_id)).send(
+                copy = await self.bot.get_partial_messageable(int(job.channel_id)).send(
                     f"<@{partner}> you're in <@{job.user_id}>'s new picture, just above.",
                     allowed_mentions=discord.AllowedMentions(users=[discord.Object(int(partner))]))
+            if copy is not None:  # Delete for both edits this one too
+                await self._remember(job, copy)
         except discord.HTTPException as error:  # the asker has it; the partner's copy is not retried
             log.info("could not send job %s's picture to %s: %s", job.id, partner, error, extra={"job": job.id})
 
     # --- sending -----------------------------------------------------------------------------------
 
     async def _to_owner(self, job: Job, watch: Watch | None, outgoing: Outgoing, private: bool) -> Watch | None:
-        """Edit the member's message if we still can (returns the watch), else send it another way."""
+        """Edit the member's message if we still can (returns the watch), else send it another way. A message
+        with pictures is remembered, so that deleting them reaches it."""
+        shown = None
         if watch is not None:
             try:
-                await self._edit(watch, outgoing)
-                return watch
+                sent = await self._edit(watch, outgoing)
+                shown = watch
             except discord.HTTPException as error:
                 log.info("editing the message of job %s failed (%s); sending it instead", job.id, error)
-        await self._send_fallback(job, outgoing, private)
-        return None
+        if shown is None:
+            sent = await self._send_fallback(job, outgoing, private)
+        if outgoing.paths:
+            await self._remember(job, sent)
+        return shown
 
-    async def _edit(self, watch: Watch, outgoing: Outgoing) -> None:
+    async def _remember(self, job: Job, message: discord.Message | None) -> None:
+        if isinstance(message, discord.Message):
+            await self.bot.backend.run(record_result_message, self.bot.backend.store, job.id, str(message.channel.id),
+                                       str(message.id))
+
+    async def _edit(self, watch: Watch, outgoing: Outgoing) -> discord.Message:
         extra = {"view": outgoing.view} if outgoing.view is not None else {"view": None}
-        await watch.interaction.edit_original_response(content=outgoing.content, embed=outgoing.embed,
-                                                       attachments=outgoing.files(), **extra)
+        return await watch.interaction.edit_original_response(content=outgoing.content, embed=outgoing.embed,
+                                                              attachments=outgoing.files(), **extra)
 
-    async def _send_fallback(self, job: Job, outgoing: Outgoing, private: bool) -> None:
+    async def _send_fallback(self, job: Job, outgoing: Outgoing, private: bool) -> discord.Message:
         """Private results go by DM; others to the channel, or by DM if the channel is gone."""
         if not private and job.channel_id:
             try:
                 channel = self.bot.get_partial_messageable(int(job.channel_id))
-                await channel.send(**outgoing.kwargs(), allowed_mentions=MENTION_USERS)
-                return
+                return await channel.send(**outgoing.kwargs(), allowed_mentions=MENTION_USERS)
             except (discord.NotFound, discord.Forbidden) as error:
                 log.info("channel %s unusable for job %s (%s); sending a DM", job.channel_id, job.id, error)
         user = await self.bot.fetch_user(int(job.user_id))
-        await user.send(**outgoing.kwargs())
+        return await user.send(**outgoing.kwargs())

@@ -13,8 +13,9 @@ import discord
 
 from bot.messages import COLOUR
 from bot.replies import reply
-from bot.views import OwnerView, age_restricted, client, guarded
+from bot.views import OwnerView, age_restricted, client, guarded, report_button
 from engine.errors import FaceChainError
+from engine.jobs.queue import Job
 from engine.nsfw_policy import may_show_flagged
 from engine.store.collage import render_collage
 from engine.store.community import (
@@ -22,11 +23,14 @@ from engine.store.community import (
     GuildSettings,
     add_gallery_entry,
     browse_gallery,
+    forget_result_messages,
     gallery_item,
     gallery_styles,
     highlight_guilds,
     portrait_gallery_posts,
+    record_highlight_post,
     remove_gallery_entry,
+    result_messages,
     set_gallery_message,
     toggle_like,
     update_guild_settings,
@@ -81,6 +85,30 @@ async def delete_job_portraits(bot: FaceChainBot, job_id: int) -> int:
     ids = [portrait["id"] for portrait in portraits]
     await delete_posts(bot, await bot.backend.run(portrait_gallery_posts, store, ids))
     return await bot.backend.run(store.delete_portraits, ids)
+
+
+async def clear_result_messages(bot: FaceChainBot, job: Job, text: str, keep: int | None = None) -> int:
+    """Edit every message that showed a job's pictures (both members' copies of a picture together) to `text`,
+    without the pictures or buttons; `keep`: a message already edited. Returns how many were edited."""
+    shown = [m for m in await bot.backend.run(result_messages, bot.backend.store, job.id)
+             if keep is None or int(m["message_id"]) != keep]
+    edited = await clear_messages(bot, shown, text)
+    await bot.backend.run(forget_result_messages, bot.backend.store, job.id)
+    return edited
+
+
+async def clear_messages(bot: FaceChainBot, messages: list[dict], text: str) -> int:
+    """Edit messages (rows with channel_id and message_id) to `text`, without pictures or buttons."""
+    edited = 0
+    for shown in messages:
+        message = bot.get_partial_messageable(int(shown["channel_id"])).get_partial_message(int(shown["message_id"]))
+        try:
+            await message.edit(content=text, attachments=[], embeds=[], view=None,
+                               allowed_mentions=discord.AllowedMentions.none())
+            edited += 1
+        except discord.HTTPException as error:  # gone, or ephemeral: nothing left to show there
+            log.info("could not clear message %s: %s", shown["message_id"], error)
+    return edited
 
 
 def style_name(bot: FaceChainBot, style_id: str) -> str:
@@ -138,6 +166,7 @@ def post_view(entry_id: int, likes: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(GalleryButton("like", entry_id, likes))
     view.add_item(GalleryButton("unshare", entry_id))
+    view.add_item(report_button("e", entry_id))
     return view
 
 
@@ -297,17 +326,19 @@ async def post_highlight(bot: FaceChainBot, guild_id: str) -> bool:
     tiles = [(store.absolute(w.path), f"#{rank} · {w.likes} like{'s' if w.likes != 1 else ''}")
              for rank, w in enumerate(winners, start=1)]
     picture = await asyncio.to_thread(render_collage, tiles, store.data_dir)
-    credits = "\n".join(f"**#{rank}** <@{w.user_id}> · {style_name(bot, w.style)} · ❤️ {w.likes}"
-                        for rank, w in enumerate(winners, start=1))
+    credits = "\n".join(f"**#{rank}** {' and '.join(f'<@{m}>' for m in w.members)} · {style_name(bot, w.style)} · "
+                        f"❤️ {w.likes}" for rank, w in enumerate(winners, start=1))
     embed = discord.Embed(title="🏆 Highlights of the week", description=credits, colour=COLOUR)
     embed.set_image(url="attachment://highlights.png")
     try:
-        await post(bot, settings.gallery_channel_id, "Highlights of the week", embed=embed,
-                   file=discord.File(io.BytesIO(picture), "highlights.png"),
-                   allowed_mentions=discord.AllowedMentions.none())
+        channel_id, message_id = await post(bot, settings.gallery_channel_id, "Highlights of the week", embed=embed,
+                                             file=discord.File(io.BytesIO(picture), "highlights.png"),
+                                             allowed_mentions=discord.AllowedMentions.none())
     except discord.HTTPException as error:
         log.warning("highlight post failed in guild %s: %s", guild_id, error)
         raise FaceChainError(CANNOT_POST) from None
+    await bot.backend.run(record_highlight_post, store, guild_id, channel_id, message_id,
+                          [w.portrait_id for w in winners])
     await bot.backend.run(update_guild_settings, store, guild_id,
                           last_highlight_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return True

@@ -174,6 +174,16 @@ def thumbnail_grid(paths: list[Path], tile: int = 128, columns: int = 5, numbere
     return buffer.getvalue()
 
 
+def small_copy(path: Path, size: int = 320) -> bytes:
+    """A small JPEG of a photo (the photo a member is asked about, shown only to them)."""
+    with Image.open(path) as image:
+        thumb = image.convert("RGB")
+        thumb.thumbnail((size, size))
+    buffer = io.BytesIO()
+    thumb.save(buffer, "JPEG", quality=80)
+    return buffer.getvalue()
+
+
 def help_embed() -> discord.Embed:
     embed = discord.Embed(title="FaceChain: portraits that look like you", colour=COLOUR,
                           description="Enroll a few selfies once, then ask for portraits in any style.")

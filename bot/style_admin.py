@@ -19,6 +19,7 @@ from bot.replies import reply
 from bot.views import client
 from engine.errors import FaceChainError
 from engine.generation.guild_styles import MAX_GUILD_LORA_MB, add_guild_style, remove_guild_style
+from engine.store.moderation import audit
 
 
 async def guild_style_choices(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
@@ -51,6 +52,8 @@ async def style_add(interaction: discord.Interaction, style_id: app_commands.Ran
     finally:
         shutil.rmtree(upload.parent, ignore_errors=True)  # kept only as the style's own copy
     bot.backend.styles.forget(interaction.guild_id)
+    await bot.backend.run(audit, bot.backend.store, str(interaction.guild_id), "style-add", str(interaction.user.id),
+                          None, style.id)
     await reply(interaction, f"Added **{style.name}** (`{style.id}`) for this server: members can pick it in "
                              "`/facechain portrait` now. `/facechain-admin style-remove` takes it away.")
 
@@ -63,4 +66,6 @@ async def style_remove(interaction: discord.Interaction, style_id: str) -> None:
     bot = client(interaction)
     style = await asyncio.to_thread(remove_guild_style, bot.settings, str(interaction.guild_id), style_id)
     bot.backend.styles.forget(interaction.guild_id)
+    await bot.backend.run(audit, bot.backend.store, str(interaction.guild_id), "style-remove",
+                          str(interaction.user.id), None, style.id)
     await reply(interaction, f"Removed **{style.name}** (`{style.id}`): it is no longer offered on this server.")

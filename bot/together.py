@@ -11,10 +11,11 @@ only the asker's "thinking…" message is held in memory, to show the picture on
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import shutil
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +25,11 @@ from discord import app_commands
 from bot.backend import TogetherOrder
 from bot.delivery import MENTION_USERS, Watch
 from bot.inputs import save_photo, style_choices, two_person_pose_choices
+from bot.messages import small_copy
 from bot.views import age_restricted, client, guarded
 from engine.errors import FaceChainError
 from engine.store.together import (
+    ANSWER_HOURS,
     NO_ANSWER,
     NOT_ALLOWED,
     TogetherRequest,
@@ -72,11 +75,7 @@ async def together(interaction: discord.Interaction, member: discord.User, style
     except FaceChainError:
         forget_upload(order.upload)
         raise
-    if asked.outcome == "refused":
-        forget_upload(order.upload)
-        await interaction.edit_original_response(content=f"<@{order.partner_id}> can't be in a picture with you: "
-                                                         f"{NOT_ALLOWED}.", allowed_mentions=discord.AllowedMentions.none())
-    elif asked.outcome == "go":
+    if asked.outcome == "go":
         await bot.deliveries.follow(job, interaction, f"You and <@{order.partner_id}>")
     else:
         await bot.together.ask(interaction, asked.request)
@@ -103,32 +102,48 @@ class TogetherAsks:
         self.waiting: dict[int, Watch] = {}  # request -> the asker's message, while it can be edited
 
     async def ask(self, interaction: discord.Interaction, request: TogetherRequest) -> None:
-        """Send the partner their Allow / Decline message; tell the asker it is waiting."""
-        expires = int(datetime.fromisoformat(request.expires_at).timestamp())
-        content = (f"<@{request.partner_id}>, <@{request.requester_id}> would like a picture of the two of you "
-                   f"together ({request_words(request)}), each looking like yourselves. Only you can answer; "
-                   f"the question expires <t:{expires}:R>. You can change who may ask in `/facechain me`.")
-        view = answer_buttons(request.id)
-        try:
-            if request.params.get("private") or not request.guild_id:  # asked in a DM: theirs, not the asker's
-                user = await self.bot.fetch_user(int(request.partner_id))
-                sent = await user.send(content, view=view)
-            else:
-                channel = self.bot.get_partial_messageable(int(request.channel_id))
-                sent = await channel.send(content, view=view, allowed_mentions=MENTION_USERS)
-        except discord.HTTPException as error:
-            log.info("could not ask %s for request %s: %s", request.partner_id, request.id, error)
+        """Send the partner their Allow / Decline question (by DM, with a small copy of the photo it is about);
+        tell the asker it is waiting. A silent request (the partner can't be drawn, or refuses) asks no one, and
+        the asker sees the same."""
+        expires = int((datetime.fromisoformat(request.created_at) + timedelta(hours=ANSWER_HOURS)).timestamp())
+        if not request.silent and not await self._send_question(request, expires):
             await self.bot.backend.run(answer, self.bot.backend.store, request.id, request.partner_id, allow=False)
             forget_upload(request.params.get("upload"))
             await interaction.edit_original_response(content=f"I could not reach <@{request.partner_id}> to ask "
                                                              "them: try again in a channel they can see.")
             return
-        await self.bot.backend.run(set_request_message, self.bot.backend.store, request.id, str(sent.channel.id),
-                                   str(sent.id))
         self.waiting[request.id] = Watch(interaction, time.monotonic())
         await interaction.edit_original_response(content=f"⏳ Asked <@{request.partner_id}>: the picture is drawn once "
                                                          f"they allow it (the question expires <t:{expires}:R>).",
                                                  allowed_mentions=discord.AllowedMentions.none())
+
+    async def _send_question(self, request: TogetherRequest, expires: int) -> bool:
+        """The question goes by DM: nobody else sees it, or the photo it is about. With the partner's DMs closed, it
+        goes to the channel, the photo behind a button only they can press. False when neither works."""
+        content = (f"<@{request.partner_id}>, <@{request.requester_id}> would like a picture of the two of you "
+                   f"together ({request_words(request)}), each looking like yourselves. Only you can answer; "
+                   f"the question expires <t:{expires}:R>. You can change who may ask in `/facechain me`.")
+        upload = request.params.get("upload")
+        photo = await asyncio.to_thread(small_copy, Path(upload)) if upload and Path(upload).is_file() else None
+        try:
+            user = await self.bot.fetch_user(int(request.partner_id))
+            files = [discord.File(io.BytesIO(photo), "photo.jpg")] if photo else []
+            sent = await user.send(content + (" This is the photo:" if photo else ""), files=files,
+                                   view=answer_buttons(request.id))
+        except discord.HTTPException as error:
+            if request.params.get("private") or not request.channel_id:
+                log.info("could not ask %s for request %s: %s", request.partner_id, request.id, error)
+                return False
+            try:
+                channel = self.bot.get_partial_messageable(int(request.channel_id))
+                sent = await channel.send(content, view=answer_buttons(request.id, photo_button=bool(photo)),
+                                          allowed_mentions=MENTION_USERS)
+            except discord.HTTPException as error:
+                log.info("could not ask %s for request %s: %s", request.partner_id, request.id, error)
+                return False
+        await self.bot.backend.run(set_request_message, self.bot.backend.store, request.id, str(sent.channel.id),
+                                   str(sent.id))
+        return True
 
     async def answered(self, interaction: discord.Interaction, request_id: int, choice: str) -> None:
         backend = self.bot.backend
@@ -191,6 +206,10 @@ class TogetherAsks:
 
     async def _expired(self, request: TogetherRequest) -> None:
         forget_upload(request.params.get("upload"))
+        if request.silent:  # answered for the partner, who was never asked: told as a decline is
+            await self.tell_asker(request, f"<@{request.requester_id}> your picture with <@{request.partner_id}>: "
+                                           f"{NOT_ALLOWED}.")
+            return
         if request.message_channel_id and request.message_id:
             try:
                 message = self.bot.get_partial_messageable(int(request.message_channel_id)).get_partial_message(
@@ -203,12 +222,13 @@ class TogetherAsks:
 
 
 class TogetherAnswer(discord.ui.DynamicItem[discord.ui.Button],
-                     template=r"fc:together:(?P<choice>allow|decline|refuse):(?P<request>[0-9]+)"):
-    """Allow, Decline, or Decline and never ask again, on a request for a picture together: only the member
-    asked may press them."""
+                     template=r"fc:together:(?P<choice>allow|decline|refuse|photo):(?P<request>[0-9]+)"):
+    """Allow, Decline, or Decline and never ask again, on a request for a picture together, and See the photo
+    where the question had to be asked in a channel: only the member asked may press them."""
 
     LOOK = {"allow": ("Allow", discord.ButtonStyle.success), "decline": ("Decline", discord.ButtonStyle.secondary),
-            "refuse": ("Decline, and don't let them ask again", discord.ButtonStyle.danger)}
+            "refuse": ("Decline, and don't let them ask again", discord.ButtonStyle.danger),
+            "photo": ("See the photo", discord.ButtonStyle.secondary)}
 
     def __init__(self, choice: str, request_id: int) -> None:
         label, style = self.LOOK[choice]
@@ -227,12 +247,24 @@ class TogetherAnswer(discord.ui.DynamicItem[discord.ui.Button],
                 raise FaceChainError("This question no longer exists.")
             if request.partner_id != str(interaction.user.id):
                 raise FaceChainError(f"Only <@{request.partner_id}> can answer this.")
+            if self.choice == "photo":
+                await show_photo(interaction, request)
+                return
             await bot.together.answered(interaction, self.request_id, self.choice)
         await guarded(interaction, action)
 
 
-def answer_buttons(request_id: int) -> discord.ui.View:
+async def show_photo(interaction: discord.Interaction, request: TogetherRequest) -> None:
+    upload = request.params.get("upload")
+    if request.state != "asked" or not upload or not Path(upload).is_file():
+        raise FaceChainError("That photo is no longer here: the question was answered or has ended.")
+    photo = await asyncio.to_thread(small_copy, Path(upload))
+    await interaction.response.send_message("The photo you are asked about (only you see this):",
+                                            file=discord.File(io.BytesIO(photo), "photo.jpg"), ephemeral=True)
+
+
+def answer_buttons(request_id: int, photo_button: bool = False) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    for choice in ("allow", "decline", "refuse"):
+    for choice in ("allow", "decline", "refuse") + (("photo",) if photo_button else ()):
         view.add_item(TogetherAnswer(choice, request_id))
     return view

@@ -34,14 +34,14 @@ def test_retention_deletes_old_portraits_except_shared_ones_and_old_selfies(stor
     assert kept.exists() and not gone.exists() and not selfie.path.exists()
 
 
-def test_old_temp_files_are_deleted(settings):
+def test_old_temp_files_are_deleted(store, settings):
     folder = settings.data_dir / "tmp" / "uploads"
     folder.mkdir(parents=True)
     stale, fresh = folder / "stale.jpg", folder / "fresh.jpg"
     stale.write_bytes(b"x")
     fresh.write_bytes(b"x")
     os.utime(stale, (time.time() - 2 * 86400,) * 2)
-    assert delete_temp_files(settings) == 1
+    assert delete_temp_files(store, settings) == 1
     assert fresh.exists() and not stale.exists()
 
 
@@ -69,7 +69,8 @@ def test_run_all_reaps_expired_leases(store, settings):
 def test_the_scheduler_has_every_task_and_runs_them(settings, store):
     scheduler = build_scheduler(settings)
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"reap_expired_leases", "delete_temp_files", "enforce_retention", "backup_database"}
+    assert set(jobs) == {"reap_expired_leases", "delete_temp_files", "enforce_retention", "backup_database",
+                         "delete_old_audit"}
     for job in jobs.values():
         job.func()  # each opens its own connection, as it would on the scheduler's thread
     assert list((settings.data_dir / "backups").glob("*.db"))

@@ -23,8 +23,8 @@ from engine.generation.generate import PortraitGenerator, PortraitRequest, build
 from engine.generation.poses import Pose
 from engine.generation.requests import CheckedRequest, check_pose, check_prompt_words, check_request
 from engine.models.safety import SafetyChecker
-from engine.provenance import save_marked
 from engine.postprocess import EnrolledFace, RankedPortrait, make_fuser, rank_candidates
+from engine.provenance import save_marked
 from engine.store import Store
 from engine.store.families import check_draws_scenes, recorded_family
 from engine.store.store import utc_now

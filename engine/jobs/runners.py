@@ -29,6 +29,7 @@ from engine.jobs.photo_runners import PHOTO_RUNNERS
 from engine.jobs.queue import Job, LeaseLost, QueueLimit
 from engine.jobs.together_runner import TOGETHER_RUNNERS
 from engine.models.loaded import LoadedModels
+from engine.store.moderation import audit
 
 if TYPE_CHECKING:  # types only: the worker runs the runners, they never run it
     from engine.jobs.heartbeat import Heartbeat
@@ -122,6 +123,10 @@ def _enroll_record(worker: Worker, job: Job, inputs, checked) -> dict:
     from engine.store.members import queue_training
 
     report = record_enrollment(worker.store, inputs, checked)
+    if report.face_match is not None:  # the server's admins see it; the member is named, the match is not
+        audit(worker.store, job.guild_id, "enroll refused: face match" if report.face_match.strict
+              else "enroll: face like another member", None, job.user_id,
+              f"identity distance {report.face_match.distance:.2f} to another enrolled member")
     _delete_uploads(job)  # after any other error they stay for the retry (maintenance clears old ones)
     result = report.to_json()
     if job.params.get("train_after") and report.result.accepted:

@@ -162,8 +162,18 @@ def draw_together(models: LoadedModels, inputs: TogetherInputs, context: JobCont
 
 
 def _record(worker: Worker, job: Job, inputs: TogetherInputs, outputs: TogetherOutputs) -> dict:
+    """Inside the transaction that records the result: consent and cancellation are read once more, so a
+    partner who switched to never, refused, or was forgotten while it was drawn is never recorded or shown (a
+    forget that comes after this transaction deletes what it recorded, before the bot can show it)."""
     from engine.generation.portrait import save_portraits
+    from engine.store.together import may_draw
 
+    if not may_draw(worker.store, job.user_id, job.params.get("with", ""), job.params.get("request_id")):
+        _abandon(worker, job, inputs, None)
+        raise FaceChainError(NOT_ALLOWED_NOW)
+    if worker.queue.cancel_was_requested(job.id):
+        _abandon(worker, job, inputs, None)
+        raise JobCancelled("cancelled before its pictures were kept")
     if outputs.choose:  # the photo stays for the member's choice
         preview = worker.store.private_dir(job.user_id, "portraits") / f"together-choose-job{job.id}.jpg"
         worker.store.write_private_file(preview, outputs.preview)
@@ -178,7 +188,7 @@ def _record(worker: Worker, job: Job, inputs: TogetherInputs, outputs: TogetherO
             "pose": inputs.pose.id if inputs.pose is not None else None}
 
 
-def _abandon(worker: Worker, job: Job, inputs: Any, error: Exception) -> None:
+def _abandon(worker: Worker, job: Job, inputs: Any, error: Exception | None) -> None:
     if job.params.get("upload"):
         Path(job.params["upload"]).unlink(missing_ok=True)  # the photo can't be used: it is not kept
 

@@ -185,7 +185,7 @@ class Worker:
         except LeaseLost:
             raise  # settle() says so; nothing of this claim is recorded
         except (JobCancelled, training_cancelled()) as stopped:
-            if beat.cancel_requested.is_set():
+            if beat.cancel_requested.is_set() or self.queue.cancel_was_requested(job.id):
                 self.queue.mark_cancelled(job.lease)
             else:  # shutting down: the next worker resumes it
                 self.queue.release(job.lease)

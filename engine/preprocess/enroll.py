@@ -10,8 +10,18 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.preprocess import PreprocessResult, UploadedPhoto, preprocess_photos
+from engine.preprocess.pipeline import RejectedPhoto
+from engine.preprocess.reasons import Reason
 from engine.preprocess.trigger import subject_from_attributes, trigger_for_subject
 from engine.store import Store
+from engine.store.identities import (
+    REFUSAL,
+    SHARED_INDEX,
+    IdentityIndex,
+    IdentityMatch,
+    other_member_match,
+    save_identity,
+)
 
 
 @dataclass
@@ -22,6 +32,7 @@ class EnrollReport:
     result: PreprocessResult
     enrolled_total: int  # accepted selfies stored for the user after this enrollment
     suggested_subject: str | None = None  # a face engine's reading of gender and age, never applied by itself
+    face_match: IdentityMatch | None = None  # another member's face within the match threshold (for the audit log)
 
     def to_json(self) -> dict:
         return {
@@ -32,6 +43,7 @@ class EnrollReport:
             "accepted": [photo.name for photo in self.result.accepted],
             "rejected": [photo.to_json() for photo in self.result.rejected],
             "enrolled_total": self.enrolled_total,
+            "refused_as_another_member": bool(self.face_match and self.face_match.strict),
         }
 
 
@@ -67,6 +79,7 @@ def enrollment_inputs(store: Store, settings: Settings, user_id: str, photos: li
 class CheckedPhotos:
     result: PreprocessResult
     backend: str  # the face backend that made the embeddings
+    threshold: float = 0.6  # that backend's match threshold
 
 
 def check_photos(analyzer: FaceAnalyzer, settings: Settings, inputs: EnrollInputs) -> CheckedPhotos:
@@ -74,12 +87,27 @@ def check_photos(analyzer: FaceAnalyzer, settings: Settings, inputs: EnrollInput
     return CheckedPhotos(preprocess_photos(
         inputs.photos, analyzer, settings, known_hashes=inputs.known_hashes,
         known_embeddings=[embedding for backend, embedding in inputs.known_embeddings if backend == analyzer.name],
-    ), analyzer.name)
+    ), analyzer.name, analyzer.threshold)
+
+
+def refuse_another_members_face(store: Store, inputs: EnrollInputs, checked: CheckedPhotos,
+                                index: IdentityIndex = SHARED_INDEX) -> IdentityMatch | None:
+    """Compare the accepted photos with every other member's identity: a strict match turns them all into
+    rejections (nobody is named); a weaker one is only returned, for the audit log."""
+    result = checked.result
+    match = other_member_match(store, index, inputs.user_id, checked.backend, checked.threshold,
+                               [photo.embedding for photo in result.accepted])
+    if match is not None and match.strict:
+        result.rejected += [RejectedPhoto(photo.name, photo.sha256, Reason.ANOTHER_MEMBER, REFUSAL)
+                            for photo in result.accepted]
+        result.accepted = []
+    return match
 
 
 def record_enrollment(store: Store, inputs: EnrollInputs, checked: CheckedPhotos) -> EnrollReport:
     """Store the accepted photos and the member's words for who they are: the subject they chose now,
     else the one they had, else "person". A face engine's guess is kept as a suggestion only."""
+    face_match = refuse_another_members_face(store, inputs, checked)
     user_id, subject, result = inputs.user_id, inputs.subject, checked.result
     existing = store.get_user(user_id)
     if subject is not None:
@@ -100,8 +128,10 @@ def record_enrollment(store: Store, inputs: EnrollInputs, checked: CheckedPhotos
         )
     for photo in result.rejected:
         store.add_rejected_selfie(user_id, photo.sha256, photo.name, photo.reason.value, photo.detail)
+    if result.accepted:
+        save_identity(store, user_id, checked.backend)
     return EnrollReport(user_id, chosen_subject, trigger, result, enrolled_total=len(store.accepted_selfies(user_id)),
-                        suggested_subject=suggested)
+                        suggested_subject=suggested, face_match=face_match)
 
 
 def enroll_user(

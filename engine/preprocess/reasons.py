@@ -18,6 +18,7 @@ class Reason(str, Enum):
     NOT_FRONTAL = "not_frontal"
     DIFFERENT_PERSON = "different_person"
     DUPLICATE = "duplicate"
+    ANOTHER_MEMBER = "another_member"
 
 
 ADVICE: dict[Reason, str] = {
@@ -33,6 +34,7 @@ ADVICE: dict[Reason, str] = {
     Reason.NOT_FRONTAL: "your face is turned too far away: use a photo facing the camera",
     Reason.DIFFERENT_PERSON: "this looks like someone else: only send photos of yourself",
     Reason.DUPLICATE: "this photo was already sent: send a different one",
+    Reason.ANOTHER_MEMBER: "these photos look like another member of this bot; each member enrolls only their own face",
 }
 
 

@@ -8,22 +8,22 @@ pattern. An unmarked picture scores like noise (|z| of 2 or 3 on the test photos
 one above DETECT_Z after a JPEG resave at quality 85 and a resize to half (tests/test_provenance.py).
 A JPEG keeps the 4-pixel cells of a 512 px picture, and a resize only changes how many pixels each spans.
 
-A spread-spectrum mark on OpenCV alone, chosen over the `invisible-watermark` package (which needs the
-GUI build of OpenCV beside our headless one, and torch): its block DWT-DCT ties the mark to fixed
-4-pixel blocks of the pixel grid, which a resize moves.
+A spread-spectrum mark on numpy and Pillow alone (the bot marks its collages and thumbnails, and loads no
+OpenCV), chosen over the `invisible-watermark` package (which needs the GUI build of OpenCV beside our
+headless one, and torch): its block DWT-DCT ties the mark to fixed 4-pixel blocks of the pixel grid, which
+a resize moves.
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+from PIL import Image
 
 SEED = 0x46434149  # "FCAI": one pattern for every picture, so anyone with this code can check one
 CELL_COUNTS = (128, 64, 32)  # the largest whose cells are at least 2 px is used: 128 on a 512 px picture
 DETECT_Z = 6.0  # correlation z-score at or above which the mark is present (an unmarked picture: ~N(0, 1))
 TARGET_Z = 16.0  # what marking aims for, so that a resave and a resize still leave it above DETECT_Z
 START_STRENGTH, MAX_STRENGTH = 2.5, 6.0  # brightness levels added or taken per cell
-LAPLACIAN = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32) / 4
 
 
 def _pattern(cells: int) -> np.ndarray:
@@ -33,16 +33,22 @@ def _pattern(cells: int) -> np.ndarray:
 PATTERNS = {cells: _pattern(cells) for cells in CELL_COUNTS}
 
 
+def _resize(values: np.ndarray, width: int, height: int, resample: Image.Resampling) -> np.ndarray:
+    return np.asarray(Image.fromarray(values.astype(np.float32), "F").resize((width, height), resample))
+
+
 def _detail(cells: np.ndarray) -> np.ndarray:
-    return cv2.filter2D(cells, -1, LAPLACIAN, borderType=cv2.BORDER_REFLECT)
+    """What is left of a picture at cell scale once its shading is taken away (a Laplacian)."""
+    padded = np.pad(cells, 1, mode="symmetric")
+    return cells - (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]) / 4
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2YCrCb)[..., 0].astype(np.float32)
+    return rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _z(luma: np.ndarray, cells: int) -> float:
-    detail = _detail(cv2.resize(luma, (cells, cells), interpolation=cv2.INTER_AREA))
+    detail = _detail(_resize(luma, cells, cells, Image.Resampling.BOX))
     detail -= detail.mean()
     pattern = _detail(PATTERNS[cells])
     norm = float(np.linalg.norm(detail) * np.linalg.norm(pattern))
@@ -54,17 +60,17 @@ def cells_for(width: int, height: int) -> int:
 
 
 def embed(rgb: np.ndarray) -> np.ndarray:
-    """The picture (RGB uint8) with the mark in its brightness, no stronger than it needs to be found."""
+    """The picture (RGB uint8) with the mark in its brightness, no stronger than it needs to be found. The same
+    amount goes on red, green and blue, so the colours stay as they were."""
     height, width = rgb.shape[:2]
     cells = cells_for(width, height)
-    stretched = cv2.resize(PATTERNS[cells], (width, height), interpolation=cv2.INTER_NEAREST)
-    stretched = cv2.GaussianBlur(stretched, (0, 0), max(width, height) / cells / 6)  # no hard cell edges
-    ycrcb = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    smooth = min(width, height) >= 4 * cells  # soft cell edges where cells are large enough to keep their level
+    stretched = _resize(PATTERNS[cells], width, height,
+                        Image.Resampling.BILINEAR if smooth else Image.Resampling.NEAREST)[..., None]
+    base = rgb[..., :3].astype(np.float32)
     strength = START_STRENGTH
     while True:
-        marked = ycrcb.copy()
-        marked[..., 0] = np.clip(ycrcb[..., 0] + strength * stretched, 0, 255)
-        out = cv2.cvtColor(np.round(marked).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+        out = np.clip(np.round(base + strength * stretched), 0, 255).astype(np.uint8)
         if strength >= MAX_STRENGTH or _z(_luma(out), cells) >= TARGET_Z:
             return out
         strength = min(strength * 1.25, MAX_STRENGTH)  # a busy picture hides a stronger mark

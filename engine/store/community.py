@@ -12,7 +12,7 @@ from engine.nsfw_policy import NSFW_POLICIES
 from engine.store.store import Store, equal_to, utc_now
 
 SETTING_COLUMNS = ("gallery_channel_id", "daily_quota", "allowed_styles", "nsfw_policy", "highlight_day",
-                   "highlight_hour", "last_highlight_at", "web_token", "blocked_words")
+                   "highlight_hour", "last_highlight_at", "web_token", "blocked_words", "report_channel_id")
 SORTS = ("new", "top")
 
 
@@ -28,6 +28,7 @@ class GuildSettings:
     last_highlight_at: str | None = None
     web_token: str | None = None
     blocked_words: list[str] = field(default_factory=list)  # refused in members' own prompt words
+    report_channel_id: str | None = None  # where members' reports go (None: the server owner's DMs)
 
     def allows_style(self, style_id: str) -> bool:
         return not self.allowed_styles or style_id in self.allowed_styles
@@ -44,7 +45,7 @@ def guild_settings(store: Store, guild_id: str) -> GuildSettings:
         highlight_day=row["highlight_day"],
         highlight_hour=18 if row["highlight_hour"] is None else row["highlight_hour"],
         last_highlight_at=row["last_highlight_at"], web_token=row["web_token"],
-        blocked_words=json.loads(row["blocked_words"] or "[]"),
+        blocked_words=json.loads(row["blocked_words"] or "[]"), report_channel_id=row.get("report_channel_id"),
     )
 
 
@@ -101,8 +102,12 @@ def set_gallery_message(store: Store, entry_id: int, message_id: str, channel_id
 
 
 def remove_gallery_entry(store: Store, entry_id: int) -> None:
+    """Take an entry out of the gallery, with its likes and, for a picture of two, both members' agreement to
+    share: it goes up again only when both share it again."""
     with store.transaction():
         store.db.execute("delete from gallery_likes where entry_id = ?", [entry_id])
+        store.db.execute("delete from share_approvals where portrait_id in (select portrait_id from gallery_entries "
+                         "where id = ?)", [entry_id])
         store.db["gallery_entries"].delete(entry_id)
 
 
@@ -118,6 +123,32 @@ def portrait_gallery_posts(store: Store, portrait_ids: list[int]) -> list[dict]:
     marks = ", ".join("?" for _ in portrait_ids)
     return list(store.db["gallery_entries"].rows_where(f"portrait_id in ({marks}) and message_id is not null",
                                                        portrait_ids))
+
+
+# --- the messages a result was sent in ------------------------------------------------------------------
+
+def record_result_message(store: Store, job_id: int, channel_id: str, message_id: str) -> None:
+    """A message that shows a job's pictures (the asker's, the other member's copy of a picture together), so
+    that deleting them, by either member or a moderator, reaches every copy."""
+    with store.transaction():
+        store.db["result_messages"].insert({"job_id": job_id, "channel_id": channel_id, "message_id": message_id,
+                                            "created_at": utc_now()}, ignore=True)
+
+
+def result_messages(store: Store, job_id: int) -> list[dict]:
+    return list(store.db["result_messages"].rows_where("job_id = ?", [job_id]))
+
+
+def member_result_messages(store: Store, user_id: str) -> list[dict]:
+    """Every message that shows pictures of a member: their results, and pictures together they are in."""
+    return list(store.db.query(
+        "select * from result_messages where job_id in (select id from jobs where user_id = ? or "
+        "(kind = 'together' and json_extract(params, '$.with') = ?))", [user_id, user_id]))
+
+
+def forget_result_messages(store: Store, job_id: int) -> None:
+    with store.transaction():
+        store.db.execute("delete from result_messages where job_id = ?", [job_id])
 
 
 # --- browsing, likes, highlights, the web link ---------------------------------------------------------
@@ -206,6 +237,25 @@ def week_winners(store: Store, guild_id: str, now: datetime | None = None, limit
     rows = store.db.query(ITEM_QUERY + " where e.guild_id = ? and e.message_id is not null and e.created_at >= ?"
                           + flagged + " order by likes desc, e.id desc limit ?", [guild_id, since, limit])
     return [GalleryItem(**row) for row in rows]
+
+
+def record_highlight_post(store: Store, guild_id: str, channel_id: str, message_id: str,
+                          portrait_ids: list[int]) -> None:
+    """A weekly highlight as posted, with the pictures in it: forgetting one of their members takes it down."""
+    with store.transaction():
+        store.db["highlight_posts"].insert({"guild_id": guild_id, "channel_id": channel_id, "message_id": message_id,
+                                            "portrait_ids": json.dumps(portrait_ids), "created_at": utc_now()})
+
+
+def highlight_posts_showing(store: Store, portrait_ids: list[int]) -> list[dict]:
+    """The highlight posts that show any of these pictures; their rows go (the caller deletes the posts)."""
+    wanted = set(portrait_ids)
+    rows = [row for row in store.db["highlight_posts"].rows if wanted & set(json.loads(row["portrait_ids"]))]
+    if rows:
+        with store.transaction():
+            for row in rows:
+                store.db["highlight_posts"].delete(row["id"])
+    return rows
 
 
 def highlight_guilds(store: Store) -> list[GuildSettings]:

@@ -5,6 +5,7 @@ Daily quotas need no reset job: they count the jobs created since midnight UTC.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 from engine.config import Settings
 from engine.jobs.queue import SqliteJobQueue
 from engine.store import Store
+from engine.store.moderation import delete_old_audit
+from engine.store.together import open_request_uploads
 
 log = logging.getLogger(__name__)
 TEMP_MAX_AGE_HOURS = 24
@@ -27,15 +30,27 @@ def reap_expired_leases(store: Store, settings: Settings) -> int:
     return SqliteJobQueue(store, settings).reap_expired()
 
 
-def delete_temp_files(settings: Settings, max_age_hours: float = TEMP_MAX_AGE_HOURS) -> int:
-    """Uploads and scratch files nobody picked up (a job that was cancelled before it ran, say)."""
+def uploads_in_use(store: Store) -> set[Path]:
+    """Photos a queued or running job, or a question not yet answered, still needs."""
+    wanted = {Path(path) for path in open_request_uploads(store)}
+    for (text,) in store.db.execute("select params from jobs where state in ('queued', 'running')"):
+        params = json.loads(text or "{}")
+        wanted |= {Path(p) for p in (params.get("upload"), params.get("pose_upload")) if p}
+        wanted |= {Path(u["path"]) for u in params.get("uploads") or [] if u.get("path")}
+    return {path.resolve() for path in wanted}
+
+
+def delete_temp_files(store: Store, settings: Settings, max_age_hours: float = TEMP_MAX_AGE_HOURS) -> int:
+    """Uploads and scratch files nobody picked up (a job that was cancelled before it ran, say). A photo an
+    open question or a waiting job still needs stays, however old: it is deleted when they end."""
     folder = settings.data_dir / "tmp"
     if not folder.is_dir():
         return 0
     oldest = time.time() - max_age_hours * 3600
+    in_use = uploads_in_use(store)
     removed = 0
     for path in folder.rglob("*"):
-        if path.is_file() and path.stat().st_mtime < oldest:
+        if path.is_file() and path.stat().st_mtime < oldest and path.resolve() not in in_use:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -88,7 +103,8 @@ def run_all(store: Store, settings: Settings) -> dict:
     """Every task once; what `facechain maintenance` prints."""
     summary = {
         "leases_reaped": reap_expired_leases(store, settings),
-        "temp_files_deleted": delete_temp_files(settings),
+        "temp_files_deleted": delete_temp_files(store, settings),
+        "audit_lines_deleted": delete_old_audit(store),
         "retention": enforce_retention(store, settings),
     }
     if settings.backup_every_hours:
@@ -116,7 +132,8 @@ def build_scheduler(settings: Settings):
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
     scheduler.add_job(task(reap_expired_leases), "interval", seconds=max(5, settings.job_lease_seconds // 2),
                       id="reap_expired_leases")
-    scheduler.add_job(task(lambda store, s: delete_temp_files(s)), "interval", hours=1, id="delete_temp_files")
+    scheduler.add_job(task(delete_temp_files), "interval", hours=1, id="delete_temp_files")
+    scheduler.add_job(task(lambda store, s: delete_old_audit(store)), "interval", hours=24, id="delete_old_audit")
     scheduler.add_job(task(enforce_retention), "interval", hours=24, id="enforce_retention")
     if settings.backup_every_hours:
         scheduler.add_job(task(backup_database), "interval", hours=settings.backup_every_hours, id="backup_database")

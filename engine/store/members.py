@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from engine.errors import FaceChainError
 from engine.jobs.queue import QueueLimit, SqliteJobQueue
 from engine.store import SelfieRecord, Store
+from engine.store.identities import save_identity
 from engine.subjects import trigger_for_subject
 
 
@@ -53,6 +54,7 @@ def remove_photo(store: Store, queue: SqliteJobQueue, user_id: str, number: int,
         raise FaceChainError(f"There is no photo {number}: you have {len(photos)} (1 to {len(photos)}).")
     selfie = photos[number - 1][1]
     store.delete_selfie(selfie.id)
+    save_identity(store, user_id, selfie.embedding_backend)
     remaining = len(photos) - 1
     train_job_id = retrain(queue, user_id, guild_id, channel_id) if remaining else None
     return RemovedPhoto(number, selfie.original_name, remaining, train_job_id)

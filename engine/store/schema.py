@@ -248,7 +248,51 @@ def _families(db: sqlite_utils.Database) -> None:
     db["runtime"].create({"key": str, "value": str}, pk="key")
 
 
+def _trust(db: sqlite_utils.Database) -> None:
+    """What keeps consent and moderation honest: a request answered for the partner without asking them
+    (`silent`: not enrolled, `never` or refused, told as a decline after a human's kind of wait); every
+    message a result was sent in (so Delete for both reaches each copy); the weekly highlight posts and
+    the pictures in them (so forgetting takes them down); a server's bars, reports and audit log; each
+    member's identity vector for the bot-wide face match at enrollment."""
+    db["together_requests"].add_column("silent", int, not_null_default=0)
+    db["together_requests"].create_index(["requester_id", "partner_id", "state"])
+    db["result_messages"].create({"job_id": int, "channel_id": str, "message_id": str, "created_at": str},
+                                 pk=("job_id", "message_id"))
+    db["highlight_posts"].create({"id": int, "guild_id": str, "channel_id": str, "message_id": str,
+                                  "portrait_ids": str, "created_at": str}, pk="id")  # portrait_ids: json
+    db["bars"].create({"guild_id": str, "user_id": str, "reason": str, "barred_by": str, "created_at": str},
+                      pk=("guild_id", "user_id"))
+    db["reports"].create({
+        "id": int, "guild_id": str, "portrait_id": int, "entry_id": int, "reporter_id": str,
+        "state": str,  # open / removed / dismissed
+        "channel_id": str, "message_id": str,  # where the admins were shown it
+        "created_at": str, "handled_by": str, "handled_at": str,
+    }, pk="id")
+    db["reports"].create_index(["guild_id", "state"])
+    db["audit_log"].create({"id": int, "guild_id": str, "action": str, "actor_id": str, "target_id": str,
+                            "detail": str, "created_at": str}, pk="id")
+    db["audit_log"].create_index(["guild_id", "id"])
+    db["guild_settings"].add_column("report_channel_id", str)
+    db["identities"].create({"user_id": str, "backend": str, "vector": bytes, "photos": int, "updated_at": str},
+                            pk=("user_id", "backend"))
+    db["identities"].create_index(["backend"])
+    _backfill_identities(db)
+
+
+def _backfill_identities(db: sqlite_utils.Database) -> None:
+    """Members enrolled before the face match get their identity from the selfies they have."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list] = {}
+    for user_id, backend, vector in db.execute("select user_id, embedding_backend, embedding from selfies "
+                                               "where status = 'accepted' and embedding is not null"):
+        groups.setdefault((user_id, backend), []).append(np.frombuffer(vector, np.float32))
+    db["identities"].insert_all(({"user_id": user_id, "backend": backend, "photos": len(vectors),
+                                  "vector": np.mean(np.stack(vectors), axis=0).astype(np.float32).tobytes(),
+                                  "updated_at": ""} for (user_id, backend), vectors in groups.items()))
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_initial, _job_queue, _galleries, _safety,
                                                              _queue_speed, _setup_problems, _blocked_words, _ran_on,
                                                              _typical_run_times, _lease_tokens, _job_ids_never_reused,
-                                                             _suggested_subject, _together, _families]
+                                                             _suggested_subject, _together, _families, _trust]

@@ -21,13 +21,14 @@ import numpy as np
 import sqlite_utils
 
 from engine.errors import FaceChainError
+from engine.store.identities import bump_version
 from engine.store.schema import MIGRATIONS
 from engine.store.together import erase_together
 
 SCHEMA_VERSION = len(MIGRATIONS)
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Tables holding rows of a user, children before parents so foreign keys never dangle.
-USER_TABLES = ("gallery_likes", "gallery_entries", "portraits", "jobs", "face_models", "selfies")
+USER_TABLES = ("gallery_likes", "gallery_entries", "portraits", "jobs", "face_models", "selfies", "identities")
 
 
 # The owner of the jobs the system runs for itself (style previews); never listed as a member.
@@ -436,6 +437,11 @@ class Store:
         shown_in_deleted = self.delete_portraits(shown_in)  # with their gallery posts, whoever shared them
         with self.transaction():
             counts["together"] = erase_together(self.db, user_id)
+            # Where their pictures were shown (cleared by the bot first) and the reports they made.
+            counts["result_messages"] = self.db.execute(
+                "delete from result_messages where job_id in (select id from jobs where user_id = ? or "
+                "(kind = 'together' and json_extract(params, '$.with') = ?))", [user_id, user_id]).rowcount
+            counts["reports"] = self.db.execute("delete from reports where reporter_id = ?", [user_id]).rowcount
             # Likes on this user's gallery entries (by anyone) and on their pictures another member shared
             # (a two-member picture); their own likes go with USER_TABLES.
             on_theirs = ("select id from gallery_entries where user_id = ? or portrait_id in "
@@ -451,6 +457,7 @@ class Store:
             counts["gallery_entries"] += shared_by_others
             counts["portraits"] += shown_in_deleted
             counts["users"] = self.db.execute("delete from users where id = ?", [user_id]).rowcount
+            bump_version(self.db)  # their identity leaves every process's face-match index
         folder = self.user_dir(user_id)
         files = shown_in_files + (sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0)
         shutil.rmtree(folder, ignore_errors=True)

@@ -3,14 +3,21 @@
 Each member chooses in `/facechain me` (or `facechain users set --together`): `ask` (the default),
 `always` or `never`, and may refuse one requester for good from a request's message. A request asks
 once; it is allowed, declined, or expires after ANSWER_HOURS. The requester only ever learns
-NOT_ALLOWED (declined, `never`, refused for good) or NO_ANSWER (expired), never which choice made it so.
-The worker checks again before it draws (`may_draw`): a member who changed their mind, or was
-forgotten, is never drawn.
+NOT_ALLOWED (declined, `never`, refused for good, not enrolled) or NO_ANSWER (expired), never which
+made it so, and never sooner than a person could answer: a request the partner is not asked about
+(`silent`) is declined after a random wait of SILENT_WAIT seconds, as a person's decline comes. The
+worker checks again before it draws and inside the transaction that records the picture (`may_draw`):
+a member who changed their mind, or was forgotten, is never drawn.
+
+Limits: one open question per pair, and ASKS_PER_DAY questions a day per asker (the setting
+FACECHAIN_TOGETHER_ASKS_PER_DAY).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -29,6 +36,7 @@ DEFAULT_STYLE = "polaroid"  # a scene without a style named: a snapshot of frien
 DEFAULT_POSE = "side-by-side"
 NOT_ALLOWED = "not allowed"
 NO_ANSWER = "no answer"
+SILENT_WAIT = (45.0, 1800.0)  # seconds: a decline the partner was not asked about comes after a person's kind of wait
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,13 @@ class TogetherRequest:
     message_channel_id: str | None = None
     message_id: str | None = None
     job_id: int | None = None
+    silent: bool = False  # the partner is not asked: declined when it expires
+
+
+def silent_wait() -> float:
+    """Seconds until a silent request is declined: log-uniform over SILENT_WAIT, as people answer."""
+    low, high = SILENT_WAIT
+    return math.exp(random.uniform(math.log(low), math.log(high)))
 
 
 @dataclass(frozen=True)
@@ -86,19 +101,36 @@ def _refuses(store: Store, partner_id: str, requester_id: str) -> bool:
 
 
 def ask(store: Store, requester_id: str, partner_id: str, params: dict, guild_id: str | None = None,
-        channel_id: str | None = None, now: datetime | None = None) -> Asked:
-    """Ask `partner_id` whether `requester_id` may put them in a picture (what `params` describes)."""
-    choice = together_choice(store, partner_id)
-    if choice == "never" or _refuses(store, partner_id, requester_id):
-        return Asked("refused")
-    if choice == "always":
-        return Asked("go")
+        channel_id: str | None = None, now: datetime | None = None, ready: bool = True,
+        asks_per_day: int = 10) -> Asked:
+    """Ask `partner_id` whether `requester_id` may put them in a picture (what `params` describes).
+
+    `ready`: the partner has what the picture needs (a face model, or enrolled selfies for a photo). A
+    partner who is not ready, chose `never` or refuses this requester is not asked: the request is
+    `silent`, declined after a person's kind of wait, so the asker cannot tell which it was."""
     moment = _now(now)
     with store.transaction():
+        open_question = store.db.execute(
+            "select expires_at from together_requests where requester_id = ? and partner_id = ? and state = 'asked'",
+            [requester_id, partner_id]).fetchone()
+        if open_question:
+            expires = int(datetime.fromisoformat(open_question[0]).timestamp())
+            raise FaceChainError(f"You already asked <@{partner_id}>: wait for their answer (the question ends "
+                                 f"<t:{expires}:R>).")
+        since = _stamp(moment - timedelta(days=1))
+        asked_today = store.db.execute("select count(*) from together_requests where requester_id = ? and "
+                                       "created_at > ?", [requester_id, since]).fetchone()[0]
+        if asks_per_day and asked_today >= asks_per_day:
+            raise FaceChainError(f"You can ask for {asks_per_day} pictures together a day: try again tomorrow.")
+        choice = together_choice(store, partner_id) if ready else "never"
+        silent = choice == "never" or _refuses(store, partner_id, requester_id)
+        if choice == "always" and not silent:
+            return Asked("go")
+        expires = moment + (timedelta(seconds=silent_wait()) if silent else timedelta(hours=ANSWER_HOURS))
         request_id = store.db["together_requests"].insert({
             "requester_id": requester_id, "partner_id": partner_id, "guild_id": guild_id, "channel_id": channel_id,
             "params": json.dumps(params), "state": "asked", "created_at": _stamp(moment),
-            "expires_at": _stamp(moment + timedelta(hours=ANSWER_HOURS)),
+            "expires_at": _stamp(expires), "silent": int(silent),
         }).last_pk
     return Asked("asked", get_request(store, request_id))
 
@@ -111,7 +143,7 @@ def get_request(store: Store, request_id: int) -> TogetherRequest | None:
 def _request(row: dict) -> TogetherRequest:
     return TogetherRequest(row["id"], row["requester_id"], row["partner_id"], row["guild_id"], row["channel_id"],
                            json.loads(row["params"] or "{}"), row["state"], row["created_at"], row["expires_at"],
-                           row["message_channel_id"], row["message_id"], row["job_id"])
+                           row["message_channel_id"], row["message_id"], row["job_id"], bool(row.get("silent")))
 
 
 def set_request_message(store: Store, request_id: int, channel_id: str, message_id: str) -> None:
@@ -126,7 +158,7 @@ def answer(store: Store, request_id: int, partner_id: str, allow: bool, refuse_f
     moment = _now(now)
     with store.transaction():
         request = get_request(store, request_id)
-        if request is None or request.partner_id != partner_id:
+        if request is None or request.partner_id != partner_id or request.silent:
             raise FaceChainError("This request is not for you.")
         if request.state != "asked" and request.state != "expired":
             raise FaceChainError(f"You already answered this request ({request.state}).")
@@ -146,7 +178,8 @@ def set_request_job(store: Store, request_id: int, job_id: int) -> None:
 
 
 def expire_due(store: Store, now: datetime | None = None) -> list[TogetherRequest]:
-    """Requests unanswered past their day, now marked expired (their requesters are owed NO_ANSWER)."""
+    """Requests unanswered past their day, now marked expired (their requesters are owed NO_ANSWER), and
+    silent ones past their wait, now declined (owed NOT_ALLOWED)."""
     moment = _stamp(_now(now))
     # The bot asks every few seconds: a read first, so the database's write lock is taken only when one is due.
     if not store.db.execute("select 1 from together_requests where state = 'asked' and expires_at <= ? limit 1",
@@ -154,9 +187,9 @@ def expire_due(store: Store, now: datetime | None = None) -> list[TogetherReques
         return []
     with store.transaction():
         rows = list(store.db["together_requests"].rows_where("state = 'asked' and expires_at <= ?", [moment]))
-        store.db.execute("update together_requests set state = 'expired', answered_at = ? "
-                         "where state = 'asked' and expires_at <= ?", [moment, moment])
-    return [_request({**row, "state": "expired"}) for row in rows]
+        store.db.execute("update together_requests set state = case when silent then 'declined' else 'expired' end, "
+                         "answered_at = ? where state = 'asked' and expires_at <= ?", [moment, moment])
+    return [_request({**row, "state": "declined" if row["silent"] else "expired"}) for row in rows]
 
 
 def may_draw(store: Store, requester_id: str, partner_id: str, request_id: int | None) -> bool:
@@ -184,10 +217,18 @@ def approve_share(store: Store, portrait_id: int, user_id: str) -> set[str]:
 
 
 def erase_together(db: sqlite_utils.Database, user_id: str) -> int:
-    """A forgotten member's requests (either side), refusals (either side) and share approvals; run
-    inside the forgetting's transaction. Returns the rows deleted."""
+    """A forgotten member's requests (either side), the refusals they made and their share approvals; run
+    inside the forgetting's transaction. Returns the rows deleted. A refusal of them by another member is
+    that member's data: it stays (by Discord id), so forgetting and enrolling again does not undo it."""
     return sum(db.execute(sql, [user_id, user_id][:sql.count("?")]).rowcount for sql in (
         "delete from together_requests where requester_id = ? or partner_id = ?",
-        "delete from together_refusals where user_id = ? or requester_id = ?",
+        "delete from together_refusals where user_id = ?",
         "delete from share_approvals where user_id = ?",
     ))
+
+
+def open_request_uploads(store: Store) -> set[str]:
+    """The photos open questions still need (maintenance keeps them past its usual day)."""
+    return {json.loads(params or "{}").get("upload") or "" for (params,) in store.db.execute(
+        "select params from together_requests where state in ('asked', 'allowed') and "
+        "(job_id is null or job_id in (select id from jobs where state in ('queued', 'running')))")} - {""}

@@ -34,6 +34,7 @@ from engine.jobs.queue.base import (
 )
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
+from engine.store.moderation import check_not_barred
 
 KINDS = ("enroll", "train", "generate", "swap", "redraw", "upscale", "together", "teaser", "preview")
 # Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while
@@ -84,6 +85,7 @@ class SqliteJobQueue:
         if kind not in KINDS:
             raise FaceChainError(f"Unknown job kind {kind!r}: one of {', '.join(KINDS)}.")
         with self.store.transaction():
+            check_not_barred(self.store, guild_id, user_id)
             self.store.touch_user(user_id)
             self._check_limits(kind, user_id, guild_id, follows)
             job_id = self.db["jobs"].insert({
