@@ -170,6 +170,7 @@ class Backend:
                        from_photo: bool = False) -> tuple[str, bool]:
         """Everything that can be wrong with a portrait request before it is queued; returns the member's
         words tidied and whether they have a face model."""
+        check_not_barred(self.store, _text(guild_id), user_id)
         settings = self.guild(guild_id)
         if settings and not settings.allows_style(order.style):
             raise FaceChainError(f"The style {order.style!r} is not allowed on this server: "

@@ -165,6 +165,7 @@ async def swap(interaction: discord.Interaction, photo: discord.Attachment,
     await interaction.response.defer(ephemeral=private, thinking=True)
     bot = client(interaction)
     user_id = str(interaction.user.id)
+    await bot.backend.run(check_not_barred, bot.backend.store, _text(interaction.guild_id), user_id)
     if not await bot.backend.run(bot.backend.store.accepted_selfies, user_id):
         raise FaceChainError("Enroll a few selfies first with `/facechain enroll`: your face comes from them.")
     redraws = await bot.backend.run(bot.backend.redraws_faces, user_id)

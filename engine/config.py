@@ -179,6 +179,10 @@ class Settings(BaseSettings):
     # your own (a PEM chain, leaf first, and its PEM private key; ES256).
     provenance_cert: Path | None = None
     provenance_key: Path | None = None
+    # Refuse enrollment photos that look like another member's face (each member enrolls only their own face;
+    # a weaker likeness goes to the server's audit log). Off only where several accounts must share a face:
+    # load tests, or identical twins on a small server.
+    one_face_per_member: bool = True
     # Questions a member may send a day with /facechain together (0 = no limit).
     together_asks_per_day: int = Field(default=10, ge=0)
 

@@ -214,4 +214,5 @@ def soak(d: Deployment, interactions: int = 300, pace_seconds: float = 0.1, enro
 
 
 SOAK_SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 30, "PORTRAIT_SIZE": 64,
-                 "PORTRAIT_CANDIDATES": 2, "ATTACHMENT_HOSTS": "http://127.0.0.1", "JOB_RETRY_SECONDS": 0}
+                 "PORTRAIT_CANDIDATES": 2, "ATTACHMENT_HOSTS": "http://127.0.0.1", "JOB_RETRY_SECONDS": 0,
+                 "ONE_FACE_PER_MEMBER": "false"}  # the crowd's enrollers share the test photos of one face

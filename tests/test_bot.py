@@ -549,11 +549,15 @@ def ask(d: Deployment, **options) -> Message:
                                       attachments={"photo": d.upload(GROUP)["photo1"]}))
 
 
+def questions(d: Deployment) -> list[Message]:
+    """Bob's open Allow / Decline questions: by DM, where nobody else sees them or the photo."""
+    return [m for m in d.fake.channel_messages(d.fake.dm_channel(d.bob))
+            if any(c.startswith("fc:together:allow") for c in m.custom_ids())]
+
+
 def question(d: Deployment) -> Message:
-    """The newest Allow / Decline question to Bob in the channel."""
-    return d.fake.wait_for(lambda: ([m for m in d.fake.channel_messages(d.general)
-                                     if any(c.startswith("fc:together:allow") for c in m.custom_ids())] or [None])[-1],
-                           30, "the question")
+    """The newest Allow / Decline question to Bob."""
+    return d.fake.wait_for(lambda: (questions(d) or [None])[-1], 30, "the question")
 
 
 def test_a_member_asked_decides_and_the_asker_hears_only_not_allowed_or_no_answer(deployment):
@@ -562,12 +566,16 @@ def test_a_member_asked_decides_and_the_asker_hears_only_not_allowed_or_no_answe
     bob_enrolled(d)
     uploads = d.data_dir / "tmp"
 
-    # never: answered at once, in the same words as a decline.
+    # never: Bob is not asked, and Alice sees what a question shows; later, the words of a decline.
     set_choice(d, d.bob, "never")
     refused = ask(d)
+    fake.wait_for(lambda: "Asked" in refused.text(), 30, "the same waiting line as a question")
+    assert not questions(d) and "expires" in refused.text()
+    assert "You already asked" in ask(d).text()  # one open question per pair, whatever the answer will be
+    d.rows("update together_requests set expires_at = '2000-01-01T00:00:00+00:00' where silent = 1")  # a wait on
     fake.wait_for(lambda: "not allowed" in refused.text(), 30, "the refusal")
     assert f"<@{d.bob}>" in refused.text() and "never" not in refused.text()
-    assert d.rows("select count(*) from together_requests") == [(0,)]
+    assert d.rows("select state from together_requests") == [("declined",)]
     assert not list(uploads.glob(f"enroll-{d.alice}-*/photo.upload"))  # nothing kept
 
     # ask, then decline: only Bob can answer.
@@ -576,6 +584,8 @@ def test_a_member_asked_decides_and_the_asker_hears_only_not_allowed_or_no_answe
     fake.wait_for(lambda: "Asked" in waiting.text(), 30, "the waiting line")
     asked = question(d)
     assert f"<@{d.bob}>" in asked.text() and "expires" in asked.text()
+    assert "photo.jpg" in asked.files  # the photo Bob is asked about, shown to him alone
+    assert Image.open(io.BytesIO(asked.files["photo.jpg"])).width <= 320
     allow, decline, refuse = asked.custom_ids()
     assert "Only" in fake.response(fake.click(d.alice, asked, allow)).text()
     fake.wait_acked(fake.click(d.bob, asked, decline))
@@ -615,8 +625,18 @@ def test_a_member_asked_decides_and_the_asker_hears_only_not_allowed_or_no_answe
                          30, "the gallery post")
     assert f"<@{d.alice}> and <@{d.bob}>" in post.text()
 
-    # always: no question; then Bob forgets, and the pictures he is in go with him.
+    # always: no question. Private: Bob's copy comes by DM; Delete by either clears both copies.
     set_choice(d, d.bob, "always")
+    hidden = ask(d, private=True)
+    fake.wait_for(lambda: hidden.files, 120, "the private picture")
+    copy = fake.wait_for(lambda: next((m for m in fake.channel_messages(fake.dm_channel(d.bob))
+                                       if any(name.startswith("together-") for name in m.files)), None), 30,
+                         "bob's copy by DM")
+    fake.wait_acked(fake.click(d.alice, hidden, _custom_id(hidden, "delete")))
+    fake.wait_for(lambda: not copy.files and "deleted these pictures" in copy.text() and not copy.custom_ids(), 30,
+                  "bob's copy cleared")
+
+    # Then Bob forgets, and the pictures he is in go with him.
     direct = ask(d)
     fake.wait_for(lambda: direct.files, 120, "the picture drawn at once")
     assert d.rows("select count(*) from together_requests where state = 'asked'") == [(0,)]
@@ -626,6 +646,90 @@ def test_a_member_asked_decides_and_the_asker_hears_only_not_allowed_or_no_answe
     assert d.rows("select count(*) from portraits where partner_id = ?", d.bob) == [(0,)]
     assert d.rows("select count(*) from together_requests") == [(0,)]
     fake.wait_for(lambda: post.deleted, 10, "the gallery post taken down")
+
+
+def test_moderators_report_remove_bar_and_audit_and_a_face_is_its_owners(deployment):
+    d, fake = deployment, deployment.fake
+    trained(d)
+    gallery_channel_set(d)
+    message = portraits_message(d)
+    share = _custom_id(message, "share")
+    options = [o["value"] for row in message.components for c in row["components"]
+               if c.get("custom_id") == share for o in c["options"]]
+
+    def shared(value: str) -> Message:
+        before = {m.id for m in fake.channel_messages(d.gallery)}
+        fake.response(fake.click(d.alice, message, share, [value]))
+        return fake.wait_for(lambda: next((m for m in fake.channel_messages(d.gallery) if m.id not in before), None),
+                             30, "the gallery post")
+
+    # Report on a gallery post: anyone may press it; without a report channel it goes to the owner's DMs.
+    post = shared(options[-1])
+    thanks = fake.response(fake.click(d.carol, post, _custom_id(post, "report")))
+    assert thanks.ephemeral and "Reported to this server's moderators" in thanks.text()
+    owner_dms = fake.dm_channel(d.alice)  # alice owns Club
+    report = fake.wait_for(lambda: next((m for m in fake.channel_messages(owner_dms)
+                                         if any(c.startswith("fc:mod:") for c in m.custom_ids())), None), 30, "report")
+    assert f"<@{d.carol}>" in report.text() and "reported.png" in report.files
+    assert f"<@{d.carol}>" not in post.text()  # the reporter is named to the admins only
+    remove, dismiss = report.custom_ids()
+    assert "Only that server's admins" in fake.response(fake.click(d.bob, report, remove)).text()
+    fake.wait_acked(fake.click(d.alice, report, remove))
+    fake.wait_for(lambda: post.deleted and "Removed by" in report.text() and not report.custom_ids(), 30, "removed")
+    assert "already handled" in fake.response(fake.click(d.alice, report, dismiss)).text()
+
+    # With a report channel: a reported result goes there, and can be dismissed.
+    fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"report_channel": {"channel": "general"}},
+                               group="facechain-admin"))
+    fake.response(fake.click(d.carol, message, _custom_id(message, "report")))
+    flagged = fake.wait_for(lambda: next((m for m in fake.channel_messages(d.general)
+                                          if any(c.startswith("fc:mod:") for c in m.custom_ids())), None), 30, "report")
+    fake.wait_acked(fake.click(d.alice, flagged, flagged.custom_ids()[1]))
+    fake.wait_for(lambda: "Dismissed by" in flagged.text(), 30, "dismissed")
+    assert message.files  # a dismissed report leaves the pictures as they were
+
+    # /facechain-admin remove, by the post's link.
+    post = shared(options[0])
+    link = f"https://discord.com/channels/{d.guild}/{post.channel_id}/{post.id}"
+    assert "Give a gallery post's message link" in fake.response(
+        fake.command(d.alice, d.general, d.guild, "remove", {"message": "that one"}, group="facechain-admin")).text()
+    assert "Only this server's admins" in fake.response(
+        fake.command(d.bob, d.general, d.guild, "remove", {"message": link}, group="facechain-admin")).text()
+    fake.response(fake.command(d.alice, d.general, d.guild, "remove", {"message": link}, group="facechain-admin"))
+    fake.wait_for(lambda: post.deleted, 30, "the post taken down")
+    assert "not a post in this server's gallery" in fake.response(
+        fake.command(d.alice, d.general, d.guild, "remove", {"message": link}, group="facechain-admin")).text()
+
+    # A bar holds on this server only, and is lifted.
+    try:
+        barred = fake.response(fake.command(d.alice, d.general, d.guild, "bar", {"member": {"user": d.carol},
+                                                                                 "reason": "spam"},
+                                            group="facechain-admin"))
+        assert f"Barred <@{d.carol}>" in barred.text()
+        for command, options_, files in (("portrait", {"style": "cyberpunk"}, None),
+                                         ("enroll", {}, d.upload("obama/obama1.jpg"))):
+            answer = fake.response(fake.command(d.carol, d.general, d.guild, command, options_, attachments=files))
+            assert answer.text() == "⚠️ A moderator of this server has barred you from FaceChain here.", answer.text()
+    finally:
+        fake.response(fake.command(d.alice, d.general, d.guild, "unbar", {"member": {"user": d.carol}},
+                                   group="facechain-admin"))
+
+    # Carol enrolls photos of Alice's face: refused in one line that names nobody, and audited.
+    prompt = fake.response(fake.command(d.carol, d.general, d.guild, "enroll", attachments=d.upload(
+        "obama/obama3.jpg", "obama/obama4_small.jpg", "obama/obama2.jpg")))
+    agree_to_consent(fake, d.carol, prompt)
+    fake.wait_for(lambda: "rejected" in prompt.text(), 90, "the enroll card")
+    assert "look like another member of this bot" in prompt.text() and f"<@{d.alice}>" not in prompt.text()
+    assert d.rows("select count(*) from selfies where user_id = ? and status = 'accepted'", d.carol) == [(0,)]
+    assert d.rows("select count(*) from jobs where user_id = ? and kind = 'train'", d.carol) == [(0,)]
+
+    log = fake.response(fake.command(d.alice, d.general, d.guild, "audit", group="facechain-admin"))
+    text = log.text()
+    for words in ("barred", "unbarred", "a picture was reported", "removed a reported picture", "dismissed a report",
+                  "removed a gallery post", "changed settings", "enrollment refused"):
+        assert words in text, words
+    assert "Only this server's admins" in fake.response(
+        fake.command(d.bob, d.general, d.guild, "audit", group="facechain-admin")).text()
 
 
 def test_admins_add_a_style_from_a_lora_file_for_their_server_only(deployment, tiny_model, tmp_path):

@@ -31,7 +31,8 @@ ROOT = Path(__file__).parent.parent
 OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
 STEPS = 200  # the trainings a node loss, a kill or a SIGTERM interrupts at 30%
 SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 20, "PORTRAIT_SIZE": 64,
-            "PORTRAIT_CANDIDATES": 2, "JOB_LEASE_SECONDS": 5, "JOB_RETRY_SECONDS": 0, "TRAINING_PREVIEWS": "false"}
+            "PORTRAIT_CANDIDATES": 2, "JOB_LEASE_SECONDS": 5, "JOB_RETRY_SECONDS": 0, "TRAINING_PREVIEWS": "false",
+            "ONE_FACE_PER_MEMBER": "false"}  # several members share the test photos of one face
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,8 @@ OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
 def engine_settings(tiny_model, tmp_path_factory):
     # A high learning rate so 20 steps visibly move the tiny model's outputs.
     return load_settings(_env_file=None, data_dir=tmp_path_factory.mktemp("engine") / "data", device="cpu",
-                         base_model=str(tiny_model), vae="", train_resolution=64, learning_rate=5e-2)
+                         base_model=str(tiny_model), vae="", train_resolution=64, learning_rate=5e-2,
+                         one_face_per_member=False)  # three members share the test photos of one face
 
 
 @pytest.fixture(scope="module")

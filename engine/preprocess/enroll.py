@@ -56,6 +56,7 @@ class EnrollInputs:
     subject: str | None
     known_hashes: set[str]
     known_embeddings: list[tuple[str, np.ndarray]]  # (face backend, embedding) of the enrolled selfies
+    one_face_per_member: bool = True  # refuse photos of another member's face (FACECHAIN_ONE_FACE_PER_MEMBER)
 
 
 def enrollment_inputs(store: Store, settings: Settings, user_id: str, photos: list[UploadedPhoto],
@@ -72,7 +73,8 @@ def enrollment_inputs(store: Store, settings: Settings, user_id: str, photos: li
         trigger_for_subject(subject)  # reject a wrong subject before any work
     store.user_dir(user_id)  # validates the id
     return EnrollInputs(user_id, photos, subject, store.selfie_hashes(user_id),
-                        [(s.embedding_backend, s.embedding) for s in store.accepted_selfies(user_id)])
+                        [(s.embedding_backend, s.embedding) for s in store.accepted_selfies(user_id)],
+                        settings.one_face_per_member)
 
 
 @dataclass
@@ -97,7 +99,7 @@ def refuse_another_members_face(store: Store, inputs: EnrollInputs, checked: Che
     result = checked.result
     match = other_member_match(store, index, inputs.user_id, checked.backend, checked.threshold,
                                [photo.embedding for photo in result.accepted])
-    if match is not None and match.strict:
+    if match is not None and match.strict and inputs.one_face_per_member:
         result.rejected += [RejectedPhoto(photo.name, photo.sha256, Reason.ANOTHER_MEMBER, REFUSAL)
                             for photo in result.accepted]
         result.accepted = []
