@@ -14,6 +14,7 @@ from bot.replies import not_yours, reply
 from bot.views import client, guarded, report_button
 from engine.errors import FaceChainError
 from engine.jobs.queue import Job
+from engine.store.moderation import audit
 
 
 async def owned_job(interaction: discord.Interaction, job_id: int, partner_may: bool = False) -> Job | None:
@@ -140,6 +141,9 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:canc
             elif (job := await owned_job(interaction, self.job_id)) is None:
                 return
             cancelled = await bot.backend.run(bot.backend.queue.cancel, job.id)
+            if self.admin:
+                await bot.backend.run(audit, bot.backend.store, job.guild_id, "cancel", str(interaction.user.id),
+                                      job.user_id, f"job {job.id} ({job.kind})")
             done = "Cancelled" if cancelled.state == "cancelled" else "Stopping"
             await reply(interaction, f"{done}: job {job.id} ({job.kind}).")
         await guarded(interaction, action)

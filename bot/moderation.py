@@ -27,7 +27,7 @@ ACTION_WORDS = {"bar": "barred", "unbar": "unbarred", "report": "a picture was r
                 "remove": "removed a gallery post", "settings": "changed settings",
                 "enroll refused: face match": "enrollment refused: the photos look like another member",
                 "enroll: face like another member": "enrolled photos resemble another member (not refused)",
-                "style-add": "added a style", "style-remove": "removed a style"}
+                "style-add": "added a style", "style-remove": "removed a style", "cancel": "cancelled a request of"}
 
 
 # --- /facechain-admin remove, bar, unbar, audit ----------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 import pytest
 from PIL import Image
 
+from engine.provenance import check
 from engine.store import Store
 from tests.bot_harness import Deployment, add_finished_request, running_bot
 from tests.fake_discord import Message
@@ -159,15 +160,27 @@ def test_weekly_highlight_posts_the_most_liked_as_a_collage(deployment):
     assert "Weekly highlight: Fridays at 20:00 UTC" in settings.text()
     fake.wait_for(lambda: "highlight for guild" in d.bot.log() and "next run" in d.bot.log(), 10, "the schedule")
 
+    # Bob's shared pictures become pictures of him with Carol: a highlight credits both members.
+    d.rows("update portraits set partner_id = ? where user_id = ? and id in (select portrait_id from gallery_entries "
+           "where guild_id = ?)", d.carol, d.bob, d.guild)
     before = len(gallery_posts(d))
     answer = fake.response(fake.command(d.alice, d.general, d.guild, "highlight", group="facechain-admin"))
     fake.wait_for(lambda: "Posted" in answer.text(), 20, "the highlight")
     highlight = gallery_posts(d)[-1]
     assert len(gallery_posts(d)) == before + 1 and "Highlights of the week" in highlight.text()
     credits = highlight.text().splitlines()
-    assert credits[1].startswith(f"**#1** <@{d.bob}> · Oil Painting · ❤️ 2")  # the yellow one
+    assert credits[1].startswith(f"**#1** <@{d.bob}> and <@{d.carol}> · Oil Painting · ❤️ 2")  # the yellow one
     collage = Image.open(io.BytesIO(highlight.files["highlights.png"])).convert("RGB")
     assert collage.getpixel((100, 100)) == COLOURS["yellow"]
+    marks = check(highlight.files["highlights.png"])  # the collage says it was made by AI too
+    assert marks.xmp and marks.c2pa_ai and marks.watermark_found
+    assert d.rows("select count(*) from highlight_posts where message_id = ?", highlight.id) == [(1,)]
+
+    # Bob forgets himself: the highlight showing his pictures comes down with them.
+    forget = fake.response(fake.command(d.bob, d.general, d.guild, "forget"))
+    fake.wait_acked(fake.click(d.bob, forget, forget.custom_ids()[0]))
+    fake.wait_for(lambda: highlight.deleted, 30, "the highlight taken down")
+    assert d.rows("select count(*) from highlight_posts") == [(0,)]
 
     off = fake.response(fake.command(d.alice, d.general, d.guild, "settings", {"highlight_day": -1},
                                      group="facechain-admin"))

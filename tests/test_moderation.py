@@ -71,3 +71,29 @@ def test_the_audit_log_pages_newest_first_and_keeps_ninety_days(store):
     with store.transaction():
         store.db.execute("update audit_log set created_at = ? where detail = 'change 0'", [old])
     assert delete_old_audit(store) == 1 and audit_page(store, "club", 0)[1] == 3
+
+
+def test_a_barred_member_is_never_asked_on_that_server(settings):
+    import numpy as np
+
+    from bot.backend import Backend, TogetherOrder
+    from engine.store.together import answer, expire_due
+
+    backend = Backend(settings)
+    try:
+        store = backend.store
+        for member in ("ann", "ben"):
+            store.ensure_user(member, "person", "a person")
+            store.add_selfie(member, member * 8, "me.jpg", b"jpeg", 0.9, np.zeros(128, np.float32), "dlib")
+        order = TogetherOrder("ben", upload="photo.upload")  # on a photo: enrolled selfies are enough
+        asked, _ = backend.ask_together("ann", 1, 2, order)
+        assert asked.outcome == "asked" and not asked.request.silent  # ben is asked
+        answer(store, asked.request.id, "ben", allow=False)
+        bar(store, "1", "ben", "admin")
+        asked, _ = backend.ask_together("ann", 1, 2, order)
+        assert asked.outcome == "asked" and asked.request.silent  # looks the same to ann; ben is not asked
+        expire_due(store, datetime.now(timezone.utc) + timedelta(hours=1))
+        asked, _ = backend.ask_together("ann", 3, 4, order)
+        assert not asked.request.silent  # on another server ben is asked as before
+    finally:
+        backend.close()

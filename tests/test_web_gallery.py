@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.provenance import check
 from engine.store import Store
 from engine.store.community import add_gallery_entry, set_gallery_message
 from engine.store.store import utc_now
@@ -108,6 +109,8 @@ def test_thumbnails_are_made_once_and_only_for_shared_portraits(deployment):
     entry = d.shared[0]
     status, thumb = fetch(f"{link}thumb/{entry}.jpg")
     assert status == 200 and thumb[:2] == b"\xff\xd8"
+    marks = check(thumb)  # a thumbnail says it was made by AI, like the portrait it shows
+    assert marks.xmp and marks.c2pa == "Valid" and marks.c2pa_ai
     cached = list((d.data_dir / "cache" / "thumbs").glob("*.jpg"))
     assert len(cached) == 1 and Image.open(cached[0]).size == (384, 384)
     stamp = cached[0].stat().st_mtime_ns

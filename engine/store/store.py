@@ -442,6 +442,11 @@ class Store:
                 "delete from result_messages where job_id in (select id from jobs where user_id = ? or "
                 "(kind = 'together' and json_extract(params, '$.with') = ?))", [user_id, user_id]).rowcount
             counts["reports"] = self.db.execute("delete from reports where reporter_id = ?", [user_id]).rowcount
+            # The server's moderation records keep their lines, without the forgotten member's id (a bar of them
+            # stays: it is the server's decision, and must hold if they come back).
+            for table, column in (("audit_log", "actor_id"), ("audit_log", "target_id"), ("reports", "handled_by"),
+                                  ("bars", "barred_by")):
+                self.db.execute(f"update {table} set {column} = null where {column} = ?", [user_id])
             # Likes on this user's gallery entries (by anyone) and on their pictures another member shared
             # (a two-member picture); their own likes go with USER_TABLES.
             on_theirs = ("select id from gallery_entries where user_id = ? or portrait_id in "
