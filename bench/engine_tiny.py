@@ -42,7 +42,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="facechain-bench-"))
     model = make_tiny_model(scratch / "tiny")
     settings = load_settings(_env_file=None, data_dir=scratch / "data", base_model=str(model), vae="", device="cpu",
-                             train_resolution=SIZE)
+                             train_resolution=SIZE, one_face_per_member=False)  # two members, one set of photos
     print(f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     store = Store(settings.data_dir)
     photos = [UploadedPhoto(p.name, p.read_bytes()) for p in sorted(PHOTOS.glob("obama[123].jpg"))]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from bot import gallery, moderation, style_admin  # noqa: F401 - they add their commands to the admin group
+from bot import gallery, moderation, style_admin, takedown  # noqa: F401 - they add their commands to the admin group
 from bot.admin_commands import admin
 from bot.backend import PortraitOrder
 from bot.components import CancelButton
@@ -262,8 +262,8 @@ async def forget_dialog(interaction: discord.Interaction) -> None:
                 break
             await asyncio.sleep(0.2)
         report, posts, messages = await bot.backend.run(bot.backend.erase, user_id)
-        removed_posts = await gallery.delete_posts(bot, posts)
-        await gallery.clear_messages(bot, messages, "🗑️ These pictures were deleted.")
+        removed_posts = await takedown.delete_posts(bot, posts)
+        await takedown.clear_messages(bot, messages, "🗑️ These pictures were deleted.")
         rows = report.rows_deleted
         await button_interaction.edit_original_response(content=(
             f"🗑️ Done. Deleted {rows.get('selfies', 0)} photo records, {rows.get('face_models', 0)} face model "

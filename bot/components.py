@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import discord
 
-from bot import gallery
+from bot import gallery, takedown
 from bot.replies import not_yours, reply
-from bot.views import client, guarded, report_button
+from bot.reports import ReportButton
+from bot.views import client, guarded
 from engine.errors import FaceChainError
 from engine.jobs.queue import Job
 from engine.store.moderation import audit
@@ -72,12 +73,12 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:(?P<act
                 await queue_again(interaction, job, "Re-rolling", seed=None)
                 return
             bot = client(interaction)
-            removed = await gallery.delete_job_portraits(bot, self.job_id)
+            removed = await takedown.delete_job_portraits(bot, self.job_id)
             await interaction.response.edit_message(
                 content=f"🗑️ Deleted {removed} portrait{'s' if removed != 1 else ''}.", attachments=[],
                 embed=None, view=None)
             pressed_on = interaction.message.id if interaction.message else None
-            await gallery.clear_result_messages(bot, job, f"🗑️ <@{interaction.user.id}> deleted these pictures.",
+            await takedown.clear_result_messages(bot, job, f"🗑️ <@{interaction.user.id}> deleted these pictures.",
                                                 keep=pressed_on)
         await guarded(interaction, action)
 
@@ -235,7 +236,7 @@ def swap_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
 def add_report(view: discord.ui.View, job: Job) -> None:
     """Report, on a result others on the server can see."""
     if job.guild_id and not job.params.get("private"):
-        view.add_item(report_button("j", job.id))
+        view.add_item(ReportButton("j", job.id))
 
 
 def portrait_actions(job: Job, portraits: list[dict]) -> discord.ui.View:

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot import takedown
 from bot.messages import COLOUR
 from bot.replies import reply
-from bot.views import OwnerView, age_restricted, client, guarded, report_button
+from bot.reports import ReportButton
+from bot.views import OwnerView, age_restricted, client, guarded
 from engine.errors import FaceChainError
-from engine.jobs.queue import Job
 from engine.nsfw_policy import may_show_flagged
 from engine.store.collage import render_collage
 from engine.store.community import (
@@ -23,14 +24,11 @@ from engine.store.community import (
     GuildSettings,
     add_gallery_entry,
     browse_gallery,
-    forget_result_messages,
     gallery_item,
     gallery_styles,
     highlight_guilds,
-    portrait_gallery_posts,
     record_highlight_post,
     remove_gallery_entry,
-    result_messages,
     set_gallery_message,
     toggle_like,
     update_guild_settings,
@@ -46,7 +44,7 @@ CANNOT_POST = ("I could not post in the gallery channel: ask an admin to check t
                "send messages and attach files there.")
 
 
-# --- posting and taking down ---------------------------------------------------------------------
+# --- posting ---------------------------------------------------------------------------------------
 
 async def post(bot: FaceChainBot, channel_id: str, title: str, **message) -> tuple[str, str]:
     """Post in a gallery channel; in a forum channel, as a new post (thread). Returns (channel, message) ids."""
@@ -57,58 +55,6 @@ async def post(bot: FaceChainBot, channel_id: str, title: str, **message) -> tup
     target = channel if isinstance(channel, discord.abc.Messageable) else bot.get_partial_messageable(int(channel_id))
     sent = await target.send(**message)
     return str(sent.channel.id), str(sent.id)
-
-
-async def delete_posts(bot: FaceChainBot, posts: list[dict]) -> int:
-    """Delete gallery posts; one already gone counts as deleted."""
-    deleted = 0
-    for item in posts:
-        try:
-            if item["channel_id"] == item["message_id"]:  # a forum post: its first message id is the thread's id
-                await bot.http.delete_channel(int(item["channel_id"]), reason="FaceChain: portrait un-shared")
-            else:
-                channel = bot.get_partial_messageable(int(item["channel_id"]))
-                await channel.get_partial_message(int(item["message_id"])).delete()
-        except discord.NotFound:
-            pass
-        except discord.HTTPException as error:
-            log.warning("could not delete gallery post %s: %s", item["message_id"], error)
-            continue
-        deleted += 1
-    return deleted
-
-
-async def delete_job_portraits(bot: FaceChainBot, job_id: int) -> int:
-    """Delete a request's portraits, their files and gallery posts; returns how many portraits."""
-    store = bot.backend.store
-    portraits = await bot.backend.run(store.job_portraits, job_id)
-    ids = [portrait["id"] for portrait in portraits]
-    await delete_posts(bot, await bot.backend.run(portrait_gallery_posts, store, ids))
-    return await bot.backend.run(store.delete_portraits, ids)
-
-
-async def clear_result_messages(bot: FaceChainBot, job: Job, text: str, keep: int | None = None) -> int:
-    """Edit every message that showed a job's pictures (both members' copies of a picture together) to `text`,
-    without the pictures or buttons; `keep`: a message already edited. Returns how many were edited."""
-    shown = [m for m in await bot.backend.run(result_messages, bot.backend.store, job.id)
-             if keep is None or int(m["message_id"]) != keep]
-    edited = await clear_messages(bot, shown, text)
-    await bot.backend.run(forget_result_messages, bot.backend.store, job.id)
-    return edited
-
-
-async def clear_messages(bot: FaceChainBot, messages: list[dict], text: str) -> int:
-    """Edit messages (rows with channel_id and message_id) to `text`, without pictures or buttons."""
-    edited = 0
-    for shown in messages:
-        message = bot.get_partial_messageable(int(shown["channel_id"])).get_partial_message(int(shown["message_id"]))
-        try:
-            await message.edit(content=text, attachments=[], embeds=[], view=None,
-                               allowed_mentions=discord.AllowedMentions.none())
-            edited += 1
-        except discord.HTTPException as error:  # gone, or ephemeral: nothing left to show there
-            log.info("could not clear message %s: %s", shown["message_id"], error)
-    return edited
 
 
 def style_name(bot: FaceChainBot, style_id: str) -> str:
@@ -166,7 +112,7 @@ def post_view(entry_id: int, likes: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(GalleryButton("like", entry_id, likes))
     view.add_item(GalleryButton("unshare", entry_id))
-    view.add_item(report_button("e", entry_id))
+    view.add_item(ReportButton("e", entry_id))
     return view
 
 
@@ -204,7 +150,7 @@ class GalleryButton(discord.ui.DynamicItem[discord.ui.Button],
                 await reply(interaction, "Only the member who shared this portrait can un-share it.")
                 return
             await reply(interaction, "Removed from the gallery.")
-            await delete_posts(bot, [{"channel_id": item.channel_id, "message_id": item.message_id}])
+            await takedown.delete_posts(bot, [{"channel_id": item.channel_id, "message_id": item.message_id}])
             await bot.backend.run(remove_gallery_entry, bot.backend.store, item.entry_id)
         await guarded(interaction, action)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from bot import gallery
+from bot import takedown
 from bot.admin_commands import admin, require_manage_guild
 from bot.messages import COLOUR
 from bot.replies import reply
@@ -47,7 +47,7 @@ async def admin_remove(interaction: discord.Interaction, message: app_commands.R
     entry = await bot.backend.run(entry_by_message, bot, guild_id, found.group(1))
     if entry is None:
         raise FaceChainError("That is not a post in this server's gallery.")
-    await gallery.delete_posts(bot, [{"channel_id": entry["channel_id"], "message_id": entry["message_id"]}])
+    await takedown.delete_posts(bot, [{"channel_id": entry["channel_id"], "message_id": entry["message_id"]}])
     await bot.backend.run(remove_gallery_entry, bot.backend.store, entry["id"])
     await bot.backend.run(audit, bot.backend.store, guild_id, "remove", str(interaction.user.id), entry["user_id"],
                           f"picture {entry['portrait_id']}")

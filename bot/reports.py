@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot import gallery
+from bot import takedown
 from bot.messages import COLOUR
 from bot.replies import reply
 from bot.views import client, guarded
@@ -148,11 +148,11 @@ async def take_down(bot: FaceChainBot, handled: Report) -> None:
     if handled.entry_id is not None:
         item = await bot.backend.run(gallery_item, store, handled.entry_id)
         if item is not None:
-            await gallery.delete_posts(bot, [{"channel_id": item.channel_id, "message_id": item.message_id}])
+            await takedown.delete_posts(bot, [{"channel_id": item.channel_id, "message_id": item.message_id}])
             await bot.backend.run(remove_gallery_entry, store, item.entry_id)
         return
     portrait = await bot.backend.run(store.portrait, handled.portrait_id)
     job = await bot.backend.run(bot.backend.queue.get, portrait["job_id"]) if portrait else None
     if job is not None:
-        await gallery.delete_job_portraits(bot, job.id)
-        await gallery.clear_result_messages(bot, job, "🗑️ A moderator removed these pictures.")
+        await takedown.delete_job_portraits(bot, job.id)
+        await takedown.clear_result_messages(bot, job, "🗑️ A moderator removed these pictures.")

@@ -1,9 +1,11 @@
 """/facechain together: a picture of two members, each looking like themselves, with the other's
 consent first.
 
-The member asked decides in /facechain me: `ask` (the default) sends them a message only they can
-answer (Allow, Decline, or Decline and never ask again), which expires after a day; `always` draws at
-once; `never` refuses at once. The member who asked only ever hears "not allowed" or "no answer".
+The member asked decides in /facechain me: `ask` (the default) sends them a question by DM, with a small
+copy of the photo it is about, that only they can answer (Allow, Decline, or Decline and never ask again),
+which expires after a day; `always` draws at once. The member who asked only ever hears "not allowed" or
+"no answer", and the same way whether the other chose `never`, refused them, is not enrolled or is barred:
+such a request asks no one and is declined after a person's kind of wait.
 Requests live in the database (`engine/store/together.py`), so answers and expiries survive a restart;
 only the asker's "thinking…" message is held in memory, to show the picture on it when it can.
 """

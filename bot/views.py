@@ -23,13 +23,6 @@ def age_restricted(channel: object) -> bool:
     return bool(is_nsfw()) if callable(is_nsfw) else False
 
 
-def report_button(kind: str, target_id: int) -> discord.ui.Button:
-    """Report (🚩) on a gallery post (`kind` e, its entry) or a result on a server (j, its job); bot/reports.py's
-    ReportButton answers it, by its custom id."""
-    return discord.ui.Button(label="Report", emoji="🚩", style=discord.ButtonStyle.secondary,
-                             custom_id=f"fc:report:{kind}{target_id}")
-
-
 async def guarded(interaction: discord.Interaction, action: Callable[[], Awaitable[None]]) -> None:
     try:
         await action()

@@ -70,7 +70,7 @@ def test_a_missing_base_model_makes_jobs_wait_and_tells_the_owner_once(tiny_mode
                     in m.content]
         assert len(previews) == 1 and len(previews[0].files) == 2 and f"<@{member}>" in previews[0].content
         assert int(previews[0].id) < int(ping[0].id)
-        assert {c.split(":")[1] for c in previews[0].custom_ids()} <= {"delete", "share"}
+        assert {c.split(":")[1] for c in previews[0].custom_ids()} <= {"delete", "share", "report"}
 
         # Fast mode with the fast-mode LoRA out of reach: a new incident (one more DM), the request waits.
         asked = fake.command(member, d.general, d.guild, "portrait", {"style": "anime", "count": 1, "fast": True})

@@ -107,7 +107,8 @@ def test_deleting_a_user_removes_every_row_and_file_and_nothing_of_others(store)
     report = store.delete_user("42")
     # 42's like of 43's entry and 43's like of 42's entry both go: nothing of 42 stays, even as a like.
     assert report.rows_deleted == {"gallery_likes": 2, "gallery_entries": 1, "portraits": 1, "jobs": 1, "face_models": 1,
-                                   "selfies": 1, "users": 1, "together": 0}
+                                   "selfies": 1, "users": 1, "together": 0, "identities": 0, "result_messages": 0,
+                                   "reports": 0}
     assert report.files_deleted == 2
     assert not store.user_dir("42").exists()
     for table in ("selfies", "face_models", "jobs", "portraits", "gallery_entries"):

@@ -304,8 +304,8 @@ def test_scratch_folders_of_stopped_processes_are_swept_and_live_ones_kept(tmp_p
 
 
 def test_a_forgotten_members_face_adapter_leaves_the_workers_memory(worker, worker_settings, analyzer):
-    for user in ("42", "43"):
-        enroll_user(worker.store, analyzer, worker_settings, user, [photo(p) for p in OBAMA], subject="man")
+    for user, photos in (("42", OBAMA), ("43", ["biden/biden1.jpg", "biden/biden2.jpg"])):  # two people
+        enroll_user(worker.store, analyzer, worker_settings, user, [photo(p) for p in photos], subject="man")
         worker.queue.enqueue("train", user, {"steps": 2})
         worker.queue.enqueue("generate", user, {"style": "anime", "count": 1, "wait_for_training": True})
     worker.run(exit_when_idle=0)

@@ -27,7 +27,8 @@ STEPS = 150
 @pytest.fixture
 def setup(tiny_model, tmp_path, analyzer):
     env_settings = {"DATA_DIR": tmp_path / "data", "BASE_MODEL": str(tiny_model), "DEVICE": "cpu",
-                    "TRAIN_RESOLUTION": 64, "JOB_LEASE_SECONDS": 3, "JOB_RETRY_SECONDS": 0}
+                    "TRAIN_RESOLUTION": 64, "JOB_LEASE_SECONDS": 3, "JOB_RETRY_SECONDS": 0,
+                    "ONE_FACE_PER_MEMBER": False}  # three members share the test photos of one face
     settings = load_settings(_env_file=None, **{k.lower(): v for k, v in env_settings.items()})
     store = Store(settings.data_dir)
     for user in ("ann", "bob", "cy"):
