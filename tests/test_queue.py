@@ -287,8 +287,21 @@ def test_an_idle_claim_takes_no_write_lock(store, settings):
     assert time.monotonic() - started < 1.0  # not the 30 s wait for the write lock
     writer.execute("commit")
 
+    # Jobs that can't run yet are no work in sight either: a retry's wait, a portrait waiting for a training.
+    later = queue.enqueue("generate", "bob", {})
+    store.db.execute("update jobs set run_after = ? where id = ?",
+                     [(datetime.now(timezone.utc) + timedelta(hours=1)).isoformat(timespec="microseconds"), later.id])
+    queue.enqueue("train", "cy", {})
+    waiting = queue.enqueue("generate", "cy", {"wait_for_training": True})
+    writer.execute("begin immediate")
+    started = time.monotonic()
+    assert queue.claim("w", kinds=("generate",)) is None
+    assert time.monotonic() - started < 1.0
+    writer.execute("commit")
+    assert queue.get(waiting.id).state == "queued"
+
     job = queue.enqueue("generate", "ann", {})
-    assert queue.claim("w").id == job.id  # with work in sight it claims as before
+    assert queue.claim("w", kinds=("generate",)).id == job.id  # with work in sight it claims as before
 
 
 def test_jobs_waiting_for_the_setup_are_tried_again_together_in_the_queues_order(queue, clock):

@@ -61,6 +61,15 @@ def stamp(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
+def claimable(kinds: tuple[str, ...]) -> str:
+    """The condition (on `jobs j`) for a queued job of `kinds` that may run now: its retry time has come, and
+    a portrait that chose to wait for its member's training in progress waits. Parameters: the kinds, then now."""
+    marks = ", ".join("?" for _ in kinds)
+    return f"""j.state = 'queued' and j.kind in ({marks}) and (j.run_after is null or j.run_after <= ?)
+        and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
+                 and j.user_id in (select user_id from jobs where kind = 'train' and state in ('queued', 'running')))"""
+
+
 class SqliteJobQueue:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -143,13 +152,13 @@ class SqliteJobQueue:
         return replace(self.get(job_id), lease=Lease(job_id, worker_id, token))
 
     def _work_in_sight(self, kinds: tuple[str, ...]) -> bool:
-        """A plain read: a queued job of `kinds`, or a lease to take back. (A job enqueued just after it
-        is claimed on the worker's next look.)"""
-        marks = ", ".join("?" for _ in kinds)
+        """A plain read: a job of `kinds` that may run now (not one waiting for its retry time or for a
+        training), or a lease to take back. (A job enqueued just after it is claimed on the worker's next look.)"""
+        moment = stamp(now())
         return bool(self.db.execute(
-            f"select exists(select 1 from jobs where state = 'queued' and kind in ({marks})) "
+            f"select exists(select 1 from jobs j where {claimable(kinds)}) "
             f"or exists(select 1 from jobs where {LEASE_RAN_OUT})",
-            [*kinds, stamp(now())]).fetchone()[0])
+            [*kinds, moment, moment]).fetchone()[0])
 
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.job_lease_seconds)
@@ -159,14 +168,8 @@ class SqliteJobQueue:
         A portrait that chose to wait for a training in progress waits."""
         if not kinds:
             return []
-        marks = ", ".join("?" for _ in kinds)
         return list(self.db.query(
-            f"""select min(j.id) as id, j.user_id, j.kind from jobs j where j.state = 'queued' and j.kind in ({marks})
-                and (j.run_after is null or j.run_after <= ?)
-                and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
-                         and j.user_id in (select user_id from jobs where kind = 'train'
-                                           and state in ('queued', 'running')))
-                group by j.user_id""",
+            f"select min(j.id) as id, j.user_id, j.kind from jobs j where {claimable(kinds)} group by j.user_id",
             [*kinds, stamp(now())],
         ))
 
