@@ -122,6 +122,47 @@ def test_style_lora_is_a_second_weighted_adapter_and_the_cache_is_lru(base, alic
     assert str(alice_model.path) not in generator.loaded_adapters and str(bob.path) in generator.loaded_adapters
 
 
+def test_a_style_file_replaced_under_the_same_name_is_the_one_drawn(base, alice_model, engine_store, engine_settings,
+                                                                    tmp_path):
+    """A server's style removed and added again under the same id keeps its path: the adapter cache goes by the
+    file's content, so the new LoRA is drawn at once, not the one loaded before."""
+    import os
+    import shutil
+
+    bob = engine_store.ready_face_model("bob") or train_user(engine_store, base, engine_settings, "bob", steps=5)
+    path = tmp_path / "neon-look.safetensors"
+    shutil.copy(alice_model.path / WEIGHTS_FILE, path)
+    lora = StyleLora(reference=str(path), weight=0.8)
+    generator = PortraitGenerator(base, max_adapters=4)
+    first = draw(generator, None, lora=lora)[0]
+    path.unlink()  # style-remove, then style-add under the same id: another file at the same path
+    shutil.copy(bob.path / WEIGHTS_FILE, path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    second = draw(generator, None, lora=lora)[0]
+    fresh = draw(PortraitGenerator(base, max_adapters=4), None, lora=lora)[0]
+    assert np.abs(second - first).mean() > 0.5 and np.allclose(second, fresh, atol=1e-3)
+
+
+def test_training_reads_its_caption_without_a_style_lora_left_on_the_text_encoder(engine_settings):
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+
+    base = load_base_pipeline(engine_settings)  # its own copy: the adapter below stays out of the shared one
+    device = torch.device("cpu")
+    plain = lora_training._encode_caption(base, "<fcsks>, a handsome man", device).hidden_states
+    encoder = base.pipeline.text_encoder
+    # As diffusers' load_lora_weights leaves a kohya style LoRA with text encoder layers: peft layers, active.
+    inject_adapter_in_model(LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), encoder,
+                            adapter_name="style")
+    with torch.no_grad():
+        ids = base.pipeline.tokenizer("<fcsks>, a handsome man", padding="max_length", max_length=77,
+                                      truncation=True, return_tensors="pt").input_ids
+        assert not torch.allclose(encoder(ids)[0], plain, atol=1e-4)  # the style layers are live
+    assert torch.equal(lora_training._encode_caption(base, "<fcsks>, a handsome man", device).hidden_states, plain)
+    with torch.no_grad():
+        assert not torch.allclose(encoder(ids)[0], plain, atol=1e-4)  # and live again after
+
+
 def test_an_interrupted_training_resumes_to_the_same_weights(base, engine_store, engine_settings, alice_model):
     # bob trained 5 steps above; carol is interrupted at step 13 of 20, then resumed.
     calls = {"n": 0}

@@ -6,6 +6,8 @@ costs a `set_adapters` call instead of a base-model reload.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -146,6 +148,21 @@ def lora_file(reference: str, weight_name: str | None, setting: str, revision: s
     return hub_file(parsed, weight_name or WEIGHTS_FILE, setting, revision)
 
 
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, modified_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """A file's SHA-256, hashed once per version of the file (its size and modification time)."""
+    stat = path.stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
 class StyleUnavailable(ModelMissing):
     """A style's LoRA cannot be loaded: the job fails at once (no retry) with words for the member;
     the owner's detail is in `detail`."""
@@ -228,11 +245,16 @@ class PortraitGenerator:
         return self._adapter(key, load)
 
     def _style_adapter(self, style: Style) -> str:
+        """A style's LoRA, cached by what it is: a hub file by its reference and revision, a file on this machine
+        (a server's or the owner's style) by its content, so a style removed and added again under the same id
+        draws with the new file, in every worker and actor."""
         lora = style.lora
         try:
+            key = f"style:{lora.reference}:{lora.weight_name}:{lora.revision}"
+            if parse_model_reference(lora.reference).kind == "local":
+                key = f"style:sha256:{file_digest(lora_file(lora.reference, lora.weight_name, style.lora_setting))}"
             return self._file_adapter(
-                f"style:{lora.reference}:{lora.weight_name}:{lora.revision}",
-                lambda: lora_file(lora.reference, lora.weight_name, style.lora_setting, lora.revision))
+                key, lambda: lora_file(lora.reference, lora.weight_name, style.lora_setting, lora.revision))
         except Exception as error:  # noqa: BLE001 - a missing, unreachable or garbled LoRA says the same
             detail = str(error) if isinstance(error, ModelMissing) else f"{type(error).__name__}: {str(error)[:200]}"
             raise StyleUnavailable(style, f"style {style.id}: its LoRA {lora.reference} could not be loaded "

@@ -121,12 +121,36 @@ def _cache_inputs(base: BasePipeline, photos: list[Path], caption: str, options:
 
 
 def _encode_caption(base: BasePipeline, caption: str, device: torch.device) -> TextConditioning:
+    """The caption through the base text encoder(s) alone: a style LoRA the last portrait left active on them
+    must not colour what the face model learns."""
     pipe = base.pipeline
     dtype = pipe.unet.dtype
-    if base.family is SDXL:
-        with _visiting(pipe.text_encoder, device), _visiting(pipe.text_encoder_2, device):
-            hidden, _, pooled, _ = pipe.encode_prompt(caption, device=device, do_classifier_free_guidance=False)
-        return TextConditioning(hidden.to(device, dtype), pooled.to(device, dtype))
+    with _adapters_off(pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if base.family is SDXL:
+            with _visiting(pipe.text_encoder, device), _visiting(pipe.text_encoder_2, device):
+                hidden, _, pooled, _ = pipe.encode_prompt(caption, device=device, do_classifier_free_guidance=False)
+            return TextConditioning(hidden.to(device, dtype), pooled.to(device, dtype))
+        return _encode_sd15_caption(pipe, caption, device, dtype)
+
+
+@contextmanager
+def _adapters_off(*modules: torch.nn.Module | None):
+    """Every LoRA layer in `modules` switched off inside the block, and back as it was after."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [layer for module in modules if module is not None for layer in module.modules()
+              if isinstance(layer, BaseTunerLayer)]
+    were_off = [layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer, off in zip(layers, were_off):
+            layer.enable_adapters(not off)
+
+
+def _encode_sd15_caption(pipe, caption: str, device: torch.device, dtype: torch.dtype) -> TextConditioning:
     with _visiting(pipe.text_encoder, device):
         ids = pipe.tokenizer(caption, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(device)
