@@ -69,7 +69,20 @@ def test_a_servers_style_is_that_servers_alone_and_the_worker_draws_it(tmp_path,
     assert files_under(folder) == [] and load_catalogue(settings, GUILD).get("neon-look") is None
 
 
-@pytest.mark.parametrize("case", ["pickle", "huge", "not-lora", "other-family", "bad-words"])
+def raw_safetensors(path, header: dict | str, data: bytes = b"") -> None:
+    """A file with a safetensors frame around any header, as a hostile or broken upload could be."""
+    import json
+    import struct
+
+    text = (header if isinstance(header, str) else json.dumps(header)).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+LORA_KEY = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"
+
+
+@pytest.mark.parametrize("case", ["pickle", "huge", "not-lora", "other-family", "bad-words", "float-shape",
+                                  "deep-json", "outside"])
 def test_a_damaged_hostile_or_unfitting_file_is_refused_in_one_line_and_nothing_is_kept(case, tmp_path, tiny_sdxl,
                                                                                         loras, monkeypatch):
     settings = settings_for(tmp_path, tiny_sdxl)
@@ -87,11 +100,19 @@ def test_a_damaged_hostile_or_unfitting_file_is_refused_in_one_line_and_nothing_
         save_file({"weight": torch.zeros(2, 2)}, str(upload))
     elif case == "other-family":
         upload.write_bytes(loras["sd15"].read_bytes())  # an SD1.5 LoRA on an SDXL bot
+    elif case == "float-shape":
+        raw_safetensors(upload, {LORA_KEY: {"dtype": "F32", "shape": [4.5, 8], "data_offsets": [0, 16]}}, bytes(16))
+    elif case == "deep-json":
+        raw_safetensors(upload, "[" * 100_000 + "]" * 100_000)
+    elif case == "outside":
+        raw_safetensors(upload, {LORA_KEY: {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 10**9]}}, bytes(128))
     else:
         upload.write_bytes(loras["sdxl"].read_bytes())
         prompt = "nude portrait"
     expected = {"pickle": "not a .safetensors file", "huge": "a style LoRA is at most", "not-lora": "no LoRA weights",
-                "other-family": "this bot draws with SDXL", "bad-words": "'nude' is not allowed"}[case]
+                "other-family": "this bot draws with SDXL", "bad-words": "'nude' is not allowed",
+                "float-shape": "its shape is not a list of whole numbers", "deep-json": "its header is not a tensor index",
+                "outside": "its data lies outside the file"}[case]
     with pytest.raises(FaceChainError) as refused:
         add_guild_style(settings, GUILD, "new-look", upload, prompt)
     assert expected in str(refused.value)

@@ -34,11 +34,41 @@ def read_header(path: Path, max_bytes: int = MAX_LORA_BYTES) -> dict:
             raise ValueError("it is not a .safetensors file (a pickle or another format: only safetensors are loaded)")
         try:
             header = json.loads(file.read(header_bytes))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: JSON nested too deep
             raise ValueError("it is not a .safetensors file (its header is not a tensor index)") from None
     if not isinstance(header, dict):
         raise ValueError("it is not a .safetensors file (its header is not a tensor index)")
-    return {name: entry for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)}
+    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    for name, entry in tensors.items():
+        if problem := _tensor_problem(entry, size - 8 - header_bytes):
+            raise ValueError(f"it is a damaged .safetensors file (tensor {str(name)[:80]!r}: {problem})")
+    return tensors
+
+
+# Bytes per element of each safetensors dtype.
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+def _tensor_problem(entry: object, data_bytes: int) -> str | None:
+    """What is wrong with one tensor's index entry (None when it is sound): its dtype, its shape as whole numbers,
+    and its bytes inside the file, as many as the shape and dtype need."""
+    if not isinstance(entry, dict):
+        return "not a tensor entry"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        return f"unknown dtype {str(dtype)[:20]!r}"
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        return "its shape is not a list of whole numbers"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+        return "its data lies outside the file"
+    elements = 1
+    for n in shape:
+        elements *= n
+    if offsets[1] - offsets[0] != elements * DTYPE_BYTES[dtype]:
+        return "its data does not match its shape"
+    return None
 
 
 def read_lora_header(path: Path, max_bytes: int = MAX_LORA_BYTES) -> dict:
