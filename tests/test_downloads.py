@@ -150,6 +150,61 @@ def test_the_base_model_loads_from_the_hub_with_download_progress(hub, tmp_path,
     assert set(hub.fetched(BASE)) == pipeline_files(tiny_model)
 
 
+def test_the_documented_safety_checker_id_downloads_and_loads(hub, tmp_path, safety_checkers):
+    """FACECHAIN_SAFETY_CHECKER=CompVis/stable-diffusion-safety-checker, as README and .env.example name it: its
+    repository holds the checker's own files (no model_index.json), and the worker loads it from there."""
+    checker = "CompVis/stable-diffusion-safety-checker"
+    hub.add_folder(checker, safety_checkers["flags_all"])
+    hub.add_file(checker, "pytorch_model.bin", sparse_bytes=10**6)  # the pickle twin: never fetched
+    env = hub_env(hub, tmp_path / "cache", SAFETY_CHECKER=checker)
+    script = ("from PIL import Image\nfrom engine.config import load_settings\n"
+              "from engine.models.safety import load_safety_checker\n"
+              "print(load_safety_checker(load_settings(_env_file=None)).flags([Image.new('RGB', (64, 64))]))")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[True]"
+    assert "pytorch_model.bin" not in hub.fetched(checker)
+
+
+def test_a_servers_style_is_checked_where_only_the_models_index_is_on_the_machine(hub, tmp_path, tiny_model):
+    """A bot machine beside a cluster of GPU machines holds only the base model's model_index.json: checking an
+    admin's style LoRA fetches the UNet's config.json alone, never a weight."""
+    from diffusers import UNet2DConditionModel
+
+    from engine.models.random_models import make_random_lora
+
+    lora = make_random_lora(UNet2DConditionModel.from_pretrained(tiny_model / "unet"), tmp_path / "neon.safetensors",
+                            kohya=True)
+    env = hub_env(hub, tmp_path / "cache")
+    script = ("from pathlib import Path\nfrom engine.config import load_settings\n"
+              "from engine.generation.guild_styles import add_guild_style\nfrom engine.models.family import base_family\n"
+              "settings = load_settings(_env_file=None, data_dir=Path('data'))\n"
+              "print(base_family(settings.base_model).name)\n"
+              f"print(add_guild_style(settings, '1', 'neon-look', Path(r'{lora}'), 'neon portrait').id)")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["sd15", "neon-look"]
+    assert set(hub.fetched(BASE)) == {"model_index.json", "unet/config.json"}
+
+
+def test_an_sdxl_base_pulls_its_own_extras_on_the_first_pull(hub, tmp_path, tiny_sdxl):
+    """Before the base model is on the machine, its family comes from its model_index.json: the first pull fetches
+    SDXL's fp16-safe VAE and LCM-LoRA, never SD1.5's pose ControlNet or LCM-LoRA."""
+    sdxl = "stabilityai/stable-diffusion-xl-base-1.0"
+    hub.add_folder(sdxl, tiny_sdxl)
+    env = hub_env(hub, tmp_path / "cache", BASE_MODEL=sdxl)
+    for unset in ("FACECHAIN_VAE", "FACECHAIN_FAST_LORA"):  # the documented defaults, as an owner has them
+        env.pop(unset)
+    pulled = facechain(env, tmp_path, "models", "pull", "--json")
+    rows = {row["name"]: row for row in json.loads(pulled.stdout)}
+    assert rows["base model"]["status"] == "downloaded", pulled.stderr
+    assert rows["VAE"]["reference"] == "madebyollin/sdxl-vae-fp16-fix"
+    assert rows["fast-mode LoRA"]["reference"] == "latent-consistency/lcm-lora-sdxl"
+    assert "pose ControlNet" not in rows and not hub.fetched(OPENPOSE) and not hub.fetched(FAST)
+
+
 def test_an_unreachable_hub_is_the_owners_problem_in_one_line(hub, tmp_path):
     (tmp_path / "no-styles").mkdir()
     env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="", FACE_PARSER="", POSE_CONTROLNET="", POSE_DETECTOR="",

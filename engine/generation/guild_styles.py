@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 
 from engine.config import Settings
-from engine.errors import FaceChainError
+from engine.errors import FaceChainError, ModelMissing
 from engine.generation.requests import check_style_words
-from engine.models.family import FAMILIES, family_of_reference
+from engine.models.family import FAMILIES, base_family
 from engine.models.lora_header import cross_attention_width, read_lora_header, unet_cross_attention_width
-from engine.models.references import local_copy, parse_model_reference
+from engine.models.references import hub_file, local_copy, parse_model_reference
 from engine.styles import STYLE_ID, Style, guild_styles_folder, load_catalogue, new_style, style_toml
 
 MAX_GUILD_LORA_MB = 256
@@ -57,12 +57,12 @@ def _base_family(settings: Settings, lora: Path) -> str:
         header = read_lora_header(lora, MAX_GUILD_LORA_MB * 2**20)
     except ValueError as problem:
         raise FaceChainError(f"That file was refused: {problem}.") from None
-    folder = local_copy(parse_model_reference(settings.base_model))
-    family = family_of_reference(settings.base_model)
-    if folder is None or family is None:
-        raise FaceChainError("The bot's image model is not downloaded yet, so a style LoRA can't be checked: try "
-                             "again once the bot has drawn its first portrait.")
-    width, expected = cross_attention_width(header), unet_cross_attention_width(folder)
+    try:
+        family = base_family(settings.base_model)  # its model_index.json alone, fetched once
+    except ModelMissing:
+        raise FaceChainError("The bot's image model can't be read right now, so a style LoRA can't be checked: try "
+                             "again later.") from None
+    width, expected = cross_attention_width(header), unet_cross_attention_width(_unet_config_folder(settings))
     if width is None:
         raise FaceChainError("That file was refused: it has no cross-attention weights, so it is not a style LoRA "
                              "for an image model.")
@@ -71,6 +71,22 @@ def _base_family(settings: Settings, lora: Path) -> str:
         raise FaceChainError(f"That file was refused: it is a LoRA for {made_for}, and this bot draws with "
                              f"{family.label}. Find the {family.label} version of it.")
     return family.name
+
+
+def _unet_config_folder(settings: Settings) -> Path:
+    """The folder whose unet/config.json says the base UNet's text width: the model's own, or, on a machine that
+    holds only its model_index.json (a bot beside a cluster of GPU machines), the hub's copy of that one file."""
+    reference = parse_model_reference(settings.base_model)
+    if (folder := local_copy(reference)) is not None:
+        return folder
+    if reference.kind == "local":
+        raise FaceChainError("The bot's image model folder has no unet/config.json, so a style LoRA can't be checked: "
+                             "the bot's owner can run `facechain doctor`.")
+    try:
+        return hub_file(reference, "unet/config.json", "FACECHAIN_BASE_MODEL").parent.parent
+    except ModelMissing:
+        raise FaceChainError("The bot's image model can't be read right now, so a style LoRA can't be checked: try "
+                             "again later.") from None
 
 
 def remove_guild_style(settings: Settings, guild_id: str, style_id: str) -> Style:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ModelUnavailable
-from engine.models.references import hub_file, local_copy, parse_model_reference
+from engine.models.references import hub_file, index_copy, parse_model_reference
 
 GIB = 2**30
 
@@ -56,7 +56,7 @@ def family_of_folder(folder: Path) -> Family:
 def family_of_reference(reference: str) -> Family | None:
     """The family of a base model reference, when it is on this machine (nothing is downloaded); None
     while it is not."""
-    folder = local_copy(parse_model_reference(reference))
+    folder = index_copy(parse_model_reference(reference))  # its model_index.json is enough
     if folder is None:
         return None
     try:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from engine.config import Settings
-from engine.errors import ModelUnavailable
-from engine.models.family import SD15, family_of_reference
+from engine.errors import ModelMissing, ModelUnavailable
+from engine.models.family import SD15, Family, base_family, family_of_reference
 from engine.models.lora_header import lora_file_problem
 from engine.models.references import hub_file, local_copy, parse_model_reference, resolve_model_folder, size_on_disk
 from engine.training.files import WEIGHTS_FILE
@@ -34,8 +34,7 @@ class NamedModel:
 
 
 def named_models(settings: Settings, include_styles: bool = True) -> list[NamedModel]:
-    # The family is known once the base model is here (`models pull` fetches it first).
-    family = family_of_reference(settings.base_model) or SD15
+    family = known_family(settings.base_model)
     models = [NamedModel("base model", settings.base_model, "FACECHAIN_BASE_MODEL", "pipeline")]
     if vae := settings.vae_for(settings.base_model, family.half_vae):
         models.append(NamedModel("VAE", vae, "FACECHAIN_VAE", "component"))
@@ -63,6 +62,19 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
                 models.append(NamedModel(f"style {style.id} LoRA", style.lora.reference, style.lora_setting, "file",
                                          style.lora.weight_name or WEIGHTS_FILE, style.lora.revision))
     return models
+
+
+def known_family(base_model: str) -> Family:
+    """The base model's family, to list its own extras (SDXL's fp16-safe VAE and LCM-LoRA, no SD1.5 ControlNet): from
+    the model on this machine, else from its model_index.json alone (a few hundred bytes, fetched once); SD1.5 when
+    the hub can't be reached (its pull then fails with the base model's own line)."""
+    known = family_of_reference(base_model)
+    if known is not None:
+        return known
+    try:
+        return base_family(base_model)
+    except (ModelMissing, OSError, ValueError):
+        return SD15
 
 
 def pose_controlnet_model(settings: Settings) -> NamedModel:

@@ -110,7 +110,17 @@ def weights_variant(folder: Path, half: bool, kind: Kind = "pipeline") -> str | 
 # --- what is on this machine --------------------------------------------------------------------------
 
 def local_copy(reference: ModelReference, marker: str = "model_index.json") -> Path | None:
-    """The folder holding the model on this machine, if it is there already (no network)."""
+    """The folder holding the model on this machine, if it is there already (no network). A hub's pipeline is here
+    only with its components: a model_index.json fetched alone (to learn the family) is not the pipeline."""
+    folder = index_copy(reference, marker)
+    if (folder is not None and reference.kind != "local" and marker == "model_index.json"
+            and not (folder / "unet" / "config.json").is_file()):
+        return None
+    return folder
+
+
+def index_copy(reference: ModelReference, marker: str = "model_index.json") -> Path | None:
+    """The folder on this machine that holds `marker` of the model (no network), whatever else it holds."""
     if reference.kind == "local":
         folder = Path(reference.value).expanduser()
         return folder if (folder / marker).is_file() else None

@@ -49,8 +49,8 @@ class SafetyChecker:
 
 def checker_folder(reference: ModelReference) -> Path:
     """The folder holding the checker: a checker download, or a pipeline folder with safety_checker/."""
-    if reference.kind != "local":
-        return resolve_model_folder(reference, setting=SETTING)
+    if reference.kind != "local":  # a checker's own repository: config.json and weights, no model_index.json
+        return resolve_model_folder(reference, setting=SETTING, kind="component")
     folder = Path(reference.value).expanduser()
     if not any((folder / sub / "config.json").is_file() for sub in ("", "safety_checker")):
         raise ModelMissing(
