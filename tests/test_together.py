@@ -64,7 +64,7 @@ def pair(tiny_model, tiny_controlnet, analyzer, tmp_path_factory):
 def likeness(analyzer, picture: np.ndarray, near, enrolled) -> float:
     found = analyzer.detect(picture)
     face = min(found, key=lambda f: abs(f.box[0] - near.box[0]) + abs(f.box[1] - near.box[1]))
-    return similarity(analyzer, analyzer.embed(picture, face), enrolled.embeddings)
+    return similarity(analyzer, analyzer.embed(picture, face), enrolled.embeddings)  # the member's measure, by hand
 
 
 def test_on_a_two_person_photo_face_1_reads_as_member_a_and_face_2_as_member_b(pair, analyzer):
@@ -79,8 +79,9 @@ def test_on_a_two_person_photo_face_1_reads_as_member_a_and_face_2_as_member_b(p
     second = (likeness(analyzer, picture, faces[1], obama), likeness(analyzer, picture, faces[1], rose))
     assert first[0] > first[1]  # face 1 (Obama in the photo) reads as Rose now
     assert second[0] > second[1]  # face 2 (Biden in the photo) reads as Obama
-    # Ranked by the lower likeness (measured on each face's crop as it was fused; here on the whole picture).
-    assert results[0].similarity == pytest.approx(min(first[0], second[0]), abs=0.08)
+    # Ranked by the lower likeness as the finished picture shows it: the same measure as here, so the same figure
+    # on any CPU (it was each drawing's own, before pasting back blended its edges: 0.34 against 0.42 on one).
+    assert results[0].similarity == pytest.approx(min(first[0], second[0]), abs=1e-4)
     assert [r.similarity for r in results] == sorted((r.similarity for r in results), reverse=True)
     write_sheet(image, faces, picture)
 

@@ -26,6 +26,7 @@ from engine.generation.generate import PORTRAIT_PROMPT, PortraitGenerator, Portr
 from engine.generation.poses import Pose
 from engine.generation.redraw import REDRAW_STYLE, draw_region, face_region, paste_back, paste_weight, ranked_drawings
 from engine.postprocess import EnrolledFace, RankedPortrait
+from engine.postprocess.rank import similarity
 from engine.styles import Style
 
 TOGETHER_CANDIDATES = 4
@@ -54,7 +55,9 @@ def redraw_people(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings
                   progress: Progress | None = None) -> list[RankedPortrait]:
     """`faces[i]` of `image` redrawn with `people[i]`'s face model, once per seed. Each person's drawings
     are ranked by their own likeness and paired rank by rank (best with best); a picture scores the lower
-    of its two likenesses (None when either is unranked)."""
+    of its two likenesses as the finished picture shows them (`likeness_at`: pasting back blends each
+    drawing's edges into the photo, so the drawing's own score is not quite what the member sees), or the
+    drawing's where the finished picture shows no face there (None when either is unranked)."""
     layers = []
     for index, (person, face) in enumerate(zip(people, faces)):
         region = face_region(face, image.shape)
@@ -67,13 +70,29 @@ def redraw_people(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings
         layers.append((region, paste_weight(face, region), ranked_drawings(analyzer, settings, person.enrolled, drawn)))
     pictures = []
     for rank in range(min(len(ranked) for _, _, ranked in layers)):
-        picture, scores = image, []
+        picture = image
         for region, weight, ranked in layers:
             picture = paste_back(picture, region, np.asarray(ranked[rank].image.convert("RGB")), weight)
-            scores.append(ranked[rank].similarity)
+        found = analyzer.detect(picture)
+        scores = [None if ranked[rank].similarity is None else
+                  likeness_at(analyzer, picture, found, face, person.enrolled) or ranked[rank].similarity
+                  for (_, _, ranked), face, person in zip(layers, faces, people)]
         score = None if None in scores else min(scores)
         pictures.append(RankedPortrait(Image.fromarray(picture), layers[0][2][rank].seed, score))
     return by_likeness(pictures)
+
+
+def likeness_at(analyzer: FaceAnalyzer, picture: np.ndarray, found: list[Face], near: Face,
+                enrolled: EnrolledFace) -> float | None:
+    """The likeness to `enrolled` of the face `picture` shows where `near` was (one of `found`, the faces detected
+    on it), or None when no face is there."""
+    centre = np.array([near.box[0] + near.box[2] / 2, near.box[1] + near.box[3] / 2])
+    there = [face for face in found if np.linalg.norm(
+        np.array([face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2]) - centre) < max(near.box[2:]) / 2]
+    if not there:
+        return None
+    face = min(there, key=lambda f: abs(f.box[0] - near.box[0]) + abs(f.box[1] - near.box[1]))
+    return similarity(analyzer, analyzer.embed(picture, face), enrolled.embeddings)
 
 
 def scene_words(triggers: list[str]) -> str:
