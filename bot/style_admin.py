@@ -19,6 +19,7 @@ from bot.replies import reply
 from bot.views import client
 from engine.errors import FaceChainError
 from engine.generation.guild_styles import MAX_GUILD_LORA_MB, add_guild_style, remove_guild_style
+from engine.store.community import allow_style
 from engine.store.moderation import audit
 
 
@@ -54,8 +55,10 @@ async def style_add(interaction: discord.Interaction, style_id: app_commands.Ran
     bot.backend.styles.forget(interaction.guild_id)
     await bot.backend.run(audit, bot.backend.store, str(interaction.guild_id), "style-add", str(interaction.user.id),
                           None, style.id)
+    listed = await bot.backend.run(allow_style, bot.backend.store, str(interaction.guild_id), style.id)
     await reply(interaction, f"Added **{style.name}** (`{style.id}`) for this server: members can pick it in "
-                             "`/facechain portrait` now. `/facechain-admin style-remove` takes it away.")
+                             "`/facechain portrait` now" + (" (it joined this server's allowed styles)" if listed else "")
+                             + ". `/facechain-admin style-remove` takes it away.")
 
 
 @admin.command(name="style-remove", description="Remove a style this server added")

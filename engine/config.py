@@ -179,6 +179,10 @@ class Settings(BaseSettings):
     # your own (a PEM chain, leaf first, and its PEM private key; ES256).
     provenance_cert: Path | None = None
     provenance_key: Path | None = None
+    # Styles a server's admins may add with /facechain-admin style-add: how many, and their LoRAs' size in all (MB).
+    guild_styles_max: int = Field(default=20, ge=0)
+    guild_styles_max_mb: int = Field(default=1024, ge=0)
+
     # Refuse enrollment photos that look like another member's face (each member enrolls only their own face;
     # a weaker likeness goes to the server's audit log). Off only where several accounts must share a face:
     # load tests, or identical twins on a small server.

@@ -118,3 +118,39 @@ def test_a_damaged_hostile_or_unfitting_file_is_refused_in_one_line_and_nothing_
     assert expected in str(refused.value)
     assert len(str(refused.value).splitlines()) == 1
     assert files_under(settings.data_dir / "styles") == []
+
+
+def test_a_server_keeps_within_its_style_count_size_and_the_disk(tmp_path, tiny_model, loras, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    settings = settings_for(tmp_path, tiny_model).model_copy(update={"guild_styles_max": 2})
+    add_guild_style(settings, GUILD, "one", loras["sd15"], "neon portrait")
+    add_guild_style(settings, GUILD, "two", loras["sd15"], "neon portrait")
+    with pytest.raises(FaceChainError, match=r"^This server has 2 styles of its own, the most it may have: remove one "
+                                             r"with `/facechain-admin style-remove` first\.$"):
+        add_guild_style(settings, GUILD, "three", loras["sd15"], "neon portrait")
+    add_guild_style(settings, OTHER, "three", loras["sd15"], "neon portrait")  # another server's own count
+
+    big = tmp_path / "big.safetensors"  # the sizes are checked before the file is read
+    big.write_bytes(bytes(2**20))
+    small = settings.model_copy(update={"guild_styles_max": 20, "guild_styles_max_mb": 1})
+    with pytest.raises(FaceChainError, match=r"^This server's styles would take 1\.\d MB, more than the 1 MB it may use"):
+        add_guild_style(small, GUILD, "three", big, "neon portrait")
+
+    roomy = settings.model_copy(update={"guild_styles_max": 20})
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**8, 10**8))
+    with pytest.raises(FaceChainError, match="^The bot's disk is nearly full, so no style can be added now"):
+        add_guild_style(roomy, GUILD, "three", loras["sd15"], "neon portrait")
+    assert sorted(p.name for p in (settings.data_dir / "styles" / "guilds" / GUILD / "loras").iterdir()) == [
+        "one.safetensors", "two.safetensors"]  # nothing of a refused style is kept
+
+
+def test_a_style_added_by_admins_joins_the_servers_allowed_list(store):
+    from engine.store.community import allow_style, guild_settings, update_guild_settings
+
+    assert not allow_style(store, GUILD, "neon")  # no list kept: every style is allowed already
+    update_guild_settings(store, GUILD, allowed_styles=["anime"])
+    assert allow_style(store, GUILD, "neon") and guild_settings(store, GUILD).allowed_styles == ["anime", "neon"]
+    assert not allow_style(store, GUILD, "neon")

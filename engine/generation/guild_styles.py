@@ -9,6 +9,7 @@ of a refused file is kept.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from engine.models.references import hub_file, local_copy, parse_model_reference
 from engine.styles import STYLE_ID, Style, guild_styles_folder, load_catalogue, new_style, style_toml
 
 MAX_GUILD_LORA_MB = 256
+log = logging.getLogger(__name__)
 
 
 def add_guild_style(settings: Settings, guild_id: str, style_id: str, lora: Path, prompt: str,
@@ -37,8 +39,9 @@ def add_guild_style(settings: Settings, guild_id: str, style_id: str, lora: Path
         raise FaceChainError(f"The id {style_id!r} is taken by {whose} styles: choose another"
                              + (", or remove that one first." if whose == "this server's" else "."))
     prompt = check_style_words(prompt)  # a negative prompt may name them: it keeps them out
-    base = _base_family(settings, lora)
     folder = guild_styles_folder(settings, guild_id)
+    _check_room(settings, catalogue, folder, lora)
+    base = _base_family(settings, lora)
     kept = folder / "loras" / f"{style_id}.safetensors"
     style = new_style(catalogue, {
         "id": style_id, "name": style_id.replace("-", " ").replace("_", " ").title(),
@@ -49,6 +52,29 @@ def add_guild_style(settings: Settings, guild_id: str, style_id: str, lora: Path
     shutil.copyfile(lora, kept)
     (folder / f"{style_id}.toml").write_text(style_toml(style), encoding="utf-8")
     return style
+
+
+# Free disk left after a style's copy: below it the copy could starve the database and members' photos.
+DISK_MARGIN_BYTES = 2 * 2**30
+
+
+def _check_room(settings: Settings, catalogue, folder: Path, lora: Path) -> None:
+    """The server's limits (FACECHAIN_GUILD_STYLES_MAX and _MAX_MB) and the disk, each refused in one line."""
+    added = [style for style in catalogue.styles.values() if catalogue.added_by_guild(style)]
+    if len(added) >= settings.guild_styles_max:
+        raise FaceChainError(f"This server has {len(added)} styles of its own, the most it may have: remove one with "
+                             "`/facechain-admin style-remove` first.")
+    size = lora.stat().st_size
+    kept = sum(path.stat().st_size for path in (folder / "loras").glob("*.safetensors")) if folder.is_dir() else 0
+    if kept + size > settings.guild_styles_max_mb * 2**20:
+        raise FaceChainError(f"This server's styles would take {(kept + size) / 2**20:.1f} MB, more than the "
+                             f"{settings.guild_styles_max_mb} MB it may use: remove a style first.")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if shutil.disk_usage(existing).free < size + DISK_MARGIN_BYTES:
+        log.warning("style-add refused: the disk holding %s has under %d GB free", existing,
+                    DISK_MARGIN_BYTES // 2**30)
+        raise FaceChainError("The bot's disk is nearly full, so no style can be added now: the bot's owner can see "
+                             "it in the log.")
 
 
 def _base_family(settings: Settings, lora: Path) -> str:

@@ -74,6 +74,17 @@ def update_guild_settings(store: Store, guild_id: str, **changes: object) -> Gui
     return guild_settings(store, guild_id)
 
 
+def allow_style(store: Store, guild_id: str, style_id: str) -> bool:
+    """Put a style the server's admins just added on its allowed list, when it keeps one (an empty list allows
+    every style): otherwise members would be told they may pick it and then refused. True when it was added."""
+    with store.transaction():
+        current = guild_settings(store, guild_id)
+        if not current.allowed_styles or style_id in current.allowed_styles:
+            return False
+        update_guild_settings(store, guild_id, allowed_styles=[*current.allowed_styles, style_id])
+    return True
+
+
 # --- gallery entries ------------------------------------------------------------------------------
 
 def gallery_entry(store: Store, guild_id: str, portrait_id: int) -> dict | None:
