@@ -135,7 +135,8 @@ def test_a_server_keeps_within_its_style_count_size_and_the_disk(tmp_path, tiny_
     big = tmp_path / "big.safetensors"  # the sizes are checked before the file is read
     big.write_bytes(bytes(2**20))
     small = settings.model_copy(update={"guild_styles_max": 20, "guild_styles_max_mb": 1})
-    with pytest.raises(FaceChainError, match=r"^This server's styles would take 1\.\d MB, more than the 1 MB it may use"):
+    with pytest.raises(FaceChainError, match=r"^This server's styles would take 1\.\d MB, more than the 1 MB it "
+                                             r"may use"):
         add_guild_style(small, GUILD, "three", big, "neon portrait")
 
     roomy = settings.model_copy(update={"guild_styles_max": 20})
