@@ -34,7 +34,8 @@ ROOT = Path(__file__).parent.parent
 PHOTOS = ROOT / "tests" / "data" / "obama"
 MEMBERS = ("a", "b", "c", "d")
 ACTORS = (1, 2, 3)
-SETTINGS = {"one_face_per_member": False, "device": "cpu", "vae": "", "train_resolution": 64, "portrait_size": 64, "portrait_candidates": 2,
+SETTINGS = {"one_face_per_member": False,  # the members share one set of photos
+            "device": "cpu", "vae": "", "train_resolution": 64, "portrait_size": 64, "portrait_candidates": 2,
             "job_lease_seconds": 30, "job_retry_seconds": 0, "training_previews": False,
             "max_queued_portraits_per_user": 1000}
 

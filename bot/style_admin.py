@@ -56,9 +56,9 @@ async def style_add(interaction: discord.Interaction, style_id: app_commands.Ran
     await bot.backend.run(audit, bot.backend.store, str(interaction.guild_id), "style-add", str(interaction.user.id),
                           None, style.id)
     listed = await bot.backend.run(allow_style, bot.backend.store, str(interaction.guild_id), style.id)
+    joined = " (it joined this server's allowed styles)" if listed else ""
     await reply(interaction, f"Added **{style.name}** (`{style.id}`) for this server: members can pick it in "
-                             "`/facechain portrait` now" + (" (it joined this server's allowed styles)" if listed else "")
-                             + ". `/facechain-admin style-remove` takes it away.")
+                             f"`/facechain portrait` now{joined}. `/facechain-admin style-remove` takes it away.")
 
 
 @admin.command(name="style-remove", description="Remove a style this server added")

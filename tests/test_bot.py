@@ -712,7 +712,8 @@ def test_moderators_report_remove_bar_and_audit_and_a_face_is_its_owners(deploym
         for command, options_, files in (("portrait", {"style": "cyberpunk"}, None),
                                          ("enroll", {}, d.upload("obama/obama1.jpg"))):
             answer = fake.response(fake.command(d.carol, d.general, d.guild, command, options_, attachments=files))
-            assert answer.text() == "⚠️ A moderator of this server has barred you from FaceChain here.", answer.text()
+            barred_line = "⚠️ A moderator of this server has barred you from FaceChain here."
+            assert answer.text() == barred_line, answer.text()
     finally:
         fake.response(fake.command(d.alice, d.general, d.guild, "unbar", {"member": {"user": d.carol}},
                                    group="facechain-admin"))

@@ -178,7 +178,8 @@ def test_a_servers_style_is_checked_where_only_the_models_index_is_on_the_machin
                             kohya=True)
     env = hub_env(hub, tmp_path / "cache")
     script = ("from pathlib import Path\nfrom engine.config import load_settings\n"
-              "from engine.generation.guild_styles import add_guild_style\nfrom engine.models.family import base_family\n"
+              "from engine.generation.guild_styles import add_guild_style\n"
+              "from engine.models.family import base_family\n"
               "settings = load_settings(_env_file=None, data_dir=Path('data'))\n"
               "print(base_family(settings.base_model).name)\n"
               f"print(add_guild_style(settings, '1', 'neon-look', Path(r'{lora}'), 'neon portrait').id)")

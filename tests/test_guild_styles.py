@@ -111,7 +111,8 @@ def test_a_damaged_hostile_or_unfitting_file_is_refused_in_one_line_and_nothing_
         prompt = "nude portrait"
     expected = {"pickle": "not a .safetensors file", "huge": "a style LoRA is at most", "not-lora": "no LoRA weights",
                 "other-family": "this bot draws with SDXL", "bad-words": "'nude' is not allowed",
-                "float-shape": "its shape is not a list of whole numbers", "deep-json": "its header is not a tensor index",
+                "float-shape": "its shape is not a list of whole numbers",
+                "deep-json": "its header is not a tensor index",
                 "outside": "its data lies outside the file"}[case]
     with pytest.raises(FaceChainError) as refused:
         add_guild_style(settings, GUILD, "new-look", upload, prompt)

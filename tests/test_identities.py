@@ -71,7 +71,8 @@ def test_a_second_account_cannot_enroll_an_enrolled_members_face(store, analyzer
 
     store.delete_user("alice")  # forgotten: her identity leaves the index of every process
     assert store.db.execute("select count(*) from identities where user_id = 'alice'").fetchone()[0] == 0
-    again = enroll_user(store, analyzer, settings, "mallory", [photo("obama/obama3.jpg"), photo("obama/obama4_small.jpg")])
+    again = enroll_user(store, analyzer, settings, "mallory",
+                        [photo("obama/obama3.jpg"), photo("obama/obama4_small.jpg")])
     assert len(again.result.accepted) == 2
 
 

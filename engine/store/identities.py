@@ -57,7 +57,8 @@ def save_identity(store: Store, user_id: str, backend: str) -> None:
             return
         store.db["identities"].upsert({"user_id": user_id, "backend": backend,
                                        "vector": mean_identity(vectors).tobytes(), "photos": len(vectors),
-                                       "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, pk=("user_id", "backend"))
+                                       "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                                      pk=("user_id", "backend"))
 
 
 class IdentityIndex:
