@@ -11,6 +11,7 @@ from engine.config import load_settings
 from engine.generation.previews import PREVIEW_USER, preview_file
 from engine.jobs.queue import SqliteJobQueue
 from engine.jobs.worker import Worker
+from engine.provenance import check
 from engine.store import Store
 
 
@@ -56,6 +57,8 @@ def test_the_worker_queues_each_missing_preview_once_and_draws_it(tiny_model, tm
     worker.run_job(job)
     done = worker.queue.get(job.id)
     assert done.state == "done" and preview_file(settings, job.params["style"]).is_file()
+    marks = check(preview_file(settings, job.params["style"]).read_bytes())  # a preview is a picture made by AI too
+    assert marks.xmp and marks.c2pa_ai
 
 
 def test_a_new_members_preview_portraits_wait_behind_trained_members_and_run_before_their_training(
