@@ -123,3 +123,17 @@ def test_portraits_are_saved_marked_and_an_owner_can_sign_with_their_own_chain(s
     report = manifest(data, "image/jpeg")
     assert report["validation_state"] == "Valid"
     assert report["active"]["signature_info"]["cert_serial_number"] == str(signer.serial_number)
+
+
+def test_the_bot_and_its_worker_starting_at_once_sign_with_one_chain(tmp_path):
+    """Both make a chain on first use; one set lands whole, and both read that one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.provenance.signing import signing_files
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: signing_files(data_dir), range(4)))
+    assert len({files.chain_pem for files in made}) == 1 and len({files.key_pem for files in made}) == 1
+    assert sorted(p.name for p in data_dir.iterdir()) == ["provenance"]  # no scratch folder left behind

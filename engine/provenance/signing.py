@@ -10,6 +10,8 @@ manifest as intact. An owner with a certificate from a C2PA trust list sets FACE
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -70,7 +72,7 @@ def make_chain(folder: Path) -> SigningFiles:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(folder / "signer.key", files.key_pem)
     (folder / "root.pem").write_bytes(root.public_bytes(pem))
-    (folder / "chain.pem").write_bytes(files.chain_pem)  # written last: its presence means the set is whole
+    (folder / "chain.pem").write_bytes(files.chain_pem)
     return files
 
 
@@ -84,6 +86,13 @@ def signing_files(data_dir: Path, cert: Path | None = None, key: Path | None = N
         except OSError as error:
             raise SettingsError(f"Cannot read the provenance certificate or key: {error}") from None
     folder = data_dir / "provenance"
-    if (folder / "chain.pem").is_file() and (folder / "signer.key").is_file():
-        return SigningFiles((folder / "chain.pem").read_bytes(), (folder / "signer.key").read_bytes())
-    return make_chain(folder)
+    if not (folder / "chain.pem").is_file():
+        # Made whole in a folder of its own, then renamed into place: when the bot and its worker start at once,
+        # one set wins and both sign with it (a rename onto a folder that exists fails, and the loser reads it).
+        scratch = data_dir / f".provenance-{os.getpid()}-{secrets.token_hex(4)}"
+        make_chain(scratch)
+        try:
+            os.rename(scratch, folder)
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return SigningFiles((folder / "chain.pem").read_bytes(), (folder / "signer.key").read_bytes())
