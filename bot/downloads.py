@@ -16,7 +16,14 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 TIMEOUT = aiohttp.ClientTimeout(total=60, sock_read=20)
+SLOWEST_BYTES_PER_SECOND = 2 * 2**20  # a download of the largest allowed file may take this slow a link
 CHUNK = 64 * 1024
+
+
+def download_timeout(max_bytes: int) -> aiohttp.ClientTimeout:
+    """A photo gets a minute; a file allowed to be larger (a 256 MB style LoRA), the time it takes at 2 MB/s."""
+    return aiohttp.ClientTimeout(total=max(TIMEOUT.total, max_bytes / SLOWEST_BYTES_PER_SECOND),
+                                 sock_read=TIMEOUT.sock_read)
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,7 @@ async def download(session: aiohttp.ClientSession, url: str, destination: Path, 
     says what is wrong with its first bytes: by default, not being a photo); DownloadRefused says why not."""
     check_source(url, sources)
     try:
-        async with session.get(url, allow_redirects=False, timeout=TIMEOUT) as response:
+        async with session.get(url, allow_redirects=False, timeout=download_timeout(max_bytes)) as response:
             if response.status != 200:
                 raise DownloadRefused(f"Discord's CDN answered {response.status}; upload it again")
             if response.content_length and response.content_length > max_bytes:

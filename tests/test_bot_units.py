@@ -17,11 +17,13 @@ from aiohttp.abc import AbstractResolver
 
 from bot.commands import SUBJECTS
 from bot.downloads import (
+    TIMEOUT,
     DownloadRefused,
     PublicAddressResolver,
     allowed_sources,
     check_source,
     download,
+    download_timeout,
     looks_like_a_photo,
     what_it_is,
 )
@@ -313,3 +315,8 @@ def test_me_marks_the_face_engines_reading_as_a_suggestion_only():
     assert shown["person"] == (True, None)  # what describes them is their own choice
     assert shown["woman"] == (False, "suggested from your photos")
     assert asyncio.run(options("woman", "woman"))["woman"] == (True, None)  # chosen: no note
+
+
+def test_a_larger_allowed_file_gets_the_time_its_size_needs():
+    assert download_timeout(25 * 2**20).total == TIMEOUT.total  # a photo: a minute
+    assert download_timeout(256 * 2**20).total == 128  # a server's style LoRA at its largest, at 2 MB/s
