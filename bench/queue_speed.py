@@ -102,6 +102,39 @@ def latency_while_training(settings, model: Path, window_seconds: float) -> dict
     return figures
 
 
+def write_lock_per_running_job(settings, writes: int = 300) -> dict:
+    """The write-lock time one running job costs: a lease beat (every 20 s at the default lease) against a
+    progress write (at most every 2 s, between beats), each measured as its transaction."""
+    from engine.jobs.heartbeat import PROGRESS_EVERY_SECONDS
+
+    queue = open_queue(settings)
+    queue.enqueue("generate", "ann", {})
+    lease = queue.claim("bench").lease
+    beat_ms = best_ms(lambda n: queue.heartbeat(lease, n / writes, f"generating {n}"), writes)
+    progress_ms = best_ms(lambda n: queue.report_progress(lease, n / writes, f"generating {n}"), writes)
+    beats_a_minute = 60 / (settings.job_lease_seconds / 3)
+    progress_a_minute = 60 / PROGRESS_EVERY_SECONDS - beats_a_minute
+    figures = {"heartbeat_ms": round(beat_ms, 3), "progress_write_ms": round(progress_ms, 3),
+               "write_lock_ms_per_job_minute_beats": round(beats_a_minute * beat_ms, 2),
+               "write_lock_ms_per_job_minute_with_progress": round(beats_a_minute * beat_ms
+                                                                   + progress_a_minute * progress_ms, 2)}
+    print(f"write lock of a running job: a beat {beat_ms:.3f} ms, a progress write {progress_ms:.3f} ms; a minute of "
+          f"a job holds it {figures['write_lock_ms_per_job_minute_beats']} ms with beats alone, "
+          f"{figures['write_lock_ms_per_job_minute_with_progress']} ms with progress every {PROGRESS_EVERY_SECONDS:g} s")
+    return figures
+
+
+def best_ms(action, count: int) -> float:
+    """Mean ms of `action(n)` over `count` calls, the best of three rounds."""
+    rounds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for n in range(count):
+            action(n)
+        rounds.append((time.perf_counter() - start) / count * 1000)
+    return min(rounds)
+
+
 def main() -> None:
     parser = bench_arguments(__doc__)
     parser.add_argument("--jobs", type=int, help="no-op jobs for the throughput run (default 2000, quick 300)")
@@ -111,6 +144,7 @@ def main() -> None:
     figures = throughput(settings, args.jobs or (300 if args.quick else 2000))
     figures |= claim_with_a_long_history(load_settings(_env_file=None, data_dir=scratch / "c"),
                                          *((500, 5000) if args.quick else (2000, 20000)))
+    figures |= write_lock_per_running_job(load_settings(_env_file=None, data_dir=scratch / "d"))
     model = make_tiny_model(scratch / "tiny")
     figures |= latency_while_training(load_settings(_env_file=None, data_dir=scratch / "b"), model,
                                       1 if args.quick else 10)

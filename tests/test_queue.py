@@ -351,3 +351,34 @@ def test_typical_run_times_are_measured_again_once_a_job_of_that_kind_finishes(q
     elsewhere.complete(claimed.lease, {})
     assert queue.typical_seconds("generate") == pytest.approx(12)  # the bot's queue sees it at once
     assert queue.typical_seconds("train") == 180.0
+
+
+def test_progress_reaches_the_database_within_seconds_between_the_leases_beats(store, settings):
+    """A member's progress line moves every couple of seconds, not with the lease's beats (every 20 s by default);
+    the lease itself is extended only by its beats."""
+    from engine.jobs.heartbeat import PROGRESS_EVERY_SECONDS, Heartbeat
+
+    queue = SqliteJobQueue(store, settings)
+    job = queue.enqueue("generate", "ann", {})
+    claimed = queue.claim("w")
+    def lease_until() -> str:
+        return store.db.execute("select lease_expires_at from jobs where id = ?", [job.id]).fetchone()[0]
+
+    leased = lease_until()
+    beat = Heartbeat(settings, claimed.lease)
+    try:
+        beat.update(0.4, "generating 40%")
+        deadline = time.monotonic() + PROGRESS_EVERY_SECONDS + 2
+        while time.monotonic() < deadline and queue.get(job.id).progress_text != "generating 40%":
+            time.sleep(0.1)
+        shown = queue.get(job.id)
+        assert shown.progress_text == "generating 40%" and shown.progress == pytest.approx(0.4)
+        assert lease_until() == leased  # a beat comes only after 20 s
+        queue.cancel(job.id)
+        beat.update(0.5, "generating 50%")
+        deadline = time.monotonic() + PROGRESS_EVERY_SECONDS + 2
+        while time.monotonic() < deadline and not beat.cancel_requested.is_set():
+            time.sleep(0.1)
+        assert beat.cancel_requested.is_set()
+    finally:
+        beat.stop()

@@ -17,12 +17,15 @@ log = logging.getLogger(__name__)
 
 # How often a running job looks whether its member cancelled it (a read: it takes no lock).
 CANCEL_CHECK_SECONDS = 1.0
+# How often new progress is written between the lease's beats (the bot edits a member's message every 2 s).
+PROGRESS_EVERY_SECONDS = 2.0
 
 
 @dataclass
 class Heartbeat:
-    """Keeps a job's lease alive and carries its progress, from a thread with its own connection; sees
-    a cancel within about a second, between the lease's beats."""
+    """Keeps a job's lease alive and carries its progress, from a thread with its own connection; writes new
+    progress at most every PROGRESS_EVERY_SECONDS and sees a cancel within about a second, between the lease's
+    beats."""
 
     settings: Settings
     lease: Lease
@@ -46,12 +49,18 @@ class Heartbeat:
     def _run(self) -> None:
         queue = SqliteJobQueue(Store(self.settings.data_dir), self.settings)
         interval = max(0.5, self.settings.job_lease_seconds / 3)
-        last_beat = time.monotonic()
+        last_beat = last_written = time.monotonic()
+        written = None  # what this heartbeat last wrote (nothing yet)
         try:
             while not self._stop.wait(min(CANCEL_CHECK_SECONDS, interval)):
+                shown = (self.progress, self.text)
                 if time.monotonic() - last_beat >= interval:
                     self._beat(queue)
-                    last_beat = time.monotonic()
+                    last_beat = last_written = time.monotonic()
+                    written = shown
+                elif shown != written and time.monotonic() - last_written >= PROGRESS_EVERY_SECONDS:
+                    self._write_progress(queue, *shown)
+                    last_written, written = time.monotonic(), shown
                 elif not self.cancel_requested.is_set():
                     self._look_for_cancel(queue)
         finally:
@@ -65,6 +74,15 @@ class Heartbeat:
             self.lease_lost.set()
         except Exception:  # a locked database for a moment must not kill the job
             log.warning("heartbeat for job %s failed; will retry", self.job_id, exc_info=True)
+
+    def _write_progress(self, queue: SqliteJobQueue, progress: float, text: str) -> None:
+        try:
+            if queue.report_progress(self.lease, progress, text):
+                self.cancel_requested.set()
+        except LeaseLost:
+            self.lease_lost.set()
+        except Exception:  # noqa: BLE001 - a locked database for a moment: the next write or beat carries it
+            log.debug("progress for job %s not written", self.job_id, exc_info=True)
 
     def _look_for_cancel(self, queue: SqliteJobQueue) -> None:
         try:

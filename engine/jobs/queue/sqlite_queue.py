@@ -224,6 +224,18 @@ class SqliteJobQueue:
         with self.store.transaction():
             self.db["jobs"].update(job_id, {"ran_on": where[:200]})
 
+    def report_progress(self, lease: Lease, progress: float, text: str) -> bool:
+        """Record a running job's progress between its heartbeats: one guarded UPDATE, the lease left as it is.
+        True when the job's cancellation was requested; LeaseLost when the claim is no longer the job's."""
+        with self.store.transaction():
+            updated = self.db.execute(
+                "update jobs set progress = ?, progress_text = ? where id = ? and state = 'running' and lease_owner = ? "
+                "and lease_token = ?",
+                [max(0.0, min(1.0, float(progress))), text[:200], lease.job_id, lease.worker_id, lease.token]).rowcount
+            if not updated:
+                raise LeaseLost(f"Job {lease.job_id} is no longer leased to {lease.worker_id} under this claim.")
+            return bool(self.db.execute("select cancel_requested from jobs where id = ?", [lease.job_id]).fetchone()[0])
+
     def heartbeat(self, lease: Lease, progress: float | None = None, text: str | None = None) -> bool:
         """Extend the lease and record progress; True when the job's cancellation was requested."""
         job_id = lease.job_id
