@@ -32,6 +32,7 @@ from engine.jobs.queue.base import (
     QueueLimit,
     QueuePosition,
 )
+from engine.jobs.queue.conditions import BACK_IN_QUEUE, LEASE_RAN_OUT, NO_LEASE, claimable
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 from engine.store.moderation import check_not_barred
@@ -45,11 +46,6 @@ PICTURE_KINDS = ("generate", "swap", "redraw", "upscale", "together")
 # Used for ETAs until the server has finished jobs of its own to measure.
 TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0, "upscale": 30.0, "together": 40.0, "teaser": 20.0, "preview": 5.0}
 
-# A job back in the queue, or finished, is leased to nobody.
-NO_LEASE = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
-BACK_IN_QUEUE = "state = 'queued', lease_owner = null, lease_token = null, lease_expires_at = null"
-# A running job whose worker stopped heartbeating (the moment is the one parameter).
-LEASE_RAN_OUT = "state = 'running' and lease_expires_at < ?"
 
 
 def now() -> datetime:
@@ -59,15 +55,6 @@ def now() -> datetime:
 def stamp(moment: datetime) -> str:
     """Microsecond ISO times: they sort as strings in the same order as in time."""
     return moment.isoformat(timespec="microseconds")
-
-
-def claimable(kinds: tuple[str, ...]) -> str:
-    """The condition (on `jobs j`) for a queued job of `kinds` that may run now: its retry time has come, and
-    a portrait that chose to wait for its member's training in progress waits. Parameters: the kinds, then now."""
-    marks = ", ".join("?" for _ in kinds)
-    return f"""j.state = 'queued' and j.kind in ({marks}) and (j.run_after is null or j.run_after <= ?)
-        and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
-                 and j.user_id in (select user_id from jobs where kind = 'train' and state in ('queued', 'running')))"""
 
 
 class SqliteJobQueue:
