@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from engine.errors import FaceChainError
 
@@ -47,6 +47,17 @@ class StyleLora(BaseModel):
     # The base model families it was trained for (engine.models.family): on another, the style is drawn
     # from its words alone.
     bases: list[Literal["sd15", "sdxl"]] = Field(default=["sd15"], min_length=1)
+    # A file on the store's machine: its SHA-256, set where jobs are read (engine.generation.style_files),
+    # never read from a style file.
+    _digest: str | None = PrivateAttr(default=None)
+
+    @property
+    def digest(self) -> str | None:
+        return self._digest
+
+    @digest.setter
+    def digest(self, value: str | None) -> None:
+        self._digest = value
 
     def fits(self, family: str) -> bool:
         return family in self.bases

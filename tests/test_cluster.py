@@ -365,6 +365,39 @@ def cluster_status_shows(env, running_job: int) -> None:
     assert check["status"] == "ok" and "2 GPUs, 1 actors" in check["detail"]
 
 
+def test_server_and_owner_styles_are_drawn_on_gpu_machines_that_share_no_disk_with_the_bot(setup, analyzer,
+                                                                                             tiny_model, tmp_path):
+    """A server's style and the owner's style keep their LoRAs in the bot's data folder: each actor is sent a
+    file once (by its hash), then draws it from its own copy, never from the bot's path."""
+    import re
+
+    from diffusers import UNet2DConditionModel
+
+    from engine.generation.guild_styles import add_guild_style
+    from engine.generation.owner_styles import add_style
+    from engine.generation.style_files import file_digest, local_lora_path
+    from engine.models.random_models import make_random_lora
+
+    settings, queue, env, _ = setup
+    unet = UNet2DConditionModel.from_pretrained(tiny_model / "unet")
+    upload = make_random_lora(unet, tmp_path / "upload.safetensors", kohya=True)
+    guild_style = add_guild_style(settings, "111", "neon-look", upload, "neon portrait, city lights", weight=0.5)
+    upload = make_random_lora(unet, tmp_path / "other.safetensors", kohya=True)
+    owner_style = add_style(settings, "owners-own", str(upload), "ink wash portrait", weight=0.5).style
+    digests = {file_digest(local_lora_path(guild_style)), file_digest(local_lora_path(owner_style))}
+    enrolled(settings, queue, analyzer, "7")
+    jobs = [queue.enqueue("teaser", "7", {"style": style, "count": 1}, guild_id="111")
+            for style in ("neon-look", "owners-own") * 3]
+    process = dispatcher(env)
+    actors_ready(process, 2)
+    wait_for(lambda: all(queue.get(job.id).state in ("done", "failed") for job in jobs), 300, "the portraits")
+    output = stop(process)
+    assert [queue.get(job.id).state for job in jobs] == ["done"] * 6, [queue.get(job.id).error for job in jobs]
+    sent = re.findall(r"sent the style file (\w+) ", output)
+    assert {digest[:12] for digest in digests} == set(sent)
+    assert all(sent.count(digest) <= 2 for digest in sent)  # once per actor at most, not once per job
+
+
 def test_the_bot_end_to_end_with_the_cluster_on(two_gpu_nodes, tiny_model, tmp_path):
     """The bot's story (enroll, train, portraits with progress and buttons) with its worker as the
     cluster's dispatcher: the same checks as tests/test_bot.py, on the cluster."""

@@ -143,6 +143,60 @@ def test_a_style_file_replaced_under_the_same_name_is_the_one_drawn(base, alice_
     assert np.abs(second - first).mean() > 0.5 and np.allclose(second, fresh, atol=1e-3)
 
 
+def test_a_gpu_machine_draws_a_servers_style_only_from_the_file_it_was_sent(base, alice_model, tmp_path):
+    """A cluster's GPU machine shares no disk with the store: a server's style LoRA (a path in the bot's data
+    folder) is drawn there from the copy it was sent under the file's hash, never from that path, and the
+    picture is the one the store's own machine draws."""
+    import shutil
+
+    from engine.generation.style_files import StyleFileCache, StyleFileMissing, file_digest, with_digests
+    from engine.styles import StyleCatalogue
+
+    path = tmp_path / "bot-data" / "neon-look.safetensors"
+    path.parent.mkdir()
+    shutil.copy(alice_model.path / WEIGHTS_FILE, path)
+    hub = StyleLora(reference="someone/styles", weight_name="neon.safetensors")
+    catalogue = with_digests(StyleCatalogue({"neon": style(lora=StyleLora(reference=str(path), weight=0.8)),
+                                             "hub": style(id="hub", lora=hub)}, []))
+    neon = catalogue.get("neon")
+    assert neon.lora.digest == file_digest(path) and catalogue.get("hub").lora.digest is None
+
+    def draw_neon(generator):
+        request = PortraitRequest(style=neon, trigger="a handsome man", face_model=None, count=1, seed=5, size=64)
+        return np.asarray(generator.generate(request)[0].image, dtype=np.int16)
+
+    here = draw_neon(PortraitGenerator(base, max_adapters=4))
+    cache = StyleFileCache(tmp_path / "actor-scratch" / "styles")
+    on_actor = PortraitGenerator(base, max_adapters=4, style_cache=cache)
+    with pytest.raises(StyleFileMissing) as missing:  # the path exists on this disk: it is not read
+        draw_neon(on_actor)
+    assert (missing.value.digest, missing.value.reference) == (neon.lora.digest, str(path))
+    with pytest.raises(ValueError, match="other content"):
+        cache.keep(neon.lora.digest, b"not the file")
+    cache.keep(neon.lora.digest, path.read_bytes())
+    path.unlink()  # drawn from the copy alone
+    assert np.allclose(draw_neon(on_actor), here, atol=1e-3)
+    assert f"style:sha256:{neon.lora.digest}" in on_actor.loaded_adapters
+
+
+def test_a_gpu_machines_style_files_keep_within_their_size_dropping_the_least_recently_drawn(tmp_path):
+    import hashlib
+    import os
+
+    from engine.generation.style_files import StyleFileCache, StyleFileMissing
+
+    cache = StyleFileCache(tmp_path / "styles", max_bytes=2500)
+    digests = []
+    for index, data in enumerate([b"a" * 1000, b"b" * 1000]):
+        digests.append(hashlib.sha256(data).hexdigest())
+        os.utime(cache.keep(digests[-1], data), (index, index))
+    cache.path(digests[0], "first")  # drawn again: now the most recent
+    cache.keep(hashlib.sha256(b"c" * 1000).hexdigest(), b"c" * 1000)
+    assert cache.path(digests[0], "first").is_file()
+    with pytest.raises(StyleFileMissing):
+        cache.path(digests[1], "second")
+
+
 def test_training_reads_its_caption_without_a_style_lora_left_on_the_text_encoder(engine_settings):
     import torch
     from peft import LoraConfig, inject_adapter_in_model

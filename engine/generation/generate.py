@@ -6,8 +6,6 @@ costs a `set_adapters` call instead of a base-model reload.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -27,6 +25,7 @@ from engine.generation.depth import DEPTH_CONTROLNET_SETTING, DEPTH_PROBLEM, DEP
 from engine.generation.pose_control import CONDITIONING_SCALE, load_controlnet, load_pose_controlnet, pose_size
 from engine.generation.pose_drawing import skeleton
 from engine.generation.poses import Pose
+from engine.generation.style_files import StyleFileCache, StyleFileMissing, file_digest
 from engine.models.base_model import BasePipeline, derived_pipeline, diffusers_silenced
 from engine.models.references import hub_file, parse_model_reference
 from engine.preprocess.trigger import TRIGGER_TOKEN
@@ -148,21 +147,6 @@ def lora_file(reference: str, weight_name: str | None, setting: str, revision: s
     return hub_file(parsed, weight_name or WEIGHTS_FILE, setting, revision)
 
 
-@functools.lru_cache(maxsize=256)
-def _digest(path: str, size: int, modified_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    """A file's SHA-256, hashed once per version of the file (its size and modification time)."""
-    stat = path.stat()
-    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
-
-
 class StyleUnavailable(ModelMissing):
     """A style's LoRA cannot be loaded: the job fails at once (no retry) with words for the member;
     the owner's detail is in `detail`."""
@@ -175,8 +159,10 @@ class StyleUnavailable(ModelMissing):
 
 class PortraitGenerator:
     def __init__(self, base: BasePipeline, max_adapters: int = 8, fast_lora: str = "",
-                 pose_controlnet: str = "", depth_controlnet: str = "") -> None:
+                 pose_controlnet: str = "", depth_controlnet: str = "", style_cache: StyleFileCache | None = None) -> None:
         self.base = base
+        # On a cluster's GPU machine: the style files it was sent (it shares no disk with the store).
+        self.style_cache = style_cache
         self.max_adapters = max_adapters
         self.fast_lora = fast_lora  # the LCM-LoRA reference for the base's family (FACECHAIN_FAST_LORA...)
         self.pose_controlnet = pose_controlnet  # FACECHAIN_POSE_CONTROLNET, loaded at the first pose
@@ -245,20 +231,31 @@ class PortraitGenerator:
         return self._adapter(key, load)
 
     def _style_adapter(self, style: Style) -> str:
-        """A style's LoRA, cached by what it is: a hub file by its reference and revision, a file on this machine
-        (a server's or the owner's style) by its content, so a style removed and added again under the same id
-        draws with the new file, in every worker and actor."""
+        """A style's LoRA, cached by what it is: a hub file by its reference and revision, a file where the
+        store is (a server's or the owner's style) by its content, so a style removed and added again under
+        the same id draws with the new file, in every worker and actor."""
         lora = style.lora
         try:
+            if lora.digest is not None:
+                return self._file_adapter(f"style:sha256:{lora.digest}", lambda: self._style_file(style))
             key = f"style:{lora.reference}:{lora.weight_name}:{lora.revision}"
             if parse_model_reference(lora.reference).kind == "local":
                 key = f"style:sha256:{file_digest(lora_file(lora.reference, lora.weight_name, style.lora_setting))}"
             return self._file_adapter(
                 key, lambda: lora_file(lora.reference, lora.weight_name, style.lora_setting, lora.revision))
+        except StyleFileMissing:
+            raise  # the dispatcher sends the file and runs the job again
         except Exception as error:  # noqa: BLE001 - a missing, unreachable or garbled LoRA says the same
             detail = str(error) if isinstance(error, ModelMissing) else f"{type(error).__name__}: {str(error)[:200]}"
             raise StyleUnavailable(style, f"style {style.id}: its LoRA {lora.reference} could not be loaded "
                                           f"({detail}); `facechain styles check` validates it.") from None
+
+    def _style_file(self, style: Style) -> Path:
+        """Where the store is, the style's own file; on a cluster's GPU machine, the copy it was sent."""
+        lora = style.lora
+        if self.style_cache is not None:
+            return self.style_cache.path(lora.digest, lora.reference, lora.weight_name)
+        return lora_file(lora.reference, lora.weight_name, style.lora_setting)
 
     def _fast_adapter(self) -> str:
         setting = self.base.family.fast_setting

@@ -221,16 +221,16 @@ def current_face_model(worker: Worker, job: Job) -> None:
 
 def _generate_gather(worker: Worker, job: Job):
     from engine.generation.portrait import portrait_inputs
+    from engine.generation.style_files import job_catalogue
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import guild_settings
-    from engine.styles import load_catalogue
 
     params = job.params
     current_face_model(worker, job)
     # Requests from DMs and the CLI have no server: flagged portraits are blocked there.
     server = guild_settings(worker.store, job.guild_id) if job.guild_id else None
     return portrait_inputs(
-        worker.store, worker.settings, load_catalogue(worker.settings, job.guild_id), job.user_id, params.get("style", ""),
+        worker.store, worker.settings, job_catalogue(worker.settings, job.guild_id), job.user_id, params.get("style", ""),
         count=int(params.get("count", 4)), seed=params.get("seed"), variation_of=params.get("variation_of"),
         show_flagged=may_show_flagged(server.nsfw_policy if server else "block", bool(params.get("age_restricted"))),
         fast=params.get("fast"), words=params.get("prompt") or "", blocked_words=server.blocked_words if server else (),
@@ -272,16 +272,16 @@ def _resolve_model_problems(worker: Worker, fast: bool, pose) -> None:
 def _teaser_gather(worker: Worker, job: Job):
     """The preview portraits: skipped when the face model finished first (the real ones are better)."""
     from engine.generation.portrait import portrait_inputs
+    from engine.generation.style_files import job_catalogue
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import server_nsfw_policy
     from engine.store.families import sync_family
-    from engine.styles import load_catalogue
 
     sync_family(worker.store, worker.settings)
     if worker.store.ready_face_model(job.user_id) is not None:
         return Finished({"skipped": "the face model is ready", "portraits": []})
     policy = server_nsfw_policy(worker.store, job.guild_id)
-    return portrait_inputs(worker.store, worker.settings, load_catalogue(worker.settings, job.guild_id), job.user_id,
+    return portrait_inputs(worker.store, worker.settings, job_catalogue(worker.settings, job.guild_id), job.user_id,
                            job.params["style"], count=int(job.params.get("count", 2)),
                            show_flagged=may_show_flagged(policy, False), teaser=True)
 
@@ -318,10 +318,10 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
 # --- Sharper x2 and style previews ------------------------------------------------------------------
 
 def _upscale_gather(worker: Worker, job: Job):
+    from engine.generation.style_files import job_catalogue
     from engine.generation.upscale import upscale_inputs
-    from engine.styles import load_catalogue
 
-    return upscale_inputs(worker.store, worker.settings, load_catalogue(worker.settings, job.guild_id), job.user_id,
+    return upscale_inputs(worker.store, worker.settings, job_catalogue(worker.settings, job.guild_id), job.user_id,
                           int(job.params["portrait_id"]), show_flagged=show_flagged(worker, job))
 
 
@@ -341,9 +341,9 @@ def _upscale_record(worker: Worker, job: Job, inputs, drawn) -> dict:
 
 
 def _preview_gather(worker: Worker, job: Job):
-    from engine.styles import load_catalogue
+    from engine.generation.style_files import job_catalogue
 
-    style = load_catalogue(worker.settings, job.guild_id).get(job.params.get("style", ""))
+    style = job_catalogue(worker.settings, job.guild_id).get(job.params.get("style", ""))
     if style is None:
         raise FaceChainError(f"No style {job.params.get('style')!r} to draw a preview of (removed meanwhile).")
     return style

@@ -82,9 +82,9 @@ def together_inputs(store, settings, user_id: str, partner_id: str, request_id: 
     (an UploadedPhoto), or else in a scene of `style_id` and `pose_id`. FaceChainError in plain words."""
     from engine.generation.generate import MAX_SEED
     from engine.generation.requests import check_pose
+    from engine.generation.style_files import job_catalogue
     from engine.store.families import check_draws_scenes, recorded_family
     from engine.store.together import may_draw
-    from engine.styles import load_catalogue
 
     if not may_draw(store, user_id, partner_id, request_id):
         raise FaceChainError(NOT_ALLOWED_NOW)
@@ -96,7 +96,7 @@ def together_inputs(store, settings, user_id: str, partner_id: str, request_id: 
                _member(store, partner_id, photo is None, "Their", redraws)]
     style = pose = None
     if photo is None:
-        style = load_catalogue(settings, guild_id).get(style_id or DEFAULT_STYLE)
+        style = job_catalogue(settings, guild_id).get(style_id or DEFAULT_STYLE)
         if style is None:
             raise FaceChainError(f"There is no style {style_id!r}: choose one from the list.")
         if not settings.pose_controlnet.strip():

@@ -13,8 +13,10 @@ MAX_ADAPTERS = 8
 
 
 class LoadedModels:
-    def __init__(self, settings: Settings, on_base_loaded: Callable[[], None] | None = None) -> None:
+    def __init__(self, settings: Settings, on_base_loaded: Callable[[], None] | None = None,
+                 style_cache=None) -> None:
         self.settings = settings
+        self.style_cache = style_cache  # a StyleFileCache on a cluster's GPU machine (no disk shared with the store)
         self.on_base_loaded = on_base_loaded
         # Told of model downloads (what, bytes done, bytes in all) while the running job waits on them.
         self.on_download: Callable[[str, int, int], None] | None = None
@@ -47,7 +49,8 @@ class LoadedModels:
 
             self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora_for(self.base.family.name),
                                                 pose_controlnet=self.settings.pose_controlnet,
-                                                depth_controlnet=self.settings.depth_controlnet)
+                                                depth_controlnet=self.settings.depth_controlnet,
+                                                style_cache=self.style_cache)
         return self._generator
 
     @property

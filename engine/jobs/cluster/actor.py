@@ -21,6 +21,7 @@ import ray
 
 from engine.config import Settings
 from engine.errors import FaceChainError
+from engine.generation.style_files import StyleFileCache
 from engine.jobs.runners import compute_job
 from engine.jobs.scratch import scratch_prefix, sweep_stale_scratch
 from engine.models.loaded import LoadedModels
@@ -57,7 +58,7 @@ class GpuActor:
         sweep_stale_scratch()  # what an actor killed on this machine left (face crops, weights)
         scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix("actor")))  # none of the bot's data folder here
         self.settings = Settings(**{**settings_values, "data_dir": scratch})
-        self.models = LoadedModels(self.settings)
+        self.models = LoadedModels(self.settings, style_cache=StyleFileCache(scratch / "styles"))
         self.name = name
         self.job_id: int | None = None
         self._stops: dict[int, threading.Event] = {}
@@ -71,6 +72,10 @@ class GpuActor:
         return {"name": self.name, "node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address(),
                 "pid": os.getpid(), "job": self.job_id, "model_loaded": self.models.loaded,
                 "adapters": [name for name in self.models.loaded_adapters() if name not in self._to_unload]}
+
+    def keep_style(self, digest: str, data: bytes) -> None:
+        """Keep a style LoRA the dispatcher sent (a server's or the owner's style), under its content hash."""
+        self.models.style_cache.keep(digest, data)
 
     def stop_job(self, job_id: int) -> None:
         if job_id in self._stops:

@@ -8,6 +8,7 @@ Routing prefers the actor that already holds the member's face model, then the o
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -22,8 +23,10 @@ import ray
 from ray.exceptions import RayError, TaskCancelledError
 
 from engine.config import Settings
-from engine.errors import SettingsError
+from engine.errors import FaceChainError, SettingsError
+from engine.generation.generate import lora_file
 from engine.generation.portrait import face_key_owner
+from engine.generation.style_files import StyleFileMissing
 from engine.jobs.cluster.actor import ACTOR_PREFIX, JOB_GROUP, NAMESPACE, GpuActor
 from engine.jobs.cluster.address import check_address, check_node_addresses, check_reachable
 from engine.jobs.heartbeat import Heartbeat
@@ -44,6 +47,7 @@ EMPTY_QUEUE_SECONDS = 1.0  # as often as the local worker looks at an empty queu
 NO_ACTOR_SECONDS = 60.0  # no actor ready this long: the owner is told
 LOOP_ERROR_SECONDS = 2.0  # after an error in the loop (a locked database, a Ray hiccup): wait, go on
 LOST_TEXT = "The GPU machine running this went away."
+STYLE_GONE_TEXT = "That style was removed while your request waited: choose another one."
 HUNG_TEXT = "The GPU machine running this stopped answering."
 
 
@@ -346,9 +350,14 @@ class Dispatcher:
             worker.queue.record_ran_on(job.id, slot.where or slot.name)
 
             def compute(inputs: Any, context: JobContext) -> Any:
-                stream = slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory")))
-                return follow(stream, context, lambda: slot.handle.stop_job.remote(job.id), slot.where,
-                              deadline=time.monotonic() + self.settings.time_limit_seconds(job.kind))
+                deadline = time.monotonic() + self.settings.time_limit_seconds(job.kind)
+                try:
+                    return follow(slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory"))),
+                                  context, lambda: slot.handle.stop_job.remote(job.id), slot.where, deadline)
+                except StyleFileMissing as missing:  # said before it drew anything: send the file, run it again
+                    send_style_file(slot, missing)
+                return follow(slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory"))),
+                              context, lambda: slot.handle.stop_job.remote(job.id), slot.where, deadline)
 
             def run() -> dict:
                 nonlocal lost
@@ -372,6 +381,19 @@ class Dispatcher:
             beat.stop()
             worker.store.close()
             self.pool.give_back(slot, lost=lost)
+
+
+def send_style_file(slot: ActorSlot, missing: StyleFileMissing) -> None:
+    """Send an actor the style LoRA it lacks (a server's or the owner's style, on this machine's disk)."""
+    try:
+        data = lora_file(missing.reference, missing.weight_name, "the style's LoRA").read_bytes()
+    except (FaceChainError, OSError):
+        raise FaceChainError(STYLE_GONE_TEXT) from None
+    if hashlib.sha256(data).hexdigest() != missing.digest:  # replaced since the job was read: read it again
+        raise ComputeLost("The style's file changed while it was being sent.")
+    ray.get(slot.handle.keep_style.remote(missing.digest, data))
+    log.info("cluster: sent the style file %s (%.1f MB) to %s", missing.digest[:12], len(data) / 1e6,
+             slot.where or slot.name)
 
 
 def follow(stream, context: JobContext, ask_to_stop, where: str, deadline: float = math.inf) -> Any:
