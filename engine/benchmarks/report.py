@@ -127,6 +127,8 @@ def queue_section(figures: dict) -> list[str]:
         ["enqueue while a worker trains, p50 / p99 / max",
          f"{figures['enqueue_while_training_p50_ms']} / {figures['enqueue_while_training_p99_ms']} / "
          f"{figures['enqueue_while_training_max_ms']} ms"],
+        *([["the queue's write lock a running job holds a minute (lease beats; progress is on its own board)",
+            f"{figures['write_lock_ms_per_job_minute']} ms"]] if "write_lock_ms_per_job_minute" in figures else []),
     ])
 
 

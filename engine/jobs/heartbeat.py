@@ -17,15 +17,16 @@ log = logging.getLogger(__name__)
 
 # How often a running job looks whether its member cancelled it (a read: it takes no lock).
 CANCEL_CHECK_SECONDS = 1.0
-# How often new progress is written between the lease's beats (the bot edits a member's message every 2 s).
+# How often new progress is written (on the progress board, not the queue: the bot edits a member's message
+# every 2 s).
 PROGRESS_EVERY_SECONDS = 2.0
 
 
 @dataclass
 class Heartbeat:
     """Keeps a job's lease alive and carries its progress, from a thread with its own connection; writes new
-    progress at most every PROGRESS_EVERY_SECONDS and sees a cancel within about a second, between the lease's
-    beats."""
+    progress on the progress board at most every PROGRESS_EVERY_SECONDS and sees a cancel within about a second,
+    between the lease's beats."""
 
     settings: Settings
     lease: Lease
@@ -56,14 +57,14 @@ class Heartbeat:
                 shown = (self.progress, self.text)
                 if time.monotonic() - last_beat >= interval:
                     self._beat(queue)
-                    last_beat = last_written = time.monotonic()
-                    written = shown
-                elif shown != written and time.monotonic() - last_written >= PROGRESS_EVERY_SECONDS:
-                    self._write_progress(queue, *shown)
-                    last_written, written = time.monotonic(), shown
+                    last_beat = time.monotonic()
                 elif not self.cancel_requested.is_set():
                     self._look_for_cancel(queue)
+                if shown != written and time.monotonic() - last_written >= PROGRESS_EVERY_SECONDS:
+                    self._write_progress(queue, *shown)
+                    last_written, written = time.monotonic(), shown
         finally:
+            self._clear_progress(queue)
             queue.store.close()
 
     def _beat(self, queue: SqliteJobQueue) -> None:
@@ -76,13 +77,18 @@ class Heartbeat:
             log.warning("heartbeat for job %s failed; will retry", self.job_id, exc_info=True)
 
     def _write_progress(self, queue: SqliteJobQueue, progress: float, text: str) -> None:
+        """On the progress board: none of the queue's write lock (the lease's beats alone take it)."""
         try:
-            if queue.report_progress(self.lease, progress, text):
-                self.cancel_requested.set()
-        except LeaseLost:
-            self.lease_lost.set()
-        except Exception:  # noqa: BLE001 - a locked database for a moment: the next write or beat carries it
+            queue.board.write(self.job_id, self.lease.token, progress, text)
+        except Exception:  # noqa: BLE001 - a busy board for a moment: the next write carries it
             log.debug("progress for job %s not written", self.job_id, exc_info=True)
+
+    def _clear_progress(self, queue: SqliteJobQueue) -> None:
+        try:
+            queue.board.clear(self.job_id)
+            queue.board.close()
+        except Exception:  # noqa: BLE001 - a row left behind is never shown (its claim has ended)
+            log.debug("progress row of job %s left", self.job_id, exc_info=True)
 
     def _look_for_cancel(self, queue: SqliteJobQueue) -> None:
         try:

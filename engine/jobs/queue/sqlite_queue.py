@@ -33,6 +33,7 @@ from engine.jobs.queue.base import (
     QueuePosition,
 )
 from engine.jobs.queue.conditions import BACK_IN_QUEUE, LEASE_RAN_OUT, NO_LEASE, claimable
+from engine.jobs.queue.progress_board import ProgressBoard
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 from engine.store.moderation import check_not_barred
@@ -63,14 +64,27 @@ class SqliteJobQueue:
         self.settings = settings
         self.db = store.db
         self._typical: dict[str, tuple[int | None, float]] = {}  # kind -> (latest done job, mean seconds)
+        self._board: ProgressBoard | None = None
+
+    @property
+    def board(self) -> ProgressBoard:
+        """Running jobs' progress between their lease's beats (its own file: none of the queue's write lock)."""
+        if self._board is None:
+            self._board = ProgressBoard(self.store.data_dir)
+        return self._board
 
     def _row(self, job_id: int) -> dict | None:
         rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
         return rows[0] if rows else None
 
+    def _jobs(self, rows: Iterable[dict]) -> list[Job]:
+        rows = list(rows)
+        claims = {row["id"]: row["lease_token"] for row in rows if row["state"] == "running"}
+        return self.board.lay_over([_job(row) for row in rows], claims)
+
     def get(self, job_id: int) -> Job | None:
         row = self._row(job_id)
-        return _job(row) if row else None
+        return self._jobs([row])[0] if row else None
 
     # --- enqueue ----------------------------------------------------------------------------------
 
@@ -210,18 +224,6 @@ class SqliteJobQueue:
         """Where a claimed job runs (a cluster actor and its node), shown by `facechain jobs list`."""
         with self.store.transaction():
             self.db["jobs"].update(job_id, {"ran_on": where[:200]})
-
-    def report_progress(self, lease: Lease, progress: float, text: str) -> bool:
-        """Record a running job's progress between its heartbeats: one guarded UPDATE, the lease left as it is.
-        True when the job's cancellation was requested; LeaseLost when the claim is no longer the job's."""
-        with self.store.transaction():
-            updated = self.db.execute(
-                "update jobs set progress = ?, progress_text = ? where id = ? and state = 'running' and lease_owner = ? "
-                "and lease_token = ?",
-                [max(0.0, min(1.0, float(progress))), text[:200], lease.job_id, lease.worker_id, lease.token]).rowcount
-            if not updated:
-                raise LeaseLost(f"Job {lease.job_id} is no longer leased to {lease.worker_id} under this claim.")
-            return bool(self.db.execute("select cancel_requested from jobs where id = ?", [lease.job_id]).fetchone()[0])
 
     def heartbeat(self, lease: Lease, progress: float | None = None, text: str | None = None) -> bool:
         """Extend the lease and record progress; True when the job's cancellation was requested."""
@@ -368,18 +370,18 @@ class SqliteJobQueue:
             marks = ", ".join(f"'{state}'" for state in FINISHED)
             where += f" and (state in ({marks}) or id in (select value from json_each(?)))"
             params = [json.dumps(list(watched))]
-        return [_job(row) for row in self.db["jobs"].rows_where(where, params, order_by="id")]
+        return self._jobs(self.db["jobs"].rows_where(where, params, order_by="id"))
 
     def jobs(self, state: str | None = None, user_id: str | None = None, limit: int = 100) -> list[Job]:
         where, params = equal_to({"state": state, "user_id": user_id})
-        rows = self.db["jobs"].rows_where(" and ".join(where) or None, params, order_by="id desc", limit=limit)
-        return [_job(row) for row in rows]
+        return self._jobs(self.db["jobs"].rows_where(" and ".join(where) or None, params, order_by="id desc",
+                                                      limit=limit))
 
     def active_jobs(self, user_id: str | None = None, guild_id: str | None = None) -> list[Job]:
         """Queued and running jobs, oldest first, of a user or a guild (or all)."""
         where, params = equal_to({"user_id": user_id, "guild_id": guild_id})
         where.append("state in ('queued', 'running')")
-        return [_job(row) for row in self.db["jobs"].rows_where(" and ".join(where), params, order_by="id")]
+        return self._jobs(self.db["jobs"].rows_where(" and ".join(where), params, order_by="id"))
 
     def active_pictures_with(self, partner_id: str) -> list[Job]:
         """Queued and running pictures together that draw `partner_id` beside the member who asked."""
