@@ -128,9 +128,10 @@ def portrait_lines(user_id: str, style_name: str, portraits: list[dict], notice:
 def swap_lines(user_id: str, result: dict, portraits: list[dict]) -> str:
     """A swap's message: which face became the member's, and how alike (each result, when redrawn)."""
     where = f"face {result.get('face', 1)} of {result.get('faces_found', 1)}"
-    if result.get("method") != "redrawn":
+    if result.get("method") != "redrawn":  # classical, or pasted as the redrawing read less like them
         likeness = portraits[0]["similarity"]
-        return f"<@{user_id}> your face on {where}" + (f" · likeness {likeness:.0%}" if likeness is not None else "")
+        line = f"<@{user_id}> your face on {where}" + (f" · likeness {likeness:.0%}" if likeness is not None else "")
+        return line + (f"\n_{result['notice']}_" if result.get("notice") else "")
     lines = [f"<@{user_id}> your face redrawn into {where} by your face model"
              + (", most alike first:" if portraits[0]["similarity"] is not None else ":")]
     for index, portrait in enumerate(portraits, start=1):

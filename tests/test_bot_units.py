@@ -320,3 +320,14 @@ def test_me_marks_the_face_engines_reading_as_a_suggestion_only():
 def test_a_larger_allowed_file_gets_the_time_its_size_needs():
     assert download_timeout(25 * 2**20).total == TIMEOUT.total  # a photo: a minute
     assert download_timeout(256 * 2**20).total == 128  # a server's style LoRA at its largest, at 2 MB/s
+
+
+def test_a_swaps_message_lists_redrawings_and_says_when_the_selfie_was_pasted_instead():
+    from bot.messages import swap_lines
+
+    four = [{"similarity": s} for s in (0.61, 0.58, 0.55, 0.4)]
+    redrawn = swap_lines("7", {"method": "redrawn", "face": 1, "faces_found": 1}, four)
+    assert "redrawn into face 1 of 1 by your face model, most alike first" in redrawn and "**#4** likeness 40%" in redrawn
+    notice = "Your face model's redrawing didn't look enough like you on this photo, so ..."
+    pasted = swap_lines("7", {"method": "pasted", "face": 2, "faces_found": 3, "notice": notice}, four[:1])
+    assert pasted == f"<@7> your face on face 2 of 3 · likeness 61%\n_{notice}_"

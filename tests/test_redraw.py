@@ -52,8 +52,11 @@ def member(tiny_model, analyzer, tmp_path_factory):
     store.close()
 
 
-def test_the_redrawn_region_changes_inside_the_mask_only_and_leaves_no_seam(member, analyzer):
+def test_the_redrawn_region_changes_inside_the_mask_only_and_leaves_no_seam(member, analyzer, monkeypatch):
+    from engine.generation import redraw
+
     settings, store, base, model = member
+    monkeypatch.setattr(redraw, "or_pasted", lambda *args: args[-1])  # the drawings kept, though noise
     generator = PortraitGenerator(base)
     image, faces = photo_faces(analyzer, settings, photo("biden/biden1.jpg"))
     results = redraw_face(generator, analyzer, settings, enrolled_face(store, analyzer, "obama"), image, faces[0],
@@ -106,6 +109,28 @@ def test_composition_fuses_ranks_and_the_result_reads_as_the_member(member, anal
     as_biden = similarity(analyzer, analyzer.embed(result, nearest), [biden])
     assert as_member > as_biden  # the face on his photo is the member's now
     write_sheet(member, analyzer)
+
+
+def test_redrawings_that_read_less_like_the_member_than_the_paste_give_way_to_it(member, analyzer):
+    """The tiny model's redrawings are noise (no face reads as the member): the result is the classical paste,
+    marked so, with the paste's likeness; drawings that read as well as the paste are kept."""
+    from engine.generation.redraw import PASTED_NOTICE, or_pasted, ranked_drawings
+
+    settings, store, base, model = member
+    enrolled = enrolled_face(store, analyzer, "obama")
+    image, faces = photo_faces(analyzer, settings, photo("biden/biden1.jpg"))
+    [result] = redraw_face(PortraitGenerator(base), analyzer, settings, enrolled, image, faces[0], model.path, "a man",
+                           seed=11)
+    region = face_region(faces[0], image.shape)
+    as_it_is = Candidate(Image.fromarray(np.ascontiguousarray(region.of(image))), 11)
+    [paste] = compose(analyzer, settings, enrolled, image, faces[0], region, [as_it_is])
+    assert result.pasted == (0,) and result.similarity == paste.similarity > 0
+    assert np.array_equal(np.asarray(result.image), np.asarray(paste.image))
+    assert "selfie" in PASTED_NOTICE and "model" not in PASTED_NOTICE.split("redrawing")[1]
+
+    crop = as_it_is.image.resize((256, 256))  # as a model that kept the photo would draw it: it reads as well
+    drawings = ranked_drawings(analyzer, settings, enrolled, [Candidate(crop, 1), Candidate(crop, 2)])
+    assert or_pasted(analyzer, settings, enrolled, image, region, drawings) == drawings
 
 
 def test_paste_back_keeps_the_photo_exactly_where_the_mask_is_zero():
@@ -164,6 +189,10 @@ def test_the_cli_redraws_with_a_face_model_unless_asked_for_the_quick_paste(memb
     photo_path = str(Path(__file__).parent / "data" / "group" / "two_people.jpg")
     assert main(["swap", "--user", "obama", photo_path, "--out", str(tmp_path / "x.png")]) == 2
     assert "This photo shows 2 faces: choose one" in capsys.readouterr().err  # asked before any model loads
+    from engine.generation import redraw
+
+    or_pasted = redraw.or_pasted
+    monkeypatch.setattr(redraw, "or_pasted", lambda *args: args[-1])  # the tiny model's drawings kept, though noise
     assert main(["swap", "--user", "obama", photo_path, "--face", "1", "--seed", "7", "--out", str(tmp_path / "out"),
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -171,6 +200,9 @@ def test_the_cli_redraws_with_a_face_model_unless_asked_for_the_quick_paste(memb
     assert [r["seed"] for r in result["results"]] and sorted(r["seed"] for r in result["results"]) == [7, 8, 9, 10]
     assert result["path"] == str(tmp_path / "out" / "swap-face1.png") == result["results"][0]["path"]
     assert all(Path(r["path"]).is_file() for r in result["results"])
+    monkeypatch.setattr(redraw, "or_pasted", or_pasted)  # noise reads less like the member than the paste
+    assert main(["swap", "--user", "obama", photo_path, "--face", "1", "--seed", "7", "--out", str(tmp_path / "p.png")]) == 0
+    assert "pasted from an enrolled selfie" in capsys.readouterr().out
     assert main(["swap", "--user", "obama", photo_path, "--face", "2", "--fast", "--out", str(tmp_path / "fast.png"),
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "classical"

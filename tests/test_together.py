@@ -86,8 +86,11 @@ def test_on_a_two_person_photo_face_1_reads_as_member_a_and_face_2_as_member_b(p
     write_sheet(image, faces, picture)
 
 
-def test_each_face_is_redrawn_with_its_own_face_model_inside_its_own_mask_only(pair, analyzer):
+def test_each_face_is_redrawn_with_its_own_face_model_inside_its_own_mask_only(pair, analyzer, monkeypatch):
+    from engine.generation import together
+
     settings, store, base, models = pair
+    monkeypatch.setattr(together, "or_pasted", lambda *args: args[-1])  # the drawings kept, though noise
     generator = PortraitGenerator(base)
     used = []
     activate = generator._activate
@@ -107,6 +110,27 @@ def test_each_face_is_redrawn_with_its_own_face_model_inside_its_own_mask_only(p
     for result in results:
         changed = np.any(np.asarray(result.image) != image, axis=2)
         assert not changed[~inside].any() and changed[inside].mean() > 0.3
+
+
+def test_faces_whose_redrawing_reads_less_like_their_member_than_the_paste_are_pasted_and_said(pair, analyzer):
+    """The tiny model redraws noise: each face is its member's enrolled face pasted on, one picture (not copies of
+    it), and the message says which."""
+    from engine.jobs.together_runner import pasted_notice
+
+    settings, store, base, models = pair
+    image, faces = photo_faces(analyzer, settings, photo(GROUP))
+    people = [Person(enrolled_face(store, analyzer, "rose"), models["rose"].path, "a woman"),
+              Person(enrolled_face(store, analyzer, "obama"), None, "a man")]  # no face model: pasted, as asked
+    results = redraw_people(PortraitGenerator(base), analyzer, settings, people, image, faces, [3, 4])
+    assert len(results) == 1 and results[0].pasted == (0,)
+    assert "member who asked" in pasted_notice((0,)) and "member asked is" in pasted_notice((1,))
+    assert pasted_notice(()) is None
+    people[1] = Person(people[1].enrolled, models["obama"].path, "a man")
+    [both] = redraw_people(PortraitGenerator(base), analyzer, settings, people, image, faces, [3, 4])
+    assert both.pasted == (0, 1) and "both faces" in pasted_notice(both.pasted)
+    pasted_only = redraw_people(PortraitGenerator(base), analyzer, settings, [Person(p.enrolled, None, p.trigger)
+                                                                              for p in people], image, faces, [3])
+    assert np.array_equal(np.asarray(both.image), np.asarray(pasted_only[0].image))
 
 
 def test_a_scene_places_both_members_at_the_pose_heads_and_redraws_each(pair, analyzer):
@@ -169,7 +193,9 @@ def test_the_cli_obeys_consent_and_writes_the_pictures_best_first(pair, monkeypa
     assert main(["together", "--user", "rose", "--with", "obama", "--photo", group, "--faces", "2,1", "--seed", "4",
                  "--out", str(tmp_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["faces"] == [2, 1] and result["faces_found"] == 2 and len(result["results"]) == 4
+    # The tiny model redraws noise: both faces are pasted from enrolled selfies, one picture, and it says so.
+    assert result["faces"] == [2, 1] and result["faces_found"] == 2 and len(result["results"]) == 1
+    assert result["results"][0]["pasted"] == ["rose", "obama"] and "both faces" in result["notice"]
     assert all(Path(r["path"]).is_file() for r in result["results"])
     assert main(["together", "--user", "rose", "--with", "obama", "--style", "studio-headshot", "--pose", "waving",
                  "--out", str(tmp_path)]) == 2

@@ -141,11 +141,14 @@ def redraw_swap(args: argparse.Namespace, settings: Settings, store) -> int:
         path = best if index == 1 else best.with_name(f"{best.stem}-{index}{best.suffix}")
         save_marked(result.image, path, settings.data_dir)
         results.append({"path": str(path), "similarity": result.similarity, "seed": result.seed})
-    score = ranked[0].similarity
-    report(args, {"method": "redrawn", "path": results[0]["path"], "face": chosen.number,
+    score, pasted = ranked[0].similarity, bool(ranked[0].pasted)
+    likeness = f", likeness {score:.0%}." if score is not None else " (not ranked)."
+    report(args, {"method": "pasted" if pasted else "redrawn", "path": results[0]["path"], "face": chosen.number,
                   "faces_found": chosen.faces_found, "similarity": score, "results": results},
+           f"Wrote {best}: face {chosen.number} of {chosen.faces_found} pasted from an enrolled selfie, as no "
+           f"redrawing by the face model read as the member as well{likeness}" if pasted else
            f"Wrote {len(results)} redrawn by the face model, best first, the best at {best}: face {chosen.number} "
-           f"of {chosen.faces_found}" + (f", likeness {score:.0%}." if score is not None else " (not ranked)."))
+           f"of {chosen.faces_found}{likeness}")
     return 0
 
 

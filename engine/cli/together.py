@@ -77,13 +77,15 @@ def cmd_together(args: argparse.Namespace, settings: Settings) -> int:
     for index, picture in enumerate(outputs.drawn.portraits, start=1):
         path = best if index == 1 else best.with_name(f"{best.stem}-{index}{best.suffix}")
         save_marked(picture.image, path, settings.data_dir)
-        results.append({"path": str(path), "likeness": picture.similarity, "seed": picture.seed})
+        results.append({"path": str(path), "likeness": picture.similarity, "seed": picture.seed,
+                        "pasted": [[args.user, args.partner][index] for index in picture.pasted]})
     score = results[0]["likeness"] if results else None
     report(args, {"path": results[0]["path"] if results else None, "results": results, "faces": outputs.faces,
                   "faces_found": outputs.faces_found, "pose": inputs.pose.id if inputs.pose else None,
-                  "style": inputs.style.id if inputs.style else None},
+                  "style": inputs.style.id if inputs.style else None, "notice": outputs.drawn.notice},
            f"Wrote {len(results)} pictures of {args.user} and {args.partner}, best first, the best at {best}"
-           + (f" (the lower likeness {score:.0%})." if score is not None else " (not ranked)."))
+           + (f" (the lower likeness {score:.0%})." if score is not None else " (not ranked).")
+           + (f" {outputs.drawn.notice}" if outputs.drawn.notice else ""))
     return 0
 
 

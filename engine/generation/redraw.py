@@ -15,7 +15,7 @@ has to be downloaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -35,6 +35,8 @@ from engine.styles import Sampler, Style
 
 REDRAW_STRENGTH = 0.65
 REDRAW_CANDIDATES = 4
+PASTED_NOTICE = ("Your face model's redrawing didn't look enough like you on this photo, so your enrolled selfie's "
+                 "face was put on instead.")
 # The square redrawn around the face, in face widths: the face, the hair and some of the neck.
 REGION_FACES = 2.2
 # The mask: an ellipse over the face box, grown to take the forehead and the jaw line.
@@ -124,11 +126,28 @@ def redraw_face(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings, 
                 image: np.ndarray, face: Face, face_model, trigger: str, seed: int, count: int = REDRAW_CANDIDATES,
                 on_step=None) -> list[RankedPortrait]:
     """`face` of `image` redrawn with the face model in `face_model` (a folder), `count` seeds from
-    `seed`, fused and ranked best first; each result is the whole photo."""
+    `seed`, fused and ranked best first; each result is the whole photo. When no redrawing reads as the
+    member better than their enrolled face pasted on does, that paste alone (marked `pasted`)."""
     region = face_region(face, image.shape)
     drawn = draw_region(generator, image, face, region, settings.portrait_size, face_model, trigger,
                         [seed + index for index in range(count)], on_step)
-    return compose(analyzer, settings, enrolled, image, face, region, drawn)
+    kept = or_pasted(analyzer, settings, enrolled, image, region, ranked_drawings(analyzer, settings, enrolled, drawn))
+    weight = paste_weight(face, region)
+    return [replace(r, image=Image.fromarray(paste_back(image, region, np.asarray(r.image.convert("RGB")), weight)))
+            for r in kept]
+
+
+def or_pasted(analyzer: FaceAnalyzer, settings, enrolled: EnrolledFace, image: np.ndarray, region: Region,
+              drawings: list[RankedPortrait]) -> list[RankedPortrait]:
+    """`drawings` of a region (ranked), or, when the best of them reads as the member less than the region with
+    the enrolled face fused on (the classical swap's paste), that paste alone, marked `pasted`. A face model can
+    fail on a photo (undertrained, an odd angle); the member then gets their own face, not a stranger's."""
+    as_it_is = Candidate(Image.fromarray(np.ascontiguousarray(region.of(image))), drawings[0].seed)
+    paste = ranked_drawings(analyzer, settings, enrolled, [as_it_is])[0]
+    best = drawings[0].similarity
+    if paste.similarity is None or (best is not None and best >= paste.similarity):
+        return drawings
+    return [replace(paste, pasted=(0,))]
 
 
 def draw_region(generator: PortraitGenerator, image: np.ndarray, face: Face, region: Region, size: int, face_model,

@@ -24,7 +24,15 @@ from PIL import Image
 from engine.faces import Face, FaceAnalyzer
 from engine.generation.generate import PORTRAIT_PROMPT, PortraitGenerator, PortraitRequest
 from engine.generation.poses import Pose
-from engine.generation.redraw import REDRAW_STYLE, draw_region, face_region, paste_back, paste_weight, ranked_drawings
+from engine.generation.redraw import (
+    REDRAW_STYLE,
+    draw_region,
+    face_region,
+    or_pasted,
+    paste_back,
+    paste_weight,
+    ranked_drawings,
+)
 from engine.postprocess import EnrolledFace, RankedPortrait
 from engine.postprocess.rank import similarity
 from engine.styles import Style
@@ -67,7 +75,11 @@ def redraw_people(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings
                 progress((index + step / total) / len(people), f"drawing face {index + 1} of {len(people)}")
         drawn = draw_region(generator, image, face, region, settings.portrait_size, person.face_model,
                             person.trigger, seeds, on_step, style=style)
-        layers.append((region, paste_weight(face, region), ranked_drawings(analyzer, settings, person.enrolled, drawn)))
+        ranked = ranked_drawings(analyzer, settings, person.enrolled, drawn)
+        if person.face_model is not None:  # redrawings that read worse than the paste: the paste, beside each
+            kept = or_pasted(analyzer, settings, person.enrolled, image, region, ranked)
+            ranked = kept * len(ranked) if kept[0].pasted else kept
+        layers.append((region, paste_weight(face, region), ranked))
     pictures = []
     for rank in range(min(len(ranked) for _, _, ranked in layers)):
         picture = image
@@ -78,7 +90,10 @@ def redraw_people(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings
                   likeness_at(analyzer, picture, found, face, person.enrolled) or ranked[rank].similarity
                   for (_, _, ranked), face, person in zip(layers, faces, people)]
         score = None if None in scores else min(scores)
-        pictures.append(RankedPortrait(Image.fromarray(picture), layers[0][2][rank].seed, score))
+        pasted = tuple(index for index, (_, _, ranked) in enumerate(layers) if ranked[rank].pasted)
+        pictures.append(RankedPortrait(Image.fromarray(picture), layers[0][2][rank].seed, score, pasted=pasted))
+    if all(ranked[0].pasted or person.face_model is None for (_, _, ranked), person in zip(layers, people)):
+        pictures = pictures[:1]  # every face pasted, none drawn: one picture, not copies of it
     return by_likeness(pictures)
 
 

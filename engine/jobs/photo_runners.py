@@ -41,7 +41,7 @@ class SwapOutputs:
     faces_found: int = 0
     choose: int = 0  # several faces and none chosen: how many, and their numbered preview
     preview: bytes = b""
-    method: str = "classical"  # or "redrawn": the face model drew the face into the photo
+    method: str = "classical"  # "redrawn": the face model drew it; "pasted": its redrawing read worse than the paste
 
 
 def _upload(job: Job, worker: Worker) -> Path:
@@ -121,7 +121,7 @@ def _redraw_gather(worker: Worker, job: Job) -> RedrawInputs:
 
 def _redraw_compute(models: LoadedModels, inputs: RedrawInputs, context: JobContext) -> SwapOutputs:
     from engine.generation.portrait import DrawnPortraits, enrolled_face_from, face_model_folder, screen
-    from engine.generation.redraw import redraw_face
+    from engine.generation.redraw import PASTED_NOTICE, redraw_face
     from engine.generation.swap import SeveralFaces, choose_face
 
     try:
@@ -139,8 +139,10 @@ def _redraw_compute(models: LoadedModels, inputs: RedrawInputs, context: JobCont
         ranked = redraw_face(models.generator, models.analyzer, models.settings, enrolled, chosen.image, chosen.face,
                              folder, inputs.trigger, inputs.seed, on_step=on_step)
     kept, held_back = screen(models.safety, ranked, inputs.show_flagged)
-    return SwapOutputs(DrawnPortraits(kept, _held_back_notice(held_back), held_back), chosen.number,
-                       chosen.faces_found, method="redrawn")
+    pasted = bool(kept) and bool(kept[0].pasted)
+    return SwapOutputs(DrawnPortraits(kept, _held_back_notice(held_back) or (PASTED_NOTICE if pasted else None),
+                                      held_back), chosen.number, chosen.faces_found,
+                       method="pasted" if pasted else "redrawn")
 
 
 PHOTO_RUNNERS = {

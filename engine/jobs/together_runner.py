@@ -157,8 +157,19 @@ def draw_together(models: LoadedModels, inputs: TogetherInputs, context: JobCont
                                    [found[number - 1] for number in faces], seeds, progress=progress)
     context.update(0.95, "checking the pictures")
     kept, held_back = screen(models.safety, ranked, inputs.show_flagged)
-    notice = "This server's safety filter held the result back." if held_back and not kept else None
+    notice = "This server's safety filter held the result back." if held_back and not kept else (
+        pasted_notice(kept[0].pasted) if kept else None)
     return TogetherOutputs(DrawnPortraits(kept, notice, held_back), faces, len(found or []))
+
+
+def pasted_notice(pasted: tuple[int, ...]) -> str | None:
+    """Which faces of the best picture are enrolled selfies put on (their redrawing read less like them)."""
+    if not pasted:
+        return None
+    whose = "both faces are" if len(pasted) == 2 else ("the face of the member who asked is" if pasted == (0,)
+                                                      else "the face of the member asked is")
+    return (f"On the first picture {whose} an enrolled selfie put on the photo: the face model's redrawing "
+            "didn't look enough like them.")
 
 
 def _record(worker: Worker, job: Job, inputs: TogetherInputs, outputs: TogetherOutputs) -> dict:

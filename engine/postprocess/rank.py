@@ -24,6 +24,9 @@ class RankedPortrait:
     seed: int
     similarity: float | None  # 1 - mean identity distance to the enrolled faces; None when unranked
     nsfw: bool = False  # flagged by the safety check
+    # On a redrawn photo: the faces (in the order they were redrawn) that show the enrolled face pasted on
+    # instead, as no redrawing of them read as the member better than that paste.
+    pasted: tuple[int, ...] = ()
 
 
 def single_clear_face(analyzer: FaceAnalyzer, image: np.ndarray) -> Face | None:
