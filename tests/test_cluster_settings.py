@@ -249,3 +249,38 @@ def test_an_abandoned_stream_stops_the_actors_work(monkeypatch):
     cancelled.clear(), stopped.clear()
     assert module.follow(finished, Context(), lambda: stopped.append(True), "actor") == {"ok": True}
     assert cancelled == [] and stopped == []
+
+
+def test_an_actor_sends_back_the_latest_progress_twice_a_second_not_every_step(monkeypatch):
+    """Every event an actor streams costs both ends CPU: a job's 200 steps send a few progress events (the
+    latest), then its outputs, the checkpoints all of them."""
+    import threading
+    import time
+
+    from engine.jobs.cluster import actor as module
+
+    def compute_job(kind, models, inputs, context, low_memory):
+        for step in range(200):
+            context.update(step / 200, f"generating {step}")
+            if step == 100:
+                context.save_checkpoint(b"weights")
+            time.sleep(0.004)
+        return {"done": kind}
+
+    class Runtime:
+        def is_canceled(self):
+            return False
+
+    class Models:
+        on_download = None
+
+    monkeypatch.setattr(module, "compute_job", compute_job)
+    monkeypatch.setattr(module.ray, "get_runtime_context", Runtime)
+    monkeypatch.setattr("engine.jobs.worker.release_cached_memory", lambda: None)
+    actor = module.GpuActor.__new__(module.GpuActor)
+    actor.models, actor._stops, actor._working, actor._to_unload, actor.job_id = Models(), {}, threading.Lock(), set(), None
+    run = getattr(module.GpuActor.run, "__wrapped__", module.GpuActor.run)
+    events = list(run(actor, 7, "generate", None))
+    kinds = [event[0] for event in events]
+    assert kinds.count("checkpoint") == 1 and events[-1] == ("done", {"done": "generate"})
+    assert 1 <= kinds.count("progress") <= 4, kinds  # about 0.8 s of steps: at most one every 0.5 s

@@ -13,6 +13,7 @@ import pickle
 import queue
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 NAMESPACE = "facechain"
 ACTOR_PREFIX = "facechain-gpu-"
 JOB_GROUP = "job"  # the concurrency group `run` runs in, of one: never two jobs on one GPU
+# Progress goes back at most this often (the latest of it); the heartbeat writes it every 2 s.
+PROGRESS_SECONDS = 0.5
 
 
 @dataclass
@@ -123,6 +126,7 @@ class GpuActor:
         thread = threading.Thread(target=work, name=f"job-{job_id}", daemon=True)
         thread.start()
         runtime = ray.get_runtime_context()
+        latest, sent_at = None, 0.0  # progress not sent yet, and when progress was last sent
         try:
             while True:
                 if runtime.is_canceled():  # ray.cancel() only sets a flag on a running actor task
@@ -130,6 +134,12 @@ class GpuActor:
                 try:
                     event = events.get(timeout=0.2)
                 except queue.Empty:
+                    event = None
+                if event is None or event[0] == "progress":  # each one sent costs both ends CPU: the latest only
+                    latest = event or latest
+                    if latest is not None and time.monotonic() - sent_at >= PROGRESS_SECONDS:
+                        yield latest
+                        latest, sent_at = None, time.monotonic()
                     continue
                 yield event
                 if event[0] in ("done", "error"):

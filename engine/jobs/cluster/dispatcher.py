@@ -195,6 +195,7 @@ class Dispatcher:
         self._unserved: str | None = None  # the open "cluster" incident's message, while no actor serves
         self._refused: str | None = None  # why the cluster may not be used now (a node at a public address)
         self._next_hold_at = 0.0
+        self._wake = threading.Event()
 
     def connect(self) -> bool:
         """Join the cluster; while it does not answer (or cannot be used), the owner is told once and jobs
@@ -246,7 +247,8 @@ class Dispatcher:
                 log.exception("dispatcher %s: an error in its loop; going on", self.worker_id)
                 self.stopping.wait(LOOP_ERROR_SECONDS)
                 continue
-            self.stopping.wait(poll_seconds)
+            self._wake.wait(poll_seconds)  # a job's end wakes it at once: its actor takes the next job now
+            self._wake.clear()
         for thread in list(self._threads.values()):  # trainings checkpoint and go back; portraits finish
             thread.join(timeout=self.settings.job_lease_seconds)
         log.info("dispatcher %s stopped (peak memory %s MB)", self.worker_id, peak_rss_mb())
@@ -378,9 +380,11 @@ class Dispatcher:
 
             worker.settle(job, beat, run)
         finally:
+            self.pool.give_back(slot, lost=lost)
+            self._next_claim_at = 0.0  # an actor came free: the loop looks at the queue now
+            self._wake.set()
             beat.stop()
             worker.store.close()
-            self.pool.give_back(slot, lost=lost)
 
 
 def send_style_file(slot: ActorSlot, missing: StyleFileMissing) -> None:
