@@ -84,10 +84,11 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:(?P<act
 
 
 class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select],
-                     template=r"fc:(?P<what>more|share|sharper):(?P<job>[0-9]+)"):
-    """'More like…', 'Sharper x2…' and 'Share to gallery…' menus: one option per portrait of the job."""
+                     template=r"fc:(?P<what>more|share|sharper|x4):(?P<job>[0-9]+)"):
+    """'More like…', 'Sharper x2…', 'Upscale x4…' and 'Share to gallery…' menus: one option per portrait of the job."""
 
-    PLACEHOLDERS = {"more": "More like…", "sharper": "Sharper x2…", "share": "Share to the server gallery…"}
+    PLACEHOLDERS = {"more": "More like…", "sharper": "Sharper x2…", "x4": "Upscale x4…",
+                    "share": "Share to the server gallery…"}
 
     def __init__(self, what: str, job_id: int, options: list[discord.SelectOption] | None = None) -> None:
         super().__init__(discord.ui.Select(custom_id=f"fc:{what}:{job_id}", placeholder=self.PLACEHOLDERS[what],
@@ -110,10 +111,12 @@ class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select],
                 raise FaceChainError("That portrait no longer exists.")
             if self.what == "more":
                 await queue_again(interaction, job, "More like this", seed=None, variation_of=portrait["seed"])
-            elif self.what == "sharper":
+            elif self.what in ("sharper", "x4"):
                 params = {"portrait_id": portrait["id"], "style": portrait["style"], "count": 1,
-                          "private": job.params.get("private"), "age_restricted": job.params.get("age_restricted")}
-                await queue_and_follow(interaction, job, "upscale", params, "Sharper x2")
+                          "private": job.params.get("private"), "age_restricted": job.params.get("age_restricted"),
+                          **({"x4": True} if self.what == "x4" else {})}
+                await queue_and_follow(interaction, job, "upscale", params,
+                                       "Upscale x4" if self.what == "x4" else "Sharper x2")
             else:
                 await gallery.share(interaction, portrait)
         await guarded(interaction, action)
@@ -244,11 +247,14 @@ def portrait_actions(job: Job, portraits: list[dict]) -> discord.ui.View:
     view.add_item(JobButton("reroll", job.id))
     view.add_item(JobButton("delete", job.id))
     add_report(view, job)
-    sharper = (job.result or {}).get("sharper", True)  # SD1.5's img2img: the worker says whether it has it
-    for what, verb in (("more", "More like"), ("sharper", "Sharper x2"), ("share", "Share")):
+    result = job.result or {}
+    offered = {"more": True, "share": bool(job.guild_id),
+               "sharper": result.get("sharper", True),  # SD1.5's img2img: the worker says whether it has it
+               "x4": result.get("upscale_x4", False) and not result.get("x4")}  # once is enough
+    for what, verb in (("more", "More like"), ("sharper", "Sharper x2"), ("x4", "Upscale x4"), ("share", "Share")):
         options = [discord.SelectOption(label=f"{verb} #{index}", value=str(portrait["id"]),
                                         description=f"seed {portrait['seed']}")
                    for index, portrait in enumerate(portraits[:25], start=1)]
-        if options and (what != "share" or job.guild_id) and (what != "sharper" or sharper):
+        if options and offered[what]:
             view.add_item(PortraitSelect(what, job.id, options))
     return view

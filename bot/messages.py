@@ -75,6 +75,8 @@ def job_title(job: Job) -> str:
     if job.kind == "generate":
         posed = f", pose {job.params['pose']}" if job.params.get("pose") else ""
         return f"{job.params.get('count', 4)} portraits in {job.params.get('style', '?')}{posed}"
+    if job.kind == "upscale" and job.params.get("x4"):
+        return "a portrait upscaled x4"
     return JOB_TITLES.get(job.kind, job.kind)
 
 

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     pose_depth: bool = False
     depth_controlnet: str = "lllyasviel/control_v11f1p_sd15_depth"
     depth_estimator: str = "Intel/dpt-hybrid-midas"
+    # Upscale x4 (a button under portraits, `facechain upscale --x4`): Real-ESRGAN's RRDB model, the repository
+    # (a Hugging Face id, modelscope:<id>, or a local folder or .pth file) and the file in it; empty = off.
+    upscaler: str = "lllyasviel/Annotators"
+    upscaler_file: str = "RealESRGAN_x4plus.pth"
     # Portraits use fast mode unless the member asks otherwise; steps and guidance of fast mode.
     fast_by_default: bool = False
     fast_steps: int = Field(default=6, ge=1, le=50)

@@ -29,7 +29,11 @@ SETTINGS = {"DEVICE": "cpu", "TRAIN_RESOLUTION": 64, "TRAIN_STEPS_PER_PHOTO": 50
 
 @pytest.fixture(scope="module")
 def deployment(tiny_model, tiny_controlnet, tiny_pose_detector, tmp_path_factory):
-    models = {"BASE_MODEL": tiny_model, "POSE_CONTROLNET": tiny_controlnet, "POSE_DETECTOR": tiny_pose_detector}
+    from engine.models.random_models import make_random_rrdb
+
+    upscaler = make_random_rrdb(tmp_path_factory.mktemp("upscaler") / "RealESRGAN_x4plus.pth", passthrough=True)
+    models = {"BASE_MODEL": tiny_model, "POSE_CONTROLNET": tiny_controlnet, "POSE_DETECTOR": tiny_pose_detector,
+              "UPSCALER": upscaler}
     with running_bot(tmp_path_factory.mktemp("deployment"), {**SETTINGS, **models}) as deployment:
         yield deployment
 
@@ -174,6 +178,21 @@ def test_sharper_x2_comes_as_a_new_message_at_twice_the_size(deployment):
     assert Image.open(d.data_dir / upscaled[0][0]).size == (2 * width, 2 * height)  # twice the size
     assert {c.split(":")[1] for c in sharper.custom_ids()} >= {"delete", "share"}
     assert message.files and not message.deleted  # the original stays
+
+
+def test_upscale_x4_comes_as_a_new_message_at_four_times_the_size(deployment):
+    d, fake = deployment, deployment.fake
+    trained(d)
+    message = d.result_of(fake.command(d.alice, d.general, d.guild, "portrait", {"style": "cyberpunk", "count": 1}))
+    job_id = int(_custom_id(message, "delete").split(":")[2])
+    first, first_path = d.rows("select id, path from portraits where job_id = ? order by id", job_id)[0]
+    larger = d.result_of(fake.click(d.alice, message, _custom_id(message, "x4"), [str(first)]), timeout=90)
+    assert larger.id != message.id and list(larger.files) == ["portrait-1.png"]
+    upscaled = d.rows("select path from portraits where job_id = (select max(id) from jobs where kind = 'upscale')")
+    width, height = Image.open(d.data_dir / first_path).size
+    assert Image.open(d.data_dir / upscaled[0][0]).size == (4 * width, 4 * height)
+    offered = {c.split(":")[1] for c in larger.custom_ids()}
+    assert {"delete", "share"} <= offered and not {"x4", "sharper"} & offered  # not again, nor redrawn at 4x
 
 
 def test_share_needs_a_gallery_channel_then_posts_once(deployment):

@@ -219,8 +219,10 @@ def test_doctor_reports_each_check_with_a_fix(capsys, data_dir, tmp_path, monkey
     styles = {name for name in by_name if name.startswith("style ")}
     assert set(by_name) - styles == {"python packages", "torch device", "base model", "fast-mode LoRA", "face parser",
                                      "pose ControlNet", "pose detector (people)", "pose detector (body points)",
-                                     "face models", "safety check", "data dir", "worker", "discord token", "cluster"}
+                                     "upscaler (Upscale x4)", "face models", "safety check", "data dir", "worker",
+                                     "discord token", "cluster"}
     assert by_name["pose ControlNet"]["status"] == "warn" and "models pull" in by_name["pose ControlNet"]["fix"]
+    assert by_name["upscaler (Upscale x4)"]["status"] == "warn"  # not downloaded: only Upscale x4 waits for it
     assert by_name["face parser"]["status"] == "warn"  # not downloaded: the landmarks' masks serve meanwhile
     assert "style polaroid LoRA" in styles and all(by_name[name]["status"] == "warn" for name in styles)
     assert by_name["fast-mode LoRA"]["status"] == "warn" and "models pull" in by_name["fast-mode LoRA"]["fix"]

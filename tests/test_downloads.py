@@ -26,6 +26,7 @@ STYLE_REPO = "someone/hub-style-lora"
 PARSER = "jonathandinu/face-parsing"
 OPENPOSE = "lllyasviel/control_v11p_sd15_openpose"
 DWPOSE = "yzd-v/DWPose"
+ANNOTATORS = "lllyasviel/Annotators"  # Upscale x4's Real-ESRGAN file, among the repository's many
 # A diffusers SD1.5 pipeline's files (those the loader reads).
 REAL_PIPELINE_FILES = {
     "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
@@ -44,6 +45,8 @@ def hub(tmp_path, tiny_model, tiny_controlnet, tiny_pose_detector):
     import torch
     from safetensors.torch import save_file
 
+    from engine.models.random_models import make_random_rrdb
+
     served = FakeHub(tmp_path / "hub")
     realistic_vision_layout(served, tiny_model, BASE)
     served.add_folder(VAE, tiny_model / "vae")
@@ -61,6 +64,8 @@ def hub(tmp_path, tiny_model, tiny_controlnet, tiny_pose_detector):
     served.add_file(OPENPOSE, "diffusion_pytorch_model.bin", sparse_bytes=10**6)  # never fetched
     served.add_folder(DWPOSE, tiny_pose_detector)
     served.add_file(DWPOSE, "dw-mm_ucoco.onnx", sparse_bytes=10**6)  # another of its models: never fetched
+    served.add_file(ANNOTATORS, "RealESRGAN_x4plus.pth", make_random_rrdb(tmp_path / "rrdb.pth").read_bytes())
+    served.add_file(ANNOTATORS, "ControlNetHED.pth", sparse_bytes=10**6)  # the other annotators: never fetched
     served.start()
     yield served
     served.stop()
@@ -100,7 +105,8 @@ def test_models_pull_fetches_only_what_loading_reads(hub, tmp_path, tiny_model):
     rows = {row["name"]: row for row in json.loads(pulled.stdout)}
     assert [rows[name]["status"] for name in ("base model", "VAE", "face parser", "fast-mode LoRA",
                                               "style hub-style LoRA", "pose ControlNet", "pose detector (people)",
-                                              "pose detector (body points)")] == ["downloaded"] * 8
+                                              "pose detector (body points)", "upscaler (Upscale x4)")] == [
+        "downloaded"] * 9
     assert set(hub.fetched(BASE)) == pipeline_files(tiny_model)  # no .bin twins, checkpoints, safety checker
     assert not set(hub.fetched(BASE)) & set(REALISTIC_VISION_CHECKPOINTS)
     assert set(hub.fetched(VAE)) == {"config.json", "diffusion_pytorch_model.safetensors"}
@@ -109,13 +115,14 @@ def test_models_pull_fetches_only_what_loading_reads(hub, tmp_path, tiny_model):
     assert set(hub.fetched(PARSER)) == {"config.json", "model.safetensors", "preprocessor_config.json"}
     assert set(hub.fetched(OPENPOSE)) == {"config.json", "diffusion_pytorch_model.safetensors"}
     assert set(hub.fetched(DWPOSE)) == {"yolox_l.onnx", "dw-ll_ucoco_384.onnx"}
+    assert hub.fetched(ANNOTATORS) == ["RealESRGAN_x4plus.pth"]
     cache_bytes = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert cache_bytes < 30 * 2**20 and rows["base model"]["bytes"] > 0
 
     again = facechain(env, tmp_path, "models", "pull")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already here") == 8
-    assert len(hub.fetched()) == len(pipeline_files(tiny_model)) + 11  # nothing fetched twice
+    assert again.stdout.count("already here") == 9
+    assert len(hub.fetched()) == len(pipeline_files(tiny_model)) + 12  # nothing fetched twice
     # Enrollment then finds the parser in the hub's cache and loads it, with no network.
     script = ("from engine.config import load_settings\nfrom engine.preprocess.face_parser import get_face_parser\n"
               "print(type(get_face_parser(load_settings(_env_file=None))).__name__)")
@@ -209,7 +216,7 @@ def test_an_sdxl_base_pulls_its_own_extras_on_the_first_pull(hub, tmp_path, tiny
 def test_an_unreachable_hub_is_the_owners_problem_in_one_line(hub, tmp_path):
     (tmp_path / "no-styles").mkdir()
     env = hub_env(hub, tmp_path / "cache", VAE="", FAST_LORA="", FACE_PARSER="", POSE_CONTROLNET="", POSE_DETECTOR="",
-                  STYLES_DIR=str(tmp_path / "no-styles"))
+                  UPSCALER="", STYLES_DIR=str(tmp_path / "no-styles"))
     env["HF_ENDPOINT"] = hub.url  # the hub answers, but not for this model: the loader's own message
     env["FACECHAIN_BASE_MODEL"] = "someone/not-on-this-hub"
     pulled = facechain(env, tmp_path, "models", "pull")
@@ -231,11 +238,12 @@ def test_models_pull_with_no_network_says_so_within_seconds_and_names_what_was_n
     pulled = facechain(env, tmp_path, "models", "pull")
     took = time.monotonic() - started
     assert pulled.returncode == 1 and took < 60, took
-    assert pulled.stdout.count("Hugging Face (127.0.0.1) does not answer") == 1 + 7  # said once, then per model
+    assert pulled.stdout.count("Hugging Face (127.0.0.1) does not answer") == 1 + 8  # said once, then per model
     assert pulled.stdout.count("ModelScope (127.0.0.1) does not answer") >= 2
     not_fetched = pulled.stderr.strip()
     assert not_fetched.startswith("error: not fetched: base model, VAE, face parser, pose ControlNet, pose detector "
-                                  "(people), pose detector (body points), fast-mode LoRA, style ")
+                                  "(people), pose detector (body points), upscaler (Upscale x4), fast-mode LoRA, "
+                                  "style ")
     assert "Traceback" not in pulled.stderr
 
 

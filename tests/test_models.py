@@ -20,8 +20,11 @@ def test_make_tiny_model_cli_writes_a_diffusers_folder(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["path"] == str(tmp_path / "tiny")
     assert set(printed["settings"]) == {"FACECHAIN_BASE_MODEL", "FACECHAIN_POSE_CONTROLNET", "FACECHAIN_POSE_DETECTOR",
-                                        "FACECHAIN_DEPTH_CONTROLNET", "FACECHAIN_DEPTH_ESTIMATOR"}
-    assert all(Path(path).is_dir() for path in printed["settings"].values())  # every new mode runs on them
+                                        "FACECHAIN_DEPTH_CONTROLNET", "FACECHAIN_DEPTH_ESTIMATOR", "FACECHAIN_UPSCALER"}
+    assert all(Path(path).exists() for path in printed["settings"].values())  # every new mode runs on them
+    from engine.postprocess.super_resolution import read_rrdb
+
+    assert read_rrdb(Path(printed["settings"]["FACECHAIN_UPSCALER"])).scale == 4
     index = json.loads((tmp_path / "tiny" / "model_index.json").read_text())
     assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
     size = sum(p.stat().st_size for p in (tmp_path / "tiny").rglob("*") if p.is_file())

@@ -79,20 +79,23 @@ def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
         from engine.models.random_sdxl import make_tiny_sdxl_model
 
         folder = make_tiny_sdxl_model(Path(args.folder))
-        needed = {"FACECHAIN_BASE_MODEL": str(folder), "FACECHAIN_VAE": "", "FACECHAIN_SDXL_SIZE": "128"}
+        needed = {"FACECHAIN_BASE_MODEL": str(folder), "FACECHAIN_VAE": "", "FACECHAIN_SDXL_SIZE": "128",
+                  "FACECHAIN_UPSCALER": str(make.make_random_rrdb(folder / "upscaler.pth", passthrough=True))}
         report(args, {"path": str(folder), "settings": needed},
-               f"Tiny random SDXL model written to {folder} (it carries its own VAE; poses and pictures together are "
-               "SD1.5's). To use it, set:\n" + "\n".join(f"  {name}={value}" for name, value in needed.items()))
+               f"Tiny random SDXL model written to {folder} (it carries its own VAE, and an upscaler; poses and pictures "
+               "together are SD1.5's). To use it, set:\n" + "\n".join(f"  {name}={value}" for name, value in needed.items()))
         return 0
     folder = make.make_tiny_model(Path(args.folder))
     needed = {"FACECHAIN_BASE_MODEL": str(folder),
               "FACECHAIN_POSE_CONTROLNET": str(make.make_random_controlnet(folder / "controlnet-openpose", folder)),
               "FACECHAIN_POSE_DETECTOR": str(make.make_tiny_pose_detector(folder / "pose-detector")),
               "FACECHAIN_DEPTH_CONTROLNET": str(make.make_random_controlnet(folder / "controlnet-depth", folder, seed=1)),
-              "FACECHAIN_DEPTH_ESTIMATOR": str(make.make_tiny_depth_estimator(folder / "depth-estimator"))}
+              "FACECHAIN_DEPTH_ESTIMATOR": str(make.make_tiny_depth_estimator(folder / "depth-estimator")),
+              "FACECHAIN_UPSCALER": str(make.make_random_rrdb(folder / "upscaler.pth", passthrough=True))}
     report(args, {"path": str(folder), "settings": needed},
            f"Tiny random model written to {folder}, with the pose and depth ControlNets, a pose detector (which "
-           "finds the same standing person in any photo) and a depth estimator in it. To use them, set (and "
+           "finds the same standing person in any photo), a depth estimator and an upscaler (a nearest x4 in "
+           "Real-ESRGAN's format) in it. To use them, set (and "
            "FACECHAIN_POSE_DEPTH=true for depth):\n"
            + "\n".join(f"  {name}={value}" for name, value in needed.items()))
     return 0

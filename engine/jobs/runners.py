@@ -312,29 +312,46 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
             "held_back": result.held_back, "pose": pose.id if pose else None,
             "sharper": family is None or family.draws_scenes,  # Sharper x2 is SD1.5's img2img
+            "upscale_x4": bool(worker.settings.upscaler.strip()),  # Upscale x4, on any family
             "pose_points": pose.model_dump(exclude={"file"}) if pose and pose.id == "photo" else None}
 
 
 # --- Sharper x2 and style previews ------------------------------------------------------------------
 
 def _upscale_gather(worker: Worker, job: Job):
+    """Sharper x2 (the portrait redrawn larger), or with `x4` Upscale x4 (Real-ESRGAN's network)."""
     from engine.generation.style_files import job_catalogue
     from engine.generation.upscale import upscale_inputs
+    from engine.generation.upscale_x4 import x4_inputs
 
+    if job.params.get("x4"):
+        return x4_inputs(worker.store, job.user_id, int(job.params["portrait_id"]), show_flagged(worker, job))
     return upscale_inputs(worker.store, worker.settings, job_catalogue(worker.settings, job.guild_id), job.user_id,
                           int(job.params["portrait_id"]), show_flagged=show_flagged(worker, job))
 
 
 def _upscale_compute(models: LoadedModels, inputs, context: JobContext):
     from engine.generation.upscale import draw_upscaled
+    from engine.generation.upscale_x4 import X4Inputs, draw_x4
 
+    if isinstance(inputs, X4Inputs):
+        context.update(0.1, "upscaling x4")
+        return draw_x4(models.upscaler, models.analyzer, models.settings, inputs, models.safety)
     return draw_upscaled(models.generator, models.analyzer, models.settings, inputs, models.safety,
                          on_step=lambda step, total: context.update(0.9 * step / total, "sharpening"))
 
 
 def _upscale_record(worker: Worker, job: Job, inputs, drawn) -> dict:
-    from engine.generation.portrait import record_portraits
+    from engine.generation.portrait import record_portraits, save_portraits
+    from engine.generation.upscale_x4 import UPSCALER_PROBLEM, X4Inputs
+    from engine.store.setup_problems import resolve_setup_problems
 
+    if isinstance(inputs, X4Inputs):
+        resolve_setup_problems(worker.store, UPSCALER_PROBLEM)
+        saved = save_portraits(worker.store, job.user_id, inputs.style_id, drawn.drawn.portraits, None, job.id)
+        return {"portraits": [p.to_json() for p in saved], "notice": drawn.drawn.notice,
+                "held_back": drawn.drawn.held_back, "x4": True, "sharper": False, "size": list(drawn.size),
+                "fused_again": drawn.fused, "likeness_as_upscaled": drawn.likeness_as_upscaled}
     result = record_portraits(worker.store, inputs.portrait, drawn, job_id=job.id)
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
             "held_back": result.held_back}

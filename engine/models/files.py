@@ -1,7 +1,7 @@
 """Every model the settings name, where each one is on this machine, and fetching the missing ones.
 
 `facechain models pull` and `doctor` read this list: the base pipeline, its separate VAE, the
-safety checker, the pose ControlNet, the fast-mode LoRA and each style's LoRA. Only the files loading reads are fetched.
+safety checker, the pose ControlNet, the upscaler, the fast-mode LoRA and each style's LoRA. Only the files loading reads are fetched.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
 
         models += [NamedModel(f"pose detector ({what})", settings.pose_detector, "FACECHAIN_POSE_DETECTOR", "file",
                               filename) for what, filename in (("people", DETECTOR_FILE), ("body points", KEYPOINTS_FILE))]
+    if settings.upscaler.strip():
+        models.append(upscaler_model(settings))
     if fast := settings.fast_lora_for(family.name).strip():
         models.append(NamedModel("fast-mode LoRA", fast, family.fast_setting, "file", WEIGHTS_FILE))
     if include_styles:
@@ -79,6 +81,10 @@ def known_family(base_model: str) -> Family:
 
 def pose_controlnet_model(settings: Settings) -> NamedModel:
     return NamedModel("pose ControlNet", settings.pose_controlnet, "FACECHAIN_POSE_CONTROLNET", "component")
+
+
+def upscaler_model(settings: Settings) -> NamedModel:
+    return NamedModel("upscaler (Upscale x4)", settings.upscaler, "FACECHAIN_UPSCALER", "file", settings.upscaler_file)
 
 
 def face_parser_model(settings: Settings) -> NamedModel:

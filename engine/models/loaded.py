@@ -23,6 +23,7 @@ class LoadedModels:
         self._base = None
         self._generator = None
         self._safety = None
+        self._upscaler = None
 
     @property
     def loaded(self) -> bool:
@@ -63,6 +64,15 @@ class LoadedModels:
         return self._safety
 
     @property
+    def upscaler(self):
+        """Upscale x4's network (FACECHAIN_UPSCALER), loaded at the first Upscale x4, beside the base model."""
+        if self._upscaler is None:
+            from engine.generation.upscale_x4 import load_configured_upscaler
+
+            self._upscaler = load_configured_upscaler(self.settings, self._base)  # the base is not loaded for it
+        return self._upscaler
+
+    @property
     def analyzer(self):
         from engine.faces import get_analyzer
 
@@ -94,6 +104,8 @@ class LoadedModels:
         them for a retry after running out of memory. The job after plans afresh."""
         from engine.models.base_model import MemoryPlan, apply_memory_savers, current_plan
 
+        if self._base is None and not low_memory:  # loading it plans for it (a job may not need it: Upscale x4)
+            return
         plan = current_plan(self.base.device, self.base.family)
         if low_memory:
             plan = MemoryPlan(plan.dtype_name, True, True, self.base.device == "cuda", "retry after running out of memory")

@@ -335,3 +335,30 @@ DEFAULT_BODY = {"nose": (0.5, 0.16), "left_eye": (0.53, 0.14), "right_eye": (0.4
                 "right_wrist": (0.14, 0.24), "left_hip": (0.57, 0.55), "right_hip": (0.43, 0.55),
                 "left_knee": (0.58, 0.72), "right_knee": (0.42, 0.72), "left_ankle": (0.58, 0.88),
                 "right_ankle": (0.42, 0.88)}
+
+
+def make_random_rrdb(path: Path, features: int = 8, blocks: int = 1, growth: int = 4, scale: int = 4, seed: int = 0,
+                     passthrough: bool = False) -> Path:
+    """A Real-ESRGAN RRDB `.pth` (BasicSR's names, under `params_ema`, as RealESRGAN_x4plus.pth is published) with
+    random weights; the defaults are a small one, `RRDBNet()`'s full size is 64 features, 23 blocks, growth 32. With
+    `passthrough` (x4 only) the residual path is zero and the rest copies the picture: a nearest-neighbour x4, so
+    tests can measure faces on what it makes."""
+    import torch
+
+    from engine.postprocess.super_resolution import RRDBNet
+
+    torch.manual_seed(seed)
+    network = RRDBNet(scale, features, blocks, growth)
+    if passthrough:
+        with torch.no_grad():
+            for conv in (network.conv_first, network.conv_body, network.conv_up1, network.conv_up2, network.conv_hr,
+                         network.conv_last):
+                conv.weight.zero_()
+                conv.bias.zero_()
+                if conv is not network.conv_body:  # the body's sum is cut: the picture goes straight through
+                    for channel in range(min(conv.in_channels, conv.out_channels)):
+                        conv.weight[channel, channel, 1, 1] = 1.0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params_ema": network.state_dict()}, path)
+    return path
