@@ -85,7 +85,8 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"fc:(?P<act
 
 class PortraitSelect(discord.ui.DynamicItem[discord.ui.Select],
                      template=r"fc:(?P<what>more|share|sharper|x4):(?P<job>[0-9]+)"):
-    """'More like…', 'Sharper x2…', 'Upscale x4…' and 'Share to gallery…' menus: one option per portrait of the job."""
+    """'More like…', 'Sharper x2…', 'Upscale x4…' and 'Share to gallery…' menus: one option per portrait of the
+    job."""
 
     PLACEHOLDERS = {"more": "More like…", "sharper": "Sharper x2…", "x4": "Upscale x4…",
                     "share": "Share to the server gallery…"}

@@ -139,7 +139,8 @@ class Upscaler:
         return Image.fromarray(array)
 
 
-def load_upscaler(path: Path, device: torch.device, dtype: torch.dtype, setting: str = "FACECHAIN_UPSCALER") -> Upscaler:
+def load_upscaler(path: Path, device: torch.device, dtype: torch.dtype,
+                  setting: str = "FACECHAIN_UPSCALER") -> Upscaler:
     network = read_rrdb(path, setting)
     log.info("upscaler: %s, x%d, %d blocks of %d features", path.name, network.scale, len(network.body),
              network.conv_first.out_channels)
