@@ -156,6 +156,10 @@ def pull_and_doctor(hub: FakeHub, env: dict[str, str]) -> list[str]:
     return [row["name"] for row in rows]
 
 
+def first_portrait(worker) -> int:
+    return worker.queue.store.db.execute("select id from portraits where style = 'cyberpunk' limit 1").fetchone()[0]
+
+
 class OfflineWorker:
     """`facechain worker` with the hub out of reach (HF_HUB_OFFLINE): everything comes from what was pulled."""
 
@@ -217,7 +221,7 @@ def test_the_default_setup_with_its_documented_extras_pulls_checks_and_runs_ever
             ("together", "ann", {"with": "ben", "upload": worker.upload("group/two_people.jpg"), "name": "us.jpg",
                                  "faces": [1, 2]}),
             ("preview", "ann", {"style": "cyberpunk"}))
-        drawn = worker.queue.store.db.execute("select id from portraits where style = 'cyberpunk' limit 1").fetchone()[0]
+        drawn = first_portrait(worker)
         done = worker.run(("upscale", "ann", {"portrait_id": drawn}), ("upscale", "ann", {"portrait_id": drawn,
                                                                                          "x4": True}))
     finally:
@@ -238,7 +242,7 @@ def test_an_sdxl_base_pulls_its_own_extras_and_draws_offline(hub, tmp_path, base
         worker.run()
         portrait = {"style": "cyberpunk", "count": 1}
         worker.run(("generate", "ann", portrait), ("generate", "ann", {**portrait, "fast": True}))
-        drawn = worker.queue.store.db.execute("select id from portraits where style = 'cyberpunk' limit 1").fetchone()[0]
+        drawn = first_portrait(worker)
         done = worker.run(("upscale", "ann", {"portrait_id": drawn, "x4": True}))
     finally:
         log = worker.stop()
