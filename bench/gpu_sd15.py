@@ -12,6 +12,9 @@ for it, the memory fraction set) beside the uncapped run. Each run reports wall 
 memory and the achieved TFLOP/s (FLOPs counted with torch's FlopCounterMode) next to the GPU's
 datasheet peak. Pictures from random weights are noise; only time and memory mean anything.
 
+The first training is also profiled (torch.profiler, 100 steps against 25): aten ops, host syncs and the
+GPU's busy share per step, the figures that show whether the CPU launching kernels sets the pace.
+
 On a short GPU lease, `--measure-steps N` times each training at N/4 and N steps and projects the full
 run from the two (fixed cost + per-step cost, the label says so); the figures are written after each
 section, so a run cut short still leaves what it measured.
@@ -112,6 +115,44 @@ def timed_training(label: str, train, steps: int, flops: float, cuda: bool, meas
                            achieved_tflops(flops, projected))) | {"measured_steps": measure_steps}
 
 
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def profiled(run, steps: int, cuda: bool) -> tuple[float, float, float, float]:
+    """(aten ops, host syncs, GPU kernel seconds, wall seconds) of `run(steps)`, from torch's profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    began = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as trace:
+        run(steps)
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - began
+    events = trace.key_averages()
+    aten = sum(e.count for e in events if e.key.startswith("aten::"))
+    syncs = sum(e.count for e in events if e.key in SYNC_CALLS)  # cudaMemcpy without Async waits for the GPU
+    kernel_us = sum(getattr(e, "self_device_time_total", 0) for e in events
+                    if str(getattr(e, "device_type", "")).endswith("CUDA"))
+    return aten, syncs, kernel_us / 1e6, wall
+
+
+def step_profile(label: str, run, steps: int, cuda: bool) -> dict:
+    """Per step of `run`: aten ops, host syncs and the GPU's busy share, from two profiled runs (`steps` and a
+    quarter of them) so the run's fixed part (caching the photos, adding the adapter) drops out."""
+    short = max(1, steps // 4)
+    run(short)  # warm-up: kernels, autotuning, the allocator
+    (ops_short, syncs_short, gpu_short, wall_short), (ops, syncs, gpu, wall) = (profiled(run, n, cuda)
+                                                                               for n in (short, steps))
+    per_step = steps - short
+    figures = {"label": label, "steps": steps, "aten_ops_per_step": round((ops - ops_short) / per_step, 1),
+               "host_syncs_per_step": round((syncs - syncs_short) / per_step, 2) if cuda else None,
+               "gpu_busy_share": round((gpu - gpu_short) / (wall - wall_short), 3) if cuda else None,
+               "ms_per_step_profiled": round(1000 * (wall - wall_short) / per_step, 1)}
+    print(f"{label}: {figures['aten_ops_per_step']} aten ops a step, {figures['host_syncs_per_step']} host syncs a "
+          f"step, GPU busy {figures['gpu_busy_share']} (under the profiler)")
+    return figures
+
+
 def training_crops(scratch: Path, count: int, size: int = 512) -> list[Path]:
     """`count` square crops of the test selfies (repeated to make up the count). Centre crops, not
     face-aligned ones: timing needs no face model, so the script runs where dlib is not installed."""
@@ -176,6 +217,9 @@ def main() -> None:
         flops = linear_flops(train, steps)
         training.append(timed_training(f"train {photos} photos, {steps} steps at {resolution}px", train, steps,
                                        flops, cuda, args.measure_steps) | {"photos": photos, "steps": steps})
+        if photos == photo_counts[0]:  # where the step's time goes: launches, syncs, the GPU's busy share
+            figures["training_step_profile"] = step_profile(f"train {photos} photos", train, 8 if smoke else 100,
+                                                            cuda)
         face_folder = face_folder or scratch / f"face{photos}"
         write_figures(args.json, figures)
 

@@ -82,12 +82,15 @@ def test_the_gpu_script_runs_in_smoke_mode_and_its_figures_join_a_report(tmp_pat
     labels = [run["label"] for run in figures["variants"]]
     assert "classic attention (no SDPA)" in labels and "channels-last UNet" in labels
     assert all(run["tflops"] > 0 for run in figures["training"] + figures["generation"])  # FLOPs were counted
+    step = figures["training_step_profile"]  # aten ops a step, from the profiler; syncs and busy share need CUDA
+    assert step["aten_ops_per_step"] > 1000 and step["host_syncs_per_step"] is None
 
     # As from a lent GPU machine: its figures join the report without running anything here.
     out = tmp_path / "report"
     assert main(["bench", "--only", "gpu_sd15", "--gpu-results", str(figures_file), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "## GPU: SD1.5 architecture" in report and "Smoke run" in report and "Measured on " in report
+    assert "A training step, profiled" in report
     assert [p.name for p in charts_in(out / "report.md")] == ["gpu.png"]
     assert json.loads((out / "results.json").read_text())["benchmarks"]["gpu_sd15"]["ran_elsewhere"] is True
     capsys.readouterr()

@@ -217,8 +217,11 @@ def test_training_reads_its_caption_without_a_style_lora_left_on_the_text_encode
         assert not torch.allclose(encoder(ids)[0], plain, atol=1e-4)  # and live again after
 
 
-def test_an_interrupted_training_resumes_to_the_same_weights(base, engine_store, engine_settings, alice_model):
-    # bob trained 5 steps above; carol is interrupted at step 13 of 20, then resumed.
+def test_an_interrupted_training_resumes_to_the_same_weights(base, engine_store, engine_settings, alice_model,
+                                                              monkeypatch):
+    # bob trained 5 steps above; carol is interrupted at step 13 of 20, then resumed. The loop looks for a cancel
+    # once a block of steps (about a second); here every step, as on a slow CPU.
+    monkeypatch.setattr(lora_training, "READ_EVERY", 1)
     calls = {"n": 0}
 
     def cancel_at_13():

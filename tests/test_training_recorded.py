@@ -50,3 +50,22 @@ def test_training_from_a_seed_gives_the_recorded_loss_curve_and_weights(recorded
         tensor = weights[name].double()
         assert float(tensor.abs().sum()) == pytest.approx(magnitude, rel=TOLERANCE), name
         assert float(tensor.sum()) == pytest.approx(total, rel=TOLERANCE, abs=TOLERANCE * magnitude), name
+
+
+def test_a_run_stopped_between_blocks_resumes_to_the_recorded_weights(recorded_setup):
+    """Stopped where the loop next looks (after a block of steps), then resumed from its checkpoint: the same face
+    model as the uninterrupted recorded run."""
+    from engine.training.lora import TrainingCancelled
+
+    base, photos, root = recorded_setup
+    options = TrainOptions(steps=12, learning_rate=1e-3, resolution=64, seed=7, checkpoint_every=5)
+    seen: list[int] = []
+    with pytest.raises(TrainingCancelled) as stopped:
+        train_face_lora(base, photos, "<fcsks>, a man", root / "stopped", options,
+                        on_progress=lambda p: seen.append(p.step), should_cancel=lambda: bool(seen) and seen[-1] >= 5)
+    assert "step 5 of 12" in str(stopped.value)
+    result = train_face_lora(base, photos, "<fcsks>, a man", root / "stopped", options)
+    assert result.meta["resumed_from_step"] == 5
+    weights = load_file(str(result.folder / "pytorch_lora_weights.safetensors"))
+    for name, (_, magnitude) in RECORDED["weights"].items():
+        assert float(weights[name].double().abs().sum()) == pytest.approx(magnitude, rel=TOLERANCE), name

@@ -232,6 +232,12 @@ def gpu_section(figures: dict, charts: Charts) -> list[str]:
          f"{100 * run['tflops'] / figures['peak_tflops']:.0f}%" if run.get("tflops") and figures["peak_tflops"]
          else "—"] for run in runs])
     errors = [f"- {run['label']}: {run['error']}" for run in runs if "error" in run]
+    if step := figures.get("training_step_profile"):
+        syncs = "—" if step["host_syncs_per_step"] is None else step["host_syncs_per_step"]
+        busy = "—" if step["gpu_busy_share"] is None else f"{step['gpu_busy_share']:.0%}"
+        lines += ["", f"A training step, profiled ({step['label']}, {step['steps']} steps against a quarter of them): "
+                  f"{step['aten_ops_per_step']} aten ops, {syncs} host syncs, the GPU busy {busy} of the time, "
+                  f"{step['ms_per_step_profiled']} ms a step under the profiler.", ""]
     if figures.get("targets"):
         lines += table(["target", "measured", "target", ""], [
             [key, verdict["value"], verdict["target"], "met" if verdict["met"] else "MISSED"]

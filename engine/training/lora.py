@@ -35,6 +35,9 @@ from engine.training.files import CHECKPOINT_FILE, META_FILE
 
 log = logging.getLogger(__name__)
 ADAPTER = "facechain_training"
+# The host reads the losses (hands progress on, looks for a cancel) about once a second, and at most every
+# READ_EVERY steps: on a GPU, blocks of steps it runs without waiting for the host; on a CPU, every step.
+READ_SECONDS, READ_EVERY = 1.0, 25
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -253,7 +256,9 @@ def train_face_lora(
     unet.set_adapters([ADAPTER])
     cast_training_params(unet, dtype=torch.float32)  # LoRA weights train in fp32 even on an fp16 base
     parameters = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=1e-2)
+    # On a GPU, AdamW's fused kernel: one launch for every LoRA tensor instead of several per tensor.
+    optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=1e-2,
+                                  fused=base.execution_device.type == "cuda" or None)
     lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=options.steps)
     noise_scheduler = DDPMScheduler.from_config(base.scheduler_config or pipe.scheduler.config)
     # fp16 weights train with fp32 LoRA parameters and a loss scale (bf16 and fp32 need none).
@@ -319,48 +324,90 @@ def train_face_lora(
     return TrainResult(output, meta)
 
 
+@dataclass
+class StepDraws:
+    """The random draws of a block of steps, each from its own (seed, step) generator as a step alone would draw
+    them, moved to the device in one copy: a step then reads them without waiting on the host."""
+
+    picks: list[int]  # which photo (or mirror)
+    crops: list[tuple[int, int]]  # the latent crop's x and y
+    sample_noise: torch.Tensor  # (steps, 1, 4, h, w): the latent sample's draw from its distribution
+    noise: torch.Tensor  # (steps, 1, 4, h, w): the noise added at the step's timestep
+    timesteps: torch.Tensor  # (steps, 1)
+
+
+def _draw_block(options: TrainOptions, steps: range, latents, latent_size: int, pad: int, timesteps: int,
+                device: torch.device, dtype: torch.dtype) -> StepDraws:
+    picks, crops, sample_noise, noise, times = [], [], [], [], []
+    for step in steps:
+        rng = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
+        picks.append(int(torch.randint(len(latents), (1,), generator=rng)))
+        x, y = (int(v) for v in torch.randint(pad + 1, (2,), generator=rng))
+        crops.append((x, y))
+        shape = (*latents[picks[-1]][0].shape[:-2], latent_size, latent_size)
+        sample_noise.append(torch.randn(shape, generator=rng))
+        noise.append(torch.randn(shape, generator=rng))
+        times.append(torch.randint(timesteps, (1,), generator=rng))
+
+    def to_device(tensors: list[torch.Tensor], cast: torch.dtype | None) -> torch.Tensor:
+        block = torch.stack(tensors)
+        if device.type == "cuda":
+            block = block.pin_memory()  # a copy that does not wait for the GPU's queue
+        return block.to(device, cast or block.dtype, non_blocking=True)
+
+    return StepDraws(picks, crops, to_device(sample_noise, dtype), to_device(noise, dtype), to_device(times, None))
+
+
 def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
           text: TextConditioning, options: TrainOptions, scaling: float, start: int, losses: list[float], checkpoint,
           on_progress, should_cancel) -> None:
+    """The steps from `start`, in blocks of about a second: the host reads the losses (and hands progress on, looks
+    for a cancel) once a block, so the GPU is not made to wait for it every step."""
     dtype = unet.dtype
     autocast = device.type == "cuda" and dtype != torch.float32
     latent_size = options.resolution // 8
     pad = (latents[0][0].shape[-1] - latent_size)
     timesteps = noise_scheduler.config.num_train_timesteps
     began = time.perf_counter()
-    for step in range(start, options.steps):
+    step, block = start, 1  # the first block (one step) measures how long a step takes
+    while step < options.steps:
         if should_cancel is not None and should_cancel():
             checkpoint(step)
             raise TrainingCancelled(f"Training stopped at step {step} of {options.steps}; it will resume from there.")
-        rng = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
-        pick = int(torch.randint(len(latents), (1,), generator=rng))
-        x, y = (int(v) for v in torch.randint(pad + 1, (2,), generator=rng))
-        mean, std = (t[..., y:y + latent_size, x:x + latent_size] for t in latents[pick])
-        sample = mean + std * torch.randn(mean.shape, generator=rng).to(device, dtype)
-        clean = sample * scaling
-        noise = torch.randn(clean.shape, generator=rng).to(device, dtype)
-        t = torch.randint(timesteps, (1,), generator=rng).to(device)
-        noisy = noise_scheduler.add_noise(clean, noise, t)
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(clean, noise, t)
-        else:
-            target = noise
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            prediction = unet(noisy, t, text.hidden_states,
-                              **text.added_conditions(options.resolution + 8 * pad, (8 * y, 8 * x),
-                                                      options.resolution)).sample
-        loss = F.mse_loss(prediction.float(), target.float())
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        done = step + 1
+        # A block ends after its steps, at the next checkpoint (which keeps the losses so far) or at the last step.
+        end = min(options.steps, step + block, (step // options.checkpoint_every + 1) * options.checkpoint_every)
+        block_began = time.perf_counter()
+        draws = _draw_block(options, range(step, end), latents, latent_size, pad, timesteps, device, dtype)
+        block_losses = []
+        for index in range(end - step):
+            x, y = draws.crops[index]
+            mean, std = (t[..., y:y + latent_size, x:x + latent_size] for t in latents[draws.picks[index]])
+            clean = (mean + std * draws.sample_noise[index]) * scaling
+            noise, t = draws.noise[index], draws.timesteps[index]
+            noisy = noise_scheduler.add_noise(clean, noise, t)
+            if noise_scheduler.config.prediction_type == "v_prediction":
+                target = noise_scheduler.get_velocity(clean, noise, t)
+            else:
+                target = noise
+            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                prediction = unet(noisy, t, text.hidden_states,
+                                  **text.added_conditions(options.resolution + 8 * pad, (8 * y, 8 * x),
+                                                          options.resolution)).sample
+            loss = F.mse_loss(prediction.float(), target.float())
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            block_losses.append(loss.detach())
+        losses.extend(torch.stack(block_losses).tolist())  # the block's one wait for the GPU
+        seconds_a_step = (time.perf_counter() - block_began) / (end - step)
+        block = max(1, min(READ_EVERY, int(READ_SECONDS / max(seconds_a_step, 1e-6))))
+        step = end
         if on_progress is not None:
-            rate = (time.perf_counter() - began) / (done - start)
-            on_progress(TrainProgress(done, options.steps, losses[-1], rate * (options.steps - done)))
-        if done % options.checkpoint_every == 0 and done < options.steps:
-            checkpoint(done)
+            rate = (time.perf_counter() - began) / (step - start)
+            on_progress(TrainProgress(step, options.steps, losses[-1], rate * (options.steps - step)))
+        if step % options.checkpoint_every == 0 and step < options.steps:
+            checkpoint(step)
