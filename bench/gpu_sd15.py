@@ -153,6 +153,31 @@ def step_profile(label: str, run, steps: int, cuda: bool) -> dict:
     return figures
 
 
+def compiled_training(train, photos: int, steps: int, flops: float, measure_steps: int | None, scratch: Path) -> dict:
+    """The training compiled (its first run pays the compile: with --measure-steps the projection's fixed part),
+    beside the eager one: its final loss and its weights' distance from the eager run's at the same steps."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from engine.training import lora
+
+    label = f"train {photos} photos, compiled (CUDA graphs)"
+    run = timed_training(label, lambda n: train(n, out=scratch / "compiled", compile_=True), steps, flops, True,
+                         measure_steps)
+    compared = measure_steps or steps
+    eager, compiled = train(compared, out=scratch / "eager-same"), train(compared, out=scratch / "compiled",
+                                                                        compile_=True)
+    a, b = (load_file(str(result.folder / WEIGHTS_FILE)) for result in (eager, compiled))
+    distance = float(np.sqrt(sum(float((a[k].float() - b[k].float()).pow(2).sum()) for k in a))
+                     / np.sqrt(sum(float(a[k].float().pow(2).sum()) for k in a)))
+    run |= {"photos": photos, "steps": steps, "fell_back_to_eager": lora.COMPILE_FAILED,
+            "final_loss_eager": eager.meta["final_loss"], "final_loss_compiled": compiled.meta["final_loss"],
+            "weights_relative_distance": round(distance, 5), "compared_at_steps": compared}
+    print(f"{label}: final loss {run['final_loss_compiled']} vs eager {run['final_loss_eager']}, weights "
+          f"{distance:.2e} apart (relative), fell back: {lora.COMPILE_FAILED}")
+    return run
+
+
 def training_crops(scratch: Path, count: int, size: int = 512) -> list[Path]:
     """`count` square crops of the test selfies (repeated to make up the count). Centre crops, not
     face-aligned ones: timing needs no face model, so the script runs where dlib is not installed."""
@@ -208,10 +233,10 @@ def main() -> None:
     for photos in () if args.modes_only else photo_counts:
         steps = 1 * photos if smoke else min(settings.train_steps_per_photo * photos, settings.train_max_steps)
 
-        def train(steps_: int, photos=photos, out=scratch / f"face{photos}"):
+        def train(steps_: int, photos=photos, out=scratch / f"face{photos}", compile_: bool = False):
             options = TrainOptions(steps=steps_, rank=settings.lora_rank, alpha=settings.lora_alpha,
                                    learning_rate=settings.learning_rate, resolution=resolution,
-                                   checkpoint_every=10**9)
+                                   checkpoint_every=10**9, compile=compile_)
             return train_face_lora(base, crops[:photos], CAPTION, out, options)
 
         flops = linear_flops(train, steps)
@@ -220,6 +245,8 @@ def main() -> None:
         if photos == photo_counts[0]:  # where the step's time goes: launches, syncs, the GPU's busy share
             figures["training_step_profile"] = step_profile(f"train {photos} photos", train, 8 if smoke else 100,
                                                             cuda)
+            if cuda:  # the same training through torch.compile's CUDA graphs (FACECHAIN_TRAIN_COMPILE)
+                training.append(compiled_training(train, photos, steps, flops, args.measure_steps, scratch))
         face_folder = face_folder or scratch / f"face{photos}"
         write_figures(args.json, figures)
 

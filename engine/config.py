@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     train_max_steps: int = Field(default=2000, ge=1)
     # Side of the square training images, in pixels (a multiple of 8).
     train_resolution: int = Field(default=512, ge=64, le=1024, multiple_of=8)
+    # On a CUDA GPU, train through torch.compile's CUDA graphs (mode reduce-overhead): the step's thousands of
+    # kernel launches replayed as one. Compiled once per worker; where it fails, training goes on without it.
+    # Off until measured on your card (`bench/gpu_sd15.py` times both).
+    train_compile: bool = False
 
     # Right after an enrollment, while the face model trains: two preview portraits in this style (the base
     # model with the member's enrolled face fused on), queued behind trained members' portraits.

@@ -69,3 +69,37 @@ def test_a_run_stopped_between_blocks_resumes_to_the_recorded_weights(recorded_s
     weights = load_file(str(result.folder / "pytorch_lora_weights.safetensors"))
     for name, (_, magnitude) in RECORDED["weights"].items():
         assert float(weights[name].double().abs().sum()) == pytest.approx(magnitude, rel=TOLERANCE), name
+
+
+def test_a_compiled_training_that_fails_goes_on_eagerly_to_the_recorded_weights(recorded_setup, monkeypatch, caplog):
+    """FACECHAIN_TRAIN_COMPILE where the compiled step fails (here: a compiled forward that raises, as an op the
+    compiler cannot take does): the step is done again eagerly, the run ends as the recorded one, the owner's log
+    says so once, and later runs of the process do not try again."""
+    import torch
+
+    from engine.training import lora
+
+    base, photos, root = recorded_setup
+    compiled = []
+
+    def failing_compile(module, **options):
+        compiled.append(options)
+
+        def call(*args, **kwargs):
+            raise RuntimeError("cudagraphs: this op cannot be captured")
+        module._compiled_call_impl = call
+
+    monkeypatch.setattr(lora, "compiles_on", lambda device: True)
+    monkeypatch.setattr(torch.nn.Module, "compile", failing_compile)
+    monkeypatch.setattr(lora, "COMPILE_FAILED", False)
+    options = TrainOptions(steps=12, learning_rate=1e-3, resolution=64, seed=7, checkpoint_every=5, compile=True)
+    with caplog.at_level("WARNING", logger="engine.training.lora"):
+        result = train_face_lora(base, photos, "<fcsks>, a man", root / "compiled", options)
+        train_face_lora(base, photos, "<fcsks>, a man", root / "again", options)
+    assert compiled == [{"mode": "reduce-overhead", "dynamic": False}]  # the second run did not try again
+    assert [r.message for r in caplog.records].count(
+        "compiled training failed (RuntimeError: cudagraphs: this op cannot be captured); training without "
+        "torch.compile from now on") == 1
+    assert base.pipeline.unet._compiled_call_impl is None  # the generator draws eagerly
+    losses = np.array(json.loads((result.folder / "meta.json").read_text())["loss_curve"])
+    assert np.allclose(losses, np.array(RECORDED["losses"]).round(5), rtol=TOLERANCE, atol=1e-5)

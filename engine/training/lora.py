@@ -38,6 +38,7 @@ ADAPTER = "facechain_training"
 # The host reads the losses (hands progress on, looks for a cancel) about once a second, and at most every
 # READ_EVERY steps: on a GPU, blocks of steps it runs without waiting for the host; on a CPU, every step.
 READ_SECONDS, READ_EVERY = 1.0, 25
+COMPILE_FAILED = False  # a compiled training failed in this process: the rest train eagerly
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -54,6 +55,7 @@ class TrainOptions:
     resolution: int = 512
     seed: int = 0
     checkpoint_every: int = 50
+    compile: bool = False  # on CUDA: the UNet through torch.compile's CUDA graphs (falls back by itself)
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,36 @@ def _offload_paused(base: BasePipeline):
         base.pipeline.enable_model_cpu_offload(device=base.device)
 
 
+def compiles_on(device: torch.device) -> bool:
+    """Where compiled training is tried: CUDA (CUDA graphs are what it is for)."""
+    return device.type == "cuda"
+
+
+@contextmanager
+def _compiled(unet, wanted: bool):
+    """The UNet compiled in place (nn.Module.compile: peft still sees its adapters) for the block, as it was after
+    (the generator draws with it eagerly). The compiled code is torch's to cache: another member's run reuses it."""
+    if not wanted or COMPILE_FAILED:
+        yield
+        return
+    unet.compile(mode="reduce-overhead", dynamic=False)
+    try:
+        yield
+    finally:
+        unet._compiled_call_impl = None  # nn.Module.compile's own attribute: back to the eager forward
+
+
+def _eager_after_failure(unet, error: Exception) -> None:
+    """A compiled step that failed (an op the compiler cannot take, a capture the driver refuses): this run goes on
+    eagerly, and so does every later run of this process; said once."""
+    global COMPILE_FAILED
+    if not COMPILE_FAILED:
+        log.warning("compiled training failed (%s: %s); training without torch.compile from now on",
+                    type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
+    COMPILE_FAILED = True
+    unet._compiled_call_impl = None
+
+
 def training_room(base: BasePipeline) -> TrainingPlan:
     """Whether this GPU has room to train a face model of the base's family, and how."""
     if base.device != "cuda":
@@ -296,8 +328,9 @@ def train_face_lora(
             if checkpointing:
                 unet.enable_gradient_checkpointing()
             unet.train()
-            _loop(unet, device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text,
-                  options, pipe.vae.config.scaling_factor, start, losses, checkpoint, on_progress, should_cancel)
+            with _compiled(unet, options.compile and compiles_on(device)):
+                _loop(unet, device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text,
+                      options, pipe.vae.config.scaling_factor, start, losses, checkpoint, on_progress, should_cancel)
         weights = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
         # The adapter's config (rank and alpha) travels in the file: without it a loader assumes
         # alpha = rank and the face model comes back at the wrong scale.
@@ -380,28 +413,16 @@ def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_sch
         draws = _draw_block(options, range(step, end), latents, latent_size, pad, timesteps, device, dtype)
         block_losses = []
         for index in range(end - step):
-            x, y = draws.crops[index]
-            mean, std = (t[..., y:y + latent_size, x:x + latent_size] for t in latents[draws.picks[index]])
-            clean = (mean + std * draws.sample_noise[index]) * scaling
-            noise, t = draws.noise[index], draws.timesteps[index]
-            noisy = noise_scheduler.add_noise(clean, noise, t)
-            if noise_scheduler.config.prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(clean, noise, t)
-            else:
-                target = noise
-            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                prediction = unet(noisy, t, text.hidden_states,
-                                  **text.added_conditions(options.resolution + 8 * pad, (8 * y, 8 * x),
-                                                          options.resolution)).sample
-            loss = F.mse_loss(prediction.float(), target.float())
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            block_losses.append(loss.detach())
+            try:
+                block_losses.append(_step(unet, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
+                                          text, options, scaling, draws, index, latent_size, pad, autocast))
+            except Exception as error:  # noqa: BLE001 - only a compiled step is retried, eagerly
+                if getattr(unet, "_compiled_call_impl", None) is None:
+                    raise
+                optimizer.zero_grad(set_to_none=True)  # nothing of the failed step is kept
+                _eager_after_failure(unet, error)
+                block_losses.append(_step(unet, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
+                                          text, options, scaling, draws, index, latent_size, pad, autocast))
         losses.extend(torch.stack(block_losses).tolist())  # the block's one wait for the GPU
         seconds_a_step = (time.perf_counter() - block_began) / (end - step)
         block = max(1, min(READ_EVERY, int(READ_SECONDS / max(seconds_a_step, 1e-6))))
@@ -411,3 +432,32 @@ def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_sch
             on_progress(TrainProgress(step, options.steps, losses[-1], rate * (options.steps - step)))
         if step % options.checkpoint_every == 0 and step < options.steps:
             checkpoint(step)
+
+
+def _step(unet, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text: TextConditioning,
+          options: TrainOptions, scaling: float, draws: StepDraws, index: int, latent_size: int, pad: int,
+          autocast: bool) -> torch.Tensor:
+    """One step of FaceChain's recipe on the block's `index`-th draws; its loss, left on the device."""
+    dtype = unet.dtype
+    x, y = draws.crops[index]
+    mean, std = (t[..., y:y + latent_size, x:x + latent_size] for t in latents[draws.picks[index]])
+    clean = (mean + std * draws.sample_noise[index]) * scaling
+    noise, t = draws.noise[index], draws.timesteps[index]
+    noisy = noise_scheduler.add_noise(clean, noise, t)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(clean, noise, t)
+    else:
+        target = noise
+    with torch.autocast(noisy.device.type, dtype=dtype, enabled=autocast):
+        prediction = unet(noisy, t, text.hidden_states,
+                          **text.added_conditions(options.resolution + 8 * pad, (8 * y, 8 * x),
+                                                  options.resolution)).sample
+    loss = F.mse_loss(prediction.float(), target.float())
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    lr_schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()

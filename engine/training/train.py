@@ -49,6 +49,7 @@ def options_for(settings: Settings, photo_count: int, steps: int | None = None, 
     return TrainOptions(
         steps=total, rank=settings.lora_rank, alpha=settings.lora_alpha, learning_rate=settings.learning_rate,
         resolution=settings.train_resolution_for(family), checkpoint_every=max(10, total // 10),
+        compile=settings.train_compile,
     )
 
 
