@@ -109,7 +109,7 @@ def test_portrait_shows_progress_then_ranked_results_with_buttons(deployment):
     edits = [c for c in fake.calls if c.method == "PATCH" and command.token in c.path]
     assert any("⏳" in (c.body or {}).get("content", "") for c in edits)  # live progress before the result
     ids = message.custom_ids()
-    assert {i.split(":")[1] for i in ids} == {"reroll", "delete", "more", "sharper", "share", "report"}
+    assert {i.split(":")[1] for i in ids} == {"reroll", "delete", "more", "sharper", "x4", "share", "report"}
 
 
 def test_buttons_belong_to_their_owner(deployment):

@@ -80,7 +80,8 @@ class SqliteJobQueue:
     def _jobs(self, rows: Iterable[dict]) -> list[Job]:
         rows = list(rows)
         claims = {row["id"]: row["lease_token"] for row in rows if row["state"] == "running"}
-        return self.board.lay_over([_job(row) for row in rows], claims)
+        jobs = [_job(row) for row in rows]
+        return self.board.lay_over(jobs, claims) if claims else jobs  # no board file until a job runs
 
     def get(self, job_id: int) -> Job | None:
         row = self._row(job_id)
