@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from engine.models.references import parse_model_reference
 from engine.styles import Style, StyleCatalogue, load_catalogue
+from engine.training.files import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from engine.config import Settings
@@ -59,7 +60,7 @@ def local_lora_path(style: Style) -> Path | None:
     if lora is None or parse_model_reference(lora.reference).kind != "local":
         return None
     path = Path(lora.reference).expanduser()
-    path = path / (lora.weight_name or "pytorch_lora_weights.safetensors") if path.is_dir() else path
+    path = path / (lora.weight_name or WEIGHTS_FILE) if path.is_dir() else path
     return path if path.is_file() else None
 
 
