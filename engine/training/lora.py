@@ -329,8 +329,9 @@ def train_face_lora(
                 unet.enable_gradient_checkpointing()
             unet.train()
             with _compiled(unet, options.compile and compiles_on(device)):
-                _loop(unet, device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text,
-                      options, pipe.vae.config.scaling_factor, start, losses, checkpoint, on_progress, should_cancel)
+                run = TrainingRun(unet, device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
+                                  text, options, pipe.vae.config.scaling_factor)
+                _loop(run, start, losses, checkpoint, on_progress, should_cancel)
         weights = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
         # The adapter's config (rank and alpha) travels in the file: without it a loader assumes
         # alpha = rank and the face model comes back at the wrong scale.
@@ -391,16 +392,40 @@ def _draw_block(options: TrainOptions, steps: range, latents, latent_size: int, 
     return StepDraws(picks, crops, to_device(sample_noise, dtype), to_device(noise, dtype), to_device(times, None))
 
 
-def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
-          text: TextConditioning, options: TrainOptions, scaling: float, start: int, losses: list[float], checkpoint,
-          on_progress, should_cancel) -> None:
+@dataclass
+class TrainingRun:
+    """What every step of one training uses."""
+
+    unet: torch.nn.Module
+    device: torch.device
+    noise_scheduler: object
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr_schedule: object
+    parameters: list[torch.nn.Parameter]
+    latents: list[tuple[torch.Tensor, torch.Tensor]]  # each photo's (and mirror's) latent mean and std
+    text: TextConditioning
+    options: TrainOptions
+    scaling: float  # the VAE's latent scaling factor
+
+    @property
+    def latent_size(self) -> int:
+        return self.options.resolution // 8
+
+    @property
+    def pad(self) -> int:  # latent pixels of crop jitter, each side
+        return self.latents[0][0].shape[-1] - self.latent_size
+
+    @property
+    def autocast(self) -> bool:
+        return self.device.type == "cuda" and self.unet.dtype != torch.float32
+
+
+def _loop(run: TrainingRun, start: int, losses: list[float], checkpoint, on_progress, should_cancel) -> None:
     """The steps from `start`, in blocks of about a second: the host reads the losses (and hands progress on, looks
     for a cancel) once a block, so the GPU is not made to wait for it every step."""
-    dtype = unet.dtype
-    autocast = device.type == "cuda" and dtype != torch.float32
-    latent_size = options.resolution // 8
-    pad = (latents[0][0].shape[-1] - latent_size)
-    timesteps = noise_scheduler.config.num_train_timesteps
+    options = run.options
+    timesteps = run.noise_scheduler.config.num_train_timesteps
     began = time.perf_counter()
     step, block = start, 1  # the first block (one step) measures how long a step takes
     while step < options.steps:
@@ -410,19 +435,18 @@ def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_sch
         # A block ends after its steps, at the next checkpoint (which keeps the losses so far) or at the last step.
         end = min(options.steps, step + block, (step // options.checkpoint_every + 1) * options.checkpoint_every)
         block_began = time.perf_counter()
-        draws = _draw_block(options, range(step, end), latents, latent_size, pad, timesteps, device, dtype)
+        draws = _draw_block(options, range(step, end), run.latents, run.latent_size, run.pad, timesteps, run.device,
+                            run.unet.dtype)
         block_losses = []
         for index in range(end - step):
             try:
-                block_losses.append(_step(unet, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
-                                          text, options, scaling, draws, index, latent_size, pad, autocast))
+                block_losses.append(_step(run, draws, index))
             except Exception as error:  # noqa: BLE001 - only a compiled step is retried, eagerly
-                if getattr(unet, "_compiled_call_impl", None) is None:
+                if getattr(run.unet, "_compiled_call_impl", None) is None:
                     raise
-                optimizer.zero_grad(set_to_none=True)  # nothing of the failed step is kept
-                _eager_after_failure(unet, error)
-                block_losses.append(_step(unet, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents,
-                                          text, options, scaling, draws, index, latent_size, pad, autocast))
+                run.optimizer.zero_grad(set_to_none=True)  # nothing of the failed step is kept
+                _eager_after_failure(run.unet, error)
+                block_losses.append(_step(run, draws, index))
         losses.extend(torch.stack(block_losses).tolist())  # the block's one wait for the GPU
         seconds_a_step = (time.perf_counter() - block_began) / (end - step)
         block = max(1, min(READ_EVERY, int(READ_SECONDS / max(seconds_a_step, 1e-6))))
@@ -434,30 +458,25 @@ def _loop(unet, device: torch.device, noise_scheduler, optimizer, scaler, lr_sch
             checkpoint(step)
 
 
-def _step(unet, noise_scheduler, optimizer, scaler, lr_schedule, parameters, latents, text: TextConditioning,
-          options: TrainOptions, scaling: float, draws: StepDraws, index: int, latent_size: int, pad: int,
-          autocast: bool) -> torch.Tensor:
+def _step(run: TrainingRun, draws: StepDraws, index: int) -> torch.Tensor:
     """One step of FaceChain's recipe on the block's `index`-th draws; its loss, left on the device."""
-    dtype = unet.dtype
     x, y = draws.crops[index]
-    mean, std = (t[..., y:y + latent_size, x:x + latent_size] for t in latents[draws.picks[index]])
-    clean = (mean + std * draws.sample_noise[index]) * scaling
+    size, scheduler = run.latent_size, run.noise_scheduler
+    mean, std = (t[..., y:y + size, x:x + size] for t in run.latents[draws.picks[index]])
+    clean = (mean + std * draws.sample_noise[index]) * run.scaling
     noise, t = draws.noise[index], draws.timesteps[index]
-    noisy = noise_scheduler.add_noise(clean, noise, t)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(clean, noise, t)
-    else:
-        target = noise
-    with torch.autocast(noisy.device.type, dtype=dtype, enabled=autocast):
-        prediction = unet(noisy, t, text.hidden_states,
-                          **text.added_conditions(options.resolution + 8 * pad, (8 * y, 8 * x),
-                                                  options.resolution)).sample
+    noisy = scheduler.add_noise(clean, noise, t)
+    target = scheduler.get_velocity(clean, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    resolution = run.options.resolution
+    with torch.autocast(run.device.type, dtype=run.unet.dtype, enabled=run.autocast):
+        prediction = run.unet(noisy, t, run.text.hidden_states,
+                              **run.text.added_conditions(resolution + 8 * run.pad, (8 * y, 8 * x), resolution)).sample
     loss = F.mse_loss(prediction.float(), target.float())
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-    scaler.step(optimizer)
-    scaler.update()
-    lr_schedule.step()
-    optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    torch.nn.utils.clip_grad_norm_(run.parameters, 1.0)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.lr_schedule.step()
+    run.optimizer.zero_grad(set_to_none=True)
     return loss.detach()
