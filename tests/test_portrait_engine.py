@@ -262,7 +262,7 @@ def test_a_failed_training_keeps_the_previous_model(base, engine_store, engine_s
     failed = engine_store.face_models("bob")[0]
     assert failed.status == "failed" and "CUDA out of memory" in failed.meta["error"]
     assert engine_store.ready_face_model("bob").id == before.id
-    assert lora_training.ADAPTER not in base.pipeline.unet.peft_config  # the training adapter was removed
+    assert lora_training.ADAPTER not in getattr(base.pipeline.unet, "peft_config", {})  # the adapter was removed
 
 
 def test_training_without_selfies_says_to_enroll(base, engine_store, engine_settings):
