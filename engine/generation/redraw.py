@@ -131,10 +131,8 @@ def redraw_face(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings, 
     region = face_region(face, image.shape)
     drawn = draw_region(generator, image, face, region, settings.portrait_size, face_model, trigger,
                         [seed + index for index in range(count)], on_step)
-    kept = or_pasted(analyzer, settings, enrolled, image, region, ranked_drawings(analyzer, settings, enrolled, drawn))
-    weight = paste_weight(face, region)
-    return [replace(r, image=Image.fromarray(paste_back(image, region, np.asarray(r.image.convert("RGB")), weight)))
-            for r in kept]
+    ranked = ranked_drawings(analyzer, settings, enrolled, drawn)
+    return pasted_back(image, face, region, or_pasted(analyzer, settings, enrolled, image, region, ranked))
 
 
 def or_pasted(analyzer: FaceAnalyzer, settings, enrolled: EnrolledFace, image: np.ndarray, region: Region,
@@ -187,9 +185,14 @@ def compose(analyzer: FaceAnalyzer, settings, enrolled: EnrolledFace, image: np.
             drawn: list[Candidate]) -> list[RankedPortrait]:
     """The redrawn regions fused with the enrolled face, ranked by likeness (unranked when none shows a
     clear face) and each pasted back into the whole photo."""
+    return pasted_back(image, face, region, ranked_drawings(analyzer, settings, enrolled, drawn))
+
+
+def pasted_back(image: np.ndarray, face: Face, region: Region, ranked: list[RankedPortrait]) -> list[RankedPortrait]:
+    """Each drawing of the region pasted back into the whole photo through the face's feathered mask."""
     weight = paste_weight(face, region)
-    return [RankedPortrait(Image.fromarray(paste_back(image, region, np.asarray(r.image.convert("RGB")), weight)),
-                           r.seed, r.similarity) for r in ranked_drawings(analyzer, settings, enrolled, drawn)]
+    return [replace(r, image=Image.fromarray(paste_back(image, region, np.asarray(r.image.convert("RGB")), weight)))
+            for r in ranked]
 
 
 def ranked_drawings(analyzer: FaceAnalyzer, settings, enrolled: EnrolledFace,

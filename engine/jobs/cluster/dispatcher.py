@@ -353,13 +353,15 @@ class Dispatcher:
 
             def compute(inputs: Any, context: JobContext) -> Any:
                 deadline = time.monotonic() + self.settings.time_limit_seconds(job.kind)
+
+                def on_actor() -> Any:
+                    stream = slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory")))
+                    return follow(stream, context, lambda: slot.handle.stop_job.remote(job.id), slot.where, deadline)
                 try:
-                    return follow(slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory"))),
-                                  context, lambda: slot.handle.stop_job.remote(job.id), slot.where, deadline)
+                    return on_actor()
                 except StyleFileMissing as missing:  # said before it drew anything: send the file, run it again
                     send_style_file(slot, missing)
-                return follow(slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory"))),
-                              context, lambda: slot.handle.stop_job.remote(job.id), slot.where, deadline)
+                return on_actor()
 
             def run() -> dict:
                 nonlocal lost
