@@ -245,9 +245,9 @@ def test_an_abandoned_stream_stops_the_actors_work(monkeypatch):
         module.follow(events, Context(), lambda: stopped.append(True), "actor@1.2.3.4")
     assert cancelled == [events] and stopped == [True]
 
-    finished = iter([("progress", 0.5, "half"), ("done", {"ok": True})])  # a normal end: nothing to stop
+    finished = iter([("progress", 0.5, "half"), ("done", {"ok": True}, 0.25)])  # a normal end: nothing to stop
     cancelled.clear(), stopped.clear()
-    assert module.follow(finished, Context(), lambda: stopped.append(True), "actor") == {"ok": True}
+    assert module.follow(finished, Context(), lambda: stopped.append(True), "actor") == ({"ok": True}, 0.25)
     assert cancelled == [] and stopped == []
 
 

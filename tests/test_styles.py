@@ -158,3 +158,21 @@ def test_a_style_may_own_its_frame_and_a_look_that_fights_itself_is_refused(styl
     monkeypatch.setenv("FACECHAIN_STYLES_DIR", str(styles_copy))
     assert main(["styles", "check"]) == 1
     assert "fights.toml: negative_prompt: negates its own medium" in capsys.readouterr().err
+
+
+def test_a_style_file_is_parsed_once_yet_an_edit_is_read_at_once(styles_copy):
+    """Every job reads the catalogue, so a style file is parsed once per content: an edit (even one of the same
+    size in the same instant) is read by the next load, and what a caller notes on a loaded style's LoRA (its
+    hash, its bases) does not stay on the next load's."""
+    anime = styles_copy / "anime.toml"
+    anime.write_text(anime.read_text() + '\n[lora]\nreference = "someone/anime-lora"\nweight_name = "anime.safetensors"\n')
+    first = load_styles(styles_copy).styles["anime"]
+    first.lora.digest, first.lora.bases = "noted by a caller", ["sdxl"]
+    again = load_styles(styles_copy).styles["anime"].lora
+    assert again.digest is None and again.bases == ["sd15"]
+    text = anime.read_text()
+    anime.write_text(text.replace("anime", "anyme", 1))
+    assert load_styles(styles_copy).styles["anime"] != first
+    anime.write_text(text)
+    assert load_styles(styles_copy).styles["anime"].model_dump() == load_styles(styles_copy).styles["anime"].model_dump()
+    assert load_styles(styles_copy).styles["anime"].lora.reference == "someone/anime-lora"

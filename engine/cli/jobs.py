@@ -51,6 +51,7 @@ def _worker_for(args: argparse.Namespace, settings: Settings):
     from engine.jobs.worker import Worker
 
     worker = Worker(settings, args.id)
+    worker.models.for_life = True  # this process is the worker: its models stay loaded until it stops
     return worker, worker
 
 

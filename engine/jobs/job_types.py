@@ -76,6 +76,16 @@ class Runner:
     # for good (a passing failure is retried and resumes: a training from its last checkpoint).
     keep_checkpoint: Callable[[Worker, Any, bytes], None] | None = None
     abandon: Callable[[Worker, Job, Any, Exception], None] | None = None
+    # The pictures a computation drew (RankedPortraits): marked as made by AI before the job is recorded, outside
+    # the queue's write lock.
+    pictures: Callable[[Any], list] | None = None
+
+
+def drawn_pictures(outputs: Any) -> list:
+    """The pictures of a job that draws: its DrawnPortraits (a portrait's, Sharper x2's) or the one it carries as
+    `drawn` (a swap's, a redraw's, a picture together's, Upscale x4's; none while the member chooses a face)."""
+    drawn = getattr(outputs, "drawn", outputs)
+    return drawn.portraits if drawn is not None else []
 
 
 # Jobs that draw with the member's face adapter (a `together` job: with the adapters of both members, see

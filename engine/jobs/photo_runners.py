@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import FaceChainError
-from engine.jobs.job_types import JobCancelled, JobContext, Runner, show_flagged, uploaded_file
+from engine.jobs.job_types import JobCancelled, JobContext, Runner, drawn_pictures, show_flagged, uploaded_file
 from engine.jobs.queue import Job
 from engine.models.loaded import LoadedModels
 
@@ -147,6 +147,7 @@ def _redraw_compute(models: LoadedModels, inputs: RedrawInputs, context: JobCont
 
 PHOTO_RUNNERS = {
     # The face analysis of a swap runs on the CPU; on a cluster it still goes to an actor, which has the models.
-    "swap": Runner(_swap_gather, _swap_compute, _swap_record, uses_gpu=False, abandon=_swap_abandon),
-    "redraw": Runner(_redraw_gather, _redraw_compute, _swap_record, abandon=_swap_abandon),
+    "swap": Runner(_swap_gather, _swap_compute, _swap_record, uses_gpu=False, abandon=_swap_abandon,
+                   pictures=drawn_pictures),
+    "redraw": Runner(_redraw_gather, _redraw_compute, _swap_record, abandon=_swap_abandon, pictures=drawn_pictures),
 }

@@ -22,6 +22,7 @@ from engine.jobs.job_types import (  # noqa: F401 - JobContext and the outcomes 
     JobContext,
     Runner,
     WaitForTraining,
+    drawn_pictures,
     show_flagged,
     uploaded_file,
 )
@@ -71,6 +72,10 @@ def run_job_with(worker: Worker, job: Job, beat: Heartbeat,
         if runner.abandon is not None and not isinstance(error, (ModelUnavailable, LeaseLost, training_cancelled())):
             runner.abandon(worker, job, inputs, error)
         raise
+    if runner.pictures is not None:
+        from engine.generation.portrait import mark_ahead
+
+        mark_ahead(runner.pictures(outputs), worker.store.data_dir)
     # A result for a job no longer ours is thrown away; ours is recorded once: with its note on the job,
     # in one transaction, so a retry after a failed `complete` finds it instead of recording it again.
     with worker.store.transaction():
@@ -384,10 +389,11 @@ RUNNERS: dict[str, Runner] = {
     "enroll": Runner(_enroll_gather, _enroll_compute, _enroll_record, uses_gpu=False),
     "train": Runner(_train_gather, _train_compute, _train_record, keep_checkpoint=_train_keep_checkpoint,
                     abandon=_train_abandon),
-    "generate": Runner(_generate_gather, _portraits_compute, _portraits_record, abandon=_portraits_abandon),
-    "teaser": Runner(_teaser_gather, _portraits_compute, _portraits_record),
+    "generate": Runner(_generate_gather, _portraits_compute, _portraits_record, abandon=_portraits_abandon,
+                       pictures=drawn_pictures),
+    "teaser": Runner(_teaser_gather, _portraits_compute, _portraits_record, pictures=drawn_pictures),
     **PHOTO_RUNNERS,
     **TOGETHER_RUNNERS,
-    "upscale": Runner(_upscale_gather, _upscale_compute, _upscale_record),
+    "upscale": Runner(_upscale_gather, _upscale_compute, _upscale_record, pictures=drawn_pictures),
     "preview": Runner(_preview_gather, _preview_compute, _preview_record),
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import FaceChainError
-from engine.jobs.job_types import JobCancelled, JobContext, Runner, show_flagged, uploaded_file
+from engine.jobs.job_types import JobCancelled, JobContext, Runner, drawn_pictures, show_flagged, uploaded_file
 from engine.jobs.queue import Job
 from engine.models.loaded import LoadedModels
 from engine.store.together import DEFAULT_POSE, DEFAULT_STYLE
@@ -204,4 +204,4 @@ def _abandon(worker: Worker, job: Job, inputs: Any, error: Exception | None) -> 
         Path(job.params["upload"]).unlink(missing_ok=True)  # the photo can't be used: it is not kept
 
 
-TOGETHER_RUNNERS = {"together": Runner(_gather, draw_together, _record, abandon=_abandon)}
+TOGETHER_RUNNERS = {"together": Runner(_gather, draw_together, _record, abandon=_abandon, pictures=drawn_pictures)}

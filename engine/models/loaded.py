@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.config import Settings
+from engine.memory import set_aside_for_life
 
 # Face and style adapters the generator keeps loaded (the cluster's routing counts on the same number).
 MAX_ADAPTERS = 8
@@ -17,6 +18,9 @@ class LoadedModels:
                  style_cache=None) -> None:
         self.settings = settings
         self.style_cache = style_cache  # a StyleFileCache on a cluster's GPU machine (no disk shared with the store)
+        # In a process that keeps its models for life, the loaded base is set aside from the cycle collector
+        # (engine.memory.set_aside_for_life); tests load many bases in one process and leave it off.
+        self.for_life = False
         self.on_base_loaded = on_base_loaded
         # Told of model downloads (what, bytes done, bytes in all) while the running job waits on them.
         self.on_download: Callable[[str, int, int], None] | None = None
@@ -35,6 +39,8 @@ class LoadedModels:
             from engine.models.base_model import load_base_pipeline
 
             self._base = load_base_pipeline(self.settings, on_progress=self._download_progress)
+            if self.for_life:
+                set_aside_for_life()
             if self.on_base_loaded is not None:
                 self.on_base_loaded()
         return self._base

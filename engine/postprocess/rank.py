@@ -27,6 +27,8 @@ class RankedPortrait:
     # On a redrawn photo: the faces (in the order they were redrawn) that show the enrolled face pasted on
     # instead, as no redrawing of them read as the member better than that paste.
     pasted: tuple[int, ...] = ()
+    # The picture's PNG file, marked as made by AI, when it was marked before recording (outside the write lock).
+    marked: bytes | None = None
 
 
 def single_clear_face(analyzer: FaceAnalyzer, image: np.ndarray) -> Face | None:

@@ -25,6 +25,7 @@ from engine.errors import FaceChainError
 from engine.generation.style_files import StyleFileCache
 from engine.jobs.runners import compute_job
 from engine.jobs.scratch import scratch_prefix, sweep_stale_scratch
+from engine.memory import set_aside_for_life
 from engine.models.loaded import LoadedModels
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,14 @@ class GpuActor:
         scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix("actor")))  # none of the bot's data folder here
         self.settings = Settings(**{**settings_values, "data_dir": scratch})
         self.models = LoadedModels(self.settings, style_cache=StyleFileCache(scratch / "styles"))
+        self.models.for_life = True
         self.name = name
         self.job_id: int | None = None
         self._stops: dict[int, threading.Event] = {}
         self._working = threading.Lock()  # held while a job computes
         self._to_unload: set[str] = set()  # adapters to drop once the running job is done
         import_model_libraries()
+        set_aside_for_life()  # the libraries now; the base model once loaded
 
     def info(self) -> dict:
         """Where this actor runs and what it holds (for routing and `facechain cluster status`)."""
@@ -102,7 +105,7 @@ class GpuActor:
     @ray.method(concurrency_group=JOB_GROUP)
     def run(self, job_id: int, kind: str, inputs: Any, low_memory: bool = False):
         """The model work of one job, as a stream of events: ("progress", fraction, text),
-        ("checkpoint", bytes), then ("done", outputs) or ("error", exception)."""
+        ("checkpoint", bytes), then ("done", outputs, seconds computing) or ("error", exception)."""
         from engine.jobs.worker import release_cached_memory
 
         events: queue.Queue = queue.Queue()
@@ -116,7 +119,9 @@ class GpuActor:
                 with self._working:
                     self._unload_pending()
                     try:
-                        events.put(("done", compute_job(kind, self.models, inputs, context, low_memory)))
+                        started = time.perf_counter()
+                        outputs = compute_job(kind, self.models, inputs, context, low_memory)
+                        events.put(("done", outputs, time.perf_counter() - started))
                     finally:
                         self._unload_pending()
             except BaseException as error:  # noqa: BLE001 - every ending goes back to the dispatcher

@@ -73,9 +73,10 @@ class ActorSlot:
 
 
 @dataclass
-class RoutingStats:
+class PoolStats:
     portraits: int = 0  # portrait jobs of members with a face model
     affinity_hits: int = 0  # ... sent to an actor that already held that face model
+    compute_seconds: float = 0.0  # the actors' time computing jobs (the rest of a job's time is the dispatch's)
 
 
 class ActorPool:
@@ -85,7 +86,7 @@ class ActorPool:
         self.settings = settings
         self.slots: list[ActorSlot] = []
         self.lock = threading.Lock()
-        self.stats = RoutingStats()
+        self.stats = PoolStats()
         self._checked_size_at = 0.0
 
     def wanted(self) -> int:
@@ -347,7 +348,17 @@ class Dispatcher:
         # This thread's own view of the store (SQLite connections are not shared between threads).
         worker = Worker(self.settings, self.worker_id, stopping=self.stopping)
         beat = Heartbeat(self.settings, job.lease)
-        lost = False
+        freed = False
+
+        def free_actor(lost: bool = False) -> None:
+            """The actor takes its next job now (while this one's outputs are recorded here)."""
+            nonlocal freed
+            if not freed:
+                freed = True
+                self.pool.give_back(slot, lost=lost)
+                self._next_claim_at = 0.0
+                self._wake.set()
+
         try:
             worker.queue.record_ran_on(job.id, slot.where or slot.name)
 
@@ -356,7 +367,15 @@ class Dispatcher:
 
                 def on_actor() -> Any:
                     stream = slot.handle.run.remote(job.id, job.kind, inputs, bool(job.params.get("low_memory")))
-                    return follow(stream, context, lambda: slot.handle.stop_job.remote(job.id), slot.where, deadline)
+                    outputs, seconds = follow(stream, context, lambda: slot.handle.stop_job.remote(job.id), slot.where,
+                                              deadline)
+                    with self.pool.lock:
+                        self.pool.stats.compute_seconds += seconds
+                    if job.kind in FACE_ADAPTER_KINDS:
+                        for member in job_members(job):
+                            self.pool.remember_face(slot, member)
+                    free_actor()
+                    return outputs
                 try:
                     return on_actor()
                 except StyleFileMissing as missing:  # said before it drew anything: send the file, run it again
@@ -364,27 +383,21 @@ class Dispatcher:
                 return on_actor()
 
             def run() -> dict:
-                nonlocal lost
                 try:
                     result = run_job_with(worker, job, beat, compute)
                 except ComputeHung:
-                    lost = True
                     self.pool.restart(slot)
+                    free_actor(lost=True)
                     raise
                 except ComputeLost:
-                    lost = True
+                    free_actor(lost=True)
                     raise
-                if job.kind in FACE_ADAPTER_KINDS:
-                    for member in job_members(job):
-                        self.pool.remember_face(slot, member)
                 resolve_setup_problems(worker.store, "models")  # the actor had the models it needed
                 return result
 
             worker.settle(job, beat, run)
         finally:
-            self.pool.give_back(slot, lost=lost)
-            self._next_claim_at = 0.0  # an actor came free: the loop looks at the queue now
-            self._wake.set()
+            free_actor()
             beat.stop()
             worker.store.close()
 
@@ -402,10 +415,10 @@ def send_style_file(slot: ActorSlot, missing: StyleFileMissing) -> None:
              slot.where or slot.name)
 
 
-def follow(stream, context: JobContext, ask_to_stop, where: str, deadline: float = math.inf) -> Any:
+def follow(stream, context: JobContext, ask_to_stop, where: str, deadline: float = math.inf) -> tuple[Any, float]:
     """Read an actor's event stream: progress to the heartbeat, checkpoints to the store; the outputs
-    at the end. The owner's cancel becomes ray.cancel; a stop request, the actor's stop_job. Past
-    `deadline` the actor is taken to be hung (ComputeHung). However the reading ends before the actor
+    and the seconds the actor computed at the end. The owner's cancel becomes ray.cancel; a stop request,
+    the actor's stop_job. Past `deadline` the actor is taken to be hung (ComputeHung). However the reading ends before the actor
     said "done" or "error" (a checkpoint that could not be written, a forgotten member, a hang), the
     actor's work is stopped too, so it never runs on beside the next job."""
     cancel_sent = stop_sent = ended = False
@@ -437,9 +450,9 @@ def follow(stream, context: JobContext, ask_to_stop, where: str, deadline: float
                     context.update(fraction, text)
                 case ("checkpoint", data):
                     context.save_checkpoint(data)
-                case ("done", outputs):
+                case ("done", outputs, seconds):
                     ended = True
-                    return outputs
+                    return outputs, seconds
                 case ("error", error):
                     ended = True
                     raise error
