@@ -32,6 +32,7 @@ from engine.store.community import (
     user_gallery_posts,
 )
 from engine.store.families import check_draws_scenes, rebuild_if_needed, recorded_family, sync_family
+from engine.store.members import INSTANT_NOT_READY, INSTANT_OFF, has_instant_face
 from engine.store.moderation import check_not_barred, close_reports_of, is_barred
 from engine.store.together import DEFAULT_STYLE, Asked, TogetherRequest, ask, set_request_job
 from engine.styles import STYLES_DIR, StyleCatalogue, guild_styles_folder, load_styles, owner_styles_folder, style_files
@@ -50,6 +51,7 @@ class PortraitOrder:
     words: str = ""  # the member's own words for the prompt
     pose: str | None = None  # a preset pose's id (poses/)
     pose_upload: str = ""  # or a pose photo, downloaded under <data>/tmp/
+    instant: bool = False  # an instant portrait asked for (quality:instant); before a face model one is given anyway
 
 
 @dataclass
@@ -160,11 +162,23 @@ class Backend:
         """Check a portrait request and queue it; FaceChainError says what is wrong."""
         rebuilding = rebuild_if_needed(self.store, self.queue, user_id, _text(guild_id), str(channel_id))
         words, has_model = self.check_portrait(user_id, guild_id, order, from_photo=bool(order.pose_upload))
+        instant = self.draws_instant(user_id, order, has_model)
         params = {"style": order.style, "count": order.count, "seed": order.seed, "private": order.private,
-                  "age_restricted": order.age_restricted, "wait_for_training": not has_model, "fast": order.fast,
+                  "age_restricted": order.age_restricted, "wait_for_training": not (has_model or instant),
+                  "fast": order.fast, "instant": instant,
                   "prompt": words, "pose": order.pose, "pose_upload": order.pose_upload or None,
                   "rebuilding": rebuilding}
         return self.queue.enqueue("generate", user_id, params, guild_id=_text(guild_id), channel_id=str(channel_id))
+
+    def draws_instant(self, user_id: str, order: PortraitOrder, has_model: bool) -> bool:
+        """Whether the portraits are instant ones: asked for, or (the mode on) while the face model is not ready
+        and the member's face was read. FaceChainError when asked for and not possible."""
+        ready = self.settings.instant and has_instant_face(self.store, user_id)
+        if order.instant and not self.settings.instant:
+            raise FaceChainError(INSTANT_OFF)
+        if order.instant and not ready:
+            raise FaceChainError(INSTANT_NOT_READY)
+        return order.instant or (ready and not has_model)
 
     def check_portrait(self, user_id: str, guild_id: int | None, order: PortraitOrder,
                        from_photo: bool = False) -> tuple[str, bool]:

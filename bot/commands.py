@@ -123,19 +123,22 @@ async def start_enroll(interaction: discord.Interaction, photos: list[discord.At
                        fast="Quicker, a little less detailed (default: this bot's choice)",
                        prompt="Your own words, added to the style (e.g. holding a guitar)",
                        pose="A body pose to draw you in (the portrait is then taller than wide)",
-                       pose_photo="Or a photo of someone in the pose you want (only the pose is kept)")
+                       pose_photo="Or a photo of someone in the pose you want (only the pose is kept)",
+                       quality="best: your face model (default); instant: drawn from your photos alone, in seconds")
+@app_commands.choices(quality=[app_commands.Choice(name="best", value="best"),
+                               app_commands.Choice(name="instant", value="instant")])
 @app_commands.autocomplete(style=style_choices, pose=pose_choices)
 async def portrait(interaction: discord.Interaction, style: str, count: app_commands.Range[int, 1, MAX_PORTRAITS] = 4,
                    seed: app_commands.Range[int, 0, 2**31 - 1] | None = None, private: bool = False,
                    fast: bool | None = None, prompt: app_commands.Range[str, 1, 300] | None = None,
                    pose: app_commands.Range[str, 1, 40] | None = None,
-                   pose_photo: discord.Attachment | None = None) -> None:
+                   pose_photo: discord.Attachment | None = None, quality: str = "best") -> None:
     await interaction.response.defer(ephemeral=private, thinking=True)
     bot = client(interaction)
     user_id = str(interaction.user.id)
     order = PortraitOrder(style=style.strip()[:40], count=count, seed=seed, private=private,
                           age_restricted=age_restricted(interaction.channel), fast=fast, words=prompt or "",
-                          pose=pose.strip().lower() if pose else None)
+                          pose=pose.strip().lower() if pose else None, instant=quality == "instant")
     if pose_photo is not None:  # a request that will be refused downloads nothing
         await bot.backend.run(bot.backend.check_portrait, user_id, interaction.guild_id, order, from_photo=True)
         order.pose_upload = str(await save_photo(bot, user_id, pose_photo, "That pose photo"))

@@ -67,14 +67,15 @@ def progress_line(job: Job, position: QueuePosition | None) -> str:
 
 JOB_TITLES = {"enroll": "checking your photos", "train": "training your face model", "generate": "portraits",
               "swap": "your face on a photo", "redraw": "your face redrawn into a photo",
-              "teaser": "a preview while your face model trains",
+              "teaser": "a preview while your face model trains", "instant": "reading your face for instant portraits",
               "upscale": "a sharper x2 portrait", "together": "a picture together"}
 
 
 def job_title(job: Job) -> str:
     if job.kind == "generate":
         posed = f", pose {job.params['pose']}" if job.params.get("pose") else ""
-        return f"{job.params.get('count', 4)} portraits in {job.params.get('style', '?')}{posed}"
+        kind = "instant portraits" if job.params.get("instant") else "portraits"
+        return f"{job.params.get('count', 4)} {kind} in {job.params.get('style', '?')}{posed}"
     if job.kind == "upscale" and job.params.get("x4"):
         return "a portrait upscaled x4"
     return JOB_TITLES.get(job.kind, job.kind)

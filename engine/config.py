@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     # (a Hugging Face id, modelscope:<id>, or a local folder or .pth file) and the file in it; empty = off.
     upscaler: str = "lllyasviel/Annotators"
     upscaler_file: str = "RealESRGAN_x4plus.pth"
+    # Instant portraits: a likeness from the enrolled photos alone, before the face model is trained (IP-Adapter
+    # FaceID Plus v2). Its weights and insightface's ArcFace pack are licensed for NON-COMMERCIAL use only: off
+    # until the owner turns it on. It needs FACECHAIN_INSIGHTFACE_MODEL_DIR (the buffalo_l pack, for ArcFace).
+    instant: bool = False
+    # The adapter (a Hugging Face id, modelscope:<id>, or a local folder or file) and its file, which holds its LoRA.
+    instant_adapter: str = "h94/IP-Adapter-FaceID"
+    instant_adapter_file: str = "ip-adapter-faceid-plusv2_sd15.bin"
+    # The CLIP ViT-H image encoder the adapter reads a face's structure with: a repository and its folder in it.
+    instant_image_encoder: str = "h94/IP-Adapter"
+    instant_image_encoder_folder: str = "models/image_encoder"
     # Portraits use fast mode unless the member asks otherwise; steps and guidance of fast mode.
     fast_by_default: bool = False
     fast_steps: int = Field(default=6, ge=1, le=50)

@@ -282,5 +282,6 @@ def test_an_actor_sends_back_the_latest_progress_twice_a_second_not_every_step(m
     run = getattr(module.GpuActor.run, "__wrapped__", module.GpuActor.run)
     events = list(run(actor, 7, "generate", None))
     kinds = [event[0] for event in events]
-    assert kinds.count("checkpoint") == 1 and events[-1] == ("done", {"done": "generate"})
+    assert kinds.count("checkpoint") == 1 and events[-1][:2] == ("done", {"done": "generate"})
+    assert 0.8 <= events[-1][2] < 30  # the seconds it computed, for the dispatcher's figures
     assert 1 <= kinds.count("progress") <= 4, kinds  # about 0.8 s of steps: at most one every 0.5 s

@@ -155,6 +155,25 @@ def check_face_parser(settings: Settings) -> Check | None:
     return Check("face parser loads", "ok", f"{settings.face_parser} loaded")
 
 
+def check_instant(settings: Settings) -> Check:
+    """Instant portraits: off, or on with the licence named and ArcFace's pack found (the adapter and the image
+    encoder are check_models' lines)."""
+    from engine.generation.instant import LICENCE
+
+    if not settings.instant:
+        return Check("instant portraits", "ok", "off: members wait for their face model's first portraits",
+                     f"FACECHAIN_INSTANT=true draws a likeness right after enrolling. {LICENCE}")
+    from engine.errors import ModelMissing
+    from engine.faces.insightface_backend import InsightFaceAnalyzer
+
+    try:
+        InsightFaceAnalyzer(settings.insightface_model_dir)
+    except ModelMissing as missing:
+        return Check("instant portraits", "fail", f"on, but ArcFace is missing: {missing}",
+                     "unpack insightface's buffalo_l pack and point FACECHAIN_INSIGHTFACE_MODEL_DIR at it")
+    return Check("instant portraits", "warn", f"on. {LICENCE}", "keep this bot non-commercial, or turn them off")
+
+
 def check_data_dir(settings: Settings) -> Check:
     from engine.errors import FaceChainError
     from engine.store import Store
@@ -246,7 +265,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks = [
         check_packages(), check_device(settings), *check_models(settings), check_base_family(settings),
         check_face_models(settings),
-        check_face_parser(settings), check_safety_checker(settings), check_data_dir(settings),
+        check_face_parser(settings), check_safety_checker(settings), check_instant(settings), check_data_dir(settings),
         check_setup_problems(settings), check_token(settings),
         check_cluster(settings), check_cluster_auth(settings),
     ]

@@ -179,16 +179,42 @@ def queue_portrait(args: argparse.Namespace, settings: Settings, store, catalogu
     queue = open_queue(settings, store)
     training = any(job.kind == "train" for job in queue.active_jobs(user_id=args.user))
     has_model = store.ready_face_model(args.user) is not None
-    check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not training)
+    check_request(store, settings, catalogue, args.user, args.style, args.count,
+                  need_model=not (training or args.instant))
+    if args.instant:
+        instant_face(settings, store, args.user)
     if pose_argument(args.pose)[1] is not None:
         raise FaceChainError("--queue takes a preset pose: a pose photo is read here, so drop --queue for it.")
     check_pose(settings, args.pose)
     params = {"style": args.style, "count": args.count, "seed": args.seed, "fast": args.fast,
-              "prompt": check_prompt_words(args.prompt or ""), "wait_for_training": not has_model, "pose": args.pose}
+              "prompt": check_prompt_words(args.prompt or ""), "wait_for_training": not (has_model or args.instant),
+              "pose": args.pose, "instant": args.instant}
     job = queue.enqueue("generate", args.user, params)
     report(args, {"job_id": job.id}, f"Portraits of {args.user} queued as job {job.id}"
-                                     + (", after the training queued for them" if not has_model else "") + ".")
+                                     + (", after the training queued for them" if not (has_model or args.instant)
+                                        else "") + ".")
     return 0
+
+
+def instant_face(settings: Settings, store, user_id: str) -> bytes:
+    """The user's face as instant portraits read it: the one kept for them, else read here (and kept)."""
+    from engine.store.members import instant_face_path
+
+    if not settings.instant:
+        raise FaceChainError("Instant portraits are off: set FACECHAIN_INSTANT=true (their weights are licensed for "
+                             "non-commercial use only: see the README).")
+    path = instant_face_path(store, user_id)
+    if not path.is_file():
+        import numpy as np
+        from PIL import Image
+
+        from engine.generation.instant import InstantReader
+
+        photos = [np.asarray(Image.open(selfie.path).convert("RGB")) for selfie in store.accepted_selfies(user_id)]
+        face = InstantReader(settings).read(photos).to_bytes()
+        store.private_dir(user_id, path.parent.name)
+        store.write_private_file(path, face)
+    return path.read_bytes()
 
 
 def pose_argument(value: str | None) -> tuple[str | None, bytes | None]:
@@ -201,6 +227,7 @@ def pose_argument(value: str | None) -> tuple[str | None, bytes | None]:
 def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     from engine.faces import get_analyzer
     from engine.generation.generate import PortraitGenerator
+    from engine.generation.instant import adapter_file
     from engine.generation.portrait import make_portraits
     from engine.generation.requests import check_pose, check_prompt_words, check_request
     from engine.models.base_model import load_base_pipeline
@@ -214,20 +241,23 @@ def cmd_portrait(args: argparse.Namespace, settings: Settings) -> int:
     if args.out is None:
         raise FaceChainError("Say where the portraits go with --out DIR (or queue them with --queue).")
     # Before the slow model load; a preview needs enrolled selfies only, no face model.
-    check_request(store, settings, catalogue, args.user, args.style, args.count, need_model=not args.preview)
-    if args.preview and not store.accepted_selfies(args.user):
+    check_request(store, settings, catalogue, args.user, args.style, args.count,
+                  need_model=not (args.preview or args.instant))
+    if (args.preview or args.instant) and not store.accepted_selfies(args.user):
         raise FaceChainError(f"User {args.user} has no enrolled selfies: run `facechain enroll` first.")
+    instant = instant_face(settings, store, args.user) if args.instant else None
     words = check_prompt_words(args.prompt or "")
     pose, pose_photo = pose_argument(args.pose)
     check_pose(settings, pose, from_photo=pose_photo is not None)
     base = load_base_pipeline(settings, on_progress=download_bar())
     safety = load_safety_checker(settings, base)
     generator = PortraitGenerator(base, fast_lora=settings.fast_lora_for(base.family.name), pose_controlnet=settings.pose_controlnet,
-                                  depth_controlnet=settings.depth_controlnet)
+                                  depth_controlnet=settings.depth_controlnet,
+                                  instant_adapter=(lambda: adapter_file(settings)) if args.instant else None)
     result = make_portraits(store, generator, get_analyzer(settings), settings, catalogue, args.user,
                             args.style, count=args.count, seed=args.seed, out_dir=Path(args.out), safety=safety,
                             show_flagged=args.show_flagged, fast=args.fast, words=words, teaser=args.preview,
-                            pose=pose, pose_photo=pose_photo)
+                            pose=pose, pose_photo=pose_photo, instant=instant)
     if result.notice:
         print(f"notice: {result.notice}", file=sys.stderr)
     if args.json:
@@ -288,6 +318,9 @@ def register(commands) -> None:
     portrait.add_argument("--pose", metavar="NAME|PHOTO", help="a preset pose (`facechain poses list`) or a photo of "
                                                                 "someone in the pose: the portrait is drawn in it, 2 "
                                                                 "wide by 3 high")
+    portrait.add_argument("--instant", action="store_true",
+                          help="an instant portrait: drawn from the enrolled photos alone (IP-Adapter FaceID, needs "
+                               "FACECHAIN_INSTANT=true), with or without a face model")
     portrait.add_argument("--preview", action="store_true",
                           help="before the face model is trained: the base model with the enrolled face fused on")
     portrait.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,

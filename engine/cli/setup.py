@@ -74,6 +74,7 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
     from engine.models import random_models as make
+    from engine.models.random_instant import make_tiny_instant_models
 
     if args.sdxl:
         from engine.models.random_sdxl import make_tiny_sdxl_model
@@ -91,12 +92,13 @@ def cmd_make_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
               "FACECHAIN_POSE_DETECTOR": str(make.make_tiny_pose_detector(folder / "pose-detector")),
               "FACECHAIN_DEPTH_CONTROLNET": str(make.make_random_controlnet(folder / "controlnet-depth", folder, seed=1)),
               "FACECHAIN_DEPTH_ESTIMATOR": str(make.make_tiny_depth_estimator(folder / "depth-estimator")),
-              "FACECHAIN_UPSCALER": str(make.make_random_rrdb(folder / "upscaler.pth", passthrough=True))}
+              "FACECHAIN_UPSCALER": str(make.make_random_rrdb(folder / "upscaler.pth", passthrough=True)),
+              **make_tiny_instant_models(folder / "instant", folder)}
     report(args, {"path": str(folder), "settings": needed},
            f"Tiny random model written to {folder}, with the pose and depth ControlNets, a pose detector (which "
-           "finds the same standing person in any photo), a depth estimator and an upscaler (a nearest x4 in "
-           "Real-ESRGAN's format) in it. To use them, set (and "
-           "FACECHAIN_POSE_DEPTH=true for depth):\n"
+           "finds the same standing person in any photo), a depth estimator, an upscaler (a nearest x4 in "
+           "Real-ESRGAN's format) and instant portraits' adapter, image encoder and ArcFace model in it. To use "
+           "them, set (and FACECHAIN_POSE_DEPTH=true for depth, FACECHAIN_INSTANT=true for instant portraits):\n"
            + "\n".join(f"  {name}={value}" for name, value in needed.items()))
     return 0
 

@@ -14,7 +14,7 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,8 @@ from PIL import Image
 
 from engine.errors import ModelMissing, ModelUnavailable
 from engine.generation.depth import DEPTH_CONTROLNET_SETTING, DEPTH_PROBLEM, DEPTH_SCALE
+from engine.generation.instant import INSTANT_PROBLEM, InstantAdapter, InstantFace
+from engine.generation.instant import LORA_NAME as INSTANT_LORA
 from engine.generation.pose_control import CONDITIONING_SCALE, load_controlnet, load_pose_controlnet, pose_size
 from engine.generation.pose_drawing import skeleton
 from engine.generation.poses import Pose
@@ -72,6 +74,9 @@ class PortraitRequest:
     # A body pose the OpenPose ControlNet holds the portrait to; it is then drawn 2 wide by 3 high.
     pose: Pose | None = None
     depth: Image.Image | None = None  # with a pose from a photo: its depth, for the depth ControlNet
+    # Instant portraits: the member's face as IP-Adapter FaceID reads it (engine.generation.instant), drawn without
+    # a face model.
+    instant: InstantFace | None = None
 
     @property
     def width_height(self) -> tuple[int, int]:
@@ -159,7 +164,8 @@ class StyleUnavailable(ModelMissing):
 
 class PortraitGenerator:
     def __init__(self, base: BasePipeline, max_adapters: int = 8, fast_lora: str = "",
-                 pose_controlnet: str = "", depth_controlnet: str = "", style_cache: StyleFileCache | None = None) -> None:
+                 pose_controlnet: str = "", depth_controlnet: str = "", style_cache: StyleFileCache | None = None,
+                 instant_adapter: Callable[[], Path] | None = None) -> None:
         self.base = base
         # On a cluster's GPU machine: the style files it was sent (it shares no disk with the store).
         self.style_cache = style_cache
@@ -171,6 +177,8 @@ class PortraitGenerator:
         self._derived: dict[str, object] = {}  # pipeline class name -> a pipeline on the base's models
         self._adapters: OrderedDict[str, str] = OrderedDict()  # source key -> adapter name
         self._schedulers: dict[str, object] = {}
+        self.instant_adapter = instant_adapter  # where instant portraits' adapter is (None: the mode is off)
+        self._instant: InstantAdapter | None = None
 
     @property
     def loaded_adapters(self) -> list[str]:
@@ -281,11 +289,15 @@ class PortraitGenerator:
         if request.fast:
             names.append(self._fast_adapter())
             weights.append(1.0)
+        if request.instant is not None:
+            self._instant_adapter()
+            names.append(INSTANT_LORA)
+            weights.append(1.0)
         pipeline = self.base.pipeline
         if names:
             pipeline.enable_lora()
             pipeline.set_adapters(names, adapter_weights=weights)
-        elif self._adapters:
+        elif self._adapters or self._instant is not None:
             pipeline.disable_lora()
         sampler = "lcm" if request.fast else request.style.sampler.name
         if sampler not in self._schedulers:
@@ -306,20 +318,34 @@ class PortraitGenerator:
             def callback(pipe, step, timestep, kwargs):
                 on_step(step + 1, steps)
                 return kwargs
-        with self.drawing_with(self._pipeline_for(request)) as pipeline:
+        guidance = request.guidance if request.guidance is not None else request.style.sampler.guidance
+        with self.drawing_with(self._pipeline_for(request)) as pipeline, self._instant_drawing(request, guidance) as extra:
             images = pipeline(
                 prompt=[build_prompt(request.trigger, request.style, request.words, request.pose)] * request.count,
                 negative_prompt=[build_negative_prompt(request.style, people(request))] * request.count,
                 num_inference_steps=steps,
-                guidance_scale=request.guidance if request.guidance is not None else request.style.sampler.guidance,
-                height=height, width=width,
+                guidance_scale=guidance, height=height, width=width,
                 # One CPU generator per image: a seed gives the same picture alone or in a batch (to float rounding).
                 generator=[torch.Generator().manual_seed(seed) for seed in seeds],
                 latents=self._variation_latents(request, seeds),
                 callback_on_step_end=callback,
-                **control_images(request, width, height),
+                **control_images(request, width, height), **extra,
             ).images
         return [Candidate(image, seed) for image, seed in zip(images, seeds)]
+
+    def _instant_adapter(self) -> InstantAdapter:
+        if self.instant_adapter is None:
+            raise ModelUnavailable("An instant portrait was asked for but instant portraits are off (FACECHAIN_INSTANT).",
+                                   INSTANT_PROBLEM)
+        if self._instant is None:
+            self._instant = InstantAdapter(self.base.pipeline, self.instant_adapter())
+        return self._instant
+
+    def _instant_drawing(self, request: PortraitRequest, guidance: float):
+        """The instant adapter in place for this request (and put aside after), or nothing to add."""
+        if request.instant is None:
+            return nullcontext({})
+        return self._instant_adapter().drawing(request.instant, request.count, guided=guidance > 1)
 
     def derived_pipeline(self, pipeline_class, key: str | None = None,
                          components: Callable[[], dict] = dict):

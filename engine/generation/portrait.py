@@ -20,6 +20,7 @@ from engine.config import Settings
 from engine.errors import FaceChainError
 from engine.faces import FaceAnalyzer
 from engine.generation.generate import PortraitGenerator, PortraitRequest, build_prompt
+from engine.generation.instant import ASKED_NOTICE, INSTANT_NOTICE, read_instant_face
 from engine.generation.poses import Pose
 from engine.generation.requests import CheckedRequest, check_pose, check_prompt_words, check_request
 from engine.models.safety import SafetyChecker
@@ -92,6 +93,8 @@ class PortraitInputs:
     show_flagged: bool
     teaser: bool = False
     pose_photo: bytes | None = None  # a photo whose body pose the portraits take (read where they are drawn)
+    instant: bytes | None = None  # the member's InstantFace: an instant portrait, drawn without the face model
+    lead: str | None = None  # what the portraits say first (a preview's, an instant portrait's label)
 
 
 @dataclass
@@ -182,11 +185,13 @@ def portrait_inputs(
     pose: str | None = None,
     pose_photo: bytes | None = None,
     pose_points: dict | None = None,
+    instant: bytes | None = None,
 ) -> PortraitInputs:
-    """Check a request and read what drawing it needs (FaceChainError says what is wrong)."""
+    """Check a request and read what drawing it needs (FaceChainError says what is wrong). With `instant` (the
+    member's InstantFace), an instant portrait: their face as the adapter reads it, without their face model."""
     if pose or pose_photo is not None or pose_points:
         check_draws_scenes(store)  # the pose ControlNet is SD1.5's
-    if teaser:  # while the face model trains: the base model and the style, the enrolled face fused on
+    if teaser or instant is not None:  # no face model: the base model and the style, the enrolled face fused on
         check_request(store, settings, catalogue, user_id, style_id, count, need_model=False)
         user = store.get_user(user_id)
         if user is None:
@@ -204,7 +209,8 @@ def portrait_inputs(
                               guidance=settings.fast_guidance if fast else None, pose=posed)
     return PortraitInputs(user_id, checked.style.id, request,
                           face_model_files(store, user_id) if checked.face_model else None,
-                          member_face(store, user_id), count, show_flagged, teaser, pose_photo)
+                          member_face(store, user_id), count, show_flagged, teaser, pose_photo, instant,
+                          lead_notice(store, user_id, teaser, instant is not None))
 
 
 def draw_portraits(generator: PortraitGenerator, analyzer: FaceAnalyzer, settings: Settings,
@@ -219,7 +225,7 @@ def draw_portraits(generator: PortraitGenerator, analyzer: FaceAnalyzer, setting
         pose, depth = read_pose_photo(settings, inputs.pose_photo)
         inputs = replace(inputs, request=replace(inputs.request, pose=pose, depth=depth), pose_photo=None)
     with face_model_folder(inputs.face_model) as folder:
-        request = replace(inputs.request, face_model=folder)
+        request = replace(inputs.request, face_model=folder, instant=read_instant_face(inputs.instant))
         candidates = generator.generate(request, on_step=on_step)
         ranked = rank_candidates(analyzer, candidates, enrolled, fuser)
         notice = None
@@ -242,11 +248,18 @@ def record_portraits(store: Store, inputs: PortraitInputs, drawn: DrawnPortraits
     saved = save_portraits(store, inputs.user_id, inputs.style_id, drawn.portraits, out_dir, job_id)
     prompt = build_prompt(inputs.request.trigger, inputs.request.style, inputs.request.words,
                           drawn.pose or inputs.request.pose)
-    notice = " ".join(filter(None, [TEASER_NOTICE, drawn.notice])) if inputs.teaser else drawn.notice
+    notice = " ".join(filter(None, [inputs.lead, drawn.notice]))
     posed = drawn.pose or inputs.request.pose
     pose = posed.id if posed else None
     return PortraitResult([replace(portrait, prompt=prompt, pose=pose) for portrait in saved], notice or None,
                           drawn.held_back)
+
+
+def lead_notice(store: Store, user_id: str, teaser: bool, instant: bool) -> str | None:
+    """What pictures drawn without the member's face model say first."""
+    if instant:
+        return ASKED_NOTICE if store.ready_face_model(user_id) is not None else INSTANT_NOTICE
+    return TEASER_NOTICE if teaser else None
 
 
 def make_portraits(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import FaceChainError, ModelUnavailable
+from engine.jobs.instant_runner import INSTANT_RUNNERS
 from engine.jobs.job_types import (  # noqa: F401 - JobContext and the outcomes are imported from here too
     FACE_ADAPTER_KINDS,
     Finished,
@@ -125,7 +126,7 @@ def _enroll_compute(models: LoadedModels, inputs, context: JobContext):
 
 def _enroll_record(worker: Worker, job: Job, inputs, checked) -> dict:
     from engine.preprocess.enroll import record_enrollment
-    from engine.store.members import queue_training
+    from engine.store.members import queue_instant_read, queue_training
 
     report = record_enrollment(worker.store, inputs, checked)
     if report.face_match is not None:  # the server's admins see it; the member is named, the match is not
@@ -134,6 +135,8 @@ def _enroll_record(worker: Worker, job: Job, inputs, checked) -> dict:
               f"identity distance {report.face_match.distance:.2f} to another enrolled member")
     _delete_uploads(job)  # after any other error they stay for the retry (maintenance clears old ones)
     result = report.to_json()
+    if report.result.accepted and (instant_job := queue_instant_read(worker.queue, job.user_id)):
+        result["instant_job_id"] = instant_job  # before the preview and the training: they draw with it
     if job.params.get("train_after") and report.result.accepted:
         first_model = worker.store.ready_face_model(job.user_id) is None
         if first_model and worker.settings.training_previews:  # queued first: it runs before the training
@@ -239,7 +242,21 @@ def _generate_gather(worker: Worker, job: Job):
         count=int(params.get("count", 4)), seed=params.get("seed"), variation_of=params.get("variation_of"),
         show_flagged=may_show_flagged(server.nsfw_policy if server else "block", bool(params.get("age_restricted"))),
         fast=params.get("fast"), words=params.get("prompt") or "", blocked_words=server.blocked_words if server else (),
-        pose=params.get("pose"), pose_photo=_pose_photo(worker, job), pose_points=params.get("pose_points"))
+        pose=params.get("pose"), pose_photo=_pose_photo(worker, job), pose_points=params.get("pose_points"),
+        instant=_instant_face(worker, job) if params.get("instant") else None)
+
+
+def _instant_face(worker: Worker, job: Job) -> bytes | None:
+    """The member's face as instant portraits read it, for a request that asked for one. Without it (the mode was
+    turned off, or their photos are being read again), a member with a face model gets the usual portraits."""
+    from engine.store.members import INSTANT_NOT_READY, instant_face_path
+
+    path = instant_face_path(worker.store, job.user_id)
+    if worker.settings.instant and path.is_file():
+        return path.read_bytes()
+    if worker.store.ready_face_model(job.user_id) is not None:
+        return None
+    raise FaceChainError(INSTANT_NOT_READY)
 
 
 def _pose_photo(worker: Worker, job: Job) -> bytes | None:
@@ -281,14 +298,17 @@ def _teaser_gather(worker: Worker, job: Job):
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import server_nsfw_policy
     from engine.store.families import sync_family
+    from engine.store.members import instant_face_path
 
     sync_family(worker.store, worker.settings)
     if worker.store.ready_face_model(job.user_id) is not None:
         return Finished({"skipped": "the face model is ready", "portraits": []})
     policy = server_nsfw_policy(worker.store, job.guild_id)
+    instant = instant_face_path(worker.store, job.user_id)  # read before this preview, when the mode is on
     return portrait_inputs(worker.store, worker.settings, job_catalogue(worker.settings, job.guild_id), job.user_id,
                            job.params["style"], count=int(job.params.get("count", 2)),
-                           show_flagged=may_show_flagged(policy, False), teaser=True)
+                           show_flagged=may_show_flagged(policy, False), teaser=True,
+                           instant=instant.read_bytes() if worker.settings.instant and instant.is_file() else None)
 
 
 def _portraits_compute(models: LoadedModels, inputs, context: JobContext):
@@ -298,7 +318,7 @@ def _portraits_compute(models: LoadedModels, inputs, context: JobContext):
         if context.cancelled():
             raise JobCancelled(f"cancelled at step {step}")
         if inputs.teaser:
-            context.update(0.9 * step / total, "drawing your preview")
+            context.update(0.9 * step / total, "drawing your instant likeness" if inputs.instant else "drawing your preview")
         else:
             context.update(0.9 * step / total, "ranking by likeness" if step == total else f"generating {100 * step // total}%")
 
@@ -315,7 +335,7 @@ def _portraits_record(worker: Worker, job: Job, inputs, drawn) -> dict:
     _resolve_model_problems(worker, inputs.request.fast, pose)
     family = recorded_family(worker.store)
     return {"portraits": [p.to_json() for p in result.portraits], "notice": result.notice,
-            "held_back": result.held_back, "pose": pose.id if pose else None,
+            "held_back": result.held_back, "pose": pose.id if pose else None, "instant": inputs.instant is not None,
             "sharper": family is None or family.draws_scenes,  # Sharper x2 is SD1.5's img2img
             "upscale_x4": bool(worker.settings.upscaler.strip()),  # Upscale x4, on any family
             "pose_points": pose.model_dump(exclude={"file"}) if pose and pose.id == "photo" else None}
@@ -392,6 +412,7 @@ RUNNERS: dict[str, Runner] = {
     "generate": Runner(_generate_gather, _portraits_compute, _portraits_record, abandon=_portraits_abandon,
                        pictures=drawn_pictures),
     "teaser": Runner(_teaser_gather, _portraits_compute, _portraits_record, pictures=drawn_pictures),
+    **INSTANT_RUNNERS,
     **PHOTO_RUNNERS,
     **TOGETHER_RUNNERS,
     "upscale": Runner(_upscale_gather, _upscale_compute, _upscale_record, pictures=drawn_pictures),

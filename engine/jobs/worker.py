@@ -20,6 +20,7 @@ from collections.abc import Callable
 from engine.config import Settings
 from engine.errors import FaceChainError, ModelUnavailable
 from engine.jobs.heartbeat import Heartbeat
+from engine.jobs.instant_runner import queue_missing_instant_reads
 from engine.jobs.job_types import WaitForTraining
 from engine.jobs.queue import Job, LeaseLost, SqliteJobQueue
 from engine.jobs.runners import RUNNERS, ComputeLost, JobCancelled, run_locally, training_cancelled
@@ -103,6 +104,7 @@ class Worker:
         sweep_stale_scratch()
         self.reclaim_dead_leases()
         self.queue_missing_previews()
+        queue_missing_instant_reads(self)
         idle_since = time.monotonic()
         while not self.stopping.is_set():
             try:

@@ -54,6 +54,8 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
                               filename) for what, filename in (("people", DETECTOR_FILE), ("body points", KEYPOINTS_FILE))]
     if settings.upscaler.strip():
         models.append(upscaler_model(settings))
+    if settings.instant:
+        models += instant_models(settings)
     if fast := settings.fast_lora_for(family.name).strip():
         models.append(NamedModel("fast-mode LoRA", fast, family.fast_setting, "file", WEIGHTS_FILE))
     if include_styles:
@@ -87,6 +89,17 @@ def upscaler_model(settings: Settings) -> NamedModel:
     return NamedModel("upscaler (Upscale x4)", settings.upscaler, "FACECHAIN_UPSCALER", "file", settings.upscaler_file)
 
 
+def instant_models(settings: Settings) -> list[NamedModel]:
+    """Instant portraits' adapter and the two files of its image encoder (ArcFace comes from the insightface pack,
+    FACECHAIN_INSIGHTFACE_MODEL_DIR, which no hub serves)."""
+    folder = settings.instant_image_encoder_folder.strip("/")
+    return [NamedModel("instant portraits adapter", settings.instant_adapter, "FACECHAIN_INSTANT_ADAPTER", "file",
+                       settings.instant_adapter_file)] + [
+        NamedModel(f"instant portraits image encoder ({what})", settings.instant_image_encoder,
+                   "FACECHAIN_INSTANT_IMAGE_ENCODER", "file", f"{folder}/{name}" if folder else name)
+        for what, name in (("config", "config.json"), ("weights", "model.safetensors"))]
+
+
 def face_parser_model(settings: Settings) -> NamedModel:
     return NamedModel("face parser", settings.face_parser, "FACECHAIN_FACE_PARSER", "component")
 
@@ -97,7 +110,9 @@ def where_is(model: NamedModel) -> Path | None:
     if model.one_file:
         if reference.kind == "local":
             path = Path(reference.value).expanduser()
-            path = path / model.filename if path.is_dir() else path
+            if path.is_dir():  # the file where the repository has it, or at the folder's top
+                path = next((found for found in (path / model.filename, path / Path(model.filename).name)
+                             if found.is_file()), path / model.filename)
             return path if path.is_file() else None
         if reference.kind == "huggingface":
             from huggingface_hub import try_to_load_from_cache

@@ -28,6 +28,7 @@ class LoadedModels:
         self._generator = None
         self._safety = None
         self._upscaler = None
+        self._instant_reader = None
 
     @property
     def loaded(self) -> bool:
@@ -45,6 +46,24 @@ class LoadedModels:
                 self.on_base_loaded()
         return self._base
 
+    def _instant_adapter(self):
+        """Where instant portraits' adapter is (fetched at their first drawing), or None when they are off."""
+        if not self.settings.instant:
+            return None
+        from engine.generation.instant import adapter_file
+
+        return lambda: adapter_file(self.settings)
+
+    @property
+    def instant_reader(self):
+        """ArcFace and CLIP's image encoder, for the jobs that read members' faces for instant portraits."""
+        if self._instant_reader is None:
+            from engine.generation.instant import InstantReader
+
+            device = self._base.device if self._base is not None else "cpu"
+            self._instant_reader = InstantReader(self.settings, device)
+        return self._instant_reader
+
     def _download_progress(self, what: str, done: int, total: int) -> None:
         if self.on_download is not None:
             self.on_download(what, done, total)
@@ -57,7 +76,7 @@ class LoadedModels:
             self._generator = PortraitGenerator(self.base, MAX_ADAPTERS, fast_lora=self.settings.fast_lora_for(self.base.family.name),
                                                 pose_controlnet=self.settings.pose_controlnet,
                                                 depth_controlnet=self.settings.depth_controlnet,
-                                                style_cache=self.style_cache)
+                                                style_cache=self.style_cache, instant_adapter=self._instant_adapter())
         return self._generator
 
     @property

@@ -5,6 +5,7 @@ model, removing one photo (then a retrain on the rest). `facechain users show/re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.errors import FaceChainError
 from engine.jobs.queue import QueueLimit, SqliteJobQueue
@@ -55,7 +56,10 @@ def remove_photo(store: Store, queue: SqliteJobQueue, user_id: str, number: int,
     selfie = photos[number - 1][1]
     store.delete_selfie(selfie.id)
     save_identity(store, user_id, selfie.embedding_backend)
+    instant_face_path(store, user_id).unlink(missing_ok=True)  # it was read from that photo too
     remaining = len(photos) - 1
+    if remaining:
+        queue_instant_read(queue, user_id)
     train_job_id = retrain(queue, user_id, guild_id, channel_id) if remaining else None
     return RemovedPhoto(number, selfie.original_name, remaining, train_job_id)
 
@@ -98,5 +102,35 @@ def retrain(queue: SqliteJobQueue, user_id: str, guild_id: str | None, channel_i
     (None: training can be asked for later)."""
     try:
         return queue_training(queue, user_id, guild_id, channel_id)
+    except QueueLimit:
+        return None
+
+
+# Said to a member who asks for an instant portrait (the bot says it; light: the bot imports this module).
+INSTANT_NOT_READY = ("Instant portraits aren't ready for you yet: ask again in a minute, or once your face model "
+                     "is trained.")
+INSTANT_OFF = "This bot doesn't draw instant portraits: ask for a portrait from your face model."
+
+
+def instant_face_path(store: Store, user_id: str) -> Path:
+    """Where the member's face as instant portraits read it is kept (engine.generation.instant): with their data,
+    so `forget` erases it with the rest."""
+    return store.user_dir(user_id) / "instant" / "instant.safetensors"
+
+
+def has_instant_face(store: Store, user_id: str) -> bool:
+    return instant_face_path(store, user_id).is_file()
+
+
+def queue_instant_read(queue: SqliteJobQueue, user_id: str) -> int | None:
+    """With instant portraits on, a job reading the member's face from their enrolled photos for them (one
+    already waiting is reused). Counted against no server's quota: it is part of their enrollment."""
+    if not queue.settings.instant:
+        return None
+    waiting = [job for job in queue.active_jobs(user_id=user_id) if job.kind == "instant" and job.state == "queued"]
+    if waiting:  # it reads the photos when it starts; a running one may have read them before the change
+        return waiting[0].id
+    try:
+        return queue.enqueue("instant", user_id, {}).id
     except QueueLimit:
         return None

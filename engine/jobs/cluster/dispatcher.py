@@ -30,6 +30,7 @@ from engine.generation.style_files import StyleFileMissing
 from engine.jobs.cluster.actor import ACTOR_PREFIX, JOB_GROUP, NAMESPACE, GpuActor
 from engine.jobs.cluster.address import check_address, check_node_addresses, check_reachable
 from engine.jobs.heartbeat import Heartbeat
+from engine.jobs.instant_runner import queue_missing_instant_reads
 from engine.jobs.job_types import job_members
 from engine.jobs.queue import Job
 from engine.jobs.runners import FACE_ADAPTER_KINDS, ComputeLost, JobCancelled, JobContext, run_job_with
@@ -237,6 +238,7 @@ class Dispatcher:
         self.worker.reclaim_dead_leases()
         if self.settings.device in ("auto", "cuda") and self.pool.wanted():  # the cluster's GPUs draw them
             self.worker.queue_missing_previews(force=True)
+        queue_missing_instant_reads(self.worker)
         idle_since = time.monotonic()
         while not self.stopping.is_set():
             try:

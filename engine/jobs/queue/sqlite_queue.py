@@ -38,14 +38,14 @@ from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 from engine.store.moderation import check_not_barred
 
-KINDS = ("enroll", "train", "generate", "swap", "redraw", "upscale", "together", "teaser", "preview")
+KINDS = ("enroll", "instant", "train", "generate", "swap", "redraw", "upscale", "together", "teaser", "preview")
 # Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while
 # their first face model trains ("teaser", queued before that training: behind trained members'
 # portraits, before the member's own training); then the styles browser's preview images.
-TIERS = (("enroll", "train", "generate", "swap", "redraw", "upscale", "together"), ("teaser",), ("preview",))
+TIERS = (("enroll", "instant", "train", "generate", "swap", "redraw", "upscale", "together"), ("teaser",), ("preview",))
 PICTURE_KINDS = ("generate", "swap", "redraw", "upscale", "together")
 # Used for ETAs until the server has finished jobs of its own to measure.
-TYPICAL_SECONDS = {"enroll": 10.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0, "upscale": 30.0, "together": 40.0, "teaser": 20.0, "preview": 5.0}
+TYPICAL_SECONDS = {"enroll": 10.0, "instant": 5.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0, "upscale": 30.0, "together": 40.0, "teaser": 20.0, "preview": 5.0}
 
 
 

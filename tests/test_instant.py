@@ -1,0 +1,202 @@
+"""Instant portraits (IP-Adapter FaceID Plus v2): random weights in the real file formats, through the production
+loaders: the adapter's `.bin` (its LoRA inside), a small CLIP vision model, an ArcFace-shaped ONNX model."""
+
+import numpy as np
+import pytest
+
+from engine.config import load_settings
+from engine.jobs.worker import Worker
+from engine.preprocess.enroll import enroll_user
+from tests.conftest import DATA, image_array, photo
+
+OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
+BIDEN = ["biden/biden1.jpg", "biden/biden2.jpg"]
+
+
+@pytest.fixture(scope="session")
+def instant_models(tiny_model, tmp_path_factory) -> dict[str, str]:
+    import warnings
+
+    from engine.models.random_instant import make_tiny_instant_models
+
+    with warnings.catch_warnings():  # torch's legacy ONNX exporter's notices are not ours
+        warnings.simplefilter("ignore")
+        return make_tiny_instant_models(tmp_path_factory.mktemp("instant"), tiny_model)
+
+
+def instant_settings(tiny_model, instant_models, tmp_path, **overrides):
+    values = {"instant": True, "instant_adapter": instant_models["FACECHAIN_INSTANT_ADAPTER"],
+              "instant_image_encoder": instant_models["FACECHAIN_INSTANT_IMAGE_ENCODER"],
+              "insightface_model_dir": instant_models["FACECHAIN_INSIGHTFACE_MODEL_DIR"]}
+    return load_settings(_env_file=None, data_dir=tmp_path / "data", base_model=str(tiny_model), device="cpu",
+                         vae="", train_resolution=64, portrait_size=64, portrait_candidates=2, job_retry_seconds=0,
+                         **values | overrides)
+
+
+@pytest.fixture
+def settings_on(tiny_model, instant_models, tmp_path):
+    return instant_settings(tiny_model, instant_models, tmp_path)
+
+
+def read_face(settings, photos):
+    from engine.generation.instant import InstantReader
+
+    return InstantReader(settings).read([image_array(p) for p in photos])
+
+
+def draw(generator, face, seed=7):
+    from engine.generation.generate import PortraitRequest
+    from engine.styles import load_styles
+
+    request = PortraitRequest(style=load_styles().get("anime"), trigger="a man", face_model=None, count=2, seed=seed,
+                              steps=2, size=64, instant=face)
+    return np.stack([np.asarray(candidate.image, np.float32) for candidate in generator.generate(request)])
+
+
+def test_the_instant_embedding_draws_each_members_face_and_a_plain_request_draws_as_if_the_adapter_were_absent(
+        settings_on):
+    """Same seed, two members: different faces. The adapter loaded, a request without it draws exactly the
+    picture drawn before it was loaded (its attention and its LoRA are put aside)."""
+    obama, biden = read_face(settings_on, OBAMA), read_face(settings_on, BIDEN)
+    assert obama.identity.shape == (512,) and abs(float(np.linalg.norm(obama.identity)) - 1) < 1e-5
+    assert obama.structure.shape == (257, 32) and obama.structure_unconditional.shape == (257, 32)
+    assert float(obama.identity @ biden.identity) < 0.999  # two people read as two vectors
+    worker = Worker(settings_on, "instant")
+    plain_before = draw(worker.generator, None)
+    drawn_obama, drawn_biden = draw(worker.generator, obama), draw(worker.generator, biden)
+    plain_after = draw(worker.generator, None)
+    assert np.array_equal(plain_before, plain_after)
+    assert np.abs(drawn_obama - plain_before).mean() > 0.5 and np.abs(drawn_obama - drawn_biden).mean() > 0.5
+    assert np.array_equal(drawn_obama, draw(worker.generator, obama))  # a seed still gives its picture
+
+
+def test_enrolling_reads_the_face_once_and_the_preview_while_training_is_an_instant_portrait(settings_on, tmp_path,
+                                                                                              monkeypatch):
+    """The face is read by a job of its own, before the preview and the training; the preview is drawn from it
+    alone (neither ArcFace nor the image encoder is loaded where it is drawn) and says what it is."""
+    from engine.generation import instant
+    from engine.store.members import instant_face_path
+    from tests.test_worker import uploads
+
+    worker = Worker(settings_on, "enroller")
+    enroll = worker.queue.enqueue("enroll", "42", {"uploads": uploads(settings_on, OBAMA), "subject": "man",
+                                                   "train_after": True})
+    worker.run_job(worker.queue.claim("w"))
+    result = worker.queue.get(enroll.id).result
+    order = [result["instant_job_id"], result["teaser_job_id"], result["train_job_id"]]
+    assert order == sorted(order)
+    read = worker.queue.claim("w")
+    assert read.kind == "instant"
+    worker.run_job(read)
+    assert worker.queue.get(read.id).state == "done", worker.queue.get(read.id).error
+    face_file = instant_face_path(worker.store, "42")
+    assert face_file.is_file() and face_file.stat().st_mode & 0o077 == 0  # the member's own, like their selfies
+
+    def never(*args, **kwargs):
+        raise AssertionError("a drawing loaded the face reader")
+
+    monkeypatch.setattr(instant, "InstantReader", never)
+    drawer = Worker(settings_on, "drawer")
+    teaser = drawer.queue.claim("w")
+    assert teaser.kind == "teaser"
+    drawer.run_job(teaser)
+    done = drawer.queue.get(teaser.id)
+    assert done.state == "done", done.error
+    assert done.result["instant"] is True and done.result["notice"].startswith(instant.INSTANT_NOTICE)
+    assert len(done.result["portraits"]) == 2
+
+
+def test_a_portrait_asked_before_the_face_model_is_an_instant_one_that_waits_for_no_training(settings_on):
+    from engine.generation.instant import ASKED_NOTICE, INSTANT_NOTICE
+    from engine.store.members import INSTANT_NOT_READY as NOT_READY
+
+    worker = Worker(settings_on, "w")
+    enroll_user(worker.store, worker.analyzer, settings_on, "42", [photo(p) for p in OBAMA], subject="man")
+    early = worker.queue.enqueue("generate", "42", {"style": "anime", "count": 1, "seed": 3, "instant": True})
+    worker.run_job(worker.queue.claim("w"))
+    assert worker.queue.get(early.id).error == NOT_READY  # its face is not read yet: said in plain words
+    worker.queue.enqueue("instant", "42", {})
+    training = worker.queue.enqueue("train", "42", {"steps": 2})
+    portrait = worker.queue.enqueue("generate", "42", {"style": "anime", "count": 1, "seed": 3, "instant": True})
+    worker.run_job(worker.queue.claim("w"))  # the read
+    claimed = worker.queue.claim("w")
+    assert claimed.id == training.id  # the member's jobs in order; the portrait does not wait for it to end
+    worker.run_job(claimed)
+    worker.run_job(worker.queue.claim("w"))
+    done = worker.queue.get(portrait.id)
+    assert done.state == "done" and done.result["instant"] is True
+    assert done.result["notice"].startswith(ASKED_NOTICE)  # the face model was ready by then: asked for
+    before_model = worker.queue.enqueue("teaser", "43", {"style": "anime"})
+    assert before_model and INSTANT_NOTICE != ASKED_NOTICE
+
+
+def test_members_enrolled_before_the_mode_was_on_are_read_when_a_worker_starts_and_forget_erases_it(settings_on):
+    from engine.store.members import instant_face_path
+
+    off = settings_on.model_copy(update={"instant": False})
+    worker = Worker(off, "off")
+    enroll_user(worker.store, worker.analyzer, off, "42", [photo(p) for p in OBAMA], subject="man")
+    worker.run(exit_when_idle=0)
+    assert worker.queue.active_jobs() == [] and not instant_face_path(worker.store, "42").exists()
+    on = Worker(settings_on, "on")
+    on.run(exit_when_idle=0)
+    assert instant_face_path(on.store, "42").is_file()
+    on.store.delete_user("42")
+    assert not instant_face_path(on.store, "42").exists()
+
+
+def test_removing_a_photo_reads_the_face_again_from_the_others(settings_on):
+    from engine.store.members import instant_face_path, remove_photo
+
+    worker = Worker(settings_on, "w")
+    enroll_user(worker.store, worker.analyzer, settings_on, "42", [photo(p) for p in OBAMA], subject="man")
+    worker.queue.enqueue("instant", "42", {})
+    worker.run_job(worker.queue.claim("w"))
+    first = instant_face_path(worker.store, "42").read_bytes()
+    remove_photo(worker.store, worker.queue, "42", 1)
+    assert not instant_face_path(worker.store, "42").exists()  # nothing read from the removed photo stays
+    assert "instant" in [job.kind for job in worker.queue.active_jobs(user_id="42")]
+    worker.run(exit_when_idle=0)
+    assert instant_face_path(worker.store, "42").read_bytes() != first
+
+
+def test_instant_portraits_are_off_by_default_and_fetch_nothing_then(tiny_model, tmp_path):
+    from engine.models.files import named_models
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data", base_model=str(tiny_model), device="cpu")
+    assert settings.instant is False
+    assert not any("instant" in model.name for model in named_models(settings, include_styles=False))
+    names = [model.name for model in named_models(settings.model_copy(update={"instant": True}), include_styles=False)]
+    assert [name for name in names if "instant" in name] == [
+        "instant portraits adapter", "instant portraits image encoder (config)",
+        "instant portraits image encoder (weights)"]
+
+
+def test_a_damaged_or_unsafe_adapter_file_is_the_owners_to_fix_in_one_line(settings_on, tmp_path):
+    import pickle
+
+    from engine.errors import ModelUnavailable
+    from engine.generation.instant import INSTANT_PROBLEM
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    for name, data in (("garbled.bin", b"\x00not a checkpoint"),
+                       ("code.bin", pickle.dumps({"image_proj": Payload()}, protocol=2))):
+        (tmp_path / name).write_bytes(data)
+        worker = Worker(settings_on.model_copy(update={"instant_adapter": str(tmp_path / name)}), name)
+        face = read_face(settings_on, OBAMA[:1])
+        with pytest.raises(ModelUnavailable) as raised:
+            draw(worker.generator, face)
+        assert raised.value.key == INSTANT_PROBLEM and "FACECHAIN_INSTANT_ADAPTER" in str(raised.value)
+        assert "\n" not in str(raised.value)
+
+
+def test_the_face_reader_says_when_no_photo_shows_a_face(settings_on):
+    from engine.errors import FaceChainError
+    from engine.generation.instant import InstantReader
+
+    with pytest.raises(FaceChainError, match="shows a face"):
+        InstantReader(settings_on).read([np.zeros((200, 200, 3), np.uint8)])
+    assert DATA.is_dir()
