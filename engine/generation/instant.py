@@ -13,6 +13,7 @@ turns it on (FACECHAIN_INSTANT).
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,8 +161,10 @@ class InstantAdapter:
             own = dict(unet.attn_processors)
             pipeline.load_ip_adapter(weights, subfolder="", weight_name="", image_encoder_folder=None)
         except Exception as error:  # noqa: BLE001 - a damaged or foreign file fails in many ways
+            detail = "it holds more than weights, and code in it is never run" if isinstance(
+                error, pickle.UnpicklingError) else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             raise ModelUnavailable(f"FACECHAIN_INSTANT_ADAPTER: {path.name} is not an IP-Adapter FaceID Plus "
-                                   f"checkpoint ({type(error).__name__}: {str(error)[:200]}).", INSTANT_PROBLEM) from None
+                                   f"checkpoint ({detail}): pull it again.", INSTANT_PROBLEM) from None
         self.unet = unet
         self.own_processors = own
         self.processors = dict(unet.attn_processors)

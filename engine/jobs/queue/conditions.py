@@ -14,5 +14,10 @@ def claimable(kinds: tuple[str, ...]) -> str:
     a portrait that chose to wait for its member's training in progress waits. Parameters: the kinds, then now."""
     marks = ", ".join("?" for _ in kinds)
     return f"""j.state = 'queued' and j.kind in ({marks}) and (j.run_after is null or j.run_after <= ?)
-        and not (j.kind = 'generate' and json_extract(j.params, '$.wait_for_training') = 1
+        and not (j.kind = 'generate' and coalesce(json_extract(j.params, '$.wait_for_training'), 0) = 1
                  and j.user_id in (select user_id from jobs where kind = 'train' and state in ('queued', 'running')))"""
+
+
+# A member's own jobs run in the order they asked, except that instant portraits (and the reading of their face
+# those are drawn from) go before their other jobs: an instant likeness never waits for their own training.
+MEMBER_ORDER = "(j.kind = 'instant' or coalesce(json_extract(j.params, '$.instant'), 0) = 1) desc, j.id"

@@ -32,21 +32,20 @@ from engine.jobs.queue.base import (
     QueueLimit,
     QueuePosition,
 )
-from engine.jobs.queue.conditions import BACK_IN_QUEUE, LEASE_RAN_OUT, NO_LEASE, claimable
+from engine.jobs.queue.conditions import BACK_IN_QUEUE, LEASE_RAN_OUT, MEMBER_ORDER, NO_LEASE, claimable
 from engine.jobs.queue.progress_board import ProgressBoard
 from engine.store import Store, equal_to
 from engine.store.community import guild_settings
 from engine.store.moderation import check_not_barred
 
 KINDS = ("enroll", "instant", "train", "generate", "swap", "redraw", "upscale", "together", "teaser", "preview")
-# Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while
-# their first face model trains ("teaser", queued before that training: behind trained members'
-# portraits, before the member's own training); then the styles browser's preview images.
+# Claimed in tiers, by each user's next job: members' requests; then previews of a member's look while their
+# first face model trains ("teaser", queued before that training: behind trained members' portraits, before the
+# member's own training); then the styles browser's preview images.
 TIERS = (("enroll", "instant", "train", "generate", "swap", "redraw", "upscale", "together"), ("teaser",), ("preview",))
 PICTURE_KINDS = ("generate", "swap", "redraw", "upscale", "together")
-# Used for ETAs until the server has finished jobs of its own to measure.
+# For ETAs until the server has finished jobs of its own to measure.
 TYPICAL_SECONDS = {"enroll": 10.0, "instant": 5.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0, "upscale": 30.0, "together": 40.0, "teaser": 20.0, "preview": 5.0}
-
 
 
 def now() -> datetime:
@@ -166,14 +165,14 @@ class SqliteJobQueue:
         return timedelta(seconds=self.settings.job_lease_seconds)
 
     def _ready_heads(self, kinds: tuple[str, ...]) -> list[dict]:
-        """Each user's oldest job of `kinds` that may run now (the fair order's first job is one of these).
-        A portrait that chose to wait for a training in progress waits."""
+        """Each user's next job of `kinds` that may run now (MEMBER_ORDER; the fair order's first job is one of
+        these). A portrait that chose to wait for a training in progress waits."""
         if not kinds:
             return []
         return list(self.db.query(
-            f"select min(j.id) as id, j.user_id, j.kind from jobs j where {claimable(kinds)} group by j.user_id",
-            [*kinds, stamp(now())],
-        ))
+            f"""select id, user_id, kind from (select j.id, j.user_id, j.kind, row_number() over (
+                   partition by j.user_id order by {MEMBER_ORDER}) as place from jobs j where {claimable(kinds)})
+                where place = 1""", [*kinds, stamp(now())]))
 
     def _last_served(self) -> dict[str, str]:
         """When each user with a queued job was last served (never served: absent). One index seek per
@@ -436,7 +435,8 @@ class SqliteJobQueue:
             return positions
         busy = sum((1.0 - (progress or 0.0)) * typical[kind] for kind, progress in
                    self.db.execute("select kind, progress from jobs where state = 'running'"))
-        waiting = list(self.db.query("select id, user_id, kind from jobs where state = 'queued' order by id"))
+        waiting = list(self.db.query(f"select j.id, j.user_id, j.kind from jobs j where j.state = 'queued' "
+                                     f"order by {MEMBER_ORDER}"))
         served = self._last_served()
         order = [row for tier in TIERS for row in self._fair_order([r for r in waiting if r["kind"] in tier], served)]
         places = {row["id"]: index for index, row in enumerate(order)}
