@@ -5,7 +5,9 @@
 
 Face-LoRA training for 5 and 20 photos, 4 and 10 portraits at 512x512 with 40 and 8 DPM++ 2M Karras
 steps, fast mode (the LCM-LoRA with the LCM scheduler, 6 steps), 4 portraits in a pose (a random
-OpenPose ControlNet of the real shape) and a swap redrawn by the face model (4 inpainted seeds), then the 4 x 40 case again in fp16
+OpenPose ControlNet of the real shape), a swap redrawn by the face model (4 inpainted seeds) and 4 instant
+portraits (IP-Adapter FaceID Plus v2 of the real shape, no face model; at 40 steps and in fast mode), then the 4 x 40
+case again in fp16
 and bf16, with classic attention instead of SDPA, channels-last, and torch.compile. Then the same
 5-photo training and 4 portraits with the process capped to 8 GB (an 8 GB card: the planner's plan
 for it, the memory fraction set) beside the uncapped run. Each run reports wall time, peak GPU
@@ -47,7 +49,8 @@ from engine.training.files import WEIGHTS_FILE
 from engine.training.lora import TrainOptions, train_face_lora
 
 PHOTOS = Path(__file__).parent.parent / "tests" / "data" / "obama"
-TARGETS = {"train_5_photos_s": 45.0, "train_5_photos_peak_gib": 8.0, "portraits_4x40_s": 3.0, "fast_4_s": 1.0}
+TARGETS = {"train_5_photos_s": 45.0, "train_5_photos_peak_gib": 8.0, "portraits_4x40_s": 3.0, "fast_4_s": 1.0,
+           "instant_4_s": 1.5}
 CAP_GIB = 8.0  # the smallest card the README supports
 # Dense fp16/bf16 tensor-core TFLOP/s from the vendors' datasheets; the longest matching name wins.
 PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.5, "H100": 989.4, "A100": 312.0, "L40S": 362.1,
@@ -255,15 +258,18 @@ def main() -> None:
     generator = PortraitGenerator(base, fast_lora=str(lcm))
     style = load_styles().get("studio-headshot")
 
-    def request(count: int, steps: int, fast_mode: bool = False, pose=None) -> PortraitRequest:
-        return PortraitRequest(style, "a handsome man", face_folder, count=count, seed=1, steps=steps, size=resolution,
-                               fast=fast_mode, guidance=settings.fast_guidance if fast_mode else None, pose=pose)
+    def request(count: int, steps: int, fast_mode: bool = False, pose=None, instant=None) -> PortraitRequest:
+        return PortraitRequest(style, "a handsome man", None if instant else face_folder, count=count, seed=1,
+                               steps=steps, size=resolution, fast=fast_mode, pose=pose, instant=instant,
+                               guidance=settings.fast_guidance if fast_mode else None)
 
-    def portraits(label: str, count: int, steps: int, fast_mode: bool = False, pose=None) -> dict:
-        generator.generate(request(count, steps, fast_mode, pose))  # warm-up: adapter load, kernels, autotuning
-        flops = linear_flops(lambda s: generator.generate(request(count, s, fast_mode, pose)), steps)
-        run = measure(label, lambda: generator.generate(request(count, steps, fast_mode, pose)), flops, cuda)
-        return asdict(run) | {"count": count, "steps": steps, "fast": fast_mode}
+    def portraits(label: str, count: int, steps: int, fast_mode: bool = False, pose=None, instant=None) -> dict:
+        def draw(steps_: int):
+            return generator.generate(request(count, steps_, fast_mode, pose, instant))
+
+        draw(steps)  # warm-up: adapter load, kernels, autotuning
+        run = measure(label, lambda: draw(steps), linear_flops(draw, steps), cuda)
+        return asdict(run) | {"count": count, "steps": steps, "fast": fast_mode, "instant": instant is not None}
 
     headline = (counts[0], slow)
     figures["modes"] = mode_runs(model, generator, portraits, face_folder, headline, resolution, cuda, scratch)
@@ -279,7 +285,8 @@ def main() -> None:
     if cuda and not smoke:
         values = {"train_5_photos_s": training[0]["seconds"], "train_5_photos_peak_gib": training[0]["peak_gib"],
                   "portraits_4x40_s": generation[0]["seconds"],
-                  "fast_4_s": next(g["seconds"] for g in generation if g.get("fast"))}
+                  "fast_4_s": next(g["seconds"] for g in generation if g.get("fast")),
+                  "instant_4_s": next(m["seconds"] for m in figures["modes"] if m.get("instant"))}
         figures["targets"] = {key: {"target": TARGETS[key], "value": value, "met": value <= TARGETS[key]}
                               for key, value in values.items()}
         for key, verdict in figures["targets"].items():
@@ -342,7 +349,27 @@ def mode_runs(model: Path, generator: PortraitGenerator, portraits, face_folder:
     flops = counted_flops(redraw)
     runs.append(asdict(measure(f"swap redrawn: {REDRAW_CANDIDATES} candidates (inpainting at 0.65)", redraw, flops,
                                cuda)) | {"count": REDRAW_CANDIDATES})
+    runs += instant_runs(generator, portraits, headline, scratch)
     return runs
+
+
+def instant_runs(generator: PortraitGenerator, portraits, headline: tuple[int, int], scratch: Path) -> list[dict]:
+    """Instant portraits (IP-Adapter FaceID Plus v2 at its real shapes, random weights; a member's face as it is
+    kept: ArcFace's 512 numbers and CLIP ViT-H's 257x1280), without a face model, at the headline and in fast mode."""
+    import numpy as np
+
+    from engine.generation.instant import InstantFace
+    from engine.models.random_instant import make_random_faceid_adapter
+
+    adapter = make_random_faceid_adapter(generator.base.pipeline.unet, scratch / "faceid" / "plusv2.bin")
+    generator.instant_adapter = lambda: adapter
+    rng = np.random.default_rng(0)
+    identity = rng.standard_normal(512).astype(np.float32)
+    face = InstantFace(identity / np.linalg.norm(identity), rng.standard_normal((257, 1280)).astype(np.float32),
+                       rng.standard_normal((257, 1280)).astype(np.float32))
+    return [portraits(f"{headline[0]} instant portraits x {headline[1]} steps (IP-Adapter FaceID)", *headline,
+                      instant=face),
+            portraits(f"{headline[0]} instant portraits, fast mode", headline[0], 6, fast_mode=True, instant=face)]
 
 
 def capped_runs(base: BasePipeline, settings, crops: list[Path], steps: int, resolution: int, portraits,

@@ -191,7 +191,8 @@ class Backend:
                                  f"try {', '.join(settings.allowed_styles[:5])}.")
         training = any(j.kind == "train" for j in self.queue.active_jobs(user_id=user_id))
         has_model = self.store.ready_face_model(user_id) is not None
-        if not has_model and not training:
+        instant = self.settings.instant and has_instant_face(self.store, user_id)
+        if not has_model and not training and not instant:
             raise FaceChainError("You have no face model yet: run `/facechain enroll` with 3 to 10 selfies of "
                                  "yourself, then ask again once it is trained.")
         check_request(self.store, self.settings, self.styles.catalogue(guild_id), user_id, order.style, order.count,

@@ -205,3 +205,32 @@ def test_the_face_reader_says_when_no_photo_shows_a_face(settings_on):
     with pytest.raises(FaceChainError, match="shows a face"):
         InstantReader(settings_on).read([np.zeros((200, 200, 3), np.uint8)])
     assert DATA.is_dir()
+
+
+def test_the_bot_says_in_plain_words_when_an_instant_portrait_cannot_be_had_and_gives_one_before_the_model(
+        settings_on, tmp_path):
+    """What the bot asks for, as it queues a portrait: refused in plain words when the mode is off or the face is
+    not read yet; given unasked before the face model (the training is then not waited for)."""
+    from bot.backend import Backend, PortraitOrder
+    from engine.errors import FaceChainError
+    from engine.store.members import INSTANT_NOT_READY, INSTANT_OFF, instant_face_path
+
+    backend = Backend(settings_on)
+    enroll_user(backend.store, Worker(settings_on, "w").analyzer, settings_on, "42", [photo(p) for p in OBAMA],
+                subject="man")
+    asked = PortraitOrder("anime", 1, None, False, instant=True)
+    with pytest.raises(FaceChainError) as not_ready:
+        backend.draws_instant("42", asked, has_model=False)
+    assert str(not_ready.value) == INSTANT_NOT_READY
+    assert backend.draws_instant("42", PortraitOrder("anime", 1, None, False), has_model=False) is False
+    path = instant_face_path(backend.store, "42")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"read")
+    assert backend.draws_instant("42", PortraitOrder("anime", 1, None, False), has_model=False) is True
+    assert backend.draws_instant("42", PortraitOrder("anime", 1, None, False), has_model=True) is False
+    job = backend.order_portrait("42", None, 1, PortraitOrder("anime", 1, None, False))
+    assert job.params["instant"] is True and job.params["wait_for_training"] is False
+    off = Backend(settings_on.model_copy(update={"instant": False}))
+    with pytest.raises(FaceChainError) as refused:
+        off.draws_instant("42", asked, has_model=True)
+    assert str(refused.value) == INSTANT_OFF and "FACECHAIN" not in INSTANT_OFF + INSTANT_NOT_READY

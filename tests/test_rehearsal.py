@@ -61,6 +61,12 @@ OTHER_FILES = {
                 "text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors",
                 "vae_1_0/diffusion_pytorch_model.safetensors", "README.md"],
     REALVIS_XL: ["RealVisXL_V4.0.safetensors", "RealVisXL_V4.0_inpainting.safetensors", "README.md"],
+    "h94/IP-Adapter-FaceID": ["ip-adapter-faceid_sd15.bin", "ip-adapter-faceid_sd15_lora.safetensors",
+                              "ip-adapter-faceid-plus_sd15.bin", "ip-adapter-faceid-plusv2_sd15_lora.safetensors",
+                              "ip-adapter-faceid-plusv2_sdxl.bin", "ip-adapter-faceid-portrait_sd15.bin", "README.md"],
+    "h94/IP-Adapter": ["models/ip-adapter_sd15.safetensors", "models/ip-adapter-plus-face_sd15.safetensors",
+                       "models/image_encoder/pytorch_model.bin", "sdxl_models/image_encoder/model.safetensors",
+                       "README.md"],
 }
 # Documented ids this rehearsal does not serve, and why (none now: an id added to the docs fails the first test
 # until it is rehearsed or named here).
@@ -72,7 +78,8 @@ def documented_ids() -> set[str]:
     pattern = r"(?:modelscope:)?[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]+"
     readme = set(re.findall(rf"`({pattern})`", (ROOT / "README.md").read_text()))
     example = set(re.findall(rf"(?<![\w/~.-])({pattern})", (ROOT / ".env.example").read_text()))
-    prose = {"true/false", "srv/facechain", "home/me", "insightface/models"}  # paths and words, not models
+    # Paths and words, not models (models/image_encoder: a folder in h94/IP-Adapter, rehearsed with it).
+    prose = {"true/false", "srv/facechain", "home/me", "insightface/models", "models/image_encoder"}
     return {ref for ref in readme | example if ref not in prose and not re.search(r"\.(py|md|toml|json)$", ref)}
 
 
@@ -81,6 +88,7 @@ def hub(tmp_path_factory, tiny_model, tiny_sdxl, tiny_controlnet, tiny_pose_dete
     from diffusers import UNet2DConditionModel
 
     from engine.models import random_models as make
+    from engine.models.random_instant import make_tiny_instant_models
 
     folder = tmp_path_factory.mktemp("rehearsal-models")
     served = FakeHub(folder / "hub")
@@ -103,6 +111,13 @@ def hub(tmp_path_factory, tiny_model, tiny_sdxl, tiny_controlnet, tiny_pose_dete
     served.add_folder(SAFETY_CHECKER, safety_checkers["flags_none"])
     served.add_file("lllyasviel/Annotators", "RealESRGAN_x4plus.pth",
                     make.make_random_rrdb(folder / "rrdb.pth", passthrough=True).read_bytes())
+    instant = make_tiny_instant_models(folder / "instant", tiny_model)
+    served.add_file("h94/IP-Adapter-FaceID", "ip-adapter-faceid-plusv2_sd15.bin",
+                    Path(instant["FACECHAIN_INSTANT_ADAPTER"]).read_bytes())
+    for name in ("config.json", "model.safetensors"):
+        served.add_file("h94/IP-Adapter", f"models/image_encoder/{name}",
+                        (Path(instant["FACECHAIN_INSTANT_IMAGE_ENCODER"]) / name).read_bytes())
+    served.arcface = instant["FACECHAIN_INSIGHTFACE_MODEL_DIR"]  # insightface's pack comes from no hub
     for repo, names in OTHER_FILES.items():
         for name in names:
             served.add_file(repo, name, sparse_bytes=10**5)
@@ -116,7 +131,7 @@ def test_every_documented_model_id_is_rehearsed_or_named_with_why(hub):
     documented = documented_ids()
     assert documented == (served & documented) | set(NOT_REHEARSED), (
         f"documented but not rehearsed: {sorted(documented - served - set(NOT_REHEARSED))}")
-    assert len(documented) >= 14  # the 14 named today
+    assert len(documented) >= 16  # the 16 named today
 
 
 def owner_env(hub: FakeHub, tmp_path: Path, **settings: str) -> dict[str, str]:
@@ -201,10 +216,12 @@ class OfflineWorker:
 
 
 def test_the_default_setup_with_its_documented_extras_pulls_checks_and_runs_every_kind_offline(hub, tmp_path):
-    env = owner_env(hub, tmp_path, POSE_DEPTH="true", SAFETY_CHECKER=SAFETY_CHECKER)
+    env = owner_env(hub, tmp_path, POSE_DEPTH="true", SAFETY_CHECKER=SAFETY_CHECKER, INSTANT="true",
+                    INSIGHTFACE_MODEL_DIR=hub.arcface)
     pulled = pull_and_doctor(hub, env)
     assert {"base model", "VAE", "safety checker", "pose ControlNet", "depth ControlNet", "depth estimator",
-            "face parser", "fast-mode LoRA", "upscaler (Upscale x4)"} <= set(pulled)
+            "face parser", "fast-mode LoRA", "upscaler (Upscale x4)", "instant portraits adapter",
+            "instant portraits image encoder (weights)"} <= set(pulled)
     worker = OfflineWorker(env)
     try:
         worker.enroll("ann", ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"])
@@ -214,7 +231,7 @@ def test_the_default_setup_with_its_documented_extras_pulls_checks_and_runs_ever
         portrait = {"style": "cyberpunk", "count": 1}
         done = worker.run(
             ("generate", "ann", portrait), ("generate", "ann", {**portrait, "fast": True}),
-            ("generate", "ann", {**portrait, "pose": "waving"}),
+            ("generate", "ann", {**portrait, "pose": "waving"}), ("generate", "ann", {**portrait, "instant": True}),
             ("generate", "ann", {**portrait, "pose_upload": worker.upload("biden/biden1.jpg")}),
             ("redraw", "ann", {"upload": worker.upload("biden/biden2.jpg"), "name": "photo.jpg"}),
             ("swap", "ann", {"upload": worker.upload("biden/biden2.jpg"), "name": "photo.jpg"}),
@@ -227,7 +244,8 @@ def test_the_default_setup_with_its_documented_extras_pulls_checks_and_runs_ever
     finally:
         log = worker.stop()
     kinds = {job.kind for job in done}
-    assert kinds >= {"enroll", "train", "teaser", "generate", "redraw", "swap", "together", "preview", "upscale"}, log
+    assert kinds >= {"enroll", "instant", "train", "teaser", "generate", "redraw", "swap", "together", "preview",
+                     "upscale"}, log
     assert "Traceback" not in log
 
 

@@ -17,9 +17,11 @@ from safetensors import safe_open
 
 from engine.config import load_settings
 from engine.generation.generate import Candidate, PortraitGenerator
+from engine.generation.instant import InstantReader, adapter_file
 from engine.generation.portrait import enrolled_face, make_portraits
 from engine.generation.redraw import draw_region, face_region
 from engine.models.base_model import load_base_pipeline
+from engine.models.random_instant import make_random_arcface, make_random_faceid_adapter, make_tiny_image_encoder
 from engine.models.random_models import make_random_controlnet, make_random_lora, make_sd15_shaped_model
 from engine.postprocess import make_fuser, rank_candidates
 from engine.preprocess.enroll import enroll_user
@@ -60,6 +62,10 @@ def sd15(tmp_path_factory):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
     make_random_lora(unet, root / "styles-lora" / "watercolor.safetensors", rank=8, kohya=True, seed=2)
     make_random_lora(unet, root / "lcm-lora-sdv1-5" / WEIGHTS_FILE, rank=8, kohya=True, seed=3)
+    # Instant portraits: FaceID Plus v2 at its real shapes (768 wide, CLIP ViT-H's 1280, its rank-128 LoRA), and a
+    # CLIP vision model of ViT-H's width with two layers (not 32) to read faces with.
+    make_random_faceid_adapter(unet, root / "IP-Adapter-FaceID" / "ip-adapter-faceid-plusv2_sd15.bin")
+    make_tiny_image_encoder(root / "image_encoder", hidden=1280)
     del unet
     make_random_controlnet(root / "control_v11p_sd15_openpose", folder)
     return root
@@ -139,4 +145,21 @@ def test_the_full_size_pipeline_trains_draws_fuses_and_ranks(sd15, sd15_settings
                              make_fuser(settings, analyzer))
     assert [r.seed for r in ranked] == [99] and ranked[0].similarity > 0.4
     assert np.asarray(ranked[0].image).shape == (512, 512, 3)
+
+    # An instant portrait: the adapter beside the face, style and fast adapters, then put aside again.
+    instant_settings = settings.model_copy(update={
+        "instant": True, "instant_adapter": str(sd15 / "IP-Adapter-FaceID"), "instant_image_encoder":
+        str(sd15 / "image_encoder"), "insightface_model_dir": make_random_arcface(sd15 / "arcface")})
+    face = InstantReader(instant_settings).read([np.asarray(Image.open(DATA / p).convert("RGB")) for p in OBAMA])
+    assert face.structure.shape == (257, 1280)
+    generator.instant_adapter = lambda: adapter_file(instant_settings)
+    instant = make_portraits(store, generator, analyzer, settings, catalogue, "u", "watercolor", count=1, seed=4,
+                             out_dir=settings.data_dir / "instant", instant=face.to_bytes())
+    assert len(instant.portraits) == 1 and instant.notice.startswith("Instant likeness")
+    projection = generator._instant.projection.image_projection_layers[0]
+    assert projection.proj_out.weight.shape == (768, 768) and projection.proj_in.weight.shape == (768, 1280)
+    assert pipe.unet.encoder_hid_proj is None  # put aside: the next request draws as before
+    after = make_portraits(store, generator, analyzer, settings, catalogue, "u", "watercolor", count=1, seed=1,
+                           out_dir=settings.data_dir / "after")
+    assert len(after.portraits) == 1 and after.notice is None
     store.close()

@@ -319,7 +319,8 @@ class PortraitGenerator:
                 on_step(step + 1, steps)
                 return kwargs
         guidance = request.guidance if request.guidance is not None else request.style.sampler.guidance
-        with self.drawing_with(self._pipeline_for(request)) as pipeline, self._instant_drawing(request, guidance) as extra:
+        drawing = self.drawing_with(self._pipeline_for(request))
+        with drawing as pipeline, self._instant_drawing(request, guidance) as extra:
             images = pipeline(
                 prompt=[build_prompt(request.trigger, request.style, request.words, request.pose)] * request.count,
                 negative_prompt=[build_negative_prompt(request.style, people(request))] * request.count,
@@ -335,8 +336,8 @@ class PortraitGenerator:
 
     def _instant_adapter(self) -> InstantAdapter:
         if self.instant_adapter is None:
-            raise ModelUnavailable("An instant portrait was asked for but instant portraits are off (FACECHAIN_INSTANT).",
-                                   INSTANT_PROBLEM)
+            raise ModelUnavailable("An instant portrait was asked for but instant portraits are off "
+                                   "(FACECHAIN_INSTANT).", INSTANT_PROBLEM)
         if self._instant is None:
             self._instant = InstantAdapter(self.base.pipeline, self.instant_adapter())
         return self._instant

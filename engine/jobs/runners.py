@@ -318,7 +318,8 @@ def _portraits_compute(models: LoadedModels, inputs, context: JobContext):
         if context.cancelled():
             raise JobCancelled(f"cancelled at step {step}")
         if inputs.teaser:
-            context.update(0.9 * step / total, "drawing your instant likeness" if inputs.instant else "drawing your preview")
+            what = "your instant likeness" if inputs.instant else "your preview"
+            context.update(0.9 * step / total, f"drawing {what}")
         else:
             context.update(0.9 * step / total, "ranking by likeness" if step == total else f"generating {100 * step // total}%")
 

@@ -40,7 +40,8 @@ def make_random_faceid_adapter(unet, path: Path, image_encoder_dim: int = 1280, 
         "perceiver_resampler.proj_in.weight": random(embed, image_encoder_dim),
         "perceiver_resampler.proj_in.bias": random(embed),
         "perceiver_resampler.proj_out.weight": random(cross, embed), "perceiver_resampler.proj_out.bias": random(cross),
-        "perceiver_resampler.norm_out.weight": torch.ones(cross), "perceiver_resampler.norm_out.bias": torch.zeros(cross),
+        "perceiver_resampler.norm_out.weight": torch.ones(cross),
+        "perceiver_resampler.norm_out.bias": torch.zeros(cross),
     }
     for layer in range(DEPTH):
         prefix = f"perceiver_resampler.layers.{layer}"
@@ -56,15 +57,12 @@ def make_random_faceid_adapter(unet, path: Path, image_encoder_dim: int = 1280, 
     for key_id, (name, width) in enumerate(_attention_widths(unet)):
         cross_attention = name.endswith("attn2.processor")
         source = cross if cross_attention else width
-        ip_adapter |= {
-            f"{key_id}.to_q_lora.down.weight": random(lora_rank, width), f"{key_id}.to_q_lora.up.weight": random(width, lora_rank),
-            f"{key_id}.to_k_lora.down.weight": random(lora_rank, source), f"{key_id}.to_k_lora.up.weight": random(width, lora_rank),
-            f"{key_id}.to_v_lora.down.weight": random(lora_rank, source), f"{key_id}.to_v_lora.up.weight": random(width, lora_rank),
-            f"{key_id}.to_out_lora.down.weight": random(lora_rank, width),
-            f"{key_id}.to_out_lora.up.weight": random(width, lora_rank),
-        }
+        for projection, inputs in (("q", width), ("k", source), ("v", source), ("out", width)):
+            ip_adapter[f"{key_id}.to_{projection}_lora.down.weight"] = random(lora_rank, inputs)
+            ip_adapter[f"{key_id}.to_{projection}_lora.up.weight"] = random(width, lora_rank)
         if cross_attention:
-            ip_adapter |= {f"{key_id}.to_k_ip.weight": random(width, cross), f"{key_id}.to_v_ip.weight": random(width, cross)}
+            for projection in ("k", "v"):
+                ip_adapter[f"{key_id}.to_{projection}_ip.weight"] = random(width, cross)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"image_proj": image_proj, "ip_adapter": ip_adapter}, path)
     return path

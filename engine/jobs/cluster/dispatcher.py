@@ -420,9 +420,9 @@ def send_style_file(slot: ActorSlot, missing: StyleFileMissing) -> None:
 def follow(stream, context: JobContext, ask_to_stop, where: str, deadline: float = math.inf) -> tuple[Any, float]:
     """Read an actor's event stream: progress to the heartbeat, checkpoints to the store; the outputs
     and the seconds the actor computed at the end. The owner's cancel becomes ray.cancel; a stop request,
-    the actor's stop_job. Past `deadline` the actor is taken to be hung (ComputeHung). However the reading ends before the actor
-    said "done" or "error" (a checkpoint that could not be written, a forgotten member, a hang), the
-    actor's work is stopped too, so it never runs on beside the next job."""
+    the actor's stop_job. Past `deadline` the actor is taken to be hung (ComputeHung). However the reading
+    ends before the actor said "done" or "error" (a checkpoint that could not be written, a forgotten member,
+    a hang), the actor's work is stopped too, so it never runs on beside the next job."""
     cancel_sent = stop_sent = ended = False
     try:
         while True:

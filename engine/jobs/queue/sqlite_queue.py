@@ -45,7 +45,8 @@ KINDS = ("enroll", "instant", "train", "generate", "swap", "redraw", "upscale", 
 TIERS = (("enroll", "instant", "train", "generate", "swap", "redraw", "upscale", "together"), ("teaser",), ("preview",))
 PICTURE_KINDS = ("generate", "swap", "redraw", "upscale", "together")
 # For ETAs until the server has finished jobs of its own to measure.
-TYPICAL_SECONDS = {"enroll": 10.0, "instant": 5.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0, "upscale": 30.0, "together": 40.0, "teaser": 20.0, "preview": 5.0}
+TYPICAL_SECONDS = {"enroll": 10.0, "instant": 5.0, "train": 180.0, "generate": 30.0, "swap": 5.0, "redraw": 20.0,
+                   "upscale": 30.0, "together": 40.0, "teaser": 20.0, "preview": 5.0}
 
 
 def now() -> datetime:
