@@ -234,3 +234,36 @@ def test_the_bot_says_in_plain_words_when_an_instant_portrait_cannot_be_had_and_
     with pytest.raises(FaceChainError) as refused:
         off.draws_instant("42", asked, has_model=True)
     assert str(refused.value) == INSTANT_OFF and "FACECHAIN" not in INSTANT_OFF + INSTANT_NOT_READY
+
+
+def test_instant_portraits_draw_in_a_pose_in_fast_mode_and_under_the_sliced_attention_of_small_cards(
+        settings_on, tiny_model, tiny_controlnet, tmp_path):
+    """In the same batched call as any portrait: a pose (the ControlNet pipeline shares the UNet), fast mode (the
+    LCM-LoRA beside the adapter's LoRA), and the memory plan of a small card (attention slicing), which the UNet
+    keeps once the instant drawing is done."""
+    from diffusers import UNet2DConditionModel
+
+    from engine.generation.generate import PortraitRequest
+    from engine.generation.poses import load_poses
+    from engine.models.base_model import MemoryPlan, apply_memory_savers
+    from engine.models.random_models import make_random_lora
+    from engine.styles import load_styles
+
+    lcm = make_random_lora(UNet2DConditionModel.from_pretrained(tiny_model / "unet"), tmp_path / "lcm.safetensors")
+    settings = settings_on.model_copy(update={"pose_controlnet": str(tiny_controlnet), "fast_lora": str(lcm)})
+    worker = Worker(settings, "instant")
+    face = read_face(settings, OBAMA)
+    style = load_styles().get("anime")
+    posed = PortraitRequest(style=style, trigger="a man", face_model=None, count=2, seed=1, steps=2, size=64,
+                            instant=face, pose=load_poses().get("standing"))
+    assert [c.image.size for c in worker.generator.generate(posed)] == [(64, 96)] * 2
+    fast = PortraitRequest(style=style, trigger="a man", face_model=None, count=2, seed=1, steps=2, size=64,
+                           instant=face, fast=True, guidance=1.0)  # no guidance: the adapter's embeds unpaired
+    assert len(worker.generator.generate(fast)) == 2
+    base = worker.generator.base
+    apply_memory_savers(base, MemoryPlan(base.plan.dtype_name, True, True, False, "a small card"))
+    sliced = {type(p).__name__ for p in base.pipeline.unet.attn_processors.values()}
+    worker.generator.generate(PortraitRequest(style=style, trigger="a man", face_model=None, count=1, seed=1,
+                                              steps=2, size=64, instant=face))
+    assert {type(p).__name__ for p in base.pipeline.unet.attn_processors.values()} == sliced
+    assert sliced == {"SlicedAttnProcessor"}

@@ -166,16 +166,16 @@ class InstantAdapter:
             raise ModelUnavailable(f"FACECHAIN_INSTANT_ADAPTER: {path.name} is not an IP-Adapter FaceID Plus "
                                    f"checkpoint ({detail}): pull it again.", INSTANT_PROBLEM) from None
         self.unet = unet
-        self.own_processors = own
         self.processors = dict(unet.attn_processors)
         self.projection = unet.encoder_hid_proj
-        self._put_aside()
+        self._put_aside(own)
         pipeline.disable_lora()  # loading switched its LoRA on; the generator picks adapters per request
 
-    def _put_aside(self) -> None:
+    def _put_aside(self, own_processors: dict) -> None:
+        """The UNet's own attention back (as the memory plan last set it: sliced or not)."""
         self.unet.encoder_hid_proj = None  # first: its resampler's attention counts among the UNet's processors
         self.unet.config.encoder_hid_dim_type = None
-        self.unet.set_attn_processor(dict(self.own_processors))  # diffusers empties the dict it is given
+        self.unet.set_attn_processor(dict(own_processors))  # diffusers empties the dict it is given
 
     @contextmanager
     def drawing(self, face: InstantFace, count: int, guided: bool) -> Iterator[dict]:
@@ -183,6 +183,7 @@ class InstantAdapter:
         import torch
 
         unet = self.unet
+        own = dict(unet.attn_processors)
         unet.encoder_hid_proj = self.projection
         unet.config.encoder_hid_dim_type = "ip_image_proj"
         unet.set_attn_processor(dict(self.processors))
@@ -198,7 +199,7 @@ class InstantAdapter:
             yield {"ip_adapter_image_embeds": [identity]}
         finally:
             layer.clip_embeds = None
-            self._put_aside()
+            self._put_aside(own)
 
 
 def read_instant_face(data: bytes | None) -> InstantFace | None:
