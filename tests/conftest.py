@@ -194,6 +194,18 @@ def tiny_pose_detector(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def instant_models(tiny_model, tmp_path_factory) -> dict[str, str]:
+    """Instant portraits' models for the tiny model, in their real formats, and the settings naming them."""
+    import warnings
+
+    from engine.models.random_instant import make_tiny_instant_models
+
+    with warnings.catch_warnings():  # torch's legacy ONNX exporter's notices are not ours
+        warnings.simplefilter("ignore")
+        return make_tiny_instant_models(tmp_path_factory.mktemp("instant"), tiny_model)
+
+
+@pytest.fixture(scope="session")
 def safety_checkers(tmp_path_factory) -> dict[str, Path]:
     """Tiny random safety checkers saved like the real one: "flags_all" flags every image, "flags_none" none."""
     from engine.models.random_models import make_tiny_safety_checker

@@ -12,14 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def deployment(tiny_model, tmp_path_factory):
-    import warnings
-
-    from engine.models.random_instant import make_tiny_instant_models
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        instant = make_tiny_instant_models(tmp_path_factory.mktemp("instant"), tiny_model)
+def deployment(tiny_model, instant_models, tmp_path_factory):
+    instant = instant_models
     settings = {**SETTINGS, "BASE_MODEL": tiny_model, "INSTANT": "true", "TRAIN_STEPS_PER_PHOTO": 100,
                 "TRAINING_PREVIEW_STYLE": "anime",
                 **{name.removeprefix("FACECHAIN_"): value for name, value in instant.items()}}

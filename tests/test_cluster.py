@@ -398,6 +398,24 @@ def test_server_and_owner_styles_are_drawn_on_gpu_machines_that_share_no_disk_wi
     assert all(sent.count(digest) <= 2 for digest in sent)  # once per actor at most, not once per job
 
 
+def test_a_members_face_is_read_and_drawn_instantly_on_gpu_machines(setup, analyzer, instant_models):
+    """Instant portraits on a cluster: the reading of a member enrolled before the mode was on runs on an actor, and
+    their instant portrait is drawn on one from the face sent with the job (nothing of it stays on the actor)."""
+    settings, queue, env, _ = setup
+    enrolled(settings, queue, analyzer, "7")
+    instant = {name: str(value) for name, value in instant_models.items()}
+    process = dispatcher(env, FACECHAIN_INSTANT="true", **instant)
+    actors_ready(process, 2)
+    [read] = wait_for(lambda: [job for job in queue.jobs() if job.kind == "instant" and job.state == "done"], 180,
+                      "the face read at the dispatcher's start")
+    assert "node" in read.ran_on  # on an actor
+    portrait = queue.enqueue("generate", "7", {"style": "anime", "count": 1, "instant": True})
+    wait_for(lambda: queue.get(portrait.id).state in ("done", "failed"), 180, "the instant portrait")
+    stop(process)
+    done = queue.get(portrait.id)
+    assert done.state == "done" and done.result["instant"] is True, done.error
+
+
 def test_the_bot_end_to_end_with_the_cluster_on(two_gpu_nodes, tiny_model, tmp_path):
     """The bot's story (enroll, train, portraits with progress and buttons) with its worker as the
     cluster's dispatcher: the same checks as tests/test_bot.py, on the cluster."""

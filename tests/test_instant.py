@@ -13,17 +13,6 @@ OBAMA = ["obama/obama1.jpg", "obama/obama2.jpg", "obama/obama3.jpg"]
 BIDEN = ["biden/biden1.jpg", "biden/biden2.jpg"]
 
 
-@pytest.fixture(scope="session")
-def instant_models(tiny_model, tmp_path_factory) -> dict[str, str]:
-    import warnings
-
-    from engine.models.random_instant import make_tiny_instant_models
-
-    with warnings.catch_warnings():  # torch's legacy ONNX exporter's notices are not ours
-        warnings.simplefilter("ignore")
-        return make_tiny_instant_models(tmp_path_factory.mktemp("instant"), tiny_model)
-
-
 def instant_settings(tiny_model, instant_models, tmp_path, **overrides):
     values = {"instant": True, "instant_adapter": instant_models["FACECHAIN_INSTANT_ADAPTER"],
               "instant_image_encoder": instant_models["FACECHAIN_INSTANT_IMAGE_ENCODER"],
