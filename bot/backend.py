@@ -31,7 +31,13 @@ from engine.store.community import (
     portrait_gallery_posts,
     user_gallery_posts,
 )
-from engine.store.families import check_draws_scenes, rebuild_if_needed, recorded_family, sync_family
+from engine.store.families import (
+    check_draws_scenes,
+    instant_portraits_on,
+    rebuild_if_needed,
+    recorded_family,
+    sync_family,
+)
 from engine.store.members import INSTANT_NOT_READY, INSTANT_OFF, has_instant_face
 from engine.store.moderation import check_not_barred, close_reports_of, is_barred
 from engine.store.together import DEFAULT_STYLE, Asked, TogetherRequest, ask, set_request_job
@@ -173,8 +179,9 @@ class Backend:
     def draws_instant(self, user_id: str, order: PortraitOrder, has_model: bool) -> bool:
         """Whether the portraits are instant ones: asked for, or (the mode on) while the face model is not ready
         and the member's face was read. FaceChainError when asked for and not possible."""
-        ready = self.settings.instant and has_instant_face(self.store, user_id)
-        if order.instant and not self.settings.instant:
+        on = instant_portraits_on(self.store, self.settings)
+        ready = on and has_instant_face(self.store, user_id)
+        if order.instant and not on:
             raise FaceChainError(INSTANT_OFF)
         if order.instant and not ready:
             raise FaceChainError(INSTANT_NOT_READY)
@@ -191,7 +198,7 @@ class Backend:
                                  f"try {', '.join(settings.allowed_styles[:5])}.")
         training = any(j.kind == "train" for j in self.queue.active_jobs(user_id=user_id))
         has_model = self.store.ready_face_model(user_id) is not None
-        instant = self.settings.instant and has_instant_face(self.store, user_id)
+        instant = instant_portraits_on(self.store, self.settings) and has_instant_face(self.store, user_id)
         if not has_model and not training and not instant:
             raise FaceChainError("You have no face model yet: run `/facechain enroll` with 3 to 10 selfies of "
                                  "yourself, then ask again once it is trained.")

@@ -220,7 +220,9 @@ def test_doctor_reports_each_check_with_a_fix(capsys, data_dir, tmp_path, monkey
     assert set(by_name) - styles == {"python packages", "torch device", "base model", "fast-mode LoRA", "face parser",
                                      "pose ControlNet", "pose detector (people)", "pose detector (body points)",
                                      "upscaler (Upscale x4)", "face models", "safety check", "data dir", "worker",
-                                     "discord token", "cluster"}
+                                     "discord token", "cluster", "instant portraits"}
+    assert by_name["instant portraits"]["status"] == "ok" and "off" in by_name["instant portraits"]["detail"]
+    assert "non-commercial" in by_name["instant portraits"]["fix"]  # the licence is named before it is turned on
     assert by_name["pose ControlNet"]["status"] == "warn" and "models pull" in by_name["pose ControlNet"]["fix"]
     assert by_name["upscaler (Upscale x4)"]["status"] == "warn"  # not downloaded: only Upscale x4 waits for it
     assert by_name["face parser"]["status"] == "warn"  # not downloaded: the landmarks' masks serve meanwhile

@@ -256,3 +256,26 @@ def test_instant_portraits_draw_in_a_pose_in_fast_mode_and_under_the_sliced_atte
                                               steps=2, size=64, instant=face))
     assert {type(p).__name__ for p in base.pipeline.unet.attn_processors.values()} == sliced
     assert sliced == {"SlicedAttnProcessor"}
+
+
+def test_with_an_sdxl_base_instant_portraits_are_neither_offered_pulled_nor_read(settings_on, tiny_sdxl):
+    """FaceID Plus v2 is SD1.5's: with an SDXL base the mode draws nothing (the bot offers none, `models pull`
+    fetches nothing for it, a queued read ends at once) and `doctor` says why."""
+    from bot.backend import Backend, PortraitOrder
+    from engine.cli.doctor import check_instant
+    from engine.errors import FaceChainError
+    from engine.models.files import named_models
+    from engine.store.members import INSTANT_OFF
+
+    sdxl = settings_on.model_copy(update={"base_model": str(tiny_sdxl)})
+    assert not any("instant" in model.name for model in named_models(sdxl, include_styles=False))
+    assert check_instant(sdxl).status == "warn" and "not SD1.5" in check_instant(sdxl).detail
+    backend = Backend(sdxl)
+    with pytest.raises(FaceChainError) as refused:
+        backend.draws_instant("42", PortraitOrder("anime", 1, None, False, instant=True), has_model=True)
+    assert str(refused.value) == INSTANT_OFF
+    worker = Worker(sdxl, "w")
+    enroll_user(worker.store, worker.analyzer, sdxl, "42", [photo(p) for p in OBAMA], subject="man")
+    read = worker.queue.enqueue("instant", "42", {})
+    worker.run_job(worker.queue.claim("w"))
+    assert worker.queue.get(read.id).result["skipped"].startswith("instant portraits are off")

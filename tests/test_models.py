@@ -20,7 +20,9 @@ def test_make_tiny_model_cli_writes_a_diffusers_folder(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["path"] == str(tmp_path / "tiny")
     assert set(printed["settings"]) == {"FACECHAIN_BASE_MODEL", "FACECHAIN_POSE_CONTROLNET", "FACECHAIN_POSE_DETECTOR",
-                                        "FACECHAIN_DEPTH_CONTROLNET", "FACECHAIN_DEPTH_ESTIMATOR", "FACECHAIN_UPSCALER"}
+                                        "FACECHAIN_DEPTH_CONTROLNET", "FACECHAIN_DEPTH_ESTIMATOR", "FACECHAIN_UPSCALER",
+                                        "FACECHAIN_INSTANT_ADAPTER", "FACECHAIN_INSTANT_IMAGE_ENCODER",
+                                        "FACECHAIN_INSIGHTFACE_MODEL_DIR"}
     assert all(Path(path).exists() for path in printed["settings"].values())  # every new mode runs on them
     from engine.postprocess.super_resolution import read_rrdb
 

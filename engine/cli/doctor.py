@@ -165,6 +165,11 @@ def check_instant(settings: Settings) -> Check:
                      f"FACECHAIN_INSTANT=true draws a likeness right after enrolling. {LICENCE}")
     from engine.errors import ModelMissing
     from engine.faces.insightface_backend import InsightFaceAnalyzer
+    from engine.models.files import known_family
+
+    if known_family(settings.base_model).name != "sd15":
+        return Check("instant portraits", "warn", "on, but the base model is not SD1.5: none are drawn (their "
+                     "adapter, IP-Adapter FaceID Plus v2, is SD1.5's)", "use an SD1.5 base, or turn them off")
 
     try:
         InsightFaceAnalyzer(settings.insightface_model_dir)

@@ -21,8 +21,10 @@ class EnrolledPhotos:
 
 
 def _gather(worker: Worker, job: Job):
-    if not worker.settings.instant:
-        return Finished({"skipped": "instant portraits are off"})
+    from engine.store.families import instant_portraits_on
+
+    if not instant_portraits_on(worker.store, worker.settings):
+        return Finished({"skipped": "instant portraits are off (or the base model is not SD1.5)"})
     photos = [selfie.path.read_bytes() for selfie in worker.store.accepted_selfies(job.user_id)]
     if not photos:  # forgotten, or every photo removed meanwhile
         return Finished({"skipped": "no enrolled photos"})

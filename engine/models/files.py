@@ -54,7 +54,7 @@ def named_models(settings: Settings, include_styles: bool = True) -> list[NamedM
                               filename) for what, filename in (("people", DETECTOR_FILE), ("body points", KEYPOINTS_FILE))]
     if settings.upscaler.strip():
         models.append(upscaler_model(settings))
-    if settings.instant:
+    if settings.instant and family.name == "sd15":  # FaceID Plus v2 is SD1.5's
         models += instant_models(settings)
     if fast := settings.fast_lora_for(family.name).strip():
         models.append(NamedModel("fast-mode LoRA", fast, family.fast_setting, "file", WEIGHTS_FILE))

@@ -21,6 +21,15 @@ def recorded_family(store: Store) -> Family | None:
     return FAMILIES.get(row[0]) if row else None
 
 
+def instant_portraits_on(store: Store, settings: Settings) -> bool:
+    """Whether instant portraits are drawn: the owner turned them on and the base model is SD1.5's family (their
+    adapter, IP-Adapter FaceID Plus v2, is made for it)."""
+    if not settings.instant:
+        return False
+    family = recorded_family(store) or family_of_reference(settings.base_model)
+    return family is None or family.name == "sd15"
+
+
 def record_family(store: Store, family: Family) -> None:
     if recorded_family(store) is not family:
         with store.transaction():
