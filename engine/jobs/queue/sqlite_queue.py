@@ -7,7 +7,8 @@ to the queue and is resumed by the next worker. An idle worker's look at an empt
 read: it takes the write lock only when there is work in sight.
 
 Fairness: the next job belongs to the user served least recently, so one member's twenty
-requests wait behind everybody else's first one; a user's own jobs run in order.
+requests wait behind everybody else's first one; a user's own jobs run in order, a read of their
+face for instant portraits first (conditions.MEMBER_ORDER).
 """
 
 from __future__ import annotations
@@ -23,15 +24,7 @@ from itertools import accumulate, zip_longest
 
 from engine.config import Settings
 from engine.errors import FaceChainError
-from engine.jobs.queue.base import (
-    FINISHED,
-    WAITING_FOR_SETUP,
-    Job,
-    Lease,
-    LeaseLost,
-    QueueLimit,
-    QueuePosition,
-)
+from engine.jobs.queue.base import FINISHED, WAITING_FOR_SETUP, Job, Lease, LeaseLost, QueueLimit, QueuePosition
 from engine.jobs.queue.conditions import BACK_IN_QUEUE, LEASE_RAN_OUT, MEMBER_ORDER, NO_LEASE, claimable
 from engine.jobs.queue.progress_board import ProgressBoard
 from engine.store import Store, equal_to
