@@ -190,6 +190,7 @@ def _read_families(text: str) -> dict[str, Family]:
     return {name: Family.model_validate(data) for name, data in tomllib.loads(text).items()}
 
 
+@functools.lru_cache(maxsize=8192)  # every job's catalogue checks the same styles' words again
 def _words(text: str) -> str:
     return f" {re.sub(r'[^a-z0-9]+', ' ', text.lower())} "
 
