@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -290,11 +291,38 @@ def test_a_frozen_dispatcher_runs_nothing_twice_and_a_forgotten_face_leaves_the_
 def freeze(process: subprocess.Popen, queue, seconds: float) -> None:
     """Stop the dispatcher's process past its lease (a suspended host, a long pause), then let it go.
     Meanwhile the bot's maintenance takes the expired leases back, as it does every minute, so the
-    job is queued again when the dispatcher wakes up and claims it anew."""
-    process.send_signal(signal.SIGSTOP)
+    job is queued again when the dispatcher wakes up and claims it anew.
+
+    It is stopped outside a write: a process stopped inside one holds SQLite's write lock until it runs
+    again (every other writer waits, nothing is lost), which is SQLite's rule, not what this tests."""
+    for _ in range(100):
+        process.send_signal(signal.SIGSTOP)
+        wait_for(lambda: process_state(process.pid) == "T", 5, "the dispatcher to stop")
+        if takes_the_write_lock(queue.store.db_path):
+            break
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    else:
+        pytest.fail("the dispatcher held the database's write lock at every try")
     time.sleep(seconds)
     assert queue.reap_expired() >= 1
     process.send_signal(signal.SIGCONT)
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def takes_the_write_lock(db_path: Path) -> bool:
+    connection = sqlite3.connect(db_path, timeout=0.05)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.rollback()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
 
 
 def actor_infos(env) -> list[dict]:
