@@ -279,3 +279,34 @@ def test_with_an_sdxl_base_instant_portraits_are_neither_offered_pulled_nor_read
     read = worker.queue.enqueue("instant", "42", {})
     worker.run_job(worker.queue.claim("w"))
     assert worker.queue.get(read.id).result["skipped"].startswith("instant portraits are off")
+
+
+def test_the_image_encoder_reads_in_the_base_models_precision_and_leaves_a_card_that_saves_memory(settings_on,
+                                                                                                  monkeypatch):
+    """ViT-H is 1.2 GB in fp16: beside a base model that slices attention or offloads, the drawing needs it back."""
+    from dataclasses import replace
+
+    import torch
+
+    from engine.models.base_model import MemoryPlan
+    from engine.store.members import instant_face_path
+
+    worker = Worker(settings_on, "w")
+    enroll_user(worker.store, worker.analyzer, settings_on, "42", [photo(p) for p in OBAMA], subject="man")
+    base = worker.models.base
+    worker.run(exit_when_idle=0)  # the enrolment's read, on the CPU's plan (no savers): the reader stays
+    assert instant_face_path(worker.store, "42").is_file() and worker.models._instant_reader is not None
+
+    worker.models._instant_reader = None
+    cpu_plan = base.plan
+    base.plan = replace(cpu_plan, dtype_name="bfloat16")
+    assert worker.models.instant_reader.encoder.dtype == torch.bfloat16  # beside a bf16 base, in bf16
+    base.plan = cpu_plan
+
+    # Each job plans afresh for the memory it may use: here, an 8 GB card's plan.
+    monkeypatch.setattr("engine.models.base_model.current_plan",
+                        lambda device, family=None: MemoryPlan("float32", True, True, False, "an 8 GB card"))
+    worker.queue.enqueue("instant", "42", {})
+    worker.run(exit_when_idle=0)
+    [read] = [job for job in worker.queue.jobs() if job.kind == "instant" and job.id > 1]
+    assert read.state == "done" and base.plan.attention_slicing and worker.models._instant_reader is None

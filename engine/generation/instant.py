@@ -68,7 +68,7 @@ class InstantReader:
     """ArcFace and CLIP's image encoder: what makes a member's InstantFace. Loaded by the jobs that read faces,
     never by a drawing."""
 
-    def __init__(self, settings: Settings, device: str = "cpu") -> None:
+    def __init__(self, settings: Settings, device: str = "cpu", dtype_name: str = "float32") -> None:
         import torch
         from transformers import CLIPVisionModelWithProjection
 
@@ -81,7 +81,8 @@ class InstantReader:
                                    INSTANT_PROBLEM) from None
         folder = image_encoder_folder(settings)
         try:
-            self.encoder = CLIPVisionModelWithProjection.from_pretrained(folder).to(device).eval()
+            self.encoder = CLIPVisionModelWithProjection.from_pretrained(
+                folder, torch_dtype=getattr(torch, dtype_name)).to(device).eval()
         except Exception as error:  # noqa: BLE001 - a damaged or foreign folder fails in many ways
             raise ModelUnavailable(f"FACECHAIN_INSTANT_IMAGE_ENCODER: {folder} is not a CLIP vision model "
                                    f"({type(error).__name__}): pull it again (`facechain models pull`).",

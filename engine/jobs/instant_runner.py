@@ -39,7 +39,10 @@ def _compute(models: LoadedModels, inputs: EnrolledPhotos, context: JobContext) 
 
     context.update(0.2, "reading your face for instant portraits")
     photos = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in inputs.photos]
-    return models.instant_reader.read(photos).to_bytes()
+    try:
+        return models.instant_reader.read(photos).to_bytes()
+    finally:
+        models.done_reading()
 
 
 def _record(worker: Worker, job: Job, inputs: EnrolledPhotos, face: bytes) -> dict:
