@@ -246,15 +246,22 @@ def _generate_gather(worker: Worker, job: Job):
         instant=_instant_face(worker, job) if params.get("instant") else None)
 
 
+def _read_instant_face(worker: Worker, user_id: str) -> bytes | None:
+    """The member's face as instant portraits read it, while they are drawn and it has been read."""
+    from engine.store.families import instant_portraits_on
+    from engine.store.members import instant_face_path
+
+    path = instant_face_path(worker.store, user_id)
+    return path.read_bytes() if instant_portraits_on(worker.store, worker.settings) and path.is_file() else None
+
+
 def _instant_face(worker: Worker, job: Job) -> bytes | None:
     """The member's face as instant portraits read it, for a request that asked for one. Without it (the mode was
     turned off, or their photos are being read again), a member with a face model gets the usual portraits."""
-    from engine.store.families import instant_portraits_on
-    from engine.store.members import INSTANT_NOT_READY, instant_face_path
+    from engine.store.members import INSTANT_NOT_READY
 
-    path = instant_face_path(worker.store, job.user_id)
-    if instant_portraits_on(worker.store, worker.settings) and path.is_file():
-        return path.read_bytes()
+    if (face := _read_instant_face(worker, job.user_id)) is not None:
+        return face
     if worker.store.ready_face_model(job.user_id) is not None:
         return None
     raise FaceChainError(INSTANT_NOT_READY)
@@ -298,19 +305,16 @@ def _teaser_gather(worker: Worker, job: Job):
     from engine.generation.style_files import job_catalogue
     from engine.nsfw_policy import may_show_flagged
     from engine.store.community import server_nsfw_policy
-    from engine.store.families import instant_portraits_on, sync_family
-    from engine.store.members import instant_face_path
+    from engine.store.families import sync_family
 
     sync_family(worker.store, worker.settings)
     if worker.store.ready_face_model(job.user_id) is not None:
         return Finished({"skipped": "the face model is ready", "portraits": []})
     policy = server_nsfw_policy(worker.store, job.guild_id)
-    instant = instant_face_path(worker.store, job.user_id)  # read before this preview, when the mode is on
     return portrait_inputs(worker.store, worker.settings, job_catalogue(worker.settings, job.guild_id), job.user_id,
                            job.params["style"], count=int(job.params.get("count", 2)),
                            show_flagged=may_show_flagged(policy, False), teaser=True,
-                           instant=instant.read_bytes() if instant_portraits_on(worker.store, worker.settings)
-                           and instant.is_file() else None)
+                           instant=_read_instant_face(worker, job.user_id))  # read before this preview, mode on
 
 
 def _portraits_compute(models: LoadedModels, inputs, context: JobContext):
