@@ -207,6 +207,18 @@ def test_a_portrait_can_wait_for_the_training_in_progress(queue):
     assert queue.claim("w").id == waits.id
 
 
+def test_a_portrait_waiting_for_the_training_waits_for_the_enrolment_that_queues_it(queue):
+    """On a cluster, another GPU is free while a member's enrolment runs: their portrait must not start before
+    the training it waits for is queued (it would fail: no face model yet)."""
+    enroll = queue.enqueue("enroll", "ann", {"train_after": True})
+    waits = queue.enqueue("generate", "ann", {"wait_for_training": True})
+    enrolling = queue.claim("gpu-1")
+    assert enrolling.id == enroll.id
+    assert queue.claim("gpu-2") is None
+    queue.complete(enrolling.lease, {})  # no training came of it (too few photos passed): the portrait says so
+    assert queue.claim("gpu-2").id == waits.id
+
+
 def test_position_and_eta(queue):
     jobs = [queue.enqueue("generate", user) for user in ("ann", "bob", "cy")]
     assert [queue.position(j.id).position for j in jobs] == [1, 2, 3]

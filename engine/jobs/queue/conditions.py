@@ -11,11 +11,13 @@ LEASE_RAN_OUT = "state = 'running' and lease_expires_at < ?"
 
 def claimable(kinds: tuple[str, ...]) -> str:
     """The condition (on `jobs j`) for a queued job of `kinds` that may run now: its retry time has come, and
-    a portrait that chose to wait for its member's training in progress waits. Parameters: the kinds, then now."""
+    a portrait that chose to wait for its member's training in progress waits, also while the enrolment that
+    queues that training runs (on a cluster another GPU is free meanwhile). Parameters: the kinds, then now."""
     marks = ", ".join("?" for _ in kinds)
     return f"""j.state = 'queued' and j.kind in ({marks}) and (j.run_after is null or j.run_after <= ?)
         and not (j.kind = 'generate' and coalesce(json_extract(j.params, '$.wait_for_training'), 0) = 1
-                 and j.user_id in (select user_id from jobs where kind = 'train' and state in ('queued', 'running')))"""
+                 and j.user_id in (select user_id from jobs where state in ('queued', 'running') and (kind = 'train'
+                     or kind = 'enroll' and coalesce(json_extract(params, '$.train_after'), 0) = 1)))"""
 
 
 # A member's own jobs run in the order they asked, except that instant portraits (and the reading of their face
